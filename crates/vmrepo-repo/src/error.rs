@@ -1,0 +1,110 @@
+//! One error type for the repository: a small, stable kind, a one-line message
+//! that names the file and the problem, and the underlying cause.
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+
+/// The class of a failure. The `vmrepo` binary maps each to a documented exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The folder is not a vmrepo repository, or its metadata is unusable.
+    NotARepository,
+    /// No image by that name, or a file that vanished.
+    NotFound,
+    /// A name matches images in several VM folders.
+    Ambiguous,
+    /// The target already exists (an import without `--replace`).
+    AlreadyExists,
+    /// A malformed name, field, query or argument.
+    InvalidInput,
+    /// A sidecar (`.checksum`, `.txt`) that cannot be read or parsed.
+    BadSidecar,
+    /// The disk or quota is full.
+    NoSpace,
+    /// Another process holds the repository lock past the waiting time.
+    Locked,
+    /// Interrupted by a signal; what was under way was undone.
+    Interrupted,
+    /// The SQLite index failed.
+    Index,
+    /// Any other I/O failure.
+    Io,
+}
+
+/// A repository error: see [`ErrorKind`].
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// Shorthand for this crate's results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An error of `kind` with a one-line message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error { kind, message: message.into(), source: None }
+    }
+
+    /// An I/O error while doing `what` to `path` ("cannot read /x: ...").
+    /// A full disk or quota becomes [`ErrorKind::NoSpace`], a missing file
+    /// [`ErrorKind::NotFound`].
+    pub fn io(what: &str, path: &Path, err: io::Error) -> Error {
+        let kind = match err.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => ErrorKind::NoSpace,
+            _ if err.kind() == io::ErrorKind::NotFound => ErrorKind::NotFound,
+            _ if err.kind() == io::ErrorKind::Interrupted => ErrorKind::Io,
+            _ => ErrorKind::Io,
+        };
+        Error { kind, message: format!("cannot {what} {}", path.display()), source: Some(Box::new(err)) }
+    }
+
+    /// An index (SQLite) failure while doing `what`.
+    pub fn index(what: &str, err: rusqlite::Error) -> Error {
+        Error { kind: ErrorKind::Index, message: format!("index: cannot {what}"), source: Some(Box::new(err)) }
+    }
+
+    /// The user asked to stop.
+    pub fn interrupted() -> Error {
+        Error::new(ErrorKind::Interrupted, "interrupted")
+    }
+
+    /// The class of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Adds what was being done in front of the message ("add x.img: ...").
+    #[must_use]
+    pub fn context(mut self, what: impl fmt::Display) -> Error {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The cause is already part of Display; report it for callers that walk chains.
+        self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<vmrepo_name::NameError> for Error {
+    fn from(e: vmrepo_name::NameError) -> Error {
+        Error::new(ErrorKind::InvalidInput, e.to_string())
+    }
+}

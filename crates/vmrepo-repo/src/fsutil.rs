@@ -1,0 +1,160 @@
+//! Small filesystem helpers: durable writes, directory sync, free space,
+//! telling a network filesystem from a local one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Makes the entries of `dir` (creations, renames, removals) durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    let f = File::open(dir).map_err(|e| Error::io("open folder", dir, e))?;
+    f.sync_all().map_err(|e| Error::io("sync folder", dir, e))
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the
+/// new one: a temporary file beside it, fsync, rename, fsync of the folder.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = parent(path);
+    let tmp = temp_sibling(path);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
+        f.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes a new file that must not exist yet, durably (fsync of file and folder).
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| Error::io("create", path, e))?;
+    f.write_all(bytes).map_err(|e| Error::io("write", path, e))?;
+    f.sync_all().map_err(|e| Error::io("sync", path, e))
+}
+
+/// A hidden name beside `path` for a temporary file, unique to this process and moment.
+pub fn temp_sibling(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    parent(path).join(format!(".{name}.tmp-{}", unique_id()))
+}
+
+/// A short identifier unique across processes and hosts sharing a tree:
+/// host, process, time and a counter.
+pub fn unique_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let host = rustix::system::uname();
+    let host = host.nodename().to_bytes();
+    // FNV-1a of the host name keeps ids short and stable per host.
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in host {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}-{}-{nanos:x}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The folder holding `path` (`.` for a bare file name).
+pub fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Bytes available to this user on the filesystem holding `path`.
+pub fn free_space(path: &Path) -> Result<u64> {
+    let st = rustix::fs::statvfs(path).map_err(|e| Error::io("query free space of", path, e.into()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Filesystem magic numbers (statfs f_type) of network and cluster filesystems,
+/// where SQLite's locking is unreliable (see docs/design.md, "The index").
+const NETWORK_FS_MAGIC: &[(u64, &str)] = &[
+    (0x6969, "nfs"),
+    (0x517B, "smb"),
+    (0xFF53_4D42, "cifs"),
+    (0xFE53_4D42, "smb2"),
+    (0x5346_414F, "afs"),
+    (0x7375_7245, "coda"),
+    (0x00C3_6400, "ceph"),
+    (0x4750_4653, "gpfs"),
+    (0x0BD0_0BD0, "lustre"),
+    (0x0102_1997, "9p"),
+    (0x6573_5546, "fuse"),
+    (0x564C, "ncp"),
+];
+
+/// The name of the network filesystem holding `path`, or `None` if it is local.
+pub fn network_fs(path: &Path) -> Option<&'static str> {
+    let st = rustix::fs::statfs(path).ok()?;
+    // f_type's width differs between platforms; widen without losing bits.
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    let magic = u64::try_from(st.f_type as i64).unwrap_or(0);
+    NETWORK_FS_MAGIC.iter().find(|(m, _)| *m == magic).map(|(_, name)| *name)
+}
+
+/// Modification time of a metadata record in nanoseconds since the epoch.
+pub fn mtime_ns(md: &fs::Metadata) -> i64 {
+    md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec())
+}
+
+/// Whether an I/O error is "the thing is not there".
+pub fn is_not_found(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+}
+
+/// Removes a file or a whole folder, not following symbolic links; absent is fine.
+pub fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The user and host recorded as "Added by": `$USER@host` (the uid when no name is known).
+pub fn user_at_host() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty() && u.chars().all(|c| c.is_ascii_graphic()))
+        .or_else(user_name_of_uid)
+        .unwrap_or_else(|| format!("uid{}", rustix::process::getuid().as_raw()));
+    let uts = rustix::system::uname();
+    let host = uts.nodename().to_string_lossy().into_owned();
+    format!("{user}@{host}")
+}
+
+/// The account name of this process's uid, from /etc/passwd.
+fn user_name_of_uid() -> Option<String> {
+    let uid = rustix::process::getuid().as_raw().to_string();
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let uid_field = f.nth(1)?;
+        (uid_field == uid).then(|| name.to_string())
+    })
+}

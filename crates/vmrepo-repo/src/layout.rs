@@ -1,0 +1,469 @@
+//! Where things are in a repository, and what a VM folder holds.
+//!
+//! ```text
+//! ROOT/
+//!   .vmrepo/            repository marker, lock, import journals, and (on a
+//!                       local filesystem) the SQLite index
+//!   vm/<VM>/            one folder per VM software: xen, kvm, virtualBox, vmware
+//!     <name>.<ext>      an image file
+//!     <name>/           an image of several files: a folder holding its parts
+//!     <name>.checksum   md5sum's output for the image
+//!     <name>.txt        the image's description
+//! ```
+
+use std::fs;
+use std::os::unix::fs::DirEntryExt;
+use std::path::{Path, PathBuf};
+
+use vmrepo_name::{ImageName, Vm};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The repository's own folder.
+pub const META_DIR: &str = ".vmrepo";
+/// The marker file inside [`META_DIR`] that makes a folder a repository.
+pub const MARKER_FILE: &str = "repository";
+/// The folder of VM folders.
+pub const VM_DIR: &str = "vm";
+/// Prefix of an import's staging folder inside a VM folder.
+pub const STAGING_PREFIX: &str = ".vmrepo-staging.";
+/// The marker's content; the number is the layout version.
+pub const MARKER_TEXT: &str = "vmrepo repository\nlayout: 1\n";
+/// Environment variable naming the repository.
+pub const REPO_ENV: &str = "VMREPO_REPO";
+/// Environment variable naming the index file.
+pub const INDEX_ENV: &str = "VMREPO_INDEX";
+
+/// What `init` did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InitOutcome {
+    /// The repository's root.
+    pub root: PathBuf,
+    /// `vm/` was already there with content: the tree was adopted as it is.
+    pub adopted: bool,
+    /// The folder already was a repository.
+    pub existed: bool,
+    /// VM folders created.
+    pub created_folders: Vec<String>,
+}
+
+/// An opened repository: its files. The catalog ([`crate::Catalog`]) is opened from it.
+#[derive(Clone, Debug)]
+pub struct Repository {
+    root: PathBuf,
+    index_path: PathBuf,
+    network_fs: Option<&'static str>,
+}
+
+impl Repository {
+    /// Makes `dir` a repository, creating it if needed. A tree that already
+    /// holds `vm/` is adopted as it is: no image and no sidecar is touched,
+    /// and no VM folder is added to it.
+    ///
+    /// # Errors
+    /// The folder cannot be created or written.
+    pub fn init(dir: &Path) -> Result<(Repository, InitOutcome)> {
+        fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+        let root = dir.canonicalize().map_err(|e| Error::io("resolve", dir, e))?;
+        let meta = root.join(META_DIR);
+        let marker = meta.join(MARKER_FILE);
+        let existed = marker.exists();
+        let vm_root = root.join(VM_DIR);
+        let adopted = !existed
+            && fs::read_dir(&vm_root).map(|mut d| d.next().is_some()).unwrap_or(false);
+        fs::create_dir_all(&meta).map_err(|e| Error::io("create", &meta, e))?;
+        if !existed {
+            crate::fsutil::write_atomic(&marker, MARKER_TEXT.as_bytes(), 0o644)?;
+        }
+        let mut created_folders = Vec::new();
+        if !adopted && !existed {
+            fs::create_dir_all(&vm_root).map_err(|e| Error::io("create", &vm_root, e))?;
+            for vm in Vm::ALL {
+                let p = vm_root.join(vm.as_str());
+                if !p.exists() {
+                    fs::create_dir(&p).map_err(|e| Error::io("create", &p, e))?;
+                    created_folders.push(format!("{VM_DIR}/{}", vm.as_str()));
+                }
+            }
+            crate::fsutil::fsync_dir(&vm_root)?;
+        }
+        crate::fsutil::fsync_dir(&root)?;
+        let repo = Repository::open(&root)?;
+        Ok((repo, InitOutcome { root, adopted, existed, created_folders }))
+    }
+
+    /// Opens the repository whose root is `root`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotARepository`] if `root` holds no `.vmrepo/repository`.
+    pub fn open(root: &Path) -> Result<Repository> {
+        let root = root.canonicalize().map_err(|e| {
+            Error::new(ErrorKind::NotARepository, format!("{} is not a vmrepo repository ({e})", root.display()))
+        })?;
+        let marker = root.join(META_DIR).join(MARKER_FILE);
+        match fs::read_to_string(&marker) {
+            Ok(text) if text.starts_with("vmrepo repository") => {}
+            Ok(_) => {
+                return Err(Error::new(
+                    ErrorKind::NotARepository,
+                    format!("{} is not a vmrepo marker file", marker.display()),
+                ))
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::NotARepository,
+                    format!("{} is not a vmrepo repository (no {META_DIR}/{MARKER_FILE}; run vmrepo init)", root.display()),
+                ))
+            }
+        }
+        let network_fs = crate::fsutil::network_fs(&root);
+        let index_path = default_index_path(&root, network_fs);
+        Ok(Repository { root, index_path, network_fs })
+    }
+
+    /// Finds the repository containing `start`, looking in `start` and then in
+    /// each parent folder, as git does.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotARepository`] when no folder up to `/` is one.
+    pub fn discover(start: &Path) -> Result<Repository> {
+        let start = start.canonicalize().map_err(|e| Error::io("resolve", start, e))?;
+        let mut dir: &Path = &start;
+        loop {
+            if dir.join(META_DIR).join(MARKER_FILE).is_file() {
+                return Repository::open(dir);
+            }
+            match dir.parent() {
+                Some(p) => dir = p,
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::NotARepository,
+                        format!(
+                            "not in a vmrepo repository ({} or any parent folder); use --repo DIR, set {REPO_ENV}, or run vmrepo init",
+                            start.display()
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Uses `path` for the SQLite index instead of the default place.
+    #[must_use]
+    pub fn with_index_path(mut self, path: PathBuf) -> Repository {
+        self.index_path = path;
+        self
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `ROOT/vm`.
+    pub fn vm_root(&self) -> PathBuf {
+        self.root.join(VM_DIR)
+    }
+
+    /// `ROOT/.vmrepo`.
+    pub fn meta_dir(&self) -> PathBuf {
+        self.root.join(META_DIR)
+    }
+
+    /// Where the SQLite index lives.
+    pub fn index_path(&self) -> &Path {
+        &self.index_path
+    }
+
+    /// The network filesystem the repository is on, if it is on one.
+    pub fn network_fs(&self) -> Option<&'static str> {
+        self.network_fs
+    }
+
+    /// A path relative to the root, for messages and `--json`.
+    pub fn relative(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root).unwrap_or(path).to_string_lossy().into_owned()
+    }
+}
+
+/// The index lives beside the images when the tree is on a local filesystem,
+/// and in the user's cache folder when it is on a network filesystem, where
+/// SQLite's file locking cannot be trusted.
+fn default_index_path(root: &Path, network_fs: Option<&str>) -> PathBuf {
+    if let Ok(p) = std::env::var(INDEX_ENV) {
+        if !p.is_empty() {
+            return PathBuf::from(p);
+        }
+    }
+    let meta = root.join(META_DIR);
+    let writable = rustix::fs::access(&meta, rustix::fs::Access::WRITE_OK).is_ok();
+    if network_fs.is_none() && writable {
+        return meta.join("index.sqlite");
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("vmrepo-{}", rustix::process::getuid().as_raw())));
+    use sha2::Digest;
+    let key = crate::checksum::hex(&sha2::Sha256::digest(root.as_os_str().as_encoded_bytes())[..8]);
+    cache.join("vmrepo").join(format!("index-{key}.sqlite"))
+}
+
+/// What kind of thing an image is on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageKind {
+    /// One file.
+    File,
+    /// A folder of parts.
+    Folder,
+    /// Only its sidecars are there.
+    Missing,
+}
+
+impl ImageKind {
+    /// The word stored in the index and shown in `--json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageKind::File => "file",
+            ImageKind::Folder => "folder",
+            ImageKind::Missing => "missing",
+        }
+    }
+
+    /// The inverse of [`ImageKind::as_str`].
+    pub fn parse(s: &str) -> Option<ImageKind> {
+        match s {
+            "file" => Some(ImageKind::File),
+            "folder" => Some(ImageKind::Folder),
+            "missing" => Some(ImageKind::Missing),
+            _ => None,
+        }
+    }
+}
+
+/// An image found in a VM folder, with its sidecars' inode numbers (from the
+/// directory listing, without a stat).
+#[derive(Clone, Debug)]
+pub struct FoundImage {
+    /// The file or folder name (for a missing image, the stem).
+    pub file: String,
+    pub name: ImageName,
+    pub kind: ImageKind,
+    pub ino: u64,
+    pub checksum_ino: Option<u64>,
+    pub description_ino: Option<u64>,
+}
+
+/// An entry of a VM folder that is not part of a cataloged image.
+#[derive(Clone, Debug)]
+pub struct Stray {
+    pub file: String,
+    pub problem: String,
+    pub code: &'static str,
+}
+
+/// The content of one VM folder.
+#[derive(Clone, Debug, Default)]
+pub struct FolderScan {
+    /// Images and images whose file is missing (sidecars only).
+    pub images: Vec<FoundImage>,
+    /// Entries that break the convention.
+    pub strays: Vec<Stray>,
+    /// Staging folders of imports (`.vmrepo-staging.<id>`).
+    pub staging: Vec<String>,
+}
+
+/// The VM folders under `vm/`: (VM, folder name as on disk), sorted, with the
+/// entries that are not VM folders as strays.
+pub fn vm_folders(vm_root: &Path) -> Result<(Vec<(Vm, String)>, Vec<Stray>)> {
+    let mut found = Vec::new();
+    let mut strays = Vec::new();
+    let entries = match fs::read_dir(vm_root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((found, strays)),
+        Err(e) => return Err(Error::io("list", vm_root, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", vm_root, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let ft = entry.file_type().map_err(|e| Error::io("inspect", &entry.path(), e))?;
+        match Vm::from_user(&name) {
+            Ok(vm) if ft.is_dir() => found.push((vm, name)),
+            Ok(_) if ft.is_symlink() => strays.push(Stray {
+                file: name,
+                problem: "is a symbolic link; vmrepo does not follow links in the tree".into(),
+                code: "symlink",
+            }),
+            _ => strays.push(Stray {
+                file: name,
+                problem: "is not a VM folder (xen, kvm, virtualBox, vmware)".into(),
+                code: "not-a-vm-folder",
+            }),
+        }
+    }
+    // The spec's spelling first, so that it wins over another spelling of the same VM.
+    found.sort_by(|a, b| (a.0, a.1 != a.0.as_str(), &a.1).cmp(&(b.0, b.1 != b.0.as_str(), &b.1)));
+    let mut seen = Vec::new();
+    let mut unique = Vec::new();
+    for (vm, folder) in found {
+        if seen.contains(&vm) {
+            strays.push(Stray {
+                file: folder,
+                problem: format!("another spelling of vm/{}, which is the one cataloged", vm.as_str()),
+                code: "duplicate-vm-folder",
+            });
+        } else {
+            seen.push(vm);
+            unique.push((vm, folder));
+        }
+    }
+    Ok((unique, strays))
+}
+
+/// Lists a VM folder and groups its entries into images and their sidecars.
+pub fn scan_folder(dir: &Path) -> Result<FolderScan> {
+    let mut scan = FolderScan::default();
+    let entries = fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    // stem -> (checksum ino, description ino)
+    let mut sidecars: std::collections::BTreeMap<String, (Option<u64>, Option<u64>)> = Default::default();
+    let mut images: Vec<FoundImage> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            scan.strays.push(Stray {
+                file: entry.file_name().to_string_lossy().into_owned(),
+                problem: "is not a valid UTF-8 name".into(),
+                code: "bad-name",
+            });
+            continue;
+        };
+        if let Some(rest) = name.strip_prefix(STAGING_PREFIX) {
+            if !rest.is_empty() {
+                scan.staging.push(name);
+            }
+            continue;
+        }
+        if name.starts_with('.') {
+            continue;
+        }
+        let ino = entry.ino();
+        let ft = entry.file_type().map_err(|e| Error::io("inspect", &entry.path(), e))?;
+        if ft.is_symlink() {
+            scan.strays.push(Stray {
+                file: name,
+                problem: "is a symbolic link; vmrepo does not follow links in the tree".into(),
+                code: "symlink",
+            });
+            continue;
+        }
+        if ft.is_file() {
+            if let Some(stem) = name.strip_suffix(".checksum") {
+                sidecars.entry(stem.to_string()).or_default().0 = Some(ino);
+                continue;
+            }
+            if let Some(stem) = name.strip_suffix(".txt") {
+                sidecars.entry(stem.to_string()).or_default().1 = Some(ino);
+                continue;
+            }
+            match ImageName::parse_file(&name) {
+                Ok(n) => images.push(FoundImage {
+                    file: name,
+                    name: n,
+                    kind: ImageKind::File,
+                    ino,
+                    checksum_ino: None,
+                    description_ino: None,
+                }),
+                Err(e) => scan.strays.push(Stray { file: name, problem: e.to_string(), code: "bad-name" }),
+            }
+        } else if ft.is_dir() {
+            match ImageName::parse_stem(&name) {
+                Ok(n) => images.push(FoundImage {
+                    file: name,
+                    name: n,
+                    kind: ImageKind::Folder,
+                    ino,
+                    checksum_ino: None,
+                    description_ino: None,
+                }),
+                Err(e) => scan.strays.push(Stray { file: name, problem: e.to_string(), code: "bad-name" }),
+            }
+        } else {
+            scan.strays.push(Stray { file: name, problem: "is not a regular file or folder".into(), code: "not-a-file" });
+        }
+    }
+    images.sort_by(|a, b| a.file.cmp(&b.file));
+    let mut claimed = std::collections::BTreeSet::new();
+    for img in &mut images {
+        let stem = img.name.stem();
+        if let Some(&(c, d)) = sidecars.get(&stem) {
+            img.checksum_ino = c;
+            img.description_ino = d;
+        }
+        if !claimed.insert(stem.clone()) {
+            scan.strays.push(Stray {
+                file: img.file.clone(),
+                problem: format!("shares the name {stem} (and so its .checksum and .txt) with another image"),
+                code: "shared-stem",
+            });
+        }
+    }
+    for (stem, (c, d)) in sidecars {
+        if claimed.contains(&stem) {
+            continue;
+        }
+        match ImageName::parse_stem(&stem) {
+            Ok(name) => images.push(FoundImage {
+                file: stem,
+                name,
+                kind: ImageKind::Missing,
+                ino: 0,
+                checksum_ino: c,
+                description_ino: d,
+            }),
+            Err(e) => {
+                for (suffix, present) in [(".checksum", c.is_some()), (".txt", d.is_some())] {
+                    if present {
+                        scan.strays.push(Stray {
+                            file: format!("{stem}{suffix}"),
+                            problem: e.to_string(),
+                            code: "bad-name",
+                        });
+                    }
+                }
+            }
+        }
+    }
+    images.sort_by(|a, b| a.file.cmp(&b.file));
+    scan.images = images;
+    Ok(scan)
+}
+
+/// The parts of an image folder: its regular files, sorted. Sub-folders and
+/// links are reported, not followed.
+pub fn folder_parts(dir: &Path) -> Result<(Vec<(String, fs::Metadata)>, Vec<String>)> {
+    /// A folder image holds a handful of extents; refuse to list absurd counts.
+    const MAX_PARTS: usize = 4096;
+    let mut parts = Vec::new();
+    let mut problems = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let md = entry.metadata().map_err(|e| Error::io("inspect", &entry.path(), e))?;
+        if md.is_file() && !name.contains(['\n', '\\']) {
+            parts.push((name, md));
+            if parts.len() > MAX_PARTS {
+                return Err(Error::new(ErrorKind::InvalidInput, format!("{} holds more than {MAX_PARTS} files", dir.display())));
+            }
+        } else {
+            problems.push(name);
+        }
+    }
+    parts.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((parts, problems))
+}

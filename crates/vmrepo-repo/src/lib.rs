@@ -1,0 +1,59 @@
+//! The vmrepo image repository.
+//!
+//! A repository is a folder holding `vm/<VM>/` folders of images laid out as
+//! the STAR specification says (see [`layout`]), each image beside its
+//! `.checksum` (md5sum's output) and `.txt` (its description). This crate
+//! imports images crash-safely ([`add`]), keeps an SQLite catalog derived from
+//! the files ([`Catalog`]), verifies them ([`verify()`]), finds what breaks the
+//! convention ([`lint()`]) and removes images ([`remove()`]).
+//!
+//! ```no_run
+//! use vmrepo_repo::{Catalog, Query, Repository};
+//!
+//! let (repo, _) = Repository::init("/tmp/star-vm".as_ref())?;
+//! let catalog = Catalog::open(repo)?;
+//! for image in catalog.find(&Query::parse(&["os=sl5.3"])?)? {
+//!     println!("{} {}", image.path, image.size.unwrap_or(0));
+//! }
+//! # Ok::<(), vmrepo_repo::Error>(())
+//! ```
+//!
+//! # Guarantees
+//! * An import is invisible until the image and both sidecars are complete and
+//!   fsynced; a crash at any point leaves the tree as it was or, once the
+//!   publication had started, as it should be (see [`txn`]).
+//! * Commands that change the tree take the repository lock only for their
+//!   final renames; several imports run at once.
+//! * The index is only a cache: every command notices changes made behind its
+//!   back, and `reindex` rebuilds it.
+//!
+//! # Errors
+//! Every fallible function returns an [`Error`] whose [`ErrorKind`] classifies
+//! the failure and whose message names the file and the problem.
+
+pub mod add;
+pub mod catalog;
+pub mod checksum;
+pub mod description;
+pub mod error;
+pub mod fsutil;
+pub mod hashing;
+pub mod layout;
+pub mod lint;
+pub mod lock;
+pub mod progress;
+pub mod query;
+pub mod remove;
+pub mod txn;
+pub mod verify;
+
+pub use add::{add, AddOutcome, AddRequest};
+pub use catalog::{Catalog, ImageRecord, Inventory, ScanStats, Totals};
+pub use description::{Description, Facts, Storage};
+pub use error::{Error, ErrorKind, Result};
+pub use layout::{ImageKind, InitOutcome, Repository};
+pub use lint::{lint, Finding, Severity};
+pub use progress::{NoProgress, Progress};
+pub use query::Query;
+pub use remove::{remove, RemoveOutcome};
+pub use verify::{verify, VerifyOptions, VerifyReport, VerifyResult};

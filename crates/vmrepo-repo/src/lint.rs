@@ -1,0 +1,220 @@
+//! `vmrepo lint`: everything in the tree that breaks the convention, read from
+//! the files themselves (not from the index).
+
+use std::path::Path;
+
+use serde::Serialize;
+use vmrepo_name::{ImageName, Isa, Vm};
+
+use crate::catalog::read_capped;
+use crate::checksum::{self, MAX_CHECKSUM_FILE};
+use crate::description::{Description, MAX_DESCRIPTION_FILE};
+use crate::error::Result;
+use crate::layout::{self, FoundImage, ImageKind, Repository, STAGING_PREFIX, VM_DIR};
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Works, but not as the convention writes it.
+    Warning,
+    /// Breaks the convention or the image's integrity records.
+    Error,
+}
+
+/// One thing wrong in the tree.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    /// Path relative to the repository root.
+    pub path: String,
+    /// Stable code (see docs/json.md).
+    pub code: &'static str,
+    pub severity: Severity,
+    pub message: String,
+}
+
+/// Lints the whole tree.
+///
+/// # Errors
+/// The tree cannot be listed.
+pub fn lint(repo: &Repository) -> Result<Vec<Finding>> {
+    let mut out = Vec::new();
+    let vm_root = repo.vm_root();
+    if !vm_root.is_dir() {
+        out.push(Finding {
+            path: VM_DIR.into(),
+            code: "no-vm-folder",
+            severity: Severity::Error,
+            message: "the repository has no vm/ folder".into(),
+        });
+        return Ok(out);
+    }
+    let (folders, strays) = layout::vm_folders(&vm_root)?;
+    for s in strays {
+        let severity = if s.code == "symlink" { Severity::Warning } else { Severity::Error };
+        out.push(Finding { path: format!("{VM_DIR}/{}", s.file), code: s.code, severity, message: s.problem });
+    }
+    for (vm, folder) in folders {
+        if folder != vm.as_str() {
+            out.push(Finding {
+                path: format!("{VM_DIR}/{folder}"),
+                code: "vm-folder-spelling",
+                severity: Severity::Warning,
+                message: format!("the specification spells this folder {}", vm.as_str()),
+            });
+        }
+        let dir = vm_root.join(&folder);
+        let scan = layout::scan_folder(&dir)?;
+        let rel = |f: &str| format!("{VM_DIR}/{folder}/{f}");
+        for s in scan.strays {
+            let severity = if s.code == "symlink" { Severity::Warning } else { Severity::Error };
+            out.push(Finding { path: rel(&s.file), code: s.code, severity, message: s.problem });
+        }
+        for s in scan.staging {
+            out.push(Finding {
+                path: rel(&s),
+                code: "staging-leftover",
+                severity: Severity::Warning,
+                message: format!("an import in progress, or one that died (removed by the next command once its process is gone; {STAGING_PREFIX}* is never cataloged)"),
+            });
+        }
+        for img in &scan.images {
+            lint_image(&dir, vm, &folder, img, &mut out);
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path).then(a.code.cmp(b.code)));
+    Ok(out)
+}
+
+fn lint_image(dir: &Path, vm: Vm, folder: &str, img: &FoundImage, out: &mut Vec<Finding>) {
+    let stem = img.name.stem();
+    let rel = |f: &str| format!("{VM_DIR}/{folder}/{f}");
+    let mut push = |path: String, code: &'static str, severity: Severity, message: String| {
+        out.push(Finding { path, code, severity, message });
+    };
+    if img.kind == ImageKind::Missing {
+        push(rel(&stem), "missing-image", Severity::Error, "sidecars without their image (orphaned .checksum or .txt)".into());
+    }
+    if img.checksum_ino.is_none() {
+        push(rel(&img.file), "missing-checksum", Severity::Error, format!("no {stem}.checksum beside the image"));
+    }
+    if img.description_ino.is_none() {
+        push(rel(&img.file), "missing-description", Severity::Error, format!("no {stem}.txt beside the image"));
+    }
+    if img.checksum_ino.is_some() {
+        let name = format!("{stem}.checksum");
+        match read_capped(&dir.join(&name), MAX_CHECKSUM_FILE) {
+            Err(e) => push(rel(&name), "checksum-format", Severity::Error, e),
+            Ok(bytes) => match std::str::from_utf8(&bytes) {
+                Err(_) => push(rel(&name), "checksum-format", Severity::Error, "not text: not in md5sum's format".into()),
+                Ok(text) => match checksum::parse(text) {
+                    Err(e) => push(rel(&name), "checksum-format", Severity::Error, format!("not in md5sum's format: {e}")),
+                    Ok(lines) => match img.kind {
+                        ImageKind::File => {
+                            if lines.len() != 1 || lines[0].path != img.file {
+                                push(
+                                    rel(&name),
+                                    "checksum-other-file",
+                                    Severity::Error,
+                                    format!("should hold one line for {}, as `md5sum {}` prints", img.file, img.file),
+                                );
+                            }
+                        }
+                        ImageKind::Folder => {
+                            let parts = layout::folder_parts(&dir.join(&img.file)).map(|(p, _)| p).unwrap_or_default();
+                            let mut want: Vec<String> = parts.iter().map(|(n, _)| format!("{}/{n}", img.file)).collect();
+                            let mut have: Vec<String> = lines.iter().map(|l| l.path.clone()).collect();
+                            want.sort();
+                            have.sort();
+                            if want != have {
+                                push(
+                                    rel(&name),
+                                    "checksum-other-file",
+                                    Severity::Error,
+                                    format!("should hold one line for each file of {}/", img.file),
+                                );
+                            }
+                        }
+                        ImageKind::Missing => {}
+                    },
+                },
+            },
+        }
+    }
+    if img.kind == ImageKind::Folder {
+        if let Ok((_, others)) = layout::folder_parts(&dir.join(&img.file)) {
+            for o in others {
+                push(
+                    rel(&format!("{}/{o}", img.file)),
+                    "folder-content",
+                    Severity::Warning,
+                    "not a regular file: an image folder holds only the image's files".into(),
+                );
+            }
+        }
+    }
+    if img.description_ino.is_some() {
+        let name = format!("{stem}.txt");
+        let d = match read_capped(&dir.join(&name), MAX_DESCRIPTION_FILE) {
+            Err(e) => {
+                push(rel(&name), "description-unreadable", Severity::Error, e);
+                return;
+            }
+            Ok(bytes) => match Description::parse(&bytes) {
+                Err(e) => {
+                    push(rel(&name), "description-unreadable", Severity::Error, e.to_string());
+                    return;
+                }
+                Ok(d) => d,
+            },
+        };
+        let (facts, problems) = d.facts();
+        for p in problems {
+            push(rel(&name), "description-field", Severity::Error, format!("line {}: {}: {}", p.line, p.key, p.problem));
+        }
+        let n: &ImageName = &img.name;
+        let mut disagree = |what: &str, says: String, name_says: String| {
+            push(
+                rel(&name),
+                "description-disagrees",
+                Severity::Error,
+                format!("{what}: the description says {says}, the name says {name_says}"),
+            );
+        };
+        if let Some(image) = &facts.image {
+            if img.kind != ImageKind::Missing && image != &img.file {
+                disagree("image", image.clone(), img.file.clone());
+            }
+        }
+        if let Some(v) = facts.vm {
+            if v != vm {
+                disagree("VM", v.to_string(), format!("{} (its folder)", vm.as_str()));
+            }
+        }
+        if let Some(os) = &facts.os {
+            if os != n.os() {
+                disagree("operating system", os.to_string(), n.os().to_string());
+            }
+        }
+        if let Some(isa) = facts.isa {
+            if isa != n.isa() {
+                disagree("instruction set", Isa::as_str(isa).into(), n.isa().to_string());
+            }
+        }
+        if let Some(w) = facts.word_size {
+            if w != n.word_size() {
+                disagree("word size", w.to_string(), n.word_size().to_string());
+            }
+        }
+        if let Some(l) = &facts.lib {
+            if l != n.lib() {
+                disagree("STAR library", l.to_string(), n.lib().to_string());
+            }
+        }
+        if let Some(m) = &facts.max_size {
+            if m.bytes() != n.max_size().bytes() {
+                disagree("maximum size", m.to_string(), n.max_size().to_string());
+            }
+        }
+    }
+}

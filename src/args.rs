@@ -1,0 +1,175 @@
+//! Command-line flags, as parsed by clap. Validation into library types happens in `commands`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    problems found (verify, lint, name check)
+  2    usage error
+  3    not a vmrepo repository
+  4    no such image, or a file that vanished
+  5    the name is already taken (add without --replace)
+  6    invalid input: a bad name, field, query or ambiguous name
+  7    I/O error
+  8    no space left on the device
+  9    the repository is locked by another command
+  10   the SQLite index failed
+  130  interrupted (nothing half-done is left behind)";
+
+/// Store, catalog and check STAR virtual machine images.
+#[derive(Parser, Debug)]
+#[command(name = "vmrepo", version, after_help = EXIT_CODES, max_term_width = 100)]
+pub struct Cli {
+    /// The repository's root folder (default: found from the current folder upward).
+    #[arg(long, global = true, env = "VMREPO_REPO", value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+
+    /// The SQLite index file (default: ROOT/.vmrepo/index.sqlite, or the user's
+    /// cache folder when the tree is on a network filesystem).
+    #[arg(long, global = true, env = "VMREPO_INDEX", value_name = "FILE", hide_env_values = true)]
+    pub index: Option<PathBuf>,
+
+    /// Print JSON on standard output instead of text (fields: docs/json.md).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Print only errors.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    /// Print what vmrepo does (-vv for more).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Make a repository, or adopt an existing tree that holds vm/ (nothing in it is changed).
+    Init {
+        /// The repository's root (default: the current folder).
+        dir: Option<PathBuf>,
+    },
+    /// Check, parse and format image names.
+    #[command(subcommand)]
+    Name(NameCommand),
+    /// Import an image file (or a folder of one image's files) under its convention name.
+    Add(AddArgs),
+    /// Hash images again and compare with their records.
+    Verify(VerifyArgs),
+    /// Find images: FIELD=VALUE, FIELD!=VALUE, FIELD~GLOB, FIELD<VALUE ... (all must hold).
+    #[command(after_help = "Fields: vm name file kind os osinfo arch bits lib maxsize detail ext size disk_usage parts \
+format virtual_size storage kernel sha256 md5 checksum description added added_by verified\n\
+Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo find 'name~*ec2*' added=2026-11")]
+    Find {
+        /// Expressions; a bare word matches names containing it.
+        #[arg(value_name = "EXPR")]
+        exprs: Vec<String>,
+    },
+    /// List every image.
+    List,
+    /// Everything known of one image.
+    Show {
+        /// The image: NAME, FILE, VM/NAME or a path.
+        name: String,
+    },
+    /// Totals: images, bytes and maximum sizes, by VM, OS and STAR library.
+    Inventory,
+    /// Report what breaks the convention: names, sidecars, descriptions.
+    Lint,
+    /// Remove an image with its sidecars.
+    Rm {
+        /// The image: NAME, FILE, VM/NAME or a path.
+        name: String,
+    },
+    /// Rebuild the index from the files.
+    Reindex,
+    /// Make a small demonstration repository with one image, and show it.
+    Demo {
+        /// Where (default: ./vmrepo-demo).
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NameCommand {
+    /// Say exactly what is wrong with each name (exit 1 if any is bad).
+    Check {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Print the name made of these fields.
+    Format(NameFields),
+}
+
+/// The fields of a name, as a person types them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct NameFields {
+    /// Operating system: sl4, sl5.3, ubuntu9.10, fedora12, centOS5 ... (any case).
+    #[arg(long)]
+    pub os: Option<String>,
+    /// Instruction set: x86, SPARC, ARM, Alpha, PowerPC, AVR ... or amd64, i686, aarch64.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Word size: 8, 16, 32, 64, 128 or 512 (implied by amd64, i686 ...).
+    #[arg(long)]
+    pub bits: Option<u16>,
+    /// STAR library: sl08e (or SL08e), pro, new, dev.
+    #[arg(long)]
+    pub lib: Option<String>,
+    /// Maximum size: 500MB, 8GB, 1.5TB (binary units; 8G and 8GiB also accepted).
+    #[arg(long = "max-size", value_name = "SIZE")]
+    pub max_size: Option<String>,
+    /// Additional detail: letters, digits, '-' and '.'.
+    #[arg(long)]
+    pub detail: Option<String>,
+    /// File extension (default: from the format; img for a raw image).
+    #[arg(long)]
+    pub ext: Option<String>,
+    /// Name a folder image (no extension).
+    #[arg(long, conflicts_with = "ext")]
+    pub folder: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// The image file, or a folder holding the files of one image.
+    pub file: PathBuf,
+    /// VM software: xen, kvm, virtualBox, vmware (any case).
+    #[arg(long)]
+    pub vm: String,
+    #[command(flatten)]
+    pub fields: NameFields,
+    /// Notes for the description.
+    #[arg(long, conflicts_with = "notes_file")]
+    pub notes: Option<String>,
+    /// Read the notes from a file.
+    #[arg(long = "notes-file", value_name = "FILE")]
+    pub notes_file: Option<PathBuf>,
+    /// Replace an image stored under the same name.
+    #[arg(long)]
+    pub replace: bool,
+    /// Rename the file into the repository instead of copying it.
+    #[arg(long = "move")]
+    pub move_source: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Images to verify (default: all).
+    pub names: Vec<String>,
+    /// Skip images unchanged (size, mtime, inode) since they last verified clean.
+    #[arg(long)]
+    pub quick: bool,
+    /// Also check the MD5 in each .checksum.
+    #[arg(long)]
+    pub md5: bool,
+    /// Images hashed at once (default: the number of cores).
+    #[arg(long, short)]
+    pub jobs: Option<usize>,
+}
