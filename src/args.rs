@@ -63,9 +63,11 @@ pub enum Command {
     /// Hash images again and compare with their records.
     Verify(VerifyArgs),
     /// Find images: FIELD=VALUE, FIELD!=VALUE, FIELD~GLOB, FIELD<VALUE ... (all must hold).
-    #[command(after_help = "Fields: vm name file kind os osinfo arch bits lib maxsize detail ext size disk_usage parts \
+    #[command(
+        after_help = "Fields: vm name file kind os osinfo arch bits lib maxsize detail ext size disk_usage parts \
 format virtual_size storage kernel sha256 md5 checksum description added added_by verified\n\
-Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo find 'name~*ec2*' added=2026-11")]
+Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo find 'name~*ec2*' added=2026-11"
+    )]
     Find {
         /// Expressions; a bare word matches names containing it.
         #[arg(value_name = "EXPR")]

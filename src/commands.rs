@@ -3,16 +3,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use vmrepo_name::{Detail, Extension, ImageName, Isa, MaxSize, NameParts, Os, StarLib, Vm, WordSize};
 use vmrepo_repo::{
-    Catalog, Description, ErrorKind, Facts, ImageRecord, NoProgress, Query, Repository, Severity, VerifyOptions,
+    Catalog, Description, ErrorKind, Facts, ImageRecord, NoProgress, Query, Repository, Severity,
+    VerifyOptions,
 };
 
-use crate::args::{AddArgs, Cli, Command, NameCommand, NameFields, VerifyArgs};
-use crate::output::{self, line, or_dash, size, Table};
-use crate::ui::Bar;
 use crate::Outcome;
+use crate::args::{AddArgs, Cli, Command, NameCommand, NameFields, VerifyArgs};
+use crate::output::{self, Table, line, or_dash, size};
+use crate::ui::Bar;
 
 /// Extensions taken over from the source file when `--ext` is not given.
 const KNOWN_EXTENSIONS: [&str; 8] = ["img", "raw", "iso", "qcow2", "vmdk", "vdi", "vhd", "vhdx"];
@@ -59,7 +60,8 @@ fn open_catalog(ctx: &Ctx<'_>) -> Result<Catalog> {
 }
 
 fn init(ctx: &Ctx<'_>, dir: Option<&Path>) -> Result<Outcome> {
-    let dir = dir.map(Path::to_path_buf).or_else(|| ctx.cli.repo.clone()).unwrap_or_else(|| PathBuf::from("."));
+    let dir =
+        dir.map(Path::to_path_buf).or_else(|| ctx.cli.repo.clone()).unwrap_or_else(|| PathBuf::from("."));
     let (repo, outcome) = Repository::init(&dir)?;
     let repo = match &ctx.cli.index {
         Some(p) => repo.with_index_path(p.clone()),
@@ -171,7 +173,10 @@ struct SourceInfo<'a> {
 fn required<'a>(v: &'a Option<String>, flag: &str, what: &str) -> Result<&'a str> {
     match v.as_deref() {
         Some(s) => Ok(s),
-        None => Err(vmrepo_repo::Error::new(ErrorKind::InvalidInput, format!("{flag} is required: {what}")).into()),
+        None => {
+            Err(vmrepo_repo::Error::new(ErrorKind::InvalidInput, format!("{flag} is required: {what}"))
+                .into())
+        }
     }
 }
 
@@ -182,14 +187,22 @@ fn build_name(f: &NameFields, source: Option<&SourceInfo<'_>>) -> Result<ImageNa
         (Some(b), Some(i)) if b != i.bits() => {
             return Err(vmrepo_repo::Error::new(
                 ErrorKind::InvalidInput,
-                format!("--bits {b} contradicts --arch {}, which is {}-bit", f.arch.as_deref().unwrap_or(""), i.bits()),
+                format!(
+                    "--bits {b} contradicts --arch {}, which is {}-bit",
+                    f.arch.as_deref().unwrap_or(""),
+                    i.bits()
+                ),
             )
-            .into())
+            .into());
         }
         (Some(b), _) => WordSize::new(b)?,
         (None, Some(i)) => i,
         (None, None) => {
-            return Err(vmrepo_repo::Error::new(ErrorKind::InvalidInput, "--bits is required: the word size, 32 or 64").into())
+            return Err(vmrepo_repo::Error::new(
+                ErrorKind::InvalidInput,
+                "--bits is required: the word size, 32 or 64",
+            )
+            .into());
         }
     };
     let lib = StarLib::from_user(required(&f.lib, "--lib", "the STAR library, like sl08e")?)?;
@@ -197,10 +210,17 @@ fn build_name(f: &NameFields, source: Option<&SourceInfo<'_>>) -> Result<ImageNa
         (Some(m), _) => MaxSize::from_user(m)?,
         // A raw image's virtual size is its length.
         (None, Some(s)) if !s.is_folder => MaxSize::from_bytes(s.len).map_err(|_| {
-            vmrepo_repo::Error::new(ErrorKind::InvalidInput, format!("{} is empty: give --max-size", s.path.display()))
+            vmrepo_repo::Error::new(
+                ErrorKind::InvalidInput,
+                format!("{} is empty: give --max-size", s.path.display()),
+            )
         })?,
         _ => {
-            return Err(vmrepo_repo::Error::new(ErrorKind::InvalidInput, "--max-size is required: the maximum size, like 8GB").into())
+            return Err(vmrepo_repo::Error::new(
+                ErrorKind::InvalidInput,
+                "--max-size is required: the maximum size, like 8GB",
+            )
+            .into());
         }
     };
     let detail = f.detail.as_deref().map(Detail::parse).transpose()?;
@@ -275,7 +295,10 @@ fn read_small(p: &Path, cap: u64) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     f.take(cap + 1).read_to_end(&mut buf).map_err(|e| vmrepo_repo::Error::io("read", p, e))?;
     if buf.len() as u64 > cap {
-        bail!(vmrepo_repo::Error::new(ErrorKind::InvalidInput, format!("{} is larger than {cap} bytes", p.display())));
+        bail!(vmrepo_repo::Error::new(
+            ErrorKind::InvalidInput,
+            format!("{} is larger than {cap} bytes", p.display())
+        ));
     }
     Ok(buf)
 }
@@ -348,7 +371,8 @@ fn show(ctx: &Ctx<'_>, spec: &str) -> Result<Outcome> {
     let catalog = open_catalog(ctx)?;
     let rec = catalog.resolve(spec)?;
     let dir = catalog.repo().vm_root().join(&rec.folder);
-    let description = std::fs::read(dir.join(format!("{}.txt", rec.name))).ok().and_then(|b| Description::parse(&b).ok());
+    let description =
+        std::fs::read(dir.join(format!("{}.txt", rec.name))).ok().and_then(|b| Description::parse(&b).ok());
     let (facts, problems) = description.as_ref().map(Description::facts).unwrap_or_default();
     if ctx.cli.json {
         output::json(&serde_json::json!({
@@ -377,10 +401,13 @@ fn print_record(r: &ImageRecord, f: &Facts) -> Result<()> {
         ("Path", r.path.clone()),
         ("Kind", r.kind.clone()),
         ("VM", r.vm.clone()),
-        ("Operating system", match &r.osinfo {
-            Some(id) => format!("{} ({id})", r.os),
-            None => r.os.clone(),
-        }),
+        (
+            "Operating system",
+            match &r.osinfo {
+                Some(id) => format!("{} ({id})", r.os),
+                None => r.os.clone(),
+            },
+        ),
         ("Kernel version", or_dash(r.kernel.as_deref())),
         ("Instruction set", format!("{} {}-bit", r.arch, r.bits)),
         ("STAR library", r.lib.clone()),
@@ -388,28 +415,40 @@ fn print_record(r: &ImageRecord, f: &Facts) -> Result<()> {
         ("Storage", or_dash(r.storage.as_deref())),
         ("Format", or_dash(r.format.as_deref())),
         ("Virtual size", size(r.virtual_size)),
-        ("Size", match r.size {
-            Some(s) => format!("{} ({s} bytes, {} allocated)", size(Some(s)), size(r.disk_usage)),
-            None => "-".into(),
-        }),
-        ("SHA-256", match (&r.sha256, f.sha256.len()) {
-            (Some(s), _) => s.clone(),
-            (None, n) if n > 1 => format!("{n} parts (see the .txt)"),
-            _ => "-".into(),
-        }),
+        (
+            "Size",
+            match r.size {
+                Some(s) => format!("{} ({s} bytes, {} allocated)", size(Some(s)), size(r.disk_usage)),
+                None => "-".into(),
+            },
+        ),
+        (
+            "SHA-256",
+            match (&r.sha256, f.sha256.len()) {
+                (Some(s), _) => s.clone(),
+                (None, n) if n > 1 => format!("{n} parts (see the .txt)"),
+                _ => "-".into(),
+            },
+        ),
         ("MD5", or_dash(r.md5.as_deref())),
         (".checksum", r.checksum.clone()),
         (".txt", r.description.clone()),
-        ("Added", match (&r.added, &r.added_by) {
-            (Some(a), Some(b)) => format!("{a} by {b}"),
-            (Some(a), None) => a.clone(),
-            _ => "-".into(),
-        }),
-        ("Last verified", match (&r.verified_at, r.verified_ok) {
-            (Some(a), Some(true)) => format!("{a}, ok"),
-            (Some(a), _) => format!("{a}, FAILED"),
-            _ => "never".into(),
-        }),
+        (
+            "Added",
+            match (&r.added, &r.added_by) {
+                (Some(a), Some(b)) => format!("{a} by {b}"),
+                (Some(a), None) => a.clone(),
+                _ => "-".into(),
+            },
+        ),
+        (
+            "Last verified",
+            match (&r.verified_at, r.verified_ok) {
+                (Some(a), Some(true)) => format!("{a}, ok"),
+                (Some(a), _) => format!("{a}, FAILED"),
+                _ => "never".into(),
+            },
+        ),
     ];
     let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in rows {
@@ -487,7 +526,9 @@ fn reindex(ctx: &Ctx<'_>) -> Result<Outcome> {
     let stats = catalog.rebuild()?;
     let images = catalog.find(&Query::all())?.len();
     if ctx.cli.json {
-        output::json(&serde_json::json!({ "images": images, "folders_scanned": stats.folders_scanned, "images_read": stats.images_read }))?;
+        output::json(
+            &serde_json::json!({ "images": images, "folders_scanned": stats.folders_scanned, "images_read": stats.images_read }),
+        )?;
     } else if !ctx.cli.quiet {
         line(format_args!("index rebuilt: {images} image(s) in {} folder(s)", stats.folders_scanned))?;
     }
@@ -539,7 +580,10 @@ fn demo(ctx: &Ctx<'_>, dir: Option<&Path>) -> Result<Outcome> {
                 vm: Vm::Kvm,
                 name: name.clone(),
                 facts: Facts::default(),
-                notes: Some("A demonstration image made by `vmrepo demo`: an MBR and one partition, mostly empty.".into()),
+                notes: Some(
+                    "A demonstration image made by `vmrepo demo`: an MBR and one partition, mostly empty."
+                        .into(),
+                ),
                 replace: false,
                 move_source: false,
                 progress: &bar,
@@ -548,16 +592,31 @@ fn demo(ctx: &Ctx<'_>, dir: Option<&Path>) -> Result<Outcome> {
         );
         let _ = std::fs::remove_file(&tmp);
         let out = result?;
-        say(format!("$ vmrepo add demo-disk.img --vm kvm --os sl5.3 --arch x86 --bits 64 --lib sl08e --detail demo\nAdded {}", out.image.path))?;
+        say(format!(
+            "$ vmrepo add demo-disk.img --vm kvm --os sl5.3 --arch x86 --bits 64 --lib sl08e --detail demo\nAdded {}",
+            out.image.path
+        ))?;
     }
     let report = vmrepo_repo::verify(
         &catalog,
-        &VerifyOptions { names: Vec::new(), quick: false, md5: true, jobs: 2, progress: &NoProgress, cancel: ctx.cancel },
+        &VerifyOptions {
+            names: Vec::new(),
+            quick: false,
+            md5: true,
+            jobs: 2,
+            progress: &NoProgress,
+            cancel: ctx.cancel,
+        },
     )?;
-    say(format!("$ vmrepo verify --md5\nverified {} image(s): {} ok, {} with problems", report.images, report.ok, report.failed))?;
+    say(format!(
+        "$ vmrepo verify --md5\nverified {} image(s): {} ok, {} with problems",
+        report.images, report.ok, report.failed
+    ))?;
     let images = catalog.find(&Query::all())?;
     if ctx.cli.json {
-        output::json(&serde_json::json!({ "root": catalog.repo().root(), "images": images, "verify": report }))?;
+        output::json(
+            &serde_json::json!({ "root": catalog.repo().root(), "images": images, "verify": report }),
+        )?;
     } else if !ctx.cli.quiet {
         line("$ vmrepo list")?;
         for i in &images {

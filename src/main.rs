@@ -32,10 +32,10 @@ fn main() -> ExitCode {
 /// Prints the error in one line (and as JSON on stdout with --json) and picks the exit code.
 fn report(err: &anyhow::Error, json: bool) -> ExitCode {
     // A closed pipe (vmrepo list | head) is not a failure.
-    if let Some(io) = err.downcast_ref::<io::Error>() {
-        if io.kind() == io::ErrorKind::BrokenPipe {
-            return ExitCode::SUCCESS;
-        }
+    if let Some(io) = err.downcast_ref::<io::Error>()
+        && io.kind() == io::ErrorKind::BrokenPipe
+    {
+        return ExitCode::SUCCESS;
     }
     let (code, kind) = match err.downcast_ref::<vmrepo_repo::Error>() {
         Some(e) => exit_code(e.kind()),

@@ -1,8 +1,8 @@
 //! Terminal matters: logging, progress bars, signals.
 
 use std::io::IsTerminal;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -14,8 +14,9 @@ pub fn init_logging(verbose: u8, quiet: bool) {
         (false, 1) => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VMREPO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("vmrepo={level},vmrepo_repo={level}")));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VMREPO_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("vmrepo={level},vmrepo_repo={level}"))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -34,6 +35,9 @@ pub fn install_signal_handlers() -> Arc<AtomicBool> {
         let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&flag));
         let _ = signal_hook::flag::register(sig, Arc::clone(&flag));
     }
+    // Past a file size limit, a write should fail with EFBIG (reported like a
+    // full disk) rather than kill the process half-way.
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, Arc::new(AtomicBool::new(false)));
     flag
 }
 
@@ -52,9 +56,11 @@ impl Bar {
         };
         let bar = ProgressBar::with_draw_target(Some(0), target);
         bar.set_style(
-            ProgressStyle::with_template("{msg:.bold} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg:.bold} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         Bar { bar, quiet }
     }

@@ -1,6 +1,6 @@
 use std::fmt;
 
-use crate::{check_safe, Field, NameError};
+use crate::{Field, NameError, check_safe};
 
 /// The optional additional detail of a name (`ec2`, `v2`, `xen-pv`):
 /// letters, digits, `-` and `.`, not starting with `-` or `.`.

@@ -80,11 +80,7 @@ impl NameError {
         if shown.len() < value.len() {
             shown.push_str("...");
         }
-        NameError {
-            field,
-            value: shown,
-            problem: problem.into(),
-        }
+        NameError { field, value: shown, problem: problem.into() }
     }
 
     /// The field at fault.

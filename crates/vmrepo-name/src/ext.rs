@@ -1,6 +1,6 @@
 use std::fmt;
 
-use crate::{check_safe, Field, NameError};
+use crate::{Field, NameError, check_safe};
 
 /// A file extension (`qcow2`, `img`): lower-case letters and digits, starting
 /// with a letter.

@@ -1,6 +1,6 @@
 use std::fmt;
 
-use crate::{check_safe, Detail, Extension, Field, Isa, MaxSize, NameError, Os, StarLib, WordSize};
+use crate::{Detail, Extension, Field, Isa, MaxSize, NameError, Os, StarLib, WordSize, check_safe};
 
 /// The longest name accepted, leaving room under the 255-byte file name limit
 /// for the sidecar suffix and the temporary names an import uses.
@@ -184,7 +184,11 @@ fn parse(s: &str, shape: Shape) -> Result<ImageName, Vec<NameError>> {
         (Shape::Folder, _) => (s, None),
         (Shape::File, Some(d)) => (&s[..d], Some(&s[d + 1..])),
         (Shape::File, None) => {
-            return Err(vec![NameError::new(Field::Ext, s, "a file name needs an extension (.qcow2, .vmdk, .img ...)")])
+            return Err(vec![NameError::new(
+                Field::Ext,
+                s,
+                "a file name needs an extension (.qcow2, .vmdk, .img ...)",
+            )]);
         }
         (Shape::Guess, Some(d)) if KNOWN_EXTENSIONS.contains(&&s[d + 1..]) => (&s[..d], Some(&s[d + 1..])),
         (Shape::Guess, _) => (s, None),
@@ -291,7 +295,10 @@ mod tests {
         let f = ImageName::parse_file("sl4_x86_32_sl08e_1.5TB.img").unwrap();
         assert_eq!(f.max_size().as_str(), "1.5TB");
         assert!(ImageName::parse_file("sl4_x86_32_sl08e_8GB").is_err());
-        assert_eq!(ImageName::parse_stem("sl4_x86_32_sl08e_8GB_ec2.v2").unwrap().detail().unwrap().as_str(), "ec2.v2");
+        assert_eq!(
+            ImageName::parse_stem("sl4_x86_32_sl08e_8GB_ec2.v2").unwrap().detail().unwrap().as_str(),
+            "ec2.v2"
+        );
     }
 
     #[test]
@@ -323,7 +330,14 @@ mod tests {
 
     #[test]
     fn hostile_names() {
-        for s in ["", "../sl4_x86_32_sl08e_8GB.img", "a/b", "sl4_x86_32_sl08e_8GB.img\0", "sl4\n_x86_32_sl08e_8GB.img", &"s".repeat(300)] {
+        for s in [
+            "",
+            "../sl4_x86_32_sl08e_8GB.img",
+            "a/b",
+            "sl4_x86_32_sl08e_8GB.img\0",
+            "sl4\n_x86_32_sl08e_8GB.img",
+            &"s".repeat(300),
+        ] {
             assert!(ImageName::parse(s).is_err(), "{s:?}");
         }
     }

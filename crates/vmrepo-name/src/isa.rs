@@ -1,6 +1,6 @@
 use std::fmt;
 
-use crate::{check_safe, Field, NameError, WordSize};
+use crate::{Field, NameError, WordSize, check_safe};
 
 /// The instruction set architecture, in the specification's spelling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

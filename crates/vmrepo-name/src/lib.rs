@@ -47,7 +47,7 @@ mod word_size;
 pub use detail::Detail;
 pub use error::{Field, NameError};
 pub use ext::Extension;
-pub use image_name::{ImageName, NameParts, MAX_NAME_LEN};
+pub use image_name::{ImageName, MAX_NAME_LEN, NameParts};
 pub use isa::Isa;
 pub use max_size::MaxSize;
 pub use os::{Os, OsFamily};

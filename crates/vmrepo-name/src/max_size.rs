@@ -1,6 +1,6 @@
 use std::fmt;
 
-use crate::{check_safe, Field, NameError};
+use crate::{Field, NameError, check_safe};
 
 /// The size to which an image may grow, as a name writes it: `500MB`, `8GB`,
 /// `1.5TB`. Units are binary, as qemu-img counts them: 1GB is 2^30 bytes.
@@ -28,7 +28,8 @@ const MAX_INTEGER_DIGITS: usize = 19;
 /// The largest size any format can describe and SQLite can store as an integer.
 pub const MAX_BYTES: u64 = i64::MAX as u64;
 
-const EXPECTED: &str = "expected a number and a unit like 500MB, 8GB or 1.5TB (binary units: B, KB, MB, GB, TB, PB, EB)";
+const EXPECTED: &str =
+    "expected a number and a unit like 500MB, 8GB or 1.5TB (binary units: B, KB, MB, GB, TB, PB, EB)";
 
 impl MaxSize {
     /// Parses the field of a name: a number without leading zeros, at most
@@ -43,7 +44,9 @@ impl MaxSize {
         let (number, unit) = split_unit(s);
         let Some(&(_, unit_bytes)) = UNITS.iter().find(|(u, _)| *u == unit) else {
             return Err(match canonical_unit(unit) {
-                Some(u) => NameError::new(Field::MaxSize, s, format!("names write the unit {u:?}: {number}{u}")),
+                Some(u) => {
+                    NameError::new(Field::MaxSize, s, format!("names write the unit {u:?}: {number}{u}"))
+                }
                 None => NameError::new(Field::MaxSize, s, EXPECTED),
             });
         };
@@ -59,10 +62,18 @@ impl MaxSize {
             return Err(NameError::new(Field::MaxSize, s, "too many digits"));
         }
         if int.len() > 1 && int.starts_with('0') || int == "0" && frac.is_none() {
-            return Err(NameError::new(Field::MaxSize, s, "a size is written without leading zeros and is not zero"));
+            return Err(NameError::new(
+                Field::MaxSize,
+                s,
+                "a size is written without leading zeros and is not zero",
+            ));
         }
         if int == "0" {
-            return Err(NameError::new(Field::MaxSize, s, "write a size under one unit with the next smaller unit (512MB, not 0.5GB)"));
+            return Err(NameError::new(
+                Field::MaxSize,
+                s,
+                "write a size under one unit with the next smaller unit (512MB, not 0.5GB)",
+            ));
         }
         if frac.is_some_and(|f| f.ends_with('0')) {
             return Err(NameError::new(Field::MaxSize, s, "a fraction is written without trailing zeros"));
@@ -85,7 +96,8 @@ impl MaxSize {
         let (number, unit) = split_unit(s);
         if unit.is_empty() && !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) {
             let bytes: u64 = number.parse().map_err(|_| NameError::new(Field::MaxSize, s, "too large"))?;
-            return MaxSize::from_bytes(bytes).map_err(|e| NameError::new(Field::MaxSize, s, e.problem().to_string()));
+            return MaxSize::from_bytes(bytes)
+                .map_err(|e| NameError::new(Field::MaxSize, s, e.problem().to_string()));
         }
         let unit = canonical_unit(unit).ok_or_else(|| NameError::new(Field::MaxSize, s, EXPECTED))?;
         let number = match number.split_once('.') {
@@ -100,7 +112,8 @@ impl MaxSize {
                 if i.is_empty() { "0".to_string() } else { i.to_string() }
             }
         };
-        MaxSize::parse(&format!("{number}{unit}")).map_err(|e| NameError::new(Field::MaxSize, s, e.problem().to_string()))
+        MaxSize::parse(&format!("{number}{unit}"))
+            .map_err(|e| NameError::new(Field::MaxSize, s, e.problem().to_string()))
     }
 
     /// The shortest exact spelling of a byte count, in the largest unit that
@@ -204,7 +217,25 @@ mod tests {
 
     #[test]
     fn strict_in_names() {
-        for bad in ["8G", "8gb", "8GiB", "08GB", "1.50TB", "0GB", "0.5GB", "1.3KB", "GB", "8", "8.GB", ".5GB", "-8GB", "8EB", "1.1B", "12345678901234567890123GB", "99999999999999999999EB"] {
+        for bad in [
+            "8G",
+            "8gb",
+            "8GiB",
+            "08GB",
+            "1.50TB",
+            "0GB",
+            "0.5GB",
+            "1.3KB",
+            "GB",
+            "8",
+            "8.GB",
+            ".5GB",
+            "-8GB",
+            "8EB",
+            "1.1B",
+            "12345678901234567890123GB",
+            "99999999999999999999EB",
+        ] {
             assert!(MaxSize::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(MaxSize::parse("8gb").unwrap_err().problem().contains("8GB"));

@@ -1,7 +1,7 @@
 use std::fmt;
 
 use crate::osinfo_ids::OSINFO_IDS;
-use crate::{check_safe, Field, NameError};
+use crate::{Field, NameError, check_safe};
 
 /// An operating system family the naming convention knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -86,7 +86,10 @@ impl Os {
             return Err(NameError::new(
                 Field::Os,
                 s,
-                format!("expected a family name then a version, like sl5.3 (families: {})", OsFamily::known_tokens()),
+                format!(
+                    "expected a family name then a version, like sl5.3 (families: {})",
+                    OsFamily::known_tokens()
+                ),
             ));
         }
         let family = match FAMILIES.iter().find(|f| f.token == fam) {
@@ -98,22 +101,19 @@ impl Os {
                         Field::Os,
                         s,
                         format!("the family is written {:?}: {}{}", f.token, f.token, version),
-                    ))
+                    ));
                 }
                 None => {
                     return Err(NameError::new(
                         Field::Os,
                         s,
                         format!("unknown operating system {fam:?} (known: {})", OsFamily::known_tokens()),
-                    ))
+                    ));
                 }
             },
         };
         check_version(s, version)?;
-        Ok(Os {
-            family,
-            version: version.to_string(),
-        })
+        Ok(Os { family, version: version.to_string() })
     }
 
     /// The family (`sl`).
@@ -137,17 +137,15 @@ impl Os {
     /// (`scientificlinux5.3` gives `sl5.3`), if the family is known.
     pub fn from_osinfo_id(id: &str) -> Option<Os> {
         // Longest prefix first: "scientificlinux" must not be read as "s...".
-        let mut families: Vec<&'static OsFamily> = FAMILIES.iter().filter(|f| f.osinfo_prefix.is_some()).collect();
+        let mut families: Vec<&'static OsFamily> =
+            FAMILIES.iter().filter(|f| f.osinfo_prefix.is_some()).collect();
         families.sort_by_key(|f| std::cmp::Reverse(f.osinfo_prefix.map_or(0, str::len)));
         for family in families {
             let prefix = family.osinfo_prefix?;
-            if let Some(version) = id.strip_prefix(prefix) {
-                if check_version(id, version).is_ok() {
-                    return Some(Os {
-                        family,
-                        version: version.to_string(),
-                    });
-                }
+            if let Some(version) = id.strip_prefix(prefix)
+                && check_version(id, version).is_ok()
+            {
+                return Some(Os { family, version: version.to_string() });
             }
         }
         None
@@ -159,7 +157,9 @@ fn check_version(whole: &str, version: &str) -> Result<(), NameError> {
         Err(NameError::new(
             Field::Os,
             whole,
-            format!("{why}: expected a version of dot-separated numbers after the family, like sl5.3 or ubuntu9.10"),
+            format!(
+                "{why}: expected a version of dot-separated numbers after the family, like sl5.3 or ubuntu9.10"
+            ),
         ))
     };
     if version.is_empty() {

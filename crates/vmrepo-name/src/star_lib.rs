@@ -1,6 +1,6 @@
 use std::fmt;
 
-use crate::{check_safe, Field, NameError};
+use crate::{Field, NameError, check_safe};
 
 /// A STAR library version: a release like `sl08e` (STAR writes `SL08e`; names
 /// use lower case) or one of STAR's symbolic versions `pro`, `new`, `dev`.
@@ -59,7 +59,11 @@ impl StarLib {
 
 fn is_release(s: &str) -> bool {
     let b = s.as_bytes();
-    b.len() == 5 && b.starts_with(b"sl") && b[2].is_ascii_digit() && b[3].is_ascii_digit() && b[4].is_ascii_lowercase()
+    b.len() == 5
+        && b.starts_with(b"sl")
+        && b[2].is_ascii_digit()
+        && b[3].is_ascii_digit()
+        && b[4].is_ascii_lowercase()
 }
 
 impl fmt::Display for StarLib {

@@ -38,16 +38,9 @@ impl Vm {
     /// # Errors
     /// A name that is none of xen, kvm, virtualBox, vmware.
     pub fn from_user(s: &str) -> Result<Vm, NameError> {
-        Vm::ALL
-            .into_iter()
-            .find(|vm| vm.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                NameError::new(
-                    Field::Vm,
-                    s,
-                    "expected one of xen, kvm, virtualBox, vmware (any case)",
-                )
-            })
+        Vm::ALL.into_iter().find(|vm| vm.as_str().eq_ignore_ascii_case(s)).ok_or_else(|| {
+            NameError::new(Field::Vm, s, "expected one of xen, kvm, virtualBox, vmware (any case)")
+        })
     }
 }
 

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use vmrepo_name::{ImageName, Vm};
 
 use crate::catalog::{Catalog, ImageRecord};
-use crate::checksum::{self, hex, ChecksumLine};
-use crate::description::{Description, Facts, PartDigest, MAX_DESCRIPTION_FILE};
+use crate::checksum::{self, ChecksumLine, hex};
+use crate::description::{Description, Facts, MAX_DESCRIPTION_FILE, PartDigest};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::{self, fsync_dir};
 use crate::hashing::{self, Endpoint, Want};
@@ -70,14 +70,26 @@ pub fn add(catalog: &mut Catalog, req: AddRequest<'_>) -> Result<AddOutcome> {
     let src_md = fs::metadata(req.source).map_err(|e| Error::io("read", req.source, e))?;
     let is_folder = src_md.is_dir();
     if !is_folder && !src_md.is_file() {
-        return Err(Error::new(ErrorKind::InvalidInput, format!("{} is not a regular file or a folder", req.source.display())));
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{} is not a regular file or a folder", req.source.display()),
+        ));
     }
     match (is_folder, req.name.ext()) {
         (true, Some(_)) => {
-            return Err(Error::new(ErrorKind::InvalidInput, format!("{} is a folder: an image of several files has a name without extension", req.source.display())))
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{} is a folder: an image of several files has a name without extension",
+                    req.source.display()
+                ),
+            ));
         }
         (false, None) => {
-            return Err(Error::new(ErrorKind::InvalidInput, format!("{}: an image file needs an extension", req.source.display())))
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{}: an image file needs an extension", req.source.display()),
+            ));
         }
         _ => {}
     }
@@ -122,7 +134,10 @@ pub fn add(catalog: &mut Catalog, req: AddRequest<'_>) -> Result<AddOutcome> {
     req.progress.start(total, &file_name);
     let staged_image = txn.staging().join(&file_name);
     if is_folder && !in_place {
-        fs::DirBuilder::new().mode(0o755).create(&staged_image).map_err(|e| Error::io("create", &staged_image, e))?;
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&staged_image)
+            .map_err(|e| Error::io("create", &staged_image, e))?;
     }
     let mut md5_lines = Vec::new();
     let mut sha_parts = Vec::new();
@@ -152,7 +167,13 @@ pub fn add(catalog: &mut Catalog, req: AddRequest<'_>) -> Result<AddOutcome> {
                 .mode(0o444)
                 .open(&dst_path)
                 .map_err(|e| Error::io("create", &dst_path, e))?;
-            hashing::hash_file(src_end, Some(Endpoint { file: &dst, path: &dst_path }), want, &advance, req.cancel)?
+            hashing::hash_file(
+                src_end,
+                Some(Endpoint { file: &dst, path: &dst_path }),
+                want,
+                &advance,
+                req.cancel,
+            )?
         };
         let (Some(md5), Some(sha256)) = (digests.md5, digests.sha256) else {
             return Err(Error::new(ErrorKind::Io, "hashing returned no digest"));
@@ -204,7 +225,9 @@ pub fn add(catalog: &mut Catalog, req: AddRequest<'_>) -> Result<AddOutcome> {
     txn::stage_file(&txn, &txt_name, description.render().as_bytes(), 0o644)?;
     txn::stage_file(&txn, &sum_name, checksum::format(&md5_lines).as_bytes(), 0o644)?;
 
-    let lock = RepoLock::acquire(&repo.meta_dir(), &|| req.progress.note("waiting for another vmrepo command to finish"))?;
+    let lock = RepoLock::acquire(&repo.meta_dir(), &|| {
+        req.progress.note("waiting for another vmrepo command to finish")
+    })?;
     if req.cancel.load(Ordering::Relaxed) {
         return Err(Error::interrupted());
     }
@@ -216,7 +239,10 @@ pub fn add(catalog: &mut Catalog, req: AddRequest<'_>) -> Result<AddOutcome> {
     for (path, ino, len, mtime) in &identity {
         let now = fs::metadata(path).map_err(|e| Error::io("read", path, e))?;
         if now.ino() != *ino || now.len() != *len || fsutil::mtime_ns(&now) != *mtime {
-            return Err(Error::new(ErrorKind::Io, format!("{} changed while it was hashed; nothing was imported", path.display())));
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("{} changed while it was hashed; nothing was imported", path.display()),
+            ));
         }
     }
     let mut steps = Vec::new();
@@ -286,20 +312,32 @@ fn source_parts(source: &Path, is_folder: bool, file_name: &str) -> Result<Vec<P
     if let Some(o) = others.first() {
         return Err(Error::new(
             ErrorKind::InvalidInput,
-            format!("{}/{o} is not a regular file: an image folder holds only the image's files", source.display()),
+            format!(
+                "{}/{o} is not a regular file: an image folder holds only the image's files",
+                source.display()
+            ),
         ));
     }
     if parts.is_empty() {
         return Err(Error::new(ErrorKind::InvalidInput, format!("{} is an empty folder", source.display())));
     }
     for (name, _) in &parts {
-        if name.starts_with('.') || vmrepo_name::ImageName::parse_file(name).is_err() && name.contains(['/', '\0']) {
-            return Err(Error::new(ErrorKind::InvalidInput, format!("{}/{name}: hidden or unsafe file name", source.display())));
+        if name.starts_with('.')
+            || vmrepo_name::ImageName::parse_file(name).is_err() && name.contains(['/', '\0'])
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{}/{name}: hidden or unsafe file name", source.display()),
+            ));
         }
     }
     Ok(parts
         .into_iter()
-        .map(|(name, md)| Part { src: source.join(&name), rel: format!("{file_name}/{name}"), size: md.len() })
+        .map(|(name, md)| Part {
+            src: source.join(&name),
+            rel: format!("{file_name}/{name}"),
+            size: md.len(),
+        })
         .collect())
 }
 

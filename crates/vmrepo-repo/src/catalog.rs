@@ -13,7 +13,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use vmrepo_name::{ImageName, Vm};
 
@@ -315,7 +315,9 @@ impl Catalog {
     /// As [`Catalog::refresh`].
     pub fn rebuild(&mut self) -> Result<ScanStats> {
         self.conn
-            .execute_batch("DELETE FROM images; DELETE FROM folders; DELETE FROM meta WHERE key = 'vm_mtime_ns';")
+            .execute_batch(
+                "DELETE FROM images; DELETE FROM folders; DELETE FROM meta WHERE key = 'vm_mtime_ns';",
+            )
             .map_err(|e| Error::index("clear", e))?;
         self.scan(true)
     }
@@ -332,13 +334,16 @@ impl Catalog {
             .optional()
             .map_err(|e| Error::index("read", e))?
             .and_then(|s| s.parse().ok());
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| Error::index("start a transaction", e))?;
         if force || root_mtime.is_none() || root_mtime != stored_root {
             let (folders, _) = layout::vm_folders(&vm_root)?;
             let names: Vec<String> = folders.iter().map(|(vm, _)| vm.as_str().to_string()).collect();
             let known: Vec<(String, String)> = {
-                let mut st = tx.prepare("SELECT vm, folder FROM folders").map_err(|e| Error::index("read", e))?;
+                let mut st =
+                    tx.prepare("SELECT vm, folder FROM folders").map_err(|e| Error::index("read", e))?;
                 st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
                     .map_err(|e| Error::index("read", e))?
                     .collect::<rusqlite::Result<_>>()
@@ -347,9 +352,12 @@ impl Catalog {
             for (vm, folder) in &known {
                 let current = folders.iter().find(|(v, _)| v.as_str() == vm);
                 if current.is_none_or(|(_, f)| f != folder) {
-                    let n = tx.execute("DELETE FROM images WHERE vm = ?1", [vm]).map_err(|e| Error::index("drop", e))?;
+                    let n = tx
+                        .execute("DELETE FROM images WHERE vm = ?1", [vm])
+                        .map_err(|e| Error::index("drop", e))?;
                     stats.images_dropped += n as u64;
-                    tx.execute("DELETE FROM folders WHERE vm = ?1", [vm]).map_err(|e| Error::index("drop", e))?;
+                    tx.execute("DELETE FROM folders WHERE vm = ?1", [vm])
+                        .map_err(|e| Error::index("drop", e))?;
                 }
             }
             for (vm, folder) in &folders {
@@ -368,7 +376,9 @@ impl Catalog {
                 .map_err(|e| Error::index("record", e))?;
         }
         let folders: Vec<(String, String, Option<i64>)> = {
-            let mut st = tx.prepare("SELECT vm, folder, mtime_ns FROM folders").map_err(|e| Error::index("read", e))?;
+            let mut st = tx
+                .prepare("SELECT vm, folder, mtime_ns FROM folders")
+                .map_err(|e| Error::index("read", e))?;
             st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .map_err(|e| Error::index("read", e))?
                 .collect::<rusqlite::Result<_>>()
@@ -429,7 +439,10 @@ impl Catalog {
     pub fn resolve(&self, spec: &str) -> Result<ImageRecord> {
         let matches = self.resolve_all(spec)?;
         match matches.len() {
-            0 => Err(Error::new(ErrorKind::NotFound, format!("no image named {spec:?} in {} (try vmrepo find)", self.repo.root().display()))),
+            0 => Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no image named {spec:?} in {} (try vmrepo find)", self.repo.root().display()),
+            )),
             1 => Ok(matches.into_iter().next().expect("one element")),
             _ => Err(Error::new(
                 ErrorKind::Ambiguous,
@@ -448,19 +461,21 @@ impl Catalog {
             if let Ok(rel) = p.strip_prefix(self.repo.root()) {
                 s = rel.to_string_lossy().into_owned();
             }
-        } else if p.components().count() > 1 && p.exists() {
-            if let Ok(abs) = p.canonicalize() {
-                if let Ok(rel) = abs.strip_prefix(self.repo.root()) {
-                    s = rel.to_string_lossy().into_owned();
-                }
-            }
+        } else if p.components().count() > 1
+            && p.exists()
+            && let Ok(abs) = p.canonicalize()
+            && let Ok(rel) = abs.strip_prefix(self.repo.root())
+        {
+            s = rel.to_string_lossy().into_owned();
         }
         let s = s.strip_prefix("vm/").unwrap_or(&s);
         let (vm, name) = match s.split_once('/') {
             Some((folder, name)) => (Some(Vm::from_user(folder).map_err(Error::from)?), name),
             None => (None, s),
         };
-        let sql = format!("SELECT {RECORD_COLUMNS} FROM images WHERE (stem = ?1 OR file = ?1) AND (?2 IS NULL OR vm = ?2) ORDER BY vm, file");
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM images WHERE (stem = ?1 OR file = ?1) AND (?2 IS NULL OR vm = ?2) ORDER BY vm, file"
+        );
         let mut st = self.conn.prepare_cached(&sql).map_err(|e| Error::index("query", e))?;
         let rows = st
             .query_map(params![name, vm.map(Vm::as_str)], ImageRecord::from_row)
@@ -477,7 +492,9 @@ impl Catalog {
             let sql = if col.is_empty() {
                 "SELECT '', count(*), coalesce(sum(size), 0), coalesce(sum(maxsize_bytes), 0) FROM images WHERE kind != 'missing'".to_string()
             } else {
-                format!("SELECT {col}, count(*), coalesce(sum(size), 0), coalesce(sum(maxsize_bytes), 0) FROM images WHERE kind != 'missing' GROUP BY {col} ORDER BY {col}")
+                format!(
+                    "SELECT {col}, count(*), coalesce(sum(size), 0), coalesce(sum(maxsize_bytes), 0) FROM images WHERE kind != 'missing' GROUP BY {col} ORDER BY {col}"
+                )
             };
             let mut st = self.conn.prepare(&sql).map_err(|e| Error::index("query", e))?;
             let rows = st
@@ -520,7 +537,9 @@ impl Catalog {
     /// listed again by the next command (it just changed).
     pub(crate) fn reload(&mut self, vm: Vm, folder: &str) -> Result<()> {
         let dir = self.repo.vm_root().join(folder);
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| Error::index("start a transaction", e))?;
         tx.execute(
             "INSERT INTO folders (vm, folder, mtime_ns) VALUES (?1, ?2, NULL) ON CONFLICT (vm) DO UPDATE SET mtime_ns = NULL",
@@ -532,7 +551,13 @@ impl Catalog {
     }
 
     /// Records the result of a verification, with the file's identity then.
-    pub(crate) fn set_verified(&self, id: i64, ok: bool, stat: Option<(u64, i64, u64)>, at: &str) -> Result<()> {
+    pub(crate) fn set_verified(
+        &self,
+        id: i64,
+        ok: bool,
+        stat: Option<(u64, i64, u64)>,
+        at: &str,
+    ) -> Result<()> {
         let (s, m, i) = match stat {
             Some((s, m, i)) => (i64::try_from(s).ok(), Some(m), i64::try_from(i).ok()),
             None => (None, None, None),
@@ -577,7 +602,9 @@ fn try_open_index(path: &Path) -> rusqlite::Result<Connection> {
         .optional()
         .unwrap_or(None);
     if version.as_deref() != Some(SCHEMA_VERSION) {
-        conn.execute_batch("DROP TABLE IF EXISTS images; DROP TABLE IF EXISTS folders; DROP TABLE IF EXISTS meta;")?;
+        conn.execute_batch(
+            "DROP TABLE IF EXISTS images; DROP TABLE IF EXISTS folders; DROP TABLE IF EXISTS meta;",
+        )?;
         conn.execute_batch(SCHEMA)?;
         conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?1)", [SCHEMA_VERSION])?;
     }
@@ -620,13 +647,21 @@ fn rescan_folder(
     let mut known: std::collections::HashMap<String, Known> = std::collections::HashMap::new();
     {
         let mut st = tx
-            .prepare_cached("SELECT id, file, ino, checksum_ino, description_ino, kind FROM images WHERE vm = ?1")
+            .prepare_cached(
+                "SELECT id, file, ino, checksum_ino, description_ino, kind FROM images WHERE vm = ?1",
+            )
             .map_err(|e| Error::index("read", e))?;
         let rows = st
             .query_map([vm.as_str()], |r| {
                 Ok((
                     r.get::<_, String>(1)?,
-                    Known { id: r.get(0)?, ino: r.get(2)?, checksum_ino: r.get(3)?, description_ino: r.get(4)?, kind: r.get(5)? },
+                    Known {
+                        id: r.get(0)?,
+                        ino: r.get(2)?,
+                        checksum_ino: r.get(3)?,
+                        description_ino: r.get(4)?,
+                        kind: r.get(5)?,
+                    },
                 ))
             })
             .map_err(|e| Error::index("read", e))?;
@@ -687,13 +722,20 @@ pub(crate) fn read_from_disk(dir: &Path, img: &FoundImage) -> DiskState {
     let path = dir.join(&img.file);
     let (size, disk_usage, mtime, ino, parts) = match img.kind {
         ImageKind::File => match fs::symlink_metadata(&path) {
-            Ok(md) => (Some(md.len()), Some(md.blocks().saturating_mul(512)), Some(mtime_ns(&md)), Some(md.ino()), Some(1)),
+            Ok(md) => (
+                Some(md.len()),
+                Some(md.blocks().saturating_mul(512)),
+                Some(mtime_ns(&md)),
+                Some(md.ino()),
+                Some(1),
+            ),
             Err(_) => (None, None, None, None, None),
         },
         ImageKind::Folder => match (fs::symlink_metadata(&path), layout::folder_parts(&path)) {
             (Ok(md), Ok((parts, _))) => {
                 let size = parts.iter().map(|(_, m)| m.len()).fold(0u64, u64::saturating_add);
-                let du = parts.iter().map(|(_, m)| m.blocks().saturating_mul(512)).fold(0u64, u64::saturating_add);
+                let du =
+                    parts.iter().map(|(_, m)| m.blocks().saturating_mul(512)).fold(0u64, u64::saturating_add);
                 let newest = parts.iter().map(|(_, m)| mtime_ns(m)).max().unwrap_or(mtime_ns(&md));
                 (Some(size), Some(du), Some(newest), Some(md.ino()), Some(parts.len() as u64))
             }
@@ -718,7 +760,9 @@ pub(crate) fn read_from_disk(dir: &Path, img: &FoundImage) -> DiskState {
                     }
                     _ => match lines.iter().find(|l| l.path == img.file) {
                         Some(l) if lines.len() == 1 => ("ok".to_string(), Some(hex(&l.md5))),
-                        _ if img.kind == ImageKind::Missing => ("ok".to_string(), lines.first().map(|l| hex(&l.md5))),
+                        _ if img.kind == ImageKind::Missing => {
+                            ("ok".to_string(), lines.first().map(|l| hex(&l.md5)))
+                        }
                         _ => ("other-file".to_string(), None),
                     },
                 },
@@ -728,16 +772,18 @@ pub(crate) fn read_from_disk(dir: &Path, img: &FoundImage) -> DiskState {
     };
     let (description_state, facts) = match img.description_ino {
         None => ("missing".to_string(), Facts::default()),
-        Some(_) => match read_capped(&dir.join(format!("{stem}.txt")), crate::description::MAX_DESCRIPTION_FILE) {
-            Err(_) => ("unreadable".to_string(), Facts::default()),
-            Ok(bytes) => match Description::parse(&bytes) {
+        Some(_) => {
+            match read_capped(&dir.join(format!("{stem}.txt")), crate::description::MAX_DESCRIPTION_FILE) {
                 Err(_) => ("unreadable".to_string(), Facts::default()),
-                Ok(d) => {
-                    let (facts, problems) = d.facts();
-                    (if problems.is_empty() { "ok" } else { "problems" }.to_string(), facts)
-                }
-            },
-        },
+                Ok(bytes) => match Description::parse(&bytes) {
+                    Err(_) => ("unreadable".to_string(), Facts::default()),
+                    Ok(d) => {
+                        let (facts, problems) = d.facts();
+                        (if problems.is_empty() { "ok" } else { "problems" }.to_string(), facts)
+                    }
+                },
+            }
+        }
     };
     DiskState {
         size,
@@ -752,7 +798,13 @@ pub(crate) fn read_from_disk(dir: &Path, img: &FoundImage) -> DiskState {
     }
 }
 
-fn upsert(tx: &rusqlite::Transaction<'_>, vm: Vm, folder: &str, img: &FoundImage, d: &DiskState) -> Result<()> {
+fn upsert(
+    tx: &rusqlite::Transaction<'_>,
+    vm: Vm,
+    folder: &str,
+    img: &FoundImage,
+    d: &DiskState,
+) -> Result<()> {
     let n = &img.name;
     let i = |v: Option<u64>| v.and_then(|v| i64::try_from(v).ok());
     let sha256 = match (img.kind, d.facts.sha256.as_slice()) {

@@ -62,14 +62,17 @@ pub fn parse(text: &str) -> Result<Vec<ChecksumLine>, ChecksumError> {
         };
         let md5 = parse_hex::<16>(hex_part).ok_or_else(|| bad("the digest is not 32 hexadecimal digits"))?;
         let rest = &line[32..];
-        let name = rest
-            .strip_prefix("  ")
-            .or_else(|| rest.strip_prefix(" *"))
-            .ok_or_else(|| bad("expected two spaces (or a space and '*') after the digest, as md5sum prints"))?;
+        let name = rest.strip_prefix("  ").or_else(|| rest.strip_prefix(" *")).ok_or_else(|| {
+            bad("expected two spaces (or a space and '*') after the digest, as md5sum prints")
+        })?;
         if name.is_empty() {
             return Err(bad("no file name after the digest"));
         }
-        let name = if escaped { unescape(name).ok_or_else(|| bad("bad escape in the file name"))? } else { name.to_string() };
+        let name = if escaped {
+            unescape(name).ok_or_else(|| bad("bad escape in the file name"))?
+        } else {
+            name.to_string()
+        };
         if name.starts_with('/') || name.split('/').any(|c| c == ".." || c.is_empty()) {
             return Err(bad("the file name leaves the sidecar's folder"));
         }

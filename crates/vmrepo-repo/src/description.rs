@@ -52,8 +52,22 @@ pub mod keys {
 
     /// Every key, in writing order.
     pub const ALL: [&str; 16] = [
-        IMAGE, VM, OS, OSINFO, KERNEL, ISA, WORD_SIZE, LIB, MAX_SIZE, STORAGE, FORMAT, VIRTUAL_SIZE, BYTES, SHA256,
-        ADDED, ADDED_BY,
+        IMAGE,
+        VM,
+        OS,
+        OSINFO,
+        KERNEL,
+        ISA,
+        WORD_SIZE,
+        LIB,
+        MAX_SIZE,
+        STORAGE,
+        FORMAT,
+        VIRTUAL_SIZE,
+        BYTES,
+        SHA256,
+        ADDED,
+        ADDED_BY,
     ];
 }
 
@@ -167,8 +181,10 @@ impl Description {
         let mut d = Description {
             header: vec![
                 format!("# {title}: STAR virtual machine image, described by vmrepo."),
-                "# Lines \"Key: value\" above \"Notes:\" are read back by vmrepo; edit them freely.".to_string(),
-                "# Lines vmrepo does not know are kept, and everything after \"Notes:\" is yours.".to_string(),
+                "# Lines \"Key: value\" above \"Notes:\" are read back by vmrepo; edit them freely."
+                    .to_string(),
+                "# Lines vmrepo does not know are kept, and everything after \"Notes:\" is yours."
+                    .to_string(),
             ],
             notes: Some(String::new()),
         };
@@ -285,12 +301,11 @@ impl Description {
         let order = keys::ALL.iter().position(|k| *k == key).unwrap_or(keys::ALL.len());
         let mut at = None;
         for (i, line) in self.header.iter().enumerate() {
-            if let Some((k, _)) = split_field(line) {
-                if let Some(p) = keys::ALL.iter().position(|known| known.eq_ignore_ascii_case(k)) {
-                    if p < order {
-                        at = Some(i + 1);
-                    }
-                }
+            if let Some((k, _)) = split_field(line)
+                && let Some(p) = keys::ALL.iter().position(|known| known.eq_ignore_ascii_case(k))
+                && p < order
+            {
+                at = Some(i + 1);
             }
         }
         at.unwrap_or_else(|| self.header.iter().take_while(|l| l.starts_with('#')).count())
@@ -349,7 +364,9 @@ impl Description {
         let mut problems = Vec::new();
         for (i, line) in self.header.iter().enumerate() {
             let Some((k, v)) = split_field(line) else { continue };
-            let Some(key) = keys::ALL.iter().copied().find(|known| known.eq_ignore_ascii_case(k)) else { continue };
+            let Some(key) = keys::ALL.iter().copied().find(|known| known.eq_ignore_ascii_case(k)) else {
+                continue;
+            };
             if is_unknown(v) {
                 continue;
             }
@@ -370,7 +387,8 @@ impl Description {
                     Ok((isa, _)) => f.isa = Some(isa),
                     Err(e) => problem(e.problem().to_string()),
                 },
-                keys::WORD_SIZE => match WordSize::parse(v.trim_end_matches("-bit").trim_end_matches(" bit")) {
+                keys::WORD_SIZE => match WordSize::parse(v.trim_end_matches("-bit").trim_end_matches(" bit"))
+                {
                     Ok(w) => f.word_size = Some(w),
                     Err(e) => problem(e.problem().to_string()),
                 },
@@ -379,7 +397,9 @@ impl Description {
                     Err(e) => problem(e.problem().to_string()),
                 },
                 keys::MAX_SIZE => match MaxSize::from_user(first_word(v)) {
-                    Ok(m) if first_word(v).contains(|c: char| c.is_ascii_alphabetic()) => f.max_size = Some(m),
+                    Ok(m) if first_word(v).contains(|c: char| c.is_ascii_alphabetic()) => {
+                        f.max_size = Some(m)
+                    }
                     Ok(_) => problem("expected a size with its unit, like 8GB".into()),
                     Err(e) => problem(e.problem().to_string()),
                 },
@@ -461,7 +481,7 @@ pub fn human_bytes(n: u64) -> String {
     let divisor = 1u128 << (10 * unit);
     let tenths = (u128::from(n) * 10 + divisor / 2) / divisor;
     let mut s = String::new();
-    if tenths % 10 == 0 {
+    if tenths.is_multiple_of(10) {
         let _ = write!(s, "{} {}", tenths / 10, UNITS[unit]);
     } else {
         let _ = write!(s, "{}.{} {}", tenths / 10, tenths % 10, UNITS[unit]);
@@ -524,7 +544,10 @@ mod tests {
 
     #[test]
     fn bad_values_are_problems_not_failures() {
-        let d = Description::parse(b"Word size: sixty-four\nSHA-256: xyz\nMaximum size: 8 gigs\nOperating system: sl5.3\n").unwrap();
+        let d = Description::parse(
+            b"Word size: sixty-four\nSHA-256: xyz\nMaximum size: 8 gigs\nOperating system: sl5.3\n",
+        )
+        .unwrap();
         let (f, problems) = d.facts();
         assert_eq!(f.os.unwrap().to_string(), "sl5.3");
         let keys: Vec<&str> = problems.iter().map(|p| p.key).collect();

@@ -65,7 +65,11 @@ impl Error {
 
     /// An index (SQLite) failure while doing `what`.
     pub fn index(what: &str, err: rusqlite::Error) -> Error {
-        Error { kind: ErrorKind::Index, message: format!("index: cannot {what}"), source: Some(Box::new(err)) }
+        Error {
+            kind: ErrorKind::Index,
+            message: format!("index: cannot {what}"),
+            source: Some(Box::new(err)),
+        }
     }
 
     /// The user asked to stop.

@@ -60,10 +60,8 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
 pub fn unique_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let host = rustix::system::uname();
     let host = host.nodename().to_bytes();
     // FNV-1a of the host name keeps ids short and stable per host.

@@ -13,10 +13,10 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use md5::{Digest, Md5};
 use sha2::Sha256;
 
@@ -154,7 +154,11 @@ pub fn hash_file(
         if after.len() != len {
             return Err(Error::new(
                 ErrorKind::Io,
-                format!("{} changed size while it was read ({len} then {} bytes)", src.path.display(), after.len()),
+                format!(
+                    "{} changed size while it was read ({len} then {} bytes)",
+                    src.path.display(),
+                    after.len()
+                ),
             ));
         }
         Ok(Digests { md5: joined(md5)?, sha256: joined(sha)?, bytes: len })
@@ -176,17 +180,16 @@ pub fn hash_path(
 /// Opens a file for reading, refusing a symbolic link in the last component.
 pub fn open_nofollow(path: &Path) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                Error::new(ErrorKind::InvalidInput, format!("{} is a symbolic link, not followed", path.display()))
-            } else {
-                Error::io("open", path, e)
-            }
-        })
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("{} is a symbolic link, not followed", path.display()),
+            )
+        } else {
+            Error::io("open", path, e)
+        }
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -232,8 +235,12 @@ fn read_pieces(
                     Ok(0) => {
                         return Err(Error::new(
                             ErrorKind::Io,
-                            format!("{} became shorter while it was read (at byte {})", src.path.display(), pos + filled as u64),
-                        ))
+                            format!(
+                                "{} became shorter while it was read (at byte {})",
+                                src.path.display(),
+                                pos + filled as u64
+                            ),
+                        ));
                     }
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -398,7 +405,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, vec![1u8; 4 * CHUNK]).unwrap();
-        let err = hash_path(&p, Want { md5: true, sha256: false }, &|_| {}, &AtomicBool::new(true)).unwrap_err();
+        let err =
+            hash_path(&p, Want { md5: true, sha256: false }, &|_| {}, &AtomicBool::new(true)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Interrupted);
     }
 }

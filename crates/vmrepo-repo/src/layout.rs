@@ -69,8 +69,7 @@ impl Repository {
         let marker = meta.join(MARKER_FILE);
         let existed = marker.exists();
         let vm_root = root.join(VM_DIR);
-        let adopted = !existed
-            && fs::read_dir(&vm_root).map(|mut d| d.next().is_some()).unwrap_or(false);
+        let adopted = !existed && fs::read_dir(&vm_root).map(|mut d| d.next().is_some()).unwrap_or(false);
         fs::create_dir_all(&meta).map_err(|e| Error::io("create", &meta, e))?;
         if !existed {
             crate::fsutil::write_atomic(&marker, MARKER_TEXT.as_bytes(), 0o644)?;
@@ -98,7 +97,10 @@ impl Repository {
     /// [`ErrorKind::NotARepository`] if `root` holds no `.vmrepo/repository`.
     pub fn open(root: &Path) -> Result<Repository> {
         let root = root.canonicalize().map_err(|e| {
-            Error::new(ErrorKind::NotARepository, format!("{} is not a vmrepo repository ({e})", root.display()))
+            Error::new(
+                ErrorKind::NotARepository,
+                format!("{} is not a vmrepo repository ({e})", root.display()),
+            )
         })?;
         let marker = root.join(META_DIR).join(MARKER_FILE);
         match fs::read_to_string(&marker) {
@@ -107,13 +109,16 @@ impl Repository {
                 return Err(Error::new(
                     ErrorKind::NotARepository,
                     format!("{} is not a vmrepo marker file", marker.display()),
-                ))
+                ));
             }
             Err(_) => {
                 return Err(Error::new(
                     ErrorKind::NotARepository,
-                    format!("{} is not a vmrepo repository (no {META_DIR}/{MARKER_FILE}; run vmrepo init)", root.display()),
-                ))
+                    format!(
+                        "{} is not a vmrepo repository (no {META_DIR}/{MARKER_FILE}; run vmrepo init)",
+                        root.display()
+                    ),
+                ));
             }
         }
         let network_fs = crate::fsutil::network_fs(&root);
@@ -142,7 +147,7 @@ impl Repository {
                             "not in a vmrepo repository ({} or any parent folder); use --repo DIR, set {REPO_ENV}, or run vmrepo init",
                             start.display()
                         ),
-                    ))
+                    ));
                 }
             }
         }
@@ -190,10 +195,10 @@ impl Repository {
 /// and in the user's cache folder when it is on a network filesystem, where
 /// SQLite's file locking cannot be trusted.
 fn default_index_path(root: &Path, network_fs: Option<&str>) -> PathBuf {
-    if let Ok(p) = std::env::var(INDEX_ENV) {
-        if !p.is_empty() {
-            return PathBuf::from(p);
-        }
+    if let Ok(p) = std::env::var(INDEX_ENV)
+        && !p.is_empty()
+    {
+        return PathBuf::from(p);
     }
     let meta = root.join(META_DIR);
     let writable = rustix::fs::access(&meta, rustix::fs::Access::WRITE_OK).is_ok();
@@ -204,7 +209,9 @@ fn default_index_path(root: &Path, network_fs: Option<&str>) -> PathBuf {
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("vmrepo-{}", rustix::process::getuid().as_raw())));
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("vmrepo-{}", rustix::process::getuid().as_raw()))
+        });
     use sha2::Digest;
     let key = crate::checksum::hex(&sha2::Sha256::digest(root.as_os_str().as_encoded_bytes())[..8]);
     cache.join("vmrepo").join(format!("index-{key}.sqlite"))
@@ -275,9 +282,15 @@ pub struct FolderScan {
     pub staging: Vec<String>,
 }
 
+/// A VM folder: the VM, and the folder's name as on disk.
+pub type VmFolder = (Vm, String);
+
+/// A file of an image folder: its name and metadata.
+pub type PartFile = (String, fs::Metadata);
+
 /// The VM folders under `vm/`: (VM, folder name as on disk), sorted, with the
 /// entries that are not VM folders as strays.
-pub fn vm_folders(vm_root: &Path) -> Result<(Vec<(Vm, String)>, Vec<Stray>)> {
+pub fn vm_folders(vm_root: &Path) -> Result<(Vec<VmFolder>, Vec<Stray>)> {
     let mut found = Vec::new();
     let mut strays = Vec::new();
     let entries = match fs::read_dir(vm_root) {
@@ -394,7 +407,11 @@ pub fn scan_folder(dir: &Path) -> Result<FolderScan> {
                 Err(e) => scan.strays.push(Stray { file: name, problem: e.to_string(), code: "bad-name" }),
             }
         } else {
-            scan.strays.push(Stray { file: name, problem: "is not a regular file or folder".into(), code: "not-a-file" });
+            scan.strays.push(Stray {
+                file: name,
+                problem: "is not a regular file or folder".into(),
+                code: "not-a-file",
+            });
         }
     }
     images.sort_by(|a, b| a.file.cmp(&b.file));
@@ -446,7 +463,7 @@ pub fn scan_folder(dir: &Path) -> Result<FolderScan> {
 
 /// The parts of an image folder: its regular files, sorted. Sub-folders and
 /// links are reported, not followed.
-pub fn folder_parts(dir: &Path) -> Result<(Vec<(String, fs::Metadata)>, Vec<String>)> {
+pub fn folder_parts(dir: &Path) -> Result<(Vec<PartFile>, Vec<String>)> {
     /// A folder image holds a handful of extents; refuse to list absurd counts.
     const MAX_PARTS: usize = 4096;
     let mut parts = Vec::new();
@@ -458,7 +475,10 @@ pub fn folder_parts(dir: &Path) -> Result<(Vec<(String, fs::Metadata)>, Vec<Stri
         if md.is_file() && !name.contains(['\n', '\\']) {
             parts.push((name, md));
             if parts.len() > MAX_PARTS {
-                return Err(Error::new(ErrorKind::InvalidInput, format!("{} holds more than {MAX_PARTS} files", dir.display())));
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("{} holds more than {MAX_PARTS} files", dir.display()),
+                ));
             }
         } else {
             problems.push(name);

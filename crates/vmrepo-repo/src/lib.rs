@@ -47,13 +47,13 @@ pub mod remove;
 pub mod txn;
 pub mod verify;
 
-pub use add::{add, AddOutcome, AddRequest};
+pub use add::{AddOutcome, AddRequest, add};
 pub use catalog::{Catalog, ImageRecord, Inventory, ScanStats, Totals};
 pub use description::{Description, Facts, Storage};
 pub use error::{Error, ErrorKind, Result};
 pub use layout::{ImageKind, InitOutcome, Repository};
-pub use lint::{lint, Finding, Severity};
+pub use lint::{Finding, Severity, lint};
 pub use progress::{NoProgress, Progress};
 pub use query::Query;
-pub use remove::{remove, RemoveOutcome};
-pub use verify::{verify, VerifyOptions, VerifyReport, VerifyResult};
+pub use remove::{RemoveOutcome, remove};
+pub use verify::{VerifyOptions, VerifyReport, VerifyResult, verify};

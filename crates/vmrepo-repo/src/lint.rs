@@ -52,7 +52,12 @@ pub fn lint(repo: &Repository) -> Result<Vec<Finding>> {
     let (folders, strays) = layout::vm_folders(&vm_root)?;
     for s in strays {
         let severity = if s.code == "symlink" { Severity::Warning } else { Severity::Error };
-        out.push(Finding { path: format!("{VM_DIR}/{}", s.file), code: s.code, severity, message: s.problem });
+        out.push(Finding {
+            path: format!("{VM_DIR}/{}", s.file),
+            code: s.code,
+            severity,
+            message: s.problem,
+        });
     }
     for (vm, folder) in folders {
         if folder != vm.as_str() {
@@ -93,22 +98,47 @@ fn lint_image(dir: &Path, vm: Vm, folder: &str, img: &FoundImage, out: &mut Vec<
         out.push(Finding { path, code, severity, message });
     };
     if img.kind == ImageKind::Missing {
-        push(rel(&stem), "missing-image", Severity::Error, "sidecars without their image (orphaned .checksum or .txt)".into());
+        push(
+            rel(&stem),
+            "missing-image",
+            Severity::Error,
+            "sidecars without their image (orphaned .checksum or .txt)".into(),
+        );
     }
     if img.checksum_ino.is_none() {
-        push(rel(&img.file), "missing-checksum", Severity::Error, format!("no {stem}.checksum beside the image"));
+        push(
+            rel(&img.file),
+            "missing-checksum",
+            Severity::Error,
+            format!("no {stem}.checksum beside the image"),
+        );
     }
     if img.description_ino.is_none() {
-        push(rel(&img.file), "missing-description", Severity::Error, format!("no {stem}.txt beside the image"));
+        push(
+            rel(&img.file),
+            "missing-description",
+            Severity::Error,
+            format!("no {stem}.txt beside the image"),
+        );
     }
     if img.checksum_ino.is_some() {
         let name = format!("{stem}.checksum");
         match read_capped(&dir.join(&name), MAX_CHECKSUM_FILE) {
             Err(e) => push(rel(&name), "checksum-format", Severity::Error, e),
             Ok(bytes) => match std::str::from_utf8(&bytes) {
-                Err(_) => push(rel(&name), "checksum-format", Severity::Error, "not text: not in md5sum's format".into()),
+                Err(_) => push(
+                    rel(&name),
+                    "checksum-format",
+                    Severity::Error,
+                    "not text: not in md5sum's format".into(),
+                ),
                 Ok(text) => match checksum::parse(text) {
-                    Err(e) => push(rel(&name), "checksum-format", Severity::Error, format!("not in md5sum's format: {e}")),
+                    Err(e) => push(
+                        rel(&name),
+                        "checksum-format",
+                        Severity::Error,
+                        format!("not in md5sum's format: {e}"),
+                    ),
                     Ok(lines) => match img.kind {
                         ImageKind::File => {
                             if lines.len() != 1 || lines[0].path != img.file {
@@ -116,13 +146,19 @@ fn lint_image(dir: &Path, vm: Vm, folder: &str, img: &FoundImage, out: &mut Vec<
                                     rel(&name),
                                     "checksum-other-file",
                                     Severity::Error,
-                                    format!("should hold one line for {}, as `md5sum {}` prints", img.file, img.file),
+                                    format!(
+                                        "should hold one line for {}, as `md5sum {}` prints",
+                                        img.file, img.file
+                                    ),
                                 );
                             }
                         }
                         ImageKind::Folder => {
-                            let parts = layout::folder_parts(&dir.join(&img.file)).map(|(p, _)| p).unwrap_or_default();
-                            let mut want: Vec<String> = parts.iter().map(|(n, _)| format!("{}/{n}", img.file)).collect();
+                            let parts = layout::folder_parts(&dir.join(&img.file))
+                                .map(|(p, _)| p)
+                                .unwrap_or_default();
+                            let mut want: Vec<String> =
+                                parts.iter().map(|(n, _)| format!("{}/{n}", img.file)).collect();
                             let mut have: Vec<String> = lines.iter().map(|l| l.path.clone()).collect();
                             want.sort();
                             have.sort();
@@ -141,16 +177,16 @@ fn lint_image(dir: &Path, vm: Vm, folder: &str, img: &FoundImage, out: &mut Vec<
             },
         }
     }
-    if img.kind == ImageKind::Folder {
-        if let Ok((_, others)) = layout::folder_parts(&dir.join(&img.file)) {
-            for o in others {
-                push(
-                    rel(&format!("{}/{o}", img.file)),
-                    "folder-content",
-                    Severity::Warning,
-                    "not a regular file: an image folder holds only the image's files".into(),
-                );
-            }
+    if img.kind == ImageKind::Folder
+        && let Ok((_, others)) = layout::folder_parts(&dir.join(&img.file))
+    {
+        for o in others {
+            push(
+                rel(&format!("{}/{o}", img.file)),
+                "folder-content",
+                Severity::Warning,
+                "not a regular file: an image folder holds only the image's files".into(),
+            );
         }
     }
     if img.description_ino.is_some() {
@@ -170,7 +206,12 @@ fn lint_image(dir: &Path, vm: Vm, folder: &str, img: &FoundImage, out: &mut Vec<
         };
         let (facts, problems) = d.facts();
         for p in problems {
-            push(rel(&name), "description-field", Severity::Error, format!("line {}: {}: {}", p.line, p.key, p.problem));
+            push(
+                rel(&name),
+                "description-field",
+                Severity::Error,
+                format!("line {}: {}: {}", p.line, p.key, p.problem),
+            );
         }
         let n: &ImageName = &img.name;
         let mut disagree = |what: &str, says: String, name_says: String| {
@@ -181,40 +222,41 @@ fn lint_image(dir: &Path, vm: Vm, folder: &str, img: &FoundImage, out: &mut Vec<
                 format!("{what}: the description says {says}, the name says {name_says}"),
             );
         };
-        if let Some(image) = &facts.image {
-            if img.kind != ImageKind::Missing && image != &img.file {
-                disagree("image", image.clone(), img.file.clone());
-            }
+        if let Some(image) = &facts.image
+            && img.kind != ImageKind::Missing
+            && image != &img.file
+        {
+            disagree("image", image.clone(), img.file.clone());
         }
-        if let Some(v) = facts.vm {
-            if v != vm {
-                disagree("VM", v.to_string(), format!("{} (its folder)", vm.as_str()));
-            }
+        if let Some(v) = facts.vm
+            && v != vm
+        {
+            disagree("VM", v.to_string(), format!("{} (its folder)", vm.as_str()));
         }
-        if let Some(os) = &facts.os {
-            if os != n.os() {
-                disagree("operating system", os.to_string(), n.os().to_string());
-            }
+        if let Some(os) = &facts.os
+            && os != n.os()
+        {
+            disagree("operating system", os.to_string(), n.os().to_string());
         }
-        if let Some(isa) = facts.isa {
-            if isa != n.isa() {
-                disagree("instruction set", Isa::as_str(isa).into(), n.isa().to_string());
-            }
+        if let Some(isa) = facts.isa
+            && isa != n.isa()
+        {
+            disagree("instruction set", Isa::as_str(isa).into(), n.isa().to_string());
         }
-        if let Some(w) = facts.word_size {
-            if w != n.word_size() {
-                disagree("word size", w.to_string(), n.word_size().to_string());
-            }
+        if let Some(w) = facts.word_size
+            && w != n.word_size()
+        {
+            disagree("word size", w.to_string(), n.word_size().to_string());
         }
-        if let Some(l) = &facts.lib {
-            if l != n.lib() {
-                disagree("STAR library", l.to_string(), n.lib().to_string());
-            }
+        if let Some(l) = &facts.lib
+            && l != n.lib()
+        {
+            disagree("STAR library", l.to_string(), n.lib().to_string());
         }
-        if let Some(m) = &facts.max_size {
-            if m.bytes() != n.max_size().bytes() {
-                disagree("maximum size", m.to_string(), n.max_size().to_string());
-            }
+        if let Some(m) = &facts.max_size
+            && m.bytes() != n.max_size().bytes()
+        {
+            disagree("maximum size", m.to_string(), n.max_size().to_string());
         }
     }
 }

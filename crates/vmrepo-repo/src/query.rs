@@ -131,7 +131,9 @@ impl Query {
                         }
                         Value::Text(canonical_text(name, value))
                     }
-                    Kind::Int => Value::Integer(value.parse::<i64>().map_err(|_| bad(format!("{name} takes a number")))?),
+                    Kind::Int => Value::Integer(
+                        value.parse::<i64>().map_err(|_| bad(format!("{name} takes a number")))?,
+                    ),
                     Kind::Size => {
                         let bytes = MaxSize::from_user(value)
                             .map_err(|e| bad(format!("{name} takes a size like 8GB: {}", e.problem())))?
@@ -139,8 +141,12 @@ impl Query {
                         Value::Integer(i64::try_from(bytes).map_err(|_| bad("size too large".into()))?)
                     }
                     Kind::Date => {
-                        if !value.bytes().all(|b| b.is_ascii_digit() || b"-:TZ.+".contains(&b)) || value.is_empty() {
-                            return Err(bad(format!("{name} takes a date like 2026-11-26 or 2026-11-26T06:47:19Z")));
+                        if !value.bytes().all(|b| b.is_ascii_digit() || b"-:TZ.+".contains(&b))
+                            || value.is_empty()
+                        {
+                            return Err(bad(format!(
+                                "{name} takes a date like 2026-11-26 or 2026-11-26T06:47:19Z"
+                            )));
                         }
                         if op == "=" || op == "!=" {
                             // A date or month matches every time within it.

@@ -33,17 +33,17 @@ pub fn remove(catalog: &mut Catalog, spec: &str, progress: &dyn Progress) -> Res
     }
     names.push(format!("{}.checksum", rec.name));
     names.push(format!("{}.txt", rec.name));
-    let lock = RepoLock::acquire(&repo.meta_dir(), &|| progress.note("waiting for another vmrepo command to finish"))?;
+    let lock = RepoLock::acquire(&repo.meta_dir(), &|| {
+        progress.note("waiting for another vmrepo command to finish")
+    })?;
     let _ = txn::recover(&repo, &lock)?;
-    let present: Vec<String> = names.into_iter().filter(|n| fs::symlink_metadata(dir.join(n)).is_ok()).collect();
+    let present: Vec<String> =
+        names.into_iter().filter(|n| fs::symlink_metadata(dir.join(n)).is_ok()).collect();
     if present.is_empty() {
         return Err(Error::new(ErrorKind::NotFound, format!("{} is already gone", rec.path)));
     }
     let txn = Txn::begin(&repo, &dir)?;
-    let steps = present
-        .iter()
-        .map(|n| Step { from: dir.join(n), to: txn.staging().join(n) })
-        .collect();
+    let steps = present.iter().map(|n| Step { from: dir.join(n), to: txn.staging().join(n) }).collect();
     txn.commit(steps, Vec::new(), &lock)?;
     let vm = vmrepo_name::Vm::from_user(&rec.vm)?;
     catalog.reload(vm, &rec.folder)?;

@@ -7,7 +7,11 @@
 //! process holds locked (`flock`) for its whole life.
 //!
 //! Publishing writes the list of renames into the journal (phase `commit`,
-//! fsynced), then performs them in order, the image last. After a crash:
+//! fsynced), then performs them in order, the image last, recording in the
+//! journal after each how many are done: a replacement renames the old files
+//! away and the new ones in under the same names, so a rename's source can
+//! exist again after a later one, and only the record says where to resume.
+//! After a crash:
 //! * a journal still in phase `prepare` is rolled back: the staging folder is
 //!   deleted, and nothing was ever visible under a catalog name;
 //! * a journal in phase `commit` is rolled forward: every rename whose source
@@ -27,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::{self, fsync_dir, remove_any};
 use crate::layout::{self, Repository, STAGING_PREFIX};
-use crate::lock::{try_lock, RepoLock};
+use crate::lock::{RepoLock, try_lock};
 
 /// The journal folder inside `.vmrepo`.
 pub const JOURNAL_DIR: &str = "journal";
@@ -57,6 +61,9 @@ struct Journal {
     phase: Phase,
     staging: PathBuf,
     steps: Vec<Step>,
+    /// Steps completed (all before this index are done).
+    #[serde(default)]
+    done: usize,
     /// Removed after the renames (a moved source on another filesystem).
     #[serde(default)]
     remove_after: Vec<PathBuf>,
@@ -108,6 +115,7 @@ impl Txn {
             phase: Phase::Prepare,
             staging: txn.staging.clone(),
             steps: Vec::new(),
+            done: 0,
             remove_after: Vec::new(),
         })?;
         fs::DirBuilder::new()
@@ -127,8 +135,7 @@ impl Txn {
     }
 
     fn write_journal(&self, j: &Journal) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(j).map_err(|e| Error::new(ErrorKind::Io, format!("journal: {e}")))?;
-        fsutil::write_atomic(&self.journal_path(), &bytes, 0o644)
+        write_journal_to(&self.journal_path(), j)
     }
 
     /// Publishes: records `steps` in the journal, then renames in order and
@@ -141,15 +148,18 @@ impl Txn {
     pub fn commit(mut self, steps: Vec<Step>, remove_after: Vec<PathBuf>, _lock: &RepoLock) -> Result<()> {
         crash_point("after-stage");
         fsync_dir(&self.staging)?;
-        self.write_journal(&Journal {
+        let mut journal = Journal {
             version: 1,
             phase: Phase::Commit,
             staging: self.staging.clone(),
-            steps: steps.clone(),
-            remove_after: remove_after.clone(),
-        })?;
+            steps,
+            done: 0,
+            remove_after,
+        };
+        let path = self.journal_path();
+        write_journal_to(&path, &journal)?;
         crash_point("after-journal");
-        let result = apply_steps(&steps, &remove_after);
+        let result = apply_steps(&mut journal, &path);
         if result.is_ok() {
             crash_point("before-cleanup");
             remove_any(&self.staging).map_err(|e| Error::io("remove", &self.staging, e))?;
@@ -181,30 +191,49 @@ impl Drop for Txn {
     }
 }
 
-fn apply_steps(steps: &[Step], remove_after: &[PathBuf]) -> Result<()> {
-    let mut dirs: Vec<&Path> = Vec::new();
-    for (i, step) in steps.iter().enumerate() {
+fn write_journal_to(path: &Path, j: &Journal) -> Result<()> {
+    let bytes =
+        serde_json::to_vec_pretty(j).map_err(|e| Error::new(ErrorKind::Io, format!("journal: {e}")))?;
+    fsutil::write_atomic(path, &bytes, 0o644)
+}
+
+/// Performs the steps not yet recorded as done, recording each, then makes
+/// the folders durable and removes what is to be removed.
+fn apply_steps(j: &mut Journal, journal_path: &Path) -> Result<()> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for step in &j.steps {
+        for p in [step.to.parent(), step.from.parent()].into_iter().flatten() {
+            if !dirs.iter().any(|d| d == p) {
+                dirs.push(p.to_path_buf());
+            }
+        }
+    }
+    while j.done < j.steps.len() {
+        let step = &j.steps[j.done];
         match fs::symlink_metadata(&step.from) {
             Ok(_) => {
                 fs::rename(&step.from, &step.to).map_err(|e| Error::io("rename into place", &step.to, e))?;
             }
-            // Done before a crash: the source is gone and the target is there.
+            // Done before a crash that came before its record.
             Err(e) if fsutil::is_not_found(&e) && fs::symlink_metadata(&step.to).is_ok() => {}
             Err(e) => return Err(Error::io("find", &step.from, e)),
         }
-        if i == 0 {
+        if j.done == 0 {
             crash_point("after-first-rename");
         }
-        for p in [step.to.parent(), step.from.parent()].into_iter().flatten() {
-            if !dirs.contains(&p) {
-                dirs.push(p);
+        j.done += 1;
+        if j.done < j.steps.len() {
+            // The last step needs no record: the phase below covers it.
+            for d in &dirs {
+                fsync_dir(d)?;
             }
+            write_journal_to(journal_path, j)?;
         }
     }
-    for d in dirs {
+    for d in &dirs {
         fsync_dir(d)?;
     }
-    for p in remove_after {
+    for p in &j.remove_after {
         remove_any(p).map_err(|e| Error::io("remove", p, e))?;
     }
     Ok(())
@@ -257,10 +286,22 @@ pub fn recover(repo: &Repository, lock: &RepoLock) -> Result<Recovery> {
         let path = entry.path();
         if name.starts_with(".tmp-") {
             // A lock file never renamed: its process died before creating anything.
-            if let Ok(f) = File::open(&path) {
-                if try_lock(&f) {
-                    let _ = fs::remove_file(&path);
-                }
+            if let Ok(f) = File::open(&path)
+                && try_lock(&f)
+            {
+                let _ = fs::remove_file(&path);
+            }
+            continue;
+        }
+        if let Some(id) = name.strip_prefix('.').and_then(|n| n.split_once(".json.tmp-")).map(|(id, _)| id) {
+            // A journal being rewritten when its process died.
+            let owner = dir.join(format!("{id}.lock"));
+            let dead = match File::open(&owner) {
+                Ok(f) => try_lock(&f),
+                Err(_) => true,
+            };
+            if dead {
+                let _ = fs::remove_file(&path);
             }
             continue;
         }
@@ -270,10 +311,10 @@ pub fn recover(repo: &Repository, lock: &RepoLock) -> Result<Recovery> {
             continue; // alive
         }
         let journal_path = dir.join(format!("{id}.json"));
-        let journal: Option<Journal> =
+        let mut journal: Option<Journal> =
             fs::read(&journal_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        let result = match &journal {
-            Some(j) if j.phase == Phase::Commit => apply_steps(&j.steps, &j.remove_after)
+        let result = match &mut journal {
+            Some(j) if j.phase == Phase::Commit => apply_steps(j, &journal_path)
                 .and_then(|()| remove_any(&j.staging).map_err(|e| Error::io("remove", &j.staging, e)))
                 .map(|()| out.rolled_forward.push(id.to_string())),
             Some(j) => remove_any(&j.staging)

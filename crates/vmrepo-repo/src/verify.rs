@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde::Serialize;
 
-use crate::catalog::{read_capped, Catalog, ImageRecord};
-use crate::checksum::{self, hex, MAX_CHECKSUM_FILE};
+use crate::catalog::{Catalog, ImageRecord, read_capped};
+use crate::checksum::{self, MAX_CHECKSUM_FILE, hex};
 use crate::description::{Description, MAX_DESCRIPTION_FILE};
 use crate::error::{ErrorKind, Result};
 use crate::fsutil::mtime_ns;
@@ -79,23 +79,25 @@ pub fn verify(catalog: &Catalog, opts: &VerifyOptions<'_>) -> Result<VerifyRepor
         opts.names.iter().map(|n| catalog.resolve(n)).collect::<Result<_>>()?
     };
     let vm_root = catalog.repo().vm_root();
-    let total: u64 = records.iter().filter(|r| !(opts.quick && unchanged(r, &vm_root))).filter_map(|r| r.size).sum();
+    let total: u64 =
+        records.iter().filter(|r| !(opts.quick && unchanged(r, &vm_root))).filter_map(|r| r.size).sum();
     opts.progress.start(total, "verify");
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<(VerifyResult, Option<(u64, i64, u64)>)>>> =
-        Mutex::new(vec![None; records.len()]);
+    let results: Mutex<Vec<Option<Verified>>> = Mutex::new(vec![None; records.len()]);
     let jobs = opts.jobs.clamp(1, 64).min(records.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..jobs {
-            s.spawn(|| loop {
-                if opts.cancel.load(Ordering::Relaxed) {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(rec) = records.get(i) else { break };
-                let r = verify_one(&vm_root, rec, opts);
-                if let Ok(mut all) = results.lock() {
-                    all[i] = Some(r);
+            s.spawn(|| {
+                loop {
+                    if opts.cancel.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(rec) = records.get(i) else { break };
+                    let r = verify_one(&vm_root, rec, opts);
+                    if let Ok(mut all) = results.lock() {
+                        all[i] = Some(r);
+                    }
                 }
             });
         }
@@ -125,7 +127,12 @@ pub fn verify(catalog: &Catalog, opts: &VerifyOptions<'_>) -> Result<VerifyRepor
 }
 
 /// The identity of an image's bytes for `--quick`: (size, mtime, inode).
-fn identity(path: &Path, kind: ImageKind) -> Option<(u64, i64, u64)> {
+type Identity = (u64, i64, u64);
+
+/// One image's result and the identity of the bytes hashed.
+type Verified = (VerifyResult, Option<Identity>);
+
+fn identity(path: &Path, kind: ImageKind) -> Option<Identity> {
     let md = fs::symlink_metadata(path).ok()?;
     match kind {
         ImageKind::File => Some((md.len(), mtime_ns(&md), md.ino())),
@@ -145,7 +152,7 @@ fn unchanged(rec: &ImageRecord, vm_root: &Path) -> bool {
         && identity(&vm_root.join(&rec.folder).join(&rec.file), rec.image_kind()) == rec.verified_stat
 }
 
-fn verify_one(vm_root: &Path, rec: &ImageRecord, opts: &VerifyOptions<'_>) -> (VerifyResult, Option<(u64, i64, u64)>) {
+fn verify_one(vm_root: &Path, rec: &ImageRecord, opts: &VerifyOptions<'_>) -> Verified {
     let dir = vm_root.join(&rec.folder);
     let mut problems = Vec::new();
     let mut problem = |code: &'static str, message: String| problems.push(Problem { code, message });
@@ -170,7 +177,10 @@ fn verify_one(vm_root: &Path, rec: &ImageRecord, opts: &VerifyOptions<'_>) -> (V
             Ok(d) => {
                 let (facts, field_problems) = d.facts();
                 for p in field_problems {
-                    problem("description-field", format!("{} line {}: {}: {}", rel(&txt), p.line, p.key, p.problem));
+                    problem(
+                        "description-field",
+                        format!("{} line {}: {}: {}", rel(&txt), p.line, p.key, p.problem),
+                    );
                 }
                 for digest in facts.sha256 {
                     let key = digest.part.unwrap_or_else(|| rec.file.clone());
@@ -181,9 +191,14 @@ fn verify_one(vm_root: &Path, rec: &ImageRecord, opts: &VerifyOptions<'_>) -> (V
     }
     let mut expected_md5: BTreeMap<String, [u8; 16]> = BTreeMap::new();
     match read_capped(&dir.join(&sum), MAX_CHECKSUM_FILE) {
-        Err(_) if !dir.join(&sum).exists() => problem("missing-checksum", format!("{} is missing", rel(&sum))),
+        Err(_) if !dir.join(&sum).exists() => {
+            problem("missing-checksum", format!("{} is missing", rel(&sum)))
+        }
         Err(e) => problem("checksum-format", format!("{}: {e}", rel(&sum))),
-        Ok(b) => match std::str::from_utf8(&b).map_err(|_| "not UTF-8 text".to_string()).and_then(|t| checksum::parse(t).map_err(|e| e.to_string())) {
+        Ok(b) => match std::str::from_utf8(&b)
+            .map_err(|_| "not UTF-8 text".to_string())
+            .and_then(|t| checksum::parse(t).map_err(|e| e.to_string()))
+        {
             Err(e) => problem("checksum-format", format!("{}: not in md5sum's format: {e}", rel(&sum))),
             Ok(lines) => {
                 for l in lines {
@@ -212,10 +227,9 @@ fn verify_one(vm_root: &Path, rec: &ImageRecord, opts: &VerifyOptions<'_>) -> (V
                 problem("missing-image", format!("{}: {e}", rel(&rec.file)));
                 Vec::new()
             }
-            Ok((parts, _)) => parts
-                .into_iter()
-                .map(|(n, _)| (image_path.join(&n), format!("{}/{n}", rec.file)))
-                .collect(),
+            Ok((parts, _)) => {
+                parts.into_iter().map(|(n, _)| (image_path.join(&n), format!("{}/{n}", rec.file))).collect()
+            }
         },
     };
     if kind == ImageKind::Folder {
@@ -236,7 +250,12 @@ fn verify_one(vm_root: &Path, rec: &ImageRecord, opts: &VerifyOptions<'_>) -> (V
     let stat = identity(&image_path, kind);
     let sidecars_ok = problems.is_empty();
     let mut problem = |code: &'static str, message: String| problems.push(Problem { code, message });
-    if opts.quick && rec.verified_ok == Some(true) && rec.verified_stat.is_some() && stat == rec.verified_stat && sidecars_ok {
+    if opts.quick
+        && rec.verified_ok == Some(true)
+        && rec.verified_stat.is_some()
+        && stat == rec.verified_stat
+        && sidecars_ok
+    {
         status = "unchanged";
     } else if !files.is_empty() {
         for (path, name) in &files {
@@ -247,27 +266,42 @@ fn verify_one(vm_root: &Path, rec: &ImageRecord, opts: &VerifyOptions<'_>) -> (V
             let md5 = expected_md5.get(name);
             let want = Want { sha256: sha.is_some(), md5: md5.is_some() && (opts.md5 || sha.is_none()) };
             if !want.sha256 && !want.md5 {
-                problem("no-recorded-digest", format!("{}: no SHA-256 in the .txt nor MD5 in the .checksum", rel(name)));
+                problem(
+                    "no-recorded-digest",
+                    format!("{}: no SHA-256 in the .txt nor MD5 in the .checksum", rel(name)),
+                );
                 continue;
             }
             match hashing::hash_path(path, want, &|n| opts.progress.advance(n), opts.cancel) {
                 Ok(d) => {
                     bytes += d.bytes;
-                    if let (Some(expected), Some(actual)) = (sha, d.sha256) {
-                        if *expected != actual {
-                            problem(
-                                "sha256-mismatch",
-                                format!("{}: SHA-256 is {} but {} records {}", rel(name), hex(&actual), txt, hex(expected)),
-                            );
-                        }
+                    if let (Some(expected), Some(actual)) = (sha, d.sha256)
+                        && *expected != actual
+                    {
+                        problem(
+                            "sha256-mismatch",
+                            format!(
+                                "{}: SHA-256 is {} but {} records {}",
+                                rel(name),
+                                hex(&actual),
+                                txt,
+                                hex(expected)
+                            ),
+                        );
                     }
-                    if let (Some(expected), Some(actual)) = (md5, d.md5) {
-                        if *expected != actual {
-                            problem(
-                                "md5-mismatch",
-                                format!("{}: MD5 is {} but {} records {}", rel(name), hex(&actual), sum, hex(expected)),
-                            );
-                        }
+                    if let (Some(expected), Some(actual)) = (md5, d.md5)
+                        && *expected != actual
+                    {
+                        problem(
+                            "md5-mismatch",
+                            format!(
+                                "{}: MD5 is {} but {} records {}",
+                                rel(name),
+                                hex(&actual),
+                                sum,
+                                hex(expected)
+                            ),
+                        );
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => break,
@@ -279,7 +313,14 @@ fn verify_one(vm_root: &Path, rec: &ImageRecord, opts: &VerifyOptions<'_>) -> (V
         status = "failed";
     }
     (
-        VerifyResult { vm: rec.vm.clone(), name: rec.name.clone(), path: rec.path.clone(), status, bytes, problems },
+        VerifyResult {
+            vm: rec.vm.clone(),
+            name: rec.name.clone(),
+            path: rec.path.clone(),
+            status,
+            bytes,
+            problems,
+        },
         stat,
     )
 }

@@ -1,0 +1,238 @@
+//! Crash safety: imports killed at random points, at every step of the
+//! publication, interrupted, concurrent, and on a full disk. After each, the
+//! repository shows no partial image and verifies clean.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{Repo, bin, have, pattern_file, sh, tree};
+
+const STEM: &str = "sl5.3_x86_64_sl08e_8GB_crash";
+
+fn add_args(src: &std::path::Path) -> Vec<String> {
+    [
+        "add",
+        src.to_str().unwrap(),
+        "--vm",
+        "kvm",
+        "--os",
+        "sl5.3",
+        "--arch",
+        "x86",
+        "--bits",
+        "64",
+        "--lib",
+        "sl08e",
+        "--max-size",
+        "8GB",
+        "--detail",
+        "crash",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// After a crash: the next command leaves either nothing under the name or a
+/// complete image that verifies; no staging folder or journal remains.
+/// Returns whether the image is there.
+fn assert_whole_or_absent(r: &Repo) -> bool {
+    let listed = r.listed();
+    let kvm = r.vm_dir("kvm");
+    let present = listed.contains(&format!("kvm/{STEM}.img"));
+    let files: Vec<String> =
+        tree(&kvm).into_iter().filter(|f| f.starts_with(STEM) || f.starts_with('.')).collect();
+    if present {
+        assert_eq!(files, [format!("{STEM}.checksum"), format!("{STEM}.img"), format!("{STEM}.txt")]);
+        r.ok(&["verify", "--md5"]);
+        if have("md5sum", "coreutils") {
+            sh(&kvm, &format!("md5sum -c {STEM}.checksum"));
+        }
+    } else {
+        assert_eq!(files, Vec::<String>::new(), "partial import left behind");
+    }
+    let journal = r.root.join(".vmrepo/journal");
+    let left: Vec<String> = if journal.exists() { tree(&journal) } else { Vec::new() };
+    assert!(left.is_empty(), "journal not cleaned: {left:?}");
+    let v = r.json(&["lint"]);
+    assert!(v.as_array().unwrap().is_empty(), "lint after recovery: {v}");
+    present
+}
+
+#[test]
+fn killed_at_each_step_of_the_publication() {
+    for (point, expect_present) in [
+        ("after-stage", false),
+        ("after-journal", true),
+        ("after-first-rename", true),
+        ("before-cleanup", true),
+    ] {
+        let r = Repo::new();
+        let src = r.scratch().join("disk.img");
+        pattern_file(&src, 2 << 20, 5);
+        let out = r
+            .command(&add_args(&src).iter().map(String::as_str).collect::<Vec<_>>())
+            .env("VMREPO_TEST_CRASH_AT", point)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{point}: the test hook did not fire");
+        // Before any other command runs, no image file is visible under its name
+        // unless the publication had reached it.
+        let image_visible = r.vm_dir("kvm").join(format!("{STEM}.img")).exists();
+        assert!(point == "before-cleanup" || !image_visible, "{point}: image visible before recovery");
+        assert_eq!(assert_whole_or_absent(&r), expect_present, "{point}");
+    }
+}
+
+#[test]
+fn killed_at_random_points() {
+    let r = Repo::new();
+    let src = r.scratch().join("disk.img");
+    pattern_file(&src, 48 << 20, 11);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    eprintln!("random kill seed {seed}");
+    // Time a full import first, to spread the kills over its whole length.
+    let start = Instant::now();
+    r.ok(&add_args(&src).iter().map(String::as_str).collect::<Vec<_>>());
+    let full = start.elapsed().as_millis().max(20) as u64;
+    r.ok(&["rm", &format!("kvm/{STEM}")]);
+    let mut x = seed | 1;
+    let mut present = 0;
+    for round in 0..16 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = x % (full + full / 4);
+        let args = add_args(&src);
+        let mut cmd = r.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        if present > 0 {
+            cmd.arg("--replace");
+        }
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+        if assert_whole_or_absent(&r) {
+            present += 1;
+        }
+        eprintln!("round {round}: killed after {delay} ms of ~{full} ms; image present: {}", present > 0);
+    }
+}
+
+#[test]
+fn ctrl_c_undoes_the_import() {
+    let r = Repo::new();
+    let src = r.scratch().join("disk.img");
+    pattern_file(&src, 256 << 20, 3);
+    let args = add_args(&src);
+    let child = r
+        .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        eprintln!("the import finished before the signal; nothing to check");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    // Undone at once, not only by the next command.
+    assert_eq!(tree(&r.vm_dir("kvm")), Vec::<String>::new());
+    assert!(!assert_whole_or_absent(&r));
+}
+
+#[test]
+fn concurrent_imports() {
+    let r = Repo::new();
+    let mut children = Vec::new();
+    for i in 0..4u64 {
+        let src = r.scratch().join(format!("{i}.img"));
+        pattern_file(&src, 8 << 20, i);
+        let detail = format!("n{i}");
+        let mut args = add_args(&src);
+        let last = args.len() - 1;
+        args[last] = detail;
+        children.push(
+            r.command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(r.listed().len(), 4);
+    r.ok(&["verify", "--md5"]);
+    // Two imports under one name: one wins, the other is refused with exit 5.
+    let a = r.scratch().join("a.img");
+    let b = r.scratch().join("b.img");
+    pattern_file(&a, 8 << 20, 100);
+    pattern_file(&b, 8 << 20, 200);
+    let ca = r
+        .command(&add_args(&a).iter().map(String::as_str).collect::<Vec<_>>())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cb = r
+        .command(&add_args(&b).iter().map(String::as_str).collect::<Vec<_>>())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut codes =
+        vec![ca.wait_with_output().unwrap().status.code(), cb.wait_with_output().unwrap().status.code()];
+    codes.sort();
+    assert_eq!(codes, [Some(0), Some(5)]);
+    assert!(assert_whole_or_absent(&r));
+}
+
+#[test]
+fn a_full_disk_fails_cleanly() {
+    if !have("bash", "bash") {
+        return;
+    }
+    let r = Repo::new();
+    let src = r.scratch().join("disk.img");
+    pattern_file(&src, 16 << 20, 9);
+    // A file size limit makes writes fail mid-copy, as a full disk does.
+    let cmd = format!(
+        "ulimit -f 4096; exec '{}' --repo '{}' {}",
+        bin(),
+        r.root.display(),
+        add_args(&src).iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ")
+    );
+    let out = Command::new("bash").arg("-c").arg(cmd).output().unwrap();
+    assert_eq!(out.status.code(), Some(8), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(".vmrepo-staging.") || err.contains("space"), "{err}");
+    assert_eq!(tree(&r.vm_dir("kvm")), Vec::<String>::new());
+    assert!(!assert_whole_or_absent(&r));
+
+    // A real full filesystem (a small tmpfs in a private mount namespace), where
+    // vmrepo refuses before copying.
+    let probe = Command::new("unshare").args(["-rm", "true"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: unshare -rm is not permitted here; the tmpfs part of this test did not run");
+        return;
+    }
+    let mnt = r.tmp.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=8m tmpfs '{m}' && '{b}' init '{m}/repo' >/dev/null && '{b}' --repo '{m}/repo' {args}; echo \"exit=$?\"; ls -A '{m}/repo/vm/kvm'",
+        m = mnt.display(),
+        b = bin(),
+        args = add_args(&src).iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ")
+    );
+    let out = Command::new("unshare").args(["-rm", "sh", "-c", &script]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("exit=8"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not enough space"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.trim_end().lines().count(), 1, "files left in vm/kvm: {text}");
+}

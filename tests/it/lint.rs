@@ -1,0 +1,52 @@
+//! `vmrepo lint`.
+
+use crate::util::{Repo, pattern_file};
+
+#[test]
+fn reports_what_breaks_the_convention() {
+    let r = Repo::new();
+    let f = r.scratch().join("a.img");
+    pattern_file(&f, 1000, 1);
+    r.add(&f, "kvm", &["--max-size", "8GB"]);
+    r.add(&f, "xen", &["--max-size", "4GB"]);
+    assert_eq!(r.run(&["lint"]).status.code(), Some(0));
+    let kvm = r.vm_dir("kvm");
+    let xen = r.vm_dir("xen");
+    std::fs::write(kvm.join("my image.img"), b"x").unwrap();
+    std::fs::write(kvm.join("sl4_x86_32_sl08e_8GB.txt"), b"orphan\n").unwrap();
+    std::fs::write(kvm.join("sl5.3_x86_64_sl08e_8GB.checksum"), b"not md5sum output\n").unwrap();
+    let txt = xen.join("sl5.3_x86_64_sl08e_4GB.txt");
+    let t = std::fs::read_to_string(&txt)
+        .unwrap()
+        .replace("Word size: 64", "Word size: 32")
+        .replace("Operating system: sl5.3", "Operating system: ubuntu9.10");
+    std::fs::write(&txt, t).unwrap();
+    std::fs::create_dir(r.root.join("vm/hyperv")).unwrap();
+    let out = r.run(&["--json", "lint"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Vec<(String, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap().to_string(), f["code"].as_str().unwrap().to_string()))
+        .collect();
+    for expected in [
+        ("vm/hyperv", "not-a-vm-folder"),
+        ("vm/kvm/my image.img", "bad-name"),
+        ("vm/kvm/sl4_x86_32_sl08e_8GB", "missing-image"),
+        ("vm/kvm/sl5.3_x86_64_sl08e_8GB.checksum", "checksum-format"),
+        ("vm/xen/sl5.3_x86_64_sl08e_4GB.txt", "description-disagrees"),
+    ] {
+        assert!(
+            got.contains(&(expected.0.to_string(), expected.1.to_string())),
+            "{expected:?} not in {got:?}"
+        );
+    }
+    let text = String::from_utf8(r.run(&["lint"]).stdout).unwrap();
+    assert!(text.contains("word size: the description says 32, the name says 64"), "{text}");
+    assert!(
+        text.contains("operating system: the description says ubuntu9.10, the name says sl5.3"),
+        "{text}"
+    );
+}

@@ -1,0 +1,12 @@
+//! Integration tests: the real `vmrepo` binary in temporary repositories.
+//! Oracles are real tools (md5sum, sha256sum), never vmrepo's own output.
+
+mod util;
+
+mod add;
+mod catalog;
+mod crash;
+mod lint;
+mod name;
+mod repo;
+mod verify;
