@@ -24,24 +24,31 @@ Exit codes:
 #[command(name = "vmrepo", version, after_help = EXIT_CODES, max_term_width = 100)]
 pub struct Cli {
     /// The repository's root folder (default: found from the current folder upward).
-    #[arg(long, global = true, env = "VMREPO_REPO", value_name = "DIR")]
+    #[arg(long, global = true, env = "VMREPO_REPO", value_name = "DIR", help_heading = "Global options")]
     pub repo: Option<PathBuf>,
 
     /// The SQLite index file (default: ROOT/.vmrepo/index.sqlite, or the user's
     /// cache folder when the tree is on a network filesystem).
-    #[arg(long, global = true, env = "VMREPO_INDEX", value_name = "FILE", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "VMREPO_INDEX",
+        value_name = "FILE",
+        hide_env_values = true,
+        help_heading = "Global options"
+    )]
     pub index: Option<PathBuf>,
 
     /// Print JSON on standard output instead of text (fields: docs/json.md).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
 
     /// Print only errors.
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, help_heading = "Global options")]
     pub quiet: bool,
 
     /// Print what vmrepo does (-vv for more).
-    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    #[arg(long, short, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
     pub verbose: u8,
 
     #[command(subcommand)]
@@ -106,7 +113,13 @@ pub enum NameCommand {
         names: Vec<String>,
     },
     /// Print the name made of these fields.
-    Format(NameFields),
+    Format {
+        #[command(flatten)]
+        fields: NameFields,
+        /// Name a folder image (no extension).
+        #[arg(long, conflicts_with = "ext")]
+        folder: bool,
+    },
 }
 
 /// The fields of a name, as a person types them.
@@ -133,9 +146,6 @@ pub struct NameFields {
     /// File extension (default: from the format; img for a raw image).
     #[arg(long)]
     pub ext: Option<String>,
-    /// Name a folder image (no extension).
-    #[arg(long, conflicts_with = "ext")]
-    pub folder: bool,
 }
 
 #[derive(Args, Debug)]

@@ -30,7 +30,7 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
     match &cli.command {
         Command::Init { dir } => init(&ctx, dir.as_deref()),
         Command::Name(NameCommand::Check { names }) => name_check(&ctx, names),
-        Command::Name(NameCommand::Format(fields)) => name_format(&ctx, fields),
+        Command::Name(NameCommand::Format { fields, folder }) => name_format(&ctx, fields, *folder),
         Command::Add(a) => add(&ctx, a),
         Command::Verify(v) => verify(&ctx, v),
         Command::Find { exprs } => find(&ctx, exprs),
@@ -153,8 +153,9 @@ fn name_json(n: &ImageName) -> serde_json::Value {
     })
 }
 
-fn name_format(ctx: &Ctx<'_>, fields: &NameFields) -> Result<Outcome> {
+fn name_format(ctx: &Ctx<'_>, fields: &NameFields, folder: bool) -> Result<Outcome> {
     let name = build_name(fields, None)?;
+    let name = if folder { name.with_ext(None)? } else { name };
     if ctx.cli.json {
         output::json(&serde_json::json!({ "name": name.to_string(), "fields": name_json(&name) }))?;
     } else {
@@ -226,7 +227,6 @@ fn build_name(f: &NameFields, source: Option<&SourceInfo<'_>>) -> Result<ImageNa
     let detail = f.detail.as_deref().map(Detail::parse).transpose()?;
     let ext = match (source, &f.ext) {
         (Some(s), _) if s.is_folder => None,
-        _ if f.folder => None,
         (_, Some(e)) => Some(Extension::from_user(e)?),
         (Some(s), None) => Some(
             s.path

@@ -42,25 +42,24 @@ impl Table {
                 }
             }
         }
-        let mut out = io::BufWriter::new(io::stdout().lock());
+        let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
         let header: Vec<String> = self.header.iter().map(|h| h.to_string()).collect();
         for r in std::iter::once(&header).chain(self.rows.iter()) {
-            let mut line = String::new();
             for (i, c) in r.iter().enumerate() {
-                let w = widths.get(i).copied().unwrap_or(0);
                 let last = i + 1 == r.len();
+                let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(c.chars().count());
                 if self.right.contains(&i) {
-                    line.push_str(&format!("{c:>w$}"));
+                    write!(out, "{:pad$}{c}", "")?;
                 } else if last {
-                    line.push_str(c);
+                    out.write_all(c.as_bytes())?;
                 } else {
-                    line.push_str(&format!("{c:<w$}"));
+                    write!(out, "{c}{:pad$}", "")?;
                 }
                 if !last {
-                    line.push_str("  ");
+                    out.write_all(b"  ")?;
                 }
             }
-            writeln!(out, "{}", line.trim_end())?;
+            out.write_all(b"\n")?;
         }
         out.flush()
     }

@@ -44,12 +44,12 @@ mod star_lib;
 mod vm;
 mod word_size;
 
-pub use detail::Detail;
+pub use detail::{Detail, MAX_DETAIL_LEN};
 pub use error::{Field, NameError};
-pub use ext::Extension;
+pub use ext::{Extension, MAX_EXT_LEN};
 pub use image_name::{ImageName, MAX_NAME_LEN, NameParts};
 pub use isa::Isa;
-pub use max_size::MaxSize;
+pub use max_size::{MAX_BYTES as MAX_SIZE_BYTES, MaxSize};
 pub use os::{Os, OsFamily};
 pub use star_lib::StarLib;
 pub use vm::Vm;

@@ -38,7 +38,7 @@ impl MaxSize {
     /// # Errors
     /// A malformed number, an unknown unit or one in another spelling
     /// (`8G`, `8gb`, `8GiB`), a size of zero, a fraction of a byte, or a size
-    /// past [`MAX_BYTES`].
+    /// past [`MAX_SIZE_BYTES`](crate::MAX_SIZE_BYTES).
     pub fn parse(s: &str) -> Result<MaxSize, NameError> {
         check_safe(Field::MaxSize, s)?;
         let (number, unit) = split_unit(s);
@@ -120,7 +120,7 @@ impl MaxSize {
     /// keeps at most three decimals: 8589934592 is `8GB`, 1.5 TiB is `1.5TB`.
     ///
     /// # Errors
-    /// Zero, or more than [`MAX_BYTES`].
+    /// Zero, or more than [`MAX_SIZE_BYTES`](crate::MAX_SIZE_BYTES).
     pub fn from_bytes(bytes: u64) -> Result<MaxSize, NameError> {
         if bytes == 0 || bytes > MAX_BYTES {
             return Err(NameError::new(Field::MaxSize, &bytes.to_string(), "must be between 1 byte and 8EB"));

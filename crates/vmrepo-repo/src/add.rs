@@ -259,7 +259,7 @@ pub fn add(catalog: &mut Catalog, req: AddRequest<'_>) -> Result<AddOutcome> {
     steps.push(Step { from: image_from, to: target_dir.join(&file_name) });
     let remove_after = if req.move_source && !same_fs { vec![req.source.to_path_buf()] } else { Vec::new() };
     if in_place {
-        make_read_only(&target_dir, &parts, req.source, is_folder);
+        make_read_only(&parts);
     }
     txn.commit(steps, remove_after, &lock)?;
     catalog.reload(req.vm, &folder)?;
@@ -349,7 +349,7 @@ fn allocated(parts: &[Part]) -> u64 {
 }
 
 /// Stored images are read-only; a moved source gets the same treatment.
-fn make_read_only(_target: &Path, parts: &[Part], _source: &Path, _is_folder: bool) {
+fn make_read_only(parts: &[Part]) {
     use std::os::unix::fs::PermissionsExt;
     for p in parts {
         let _ = fs::set_permissions(&p.src, fs::Permissions::from_mode(0o444));

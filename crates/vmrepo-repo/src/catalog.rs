@@ -29,7 +29,7 @@ use crate::txn;
 /// A folder modified this recently (in ns) is listed again by the next command.
 pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
 /// The index schema; a different one is rebuilt from the files.
-const SCHEMA_VERSION: &str = "1";
+const SCHEMA_VERSION: &str = "2";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,9 +78,11 @@ CREATE TABLE IF NOT EXISTS images (
     verified_ino INTEGER,
     UNIQUE (vm, file)
 );
-CREATE INDEX IF NOT EXISTS images_os ON images (os);
-CREATE INDEX IF NOT EXISTS images_lib ON images (lib);
-CREATE INDEX IF NOT EXISTS images_arch ON images (arch, bits);
+CREATE INDEX IF NOT EXISTS images_order ON images (vm, stem, file);
+CREATE INDEX IF NOT EXISTS images_os ON images (os, vm, stem, file);
+CREATE INDEX IF NOT EXISTS images_osinfo ON images (osinfo, vm, stem, file);
+CREATE INDEX IF NOT EXISTS images_lib ON images (lib, vm, stem, file);
+CREATE INDEX IF NOT EXISTS images_arch ON images (arch, bits, vm, stem, file);
 CREATE INDEX IF NOT EXISTS images_stem ON images (stem);
 CREATE INDEX IF NOT EXISTS images_maxsize ON images (maxsize_bytes);
 CREATE INDEX IF NOT EXISTS images_added ON images (added);
@@ -410,6 +412,8 @@ impl Catalog {
     /// An index failure.
     pub fn find(&self, q: &Query) -> Result<Vec<ImageRecord>> {
         let (clause, values) = q.to_sql();
+        // The field indexes end in (vm, stem, file), so that for the common
+        // queries rows come out of the index already in this order.
         let sql = format!("SELECT {RECORD_COLUMNS} FROM images WHERE {clause} ORDER BY vm, stem, file");
         let mut st = self.conn.prepare_cached(&sql).map_err(|e| Error::index("query", e))?;
         let rows = st
@@ -597,6 +601,9 @@ fn try_open_index(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // The index can always be rebuilt from the files: trade durability for speed.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Read pages through a memory map rather than copying them in: a query
+    // touching thousands of rows is several times faster.
+    conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
     let version: Option<String> = conn
         .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0))
         .optional()

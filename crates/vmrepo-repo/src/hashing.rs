@@ -101,6 +101,11 @@ pub fn hash_file(
     let md = src.file.metadata().map_err(|e| Error::io("read the size of", src.path, e))?;
     let len = md.len();
     let _ = rustix::fs::fadvise(src.file.as_fd(), 0, None, rustix::fs::Advice::Sequential);
+    if dst.is_none() && !(want.md5 && want.sha256) {
+        // One digest and no copy: hashing each chunk right after reading it,
+        // while it is in the cache, beats handing it to another thread.
+        return hash_inline(src, len, want, progress, cancel);
+    }
 
     let (pool_tx, pool_rx) = bounded::<Vec<u8>>(POOL_BUFFERS);
     for _ in 0..POOL_BUFFERS {
@@ -163,6 +168,95 @@ pub fn hash_file(
         }
         Ok(Digests { md5: joined(md5)?, sha256: joined(sha)?, bytes: len })
     })
+}
+
+fn hash_inline(
+    src: Endpoint<'_>,
+    len: u64,
+    want: Want,
+    progress: &(dyn Fn(u64) + Sync),
+    cancel: &AtomicBool,
+) -> Result<Digests> {
+    let mut md5 = want.md5.then(Md5::new);
+    let mut sha = want.sha256.then(Sha256::new);
+    let mut feed = |bytes: &[u8]| {
+        if let Some(h) = md5.as_mut() {
+            h.update(bytes);
+        }
+        if let Some(h) = sha.as_mut() {
+            h.update(bytes);
+        }
+    };
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
+    while pos < len {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::interrupted());
+        }
+        let data_start = next_data(src.file, pos, len);
+        if data_start > pos {
+            for_zeros(data_start - pos, &mut feed);
+            progress(data_start - pos);
+            pos = data_start;
+            continue;
+        }
+        let data_end = next_hole(src.file, pos, len);
+        while pos < data_end {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::interrupted());
+            }
+            let want_len = usize::try_from((data_end - pos).min(CHUNK as u64)).unwrap_or(CHUNK);
+            read_exact_at(src, &mut buf[..want_len], pos)?;
+            feed(&buf[..want_len]);
+            pos += want_len as u64;
+            progress(want_len as u64);
+        }
+    }
+    check_unchanged(src, len)?;
+    Ok(Digests {
+        md5: md5.map(|h| h.finalize().into()),
+        sha256: sha.map(|h| h.finalize().into()),
+        bytes: len,
+    })
+}
+
+/// Fills `buf` from `offset`; a file that ends early changed while it was read.
+fn read_exact_at(src: Endpoint<'_>, buf: &mut [u8], offset: u64) -> Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match src.file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{} became shorter while it was read (at byte {})",
+                        src.path.display(),
+                        offset + filled as u64
+                    ),
+                ));
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", src.path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Fails if the file's length is no longer `len`.
+fn check_unchanged(src: Endpoint<'_>, len: u64) -> Result<()> {
+    let after = src.file.metadata().map_err(|e| Error::io("read the size of", src.path, e))?;
+    if after.len() != len {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "{} changed size while it was read ({len} then {} bytes)",
+                src.path.display(),
+                after.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Hashes a file by path: opens it read-only without following a final
@@ -282,19 +376,22 @@ fn joined<T>(r: Option<std::thread::Result<Option<T>>>) -> Result<Option<T>> {
     }
 }
 
+/// Calls `f` on slices of zeros adding up to `n` bytes (a hole's content).
+fn for_zeros(mut n: u64, f: &mut dyn FnMut(&[u8])) {
+    while n > 0 {
+        let step = n.min(ZEROS.len() as u64);
+        // step <= ZEROS.len(), a usize.
+        f(&ZEROS[..usize::try_from(step).unwrap_or(ZEROS.len())]);
+        n -= step;
+    }
+}
+
 fn digest_pieces<D: Digest>(rx: &Receiver<Piece>) -> Vec<u8> {
     let mut h = D::new();
     for piece in rx {
         match piece {
             Piece::Data(b) => h.update(&b.data[..b.len]),
-            Piece::Zeros(mut n) => {
-                while n > 0 {
-                    let step = n.min(ZEROS.len() as u64);
-                    // step <= ZEROS.len(), a usize.
-                    h.update(&ZEROS[..usize::try_from(step).unwrap_or(ZEROS.len())]);
-                    n -= step;
-                }
-            }
+            Piece::Zeros(n) => for_zeros(n, &mut |z| h.update(z)),
         }
     }
     h.finalize().to_vec()

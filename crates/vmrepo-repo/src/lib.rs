@@ -3,7 +3,7 @@
 //! A repository is a folder holding `vm/<VM>/` folders of images laid out as
 //! the STAR specification says (see [`layout`]), each image beside its
 //! `.checksum` (md5sum's output) and `.txt` (its description). This crate
-//! imports images crash-safely ([`add`]), keeps an SQLite catalog derived from
+//! imports images crash-safely ([`add()`]), keeps an SQLite catalog derived from
 //! the files ([`Catalog`]), verifies them ([`verify()`]), finds what breaks the
 //! convention ([`lint()`]) and removes images ([`remove()`]).
 //!
