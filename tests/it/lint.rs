@@ -50,3 +50,41 @@ fn reports_what_breaks_the_convention() {
         "{text}"
     );
 }
+
+#[test]
+fn unreadable_descriptions_and_links_are_reported_not_followed() {
+    let r = Repo::new();
+    let f = r.scratch().join("a.img");
+    pattern_file(&f, 1000, 1);
+    r.add(&f, "kvm", &["--max-size", "8GB"]);
+    let txt = r.vm_dir("kvm").join("sl5.3_x86_64_sl08e_8GB.txt");
+    std::fs::set_permissions(&txt, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&txt, b"Image: x\0\xff\xfe binary").unwrap();
+    // A VM folder that is a link to somewhere else, and an image that is a link.
+    let elsewhere = r.scratch().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::remove_dir(r.vm_dir("xen")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, r.vm_dir("xen")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", r.vm_dir("vmware").join("sl4_x86_32_sl08e_8GB.img")).unwrap();
+
+    let out = r.run(&["--json", "lint"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let codes: Vec<(&str, &str)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap(), f["code"].as_str().unwrap()))
+        .collect();
+    assert!(codes.contains(&("vm/kvm/sl5.3_x86_64_sl08e_8GB.txt", "description-unreadable")), "{codes:?}");
+    assert!(codes.contains(&("vm/xen", "symlink")), "{codes:?}");
+    assert!(codes.contains(&("vm/vmware/sl4_x86_32_sl08e_8GB.img", "symlink")), "{codes:?}");
+    // Links are not cataloged; the unreadable description is a verify problem too.
+    assert_eq!(r.listed(), ["kvm/sl5.3_x86_64_sl08e_8GB.img"]);
+    let out = r.run(&["--json", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = v["results"][0]["problems"].as_array().unwrap();
+    assert!(problems.iter().any(|p| p["code"] == "description-unreadable"), "{v}");
+    assert!(problems.iter().any(|p| p["message"].as_str().unwrap().contains("not UTF-8")), "{v}");
+}

@@ -28,6 +28,8 @@ pub const CHUNK: usize = 1 << 20;
 pub const POOL_BUFFERS: usize = 8;
 /// The writer starts write-back every this many bytes.
 const WRITEBACK_STEP: u64 = 8 << 20;
+/// A hole is handed on in pieces of at most this many bytes.
+const HOLE_STEP: u64 = 64 << 20;
 /// Zeros fed to the hashers for a hole.
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
@@ -188,30 +190,20 @@ fn hash_inline(
         }
     };
     let mut buf = vec![0u8; CHUNK];
-    let mut pos = 0u64;
-    while pos < len {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(Error::interrupted());
-        }
-        let data_start = next_data(src.file, pos, len);
-        if data_start > pos {
-            for_zeros(data_start - pos, &mut feed);
-            progress(data_start - pos);
-            pos = data_start;
-            continue;
-        }
-        let data_end = next_hole(src.file, pos, len);
-        while pos < data_end {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(Error::interrupted());
+    walk(src, len, cancel, |region| {
+        match region {
+            Region::Hole(n) => {
+                for_zeros(n, &mut feed);
+                progress(n);
             }
-            let want_len = usize::try_from((data_end - pos).min(CHUNK as u64)).unwrap_or(CHUNK);
-            read_exact_at(src, &mut buf[..want_len], pos)?;
-            feed(&buf[..want_len]);
-            pos += want_len as u64;
-            progress(want_len as u64);
+            Region::Data(offset, n) => {
+                read_exact_at(src, &mut buf[..n], offset)?;
+                feed(&buf[..n]);
+                progress(n as u64);
+            }
         }
-    }
+        Ok(())
+    })?;
     check_unchanged(src, len)?;
     Ok(Digests {
         md5: md5.map(|h| h.finalize().into()),
@@ -303,47 +295,65 @@ fn read_pieces(
         }
         Ok(())
     };
+    walk(src, len, cancel, |region| match region {
+        Region::Hole(n) => {
+            send(Piece::Zeros(n))?;
+            progress(n);
+            Ok(())
+        }
+        Region::Data(offset, n) => {
+            if failed.load(Ordering::Relaxed) {
+                return Err(Error::new(ErrorKind::Io, "the copy failed"));
+            }
+            let mut buf = pool_rx.recv().map_err(|_| Error::new(ErrorKind::Io, "buffer pool closed"))?;
+            read_exact_at(src, &mut buf[..n], offset)?;
+            send(Piece::Data(Arc::new(Pooled { data: buf, len: n, offset, pool: pool_tx.clone() })))?;
+            progress(n as u64);
+            Ok(())
+        }
+    })
+}
+
+/// A stretch of a file met by [`walk`].
+enum Region {
+    /// A hole of this many bytes (reads as zeros).
+    Hole(u64),
+    /// Data at this offset, of at most [`CHUNK`] bytes.
+    Data(u64, usize),
+}
+
+/// Walks `src` from start to end in [`Region`]s, stopping with
+/// [`ErrorKind::Interrupted`] when `cancel` is set.
+fn walk(
+    src: Endpoint<'_>,
+    len: u64,
+    cancel: &AtomicBool,
+    mut visit: impl FnMut(Region) -> Result<()>,
+) -> Result<()> {
     let mut pos = 0u64;
     while pos < len {
         let data_start = next_data(src.file, pos, len);
-        if data_start > pos {
-            send(Piece::Zeros(data_start - pos))?;
-            progress(data_start - pos);
-            pos = data_start;
-            continue;
+        while pos < data_start {
+            // Hashing a large hole takes time too: check for a stop in steps.
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::interrupted());
+            }
+            let n = (data_start - pos).min(HOLE_STEP);
+            visit(Region::Hole(n))?;
+            pos += n;
+        }
+        if pos >= len {
+            break;
         }
         let data_end = next_hole(src.file, pos, len);
         while pos < data_end {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::interrupted());
             }
-            if failed.load(Ordering::Relaxed) {
-                return Err(Error::new(ErrorKind::Io, "the copy failed"));
-            }
-            let mut buf = pool_rx.recv().map_err(|_| Error::new(ErrorKind::Io, "buffer pool closed"))?;
             // data_end - pos is positive here and CHUNK fits in u64.
-            let want = usize::try_from((data_end - pos).min(CHUNK as u64)).unwrap_or(CHUNK);
-            let mut filled = 0;
-            while filled < want {
-                match src.file.read_at(&mut buf[filled..want], pos + filled as u64) {
-                    Ok(0) => {
-                        return Err(Error::new(
-                            ErrorKind::Io,
-                            format!(
-                                "{} became shorter while it was read (at byte {})",
-                                src.path.display(),
-                                pos + filled as u64
-                            ),
-                        ));
-                    }
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(Error::io("read", src.path, e)),
-                }
-            }
-            send(Piece::Data(Arc::new(Pooled { data: buf, len: want, offset: pos, pool: pool_tx.clone() })))?;
-            pos += want as u64;
-            progress(want as u64);
+            let n = usize::try_from((data_end - pos).min(CHUNK as u64)).unwrap_or(CHUNK);
+            visit(Region::Data(pos, n))?;
+            pos += n as u64;
         }
     }
     Ok(())
