@@ -98,6 +98,21 @@ Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo f
     },
     /// Rebuild the index from the files.
     Reindex,
+    /// What an image file says of itself: format, sizes, allocation, backing
+    /// file, snapshots (fields as qemu-img info --output=json).
+    Info(ImageArgs),
+    /// The allocation of the guest disk, like qemu-img map.
+    Map(ImageArgs),
+    /// The guest's bytes as a raw disk, to standard output or a file (sparse).
+    Cat {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// Write here instead of standard output.
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+    },
+    /// Check the image's structure: tables inside the file, no overlapping clusters.
+    Check(ImageArgs),
     /// Make a small demonstration repository with one image, and show it.
     Demo {
         /// Where (default: ./vmrepo-demo).
@@ -184,4 +199,18 @@ pub struct VerifyArgs {
     /// Images hashed at once (default: the number of cores).
     #[arg(long, short)]
     pub jobs: Option<usize>,
+}
+
+/// An image file or a cataloged image.
+#[derive(Args, Debug)]
+pub struct ImageArgs {
+    /// An image file, or the name of an image in the repository.
+    pub image: String,
+    /// Open files the image references (VMDK extents, backing or data file),
+    /// in the image's own folder only.
+    #[arg(long)]
+    pub follow: bool,
+    /// The format, instead of detecting it: raw, iso, qcow2, vmdk, vdi, vhd (or vpc), vhdx.
+    #[arg(long, short = 'f', value_name = "FORMAT")]
+    pub format: Option<String>,
 }

@@ -20,9 +20,9 @@ const KNOWN_EXTENSIONS: [&str; 8] = ["img", "raw", "iso", "qcow2", "vmdk", "vdi"
 /// The largest notes file read.
 const MAX_NOTES: u64 = 256 * 1024;
 
-struct Ctx<'a> {
-    cli: &'a Cli,
-    cancel: &'a AtomicBool,
+pub(crate) struct Ctx<'a> {
+    pub cli: &'a Cli,
+    pub cancel: &'a AtomicBool,
 }
 
 pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
@@ -41,6 +41,10 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
         Command::Rm { name } => rm(&ctx, name),
         Command::Reindex => reindex(&ctx),
         Command::Demo { dir } => demo(&ctx, dir.as_deref()),
+        Command::Info(a) => crate::image::info(&ctx, a),
+        Command::Map(a) => crate::image::map(&ctx, a),
+        Command::Cat { image, output } => crate::image::cat(&ctx, image, output.as_deref()),
+        Command::Check(a) => crate::image::check(&ctx, a),
     }
 }
 
@@ -55,7 +59,7 @@ fn open_repo(ctx: &Ctx<'_>) -> Result<Repository> {
     })
 }
 
-fn open_catalog(ctx: &Ctx<'_>) -> Result<Catalog> {
+pub(crate) fn open_catalog(ctx: &Ctx<'_>) -> Result<Catalog> {
     Ok(Catalog::open(open_repo(ctx)?)?)
 }
 

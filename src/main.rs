@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod image;
 mod output;
 mod ui;
 

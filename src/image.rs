@@ -1,0 +1,206 @@
+//! Commands on one image file: info, map, cat, check.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use vmrepo_format::{Format, Image, OpenOptions};
+use vmrepo_repo::{ErrorKind, ImageKind};
+
+use crate::args::ImageArgs;
+use crate::commands::{open_catalog, Ctx};
+use crate::output::{self, line, size};
+use crate::Outcome;
+
+/// The file to open: the path given, or the cataloged image of that name.
+fn image_path(ctx: &Ctx<'_>, spec: &str) -> Result<PathBuf> {
+    let p = Path::new(spec);
+    if p.exists() {
+        return Ok(p.to_path_buf());
+    }
+    let catalog = open_catalog(ctx).with_context(|| format!("{spec} is neither a file nor an image in a repository"))?;
+    let rec = catalog.resolve(spec)?;
+    let path = catalog.repo().vm_root().join(&rec.folder).join(&rec.file);
+    match rec.image_kind() {
+        ImageKind::File => Ok(path),
+        ImageKind::Folder => folder_entry(&path),
+        ImageKind::Missing => Err(vmrepo_repo::Error::new(ErrorKind::NotFound, format!("{} is missing", rec.path)).into()),
+    }
+}
+
+/// The file that describes an image folder: its VMDK descriptor, or its only file.
+pub(crate) fn folder_entry(dir: &Path) -> Result<PathBuf> {
+    let (parts, _) = vmrepo_repo::layout::folder_parts(dir)?;
+    if let [(only, _)] = parts.as_slice() {
+        return Ok(dir.join(only));
+    }
+    for (name, md) in &parts {
+        if md.len() <= 64 * 1024 {
+            let head = std::fs::read(dir.join(name)).unwrap_or_default();
+            if String::from_utf8_lossy(&head).contains("# Disk DescriptorFile") {
+                return Ok(dir.join(name));
+            }
+        }
+    }
+    Err(vmrepo_repo::Error::new(
+        ErrorKind::InvalidInput,
+        format!("{} holds {} files and none is a VMDK descriptor", dir.display(), parts.len()),
+    )
+    .into())
+}
+
+fn open(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Image> {
+    let path = image_path(ctx, &a.image)?;
+    let format = match &a.format {
+        None => None,
+        Some(f) => Some(
+            Format::ALL
+                .into_iter()
+                .find(|x| x.name().eq_ignore_ascii_case(f) || x.qemu_name().eq_ignore_ascii_case(f) && *x != Format::Iso)
+                .ok_or_else(|| vmrepo_repo::Error::new(ErrorKind::InvalidInput, format!("unknown format {f:?}")))?,
+        ),
+    };
+    Ok(vmrepo_format::open(&path, &OpenOptions { follow: a.follow, format })?)
+}
+
+pub fn info(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Outcome> {
+    let image = open(ctx, a)?;
+    let i = &image.info;
+    if ctx.cli.json {
+        output::json(i)?;
+        return Ok(Outcome::Clean);
+    }
+    let mut rows: Vec<(&str, String)> = vec![
+        ("image", i.filename.clone()),
+        ("file format", match &i.subformat {
+            Some(s) => format!("{} ({s})", i.format),
+            None => i.format.to_string(),
+        }),
+        ("virtual size", format!("{} ({} bytes)", size(Some(i.virtual_size)), i.virtual_size)),
+        ("disk size", size(Some(i.actual_size))),
+        ("storage", match i.storage {
+            vmrepo_format::Storage::Fixed => "fixed".into(),
+            vmrepo_format::Storage::Dynamic => "dynamically expanding".into(),
+        }),
+    ];
+    if let Some(a) = i.allocated_size {
+        rows.push(("allocated", format!("{} ({a} bytes)", size(Some(a)))));
+    }
+    if let Some(c) = i.cluster_size {
+        rows.push(("cluster_size", c.to_string()));
+    }
+    if let Some(c) = &i.compression {
+        rows.push(("compression", c.clone()));
+    }
+    if let Some(b) = &i.backing_filename {
+        rows.push(("backing file", b.clone()));
+    }
+    if let Some(b) = &i.backing_filename_format {
+        rows.push(("backing file format", b.clone()));
+    }
+    if let Some(d) = &i.data_file {
+        rows.push(("data file", d.clone()));
+    }
+    if let Some(p) = &i.parent {
+        rows.push(("parent", format!("{} {}", p.uuid.as_deref().unwrap_or("-"), p.locators.join(", "))));
+    }
+    rows.push(("dirty flag", i.dirty_flag.to_string()));
+    if i.corrupt {
+        rows.push(("corrupt", "true".into()));
+    }
+    for e in &i.extents {
+        rows.push(("extent", format!("{} {} {} ({} bytes)", e.access, if e.format.is_empty() { "SPARSE" } else { &e.format }, e.filename, e.virtual_size)));
+    }
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in rows {
+        line(format_args!("{k:<w$}  {v}"))?;
+    }
+    if !i.snapshots.is_empty() {
+        line("Snapshot list:")?;
+        line(format_args!("{:<4} {:<20} {:>12} {:>20}", "ID", "TAG", "VM SIZE", "DATE (epoch s)"))?;
+        for s in &i.snapshots {
+            line(format_args!("{:<4} {:<20} {:>12} {:>20}", s.id, s.name, s.vm_state_size, s.date_sec))?;
+        }
+    }
+    if let Some(fs) = &i.format_specific {
+        line("Format specific information:")?;
+        if let Some(data) = fs.get("data").and_then(|d| d.as_object()) {
+            for (k, v) in data {
+                line(format_args!("    {k}: {}", v))?;
+            }
+        }
+    }
+    for wmsg in &i.warnings {
+        line(format_args!("warning: {wmsg}"))?;
+    }
+    Ok(Outcome::Clean)
+}
+
+pub fn map(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Outcome> {
+    let image = open(ctx, a)?;
+    let extents = vmrepo_format::map(image.disk()?)?;
+    if ctx.cli.json {
+        output::json(&extents)?;
+        return Ok(Outcome::Clean);
+    }
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    writeln!(out, "{:<20}{:<20}{:<20}{}", "Offset", "Length", "Mapped to", "Kind")?;
+    for e in &extents {
+        let kind = match (e.data, e.zero, e.compressed, e.present) {
+            (true, _, true, _) => "compressed",
+            (true, false, _, _) => "data",
+            (true, true, _, _) => "allocated, reads as zeros",
+            (false, true, _, true) => "zeros",
+            (false, true, _, false) => "unallocated (zeros)",
+            _ => "unallocated (backing file)",
+        };
+        let mapped = e.offset.map_or_else(|| "-".to_string(), |o| format!("{o:#x}"));
+        writeln!(out, "{:<20}{:<20}{:<20}{kind}", format!("{:#x}", e.start), format!("{:#x}", e.length), mapped)?;
+    }
+    out.flush()?;
+    Ok(Outcome::Clean)
+}
+
+pub fn cat(ctx: &Ctx<'_>, a: &ImageArgs, output: Option<&Path>) -> Result<Outcome> {
+    let image = open(ctx, a)?;
+    let disk = image.disk()?;
+    match output {
+        Some(p) => {
+            let f = std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
+            vmrepo_format::cat::to_file(disk, &f, &|_| {}, ctx.cancel).with_context(|| format!("writing {}", p.display()))?;
+        }
+        None => {
+            let mut out = io::stdout().lock();
+            vmrepo_format::cat::to_stream(disk, &mut out, ctx.cancel)?;
+            out.flush()?;
+        }
+    }
+    if ctx.cancel.load(Ordering::Relaxed) {
+        return Err(vmrepo_repo::Error::interrupted().into());
+    }
+    Ok(Outcome::Clean)
+}
+
+pub fn check(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Outcome> {
+    let image = open(ctx, a)?;
+    let report = vmrepo_format::check::check(&image)?;
+    if ctx.cli.json {
+        output::json(&report)?;
+    } else {
+        for p in &report.problems {
+            line(format_args!("{}: {p}", image.info.filename))?;
+        }
+        if !ctx.cli.quiet {
+            line(format_args!(
+                "{}: {} ({} problem(s); {} of {} allocated)",
+                image.info.filename,
+                if report.problems.is_empty() { "no problems found" } else { "PROBLEMS FOUND" },
+                report.problems.len(),
+                size(Some(report.allocated)),
+                size(Some(image.info.virtual_size)),
+            ))?;
+        }
+    }
+    Ok(if report.problems.is_empty() { Outcome::Clean } else { Outcome::Problems })
+}
