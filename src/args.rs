@@ -17,6 +17,8 @@ Exit codes:
   8    no space left on the device
   9    the repository is locked by another command
   10   the SQLite index failed
+  11   the image file is malformed, of an unsupported format, or larger than vmrepo reads
+  12   reading the image needs a file it references: pass --follow
   130  interrupted (nothing half-done is left behind)";
 
 /// Store, catalog and check STAR virtual machine images.

@@ -139,14 +139,25 @@ pub fn info(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Outcome> {
 
 pub fn map(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Outcome> {
     let image = open(ctx, a)?;
-    let extents = vmrepo_format::map(image.disk()?)?;
+    let disk = image.disk()?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let io_err = |e: io::Error| vmrepo_format::Error::from_io("cannot write the map", e);
     if ctx.cli.json {
-        output::json(&extents)?;
+        // A JSON array written as it goes: a map can hold millions of extents.
+        let mut first = true;
+        write!(out, "[")?;
+        vmrepo_format::map_each(disk, 0, disk.size(), &mut |e| {
+            let sep = if first { "\n" } else { ",\n" };
+            first = false;
+            let text = serde_json::to_string(&e).map_err(|e| io_err(io::Error::other(e)))?;
+            write!(out, "{sep}    {text}").map_err(io_err)
+        })?;
+        writeln!(out, "\n]")?;
+        out.flush()?;
         return Ok(Outcome::Clean);
     }
-    let mut out = io::BufWriter::new(io::stdout().lock());
     writeln!(out, "{:<20}{:<20}{:<20}{}", "Offset", "Length", "Mapped to", "Kind")?;
-    for e in &extents {
+    vmrepo_format::map_each(disk, 0, disk.size(), &mut |e| {
         let kind = match (e.data, e.zero, e.compressed, e.present) {
             (true, _, true, _) => "compressed",
             (true, false, _, _) => "data",
@@ -156,8 +167,8 @@ pub fn map(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Outcome> {
             _ => "unallocated (backing file)",
         };
         let mapped = e.offset.map_or_else(|| "-".to_string(), |o| format!("{o:#x}"));
-        writeln!(out, "{:<20}{:<20}{:<20}{kind}", format!("{:#x}", e.start), format!("{:#x}", e.length), mapped)?;
-    }
+        writeln!(out, "{:<20}{:<20}{:<20}{kind}", format!("{:#x}", e.start), format!("{:#x}", e.length), mapped).map_err(io_err)
+    })?;
     out.flush()?;
     Ok(Outcome::Clean)
 }

@@ -36,18 +36,21 @@ fn main() -> ExitCode {
 
 /// Prints the error in one line (and as JSON on stdout with --json) and picks the exit code.
 fn report(err: &anyhow::Error, json: bool) -> ExitCode {
-    // A closed pipe (vmrepo list | head) is not a failure.
-    if let Some(io) = err.downcast_ref::<io::Error>()
-        && io.kind() == io::ErrorKind::BrokenPipe
+    // A closed pipe (vmrepo list | head, vmrepo cat | head) is not a failure.
+    let pipe = |e: &io::Error| e.kind() == io::ErrorKind::BrokenPipe;
+    if err.downcast_ref::<io::Error>().is_some_and(pipe)
+        || err.downcast_ref::<vmrepo_format::Error>().and_then(vmrepo_format::Error::io_error).is_some_and(pipe)
     {
         return ExitCode::SUCCESS;
     }
-    let (code, kind) = match err.downcast_ref::<vmrepo_repo::Error>() {
-        Some(e) => exit_code(e.kind()),
-        None => match err.downcast_ref::<vmrepo_name::NameError>() {
-            Some(_) => (6, "invalid-input"),
-            None => (7, "io"),
-        },
+    let (code, kind) = if let Some(e) = err.downcast_ref::<vmrepo_repo::Error>() {
+        exit_code(e.kind())
+    } else if let Some(e) = err.downcast_ref::<vmrepo_format::Error>() {
+        format_exit_code(e.kind())
+    } else if err.downcast_ref::<vmrepo_name::NameError>().is_some() {
+        (6, "invalid-input")
+    } else {
+        (7, "io")
     };
     let message = format!("{err:#}").replace('\n', " ");
     if json {
@@ -56,6 +59,15 @@ fn report(err: &anyhow::Error, json: bool) -> ExitCode {
     }
     let _ = writeln!(io::stderr(), "vmrepo: error: {message}");
     ExitCode::from(code)
+}
+
+fn format_exit_code(kind: vmrepo_format::ErrorKind) -> (u8, &'static str) {
+    use vmrepo_format::ErrorKind as F;
+    match kind {
+        F::Io => (7, "io"),
+        F::NeedsReferenced => (12, "needs-referenced-file"),
+        _ => (11, "bad-image"),
+    }
 }
 
 fn exit_code(kind: ErrorKind) -> (u8, &'static str) {

@@ -31,12 +31,20 @@ impl CheckReport {
     }
 }
 
-/// A stretch of the host file in use, for overlap detection.
+/// A stretch of the host file in use, for overlap detection: `what` and its
+/// number name it in messages ("grain 12"), without a string per stretch.
 #[derive(Clone, Debug)]
 pub(crate) struct Used {
     pub start: u64,
     pub end: u64,
-    pub what: String,
+    pub what: &'static str,
+    pub index: u64,
+}
+
+impl Used {
+    pub(crate) fn new(start: u64, end: u64, what: &'static str, index: u64) -> Used {
+        Used { start, end, what, index }
+    }
 }
 
 /// Reports every pair of overlapping stretches (each overlap once).
@@ -46,9 +54,10 @@ pub(crate) fn overlaps(mut used: Vec<Used>, report: &mut CheckReport) {
     for i in 0..used.len() {
         if let Some((end, j)) = reach {
             if used[i].start < end {
+                let (a, b) = (&used[i], &used[j]);
                 report.problem(format!(
-                    "{} [{:#x}, {:#x}) overlaps {} [{:#x}, {:#x})",
-                    used[i].what, used[i].start, used[i].end, used[j].what, used[j].start, used[j].end
+                    "{} {} [{:#x}, {:#x}) overlaps {} {} [{:#x}, {:#x})",
+                    a.what, a.index, a.start, a.end, b.what, b.index, b.start, b.end
                 ));
             }
         }

@@ -126,24 +126,45 @@ pub fn map(disk: &dyn Disk) -> Result<Vec<MapExtent>> {
     map_range(disk, 0, disk.size())
 }
 
-/// The allocation map of `[start, start + len)`.
+/// The allocation map of `[start, start + len)`, collected.
 ///
 /// # Errors
 /// As [`Disk::status`].
 pub fn map_range(disk: &dyn Disk, start: u64, len: u64) -> Result<Vec<MapExtent>> {
+    let mut out = Vec::new();
+    map_each(disk, start, len, &mut |e| {
+        out.push(e);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with each merged extent of `[start, start + len)` in order, so
+/// that a map of millions of extents is printed without being held in memory.
+///
+/// # Errors
+/// As [`Disk::status`], or what `f` returns.
+pub fn map_each(disk: &dyn Disk, start: u64, len: u64, f: &mut dyn FnMut(MapExtent) -> Result<()>) -> Result<()> {
     let end = start.saturating_add(len).min(disk.size());
-    let mut out: Vec<MapExtent> = Vec::new();
+    let mut pending: Option<MapExtent> = None;
     let mut pos = start;
     while pos < end {
         let mut e = disk.status(pos, end - pos)?;
         // A status past the request or of no length would loop or overrun: clamp.
         e.start = pos;
         e.length = e.length.clamp(1, end - pos);
-        match out.last_mut() {
-            Some(last) if last.joins(&e) => last.length += e.length,
-            _ => out.push(e),
-        }
         pos = e.end();
+        match pending.as_mut() {
+            Some(last) if last.joins(&e) => last.length += e.length,
+            _ => {
+                if let Some(done) = pending.replace(e) {
+                    f(done)?;
+                }
+            }
+        }
     }
-    Ok(out)
+    if let Some(done) = pending {
+        f(done)?;
+    }
+    Ok(())
 }

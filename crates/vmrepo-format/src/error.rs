@@ -54,6 +54,11 @@ impl Error {
         Error::new(ErrorKind::Unsupported, what.to_string())
     }
 
+    /// An I/O error while doing `what` (writing output, for a caller).
+    pub fn from_io(what: impl fmt::Display, err: io::Error) -> Error {
+        Error::io(what, err)
+    }
+
     pub(crate) fn io(what: impl fmt::Display, err: io::Error) -> Error {
         Error { kind: ErrorKind::Io, message: what.to_string(), source: Some(err) }
     }
@@ -81,11 +86,16 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_ref().map(|e| e as &(dyn std::error::Error + 'static))
+impl Error {
+    /// The underlying I/O error, if this is one (a closed pipe, say).
+    pub fn io_error(&self) -> Option<&io::Error> {
+        self.source.as_ref()
     }
 }
+
+/// The cause is part of the message (one line, for people and logs), so it
+/// is not repeated as a `source`.
+impl std::error::Error for Error {}
 
 /// Shorthand: fails with [`ErrorKind::Malformed`] unless `cond`.
 macro_rules! ensure {

@@ -57,7 +57,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use detect::{detect, Detected};
-pub use disk::{map, Disk, MapExtent};
+pub use disk::{map, map_each, Disk, MapExtent};
 pub use error::{Error, ErrorKind, Result};
 pub use info::{ExtentInfo, Info, Parent, Snapshot, Storage};
 pub use source::{FileSource, FolderResolver, MemSource, NoResolver, Resolver, Source};
@@ -131,11 +131,6 @@ impl Format {
         }
     }
 
-    /// Whether the format can leave clusters to a backing file, so that
-    /// unallocated ones are not "present" (as qemu-img map reports them).
-    pub(crate) fn has_backing(self) -> bool {
-        matches!(self, Format::Qcow2 | Format::Vmdk)
-    }
 }
 
 impl fmt::Display for Format {
@@ -280,9 +275,5 @@ pub(crate) mod bytes {
             "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
             g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]
         )
-    }
-    /// An all-zero run.
-    pub fn is_zero(b: &[u8]) -> bool {
-        b.iter().all(|&x| x == 0)
     }
 }

@@ -100,12 +100,9 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        // The cause is already part of Display; report it for callers that walk chains.
-        self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
-    }
-}
+/// The cause is part of the message (one line, for people and logs), so it
+/// is not repeated as a `source`.
+impl std::error::Error for Error {}
 
 impl From<vmrepo_name::NameError> for Error {
     fn from(e: vmrepo_name::NameError) -> Error {

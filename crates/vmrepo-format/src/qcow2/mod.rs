@@ -15,7 +15,6 @@ use crate::info::{Info, Storage};
 use crate::source::{Resolver, Source};
 use crate::{Format, OpenOptions, Opened};
 
-pub(crate) use header::Header;
 use header::{AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
 pub(crate) use reader::Qcow2Disk;
 

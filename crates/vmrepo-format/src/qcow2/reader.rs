@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use crate::bytes::be64;
+use crate::check::{CheckReport, Used};
 use crate::disk::{check_range, Disk, MapExtent};
 use crate::error::{ensure, Error, Result};
 use crate::source::{read_vec, Source};
@@ -22,6 +23,12 @@ const OFLAG_ZERO: u64 = 1;
 const SUBCLUSTERS: u64 = 32;
 /// Compressed data is counted in sectors of this size.
 const COMPRESSED_SECTOR: u64 = 512;
+/// Reserved bits of an L1 entry (1..=8 and 56..=62).
+const L1E_RESERVED: u64 = 0x7f00_0000_0000_01fe;
+/// Reserved bits of a standard uncompressed L2 entry (1..=8 and 56..=61).
+const L2E_RESERVED: u64 = 0x3f00_0000_0000_01fe;
+/// The largest refcount table read (QEMU's QCOW_MAX_REFTABLE_SIZE).
+const MAX_REFTABLE_BYTES: u64 = 8 << 20;
 /// Memory the L2 table cache may hold.
 const L2_CACHE_BYTES: u64 = 16 << 20;
 
@@ -57,6 +64,7 @@ pub(crate) struct Qcow2Disk {
     cache: Mutex<L2Cache>,
     last_cluster: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     backing: Option<Box<dyn Disk>>,
+    hdr: Header,
 }
 
 impl Qcow2Disk {
@@ -76,6 +84,7 @@ impl Qcow2Disk {
             cache: Mutex::new(L2Cache { tables: HashMap::new(), order: VecDeque::new(), capacity }),
             last_cluster: Mutex::new(None),
             backing,
+            hdr: hdr.clone(),
         })
     }
 
@@ -293,6 +302,174 @@ fn read_into_padded(src: &dyn Source, out: &mut [u8], offset: u64, what: &str) -
     Ok(())
 }
 
+impl Qcow2Disk {
+    /// The structural check: see [`Disk::check`].
+    fn check_tables(&self) -> Result<CheckReport> {
+        let mut r = CheckReport { checked: "tables", ..Default::default() };
+        let cs = self.cluster_size();
+        let file_len = self.src.len();
+        let up = |n: u64| n.div_ceil(cs) * cs;
+        let mut used = vec![Used::new(0, cs, "header cluster", 0)];
+        if self.hdr.l1_size > 0 {
+            let l1 = self.hdr.l1_table_offset;
+            used.push(Used::new(l1, l1 + up(u64::from(self.hdr.l1_size) * 8), "L1 table", 0));
+        }
+        let rt_off = self.hdr.refcount_table_offset;
+        let rt_len = u64::from(self.hdr.refcount_table_clusters) * cs;
+        used.push(Used::new(rt_off, rt_off + rt_len, "refcount table", 0));
+        let mut data_used: Vec<Used> = Vec::new();
+        let mut seen_l2 = std::collections::HashSet::new();
+        for (i, &l1e) in self.l1.iter().enumerate() {
+            if l1e & L1E_RESERVED != 0 {
+                r.problem(format!("L1 entry {i} has reserved bits set ({l1e:#x})"));
+            }
+            let off = l1e & L1E_OFFSET_MASK;
+            if off == 0 {
+                continue;
+            }
+            if off % cs != 0 {
+                r.problem(format!("L1 entry {i}: the L2 table offset {off:#x} is not cluster-aligned"));
+                continue;
+            }
+            if off + cs > file_len {
+                r.problem(format!("L1 entry {i}: the L2 table at {off:#x} lies past the end of the file"));
+                continue;
+            }
+            if !seen_l2.insert(off) {
+                r.problem(format!("L1 entry {i}: the L2 table at {off:#x} is used by another L1 entry"));
+                continue;
+            }
+            used.push(Used::new(off, off + cs, "L2 table", i as u64));
+            let table = self.l2_table(off, i)?;
+            for c in 0..self.l2_entries() {
+                let guest_cluster = i as u64 * self.l2_entries() + c;
+                if guest_cluster * cs >= self.size {
+                    break;
+                }
+                let at = usize::try_from(c * self.entry_size()).unwrap_or(0);
+                let entry = be64(&table, at);
+                let bitmap = if self.extended_l2 { be64(&table, at + 8) } else { 0 };
+                if entry & OFLAG_COMPRESSED != 0 {
+                    if self.extended_l2 && bitmap != 0 {
+                        r.problem(format!("compressed cluster {guest_cluster} has a subcluster bitmap"));
+                    }
+                    let Ok((Run::Compressed(host, size), _)) = self.lookup(guest_cluster * cs, cs) else { continue };
+                    r.allocated += cs;
+                    if host + size > file_len + 512 {
+                        r.problem(format!("compressed cluster {guest_cluster} at {host:#x} runs past the end of the file"));
+                    }
+                    // The size field rounds up to whole sectors, so compressed
+                    // clusters packed together seem to overlap: only the start counts.
+                    used.push(Used::new(host, host + 1, "compressed cluster", guest_cluster));
+                    continue;
+                }
+                let reserved = if self.extended_l2 { L2E_RESERVED | OFLAG_ZERO } else { L2E_RESERVED };
+                if entry & reserved != 0 {
+                    r.problem(format!("L2 entry of cluster {guest_cluster} has reserved bits set ({entry:#x})"));
+                }
+                let host = entry & L2E_OFFSET_MASK;
+                if self.extended_l2 {
+                    let alloc = bitmap & 0xffff_ffff;
+                    if alloc & (bitmap >> 32) != 0 {
+                        r.problem(format!("cluster {guest_cluster} has subclusters both allocated and zero"));
+                    }
+                    if alloc != 0 && host == 0 {
+                        r.problem(format!("cluster {guest_cluster} has allocated subclusters but no offset"));
+                    }
+                    r.allocated += u64::from(alloc.count_ones()) * self.subcluster_size();
+                } else if host != 0 && entry & OFLAG_ZERO == 0 {
+                    r.allocated += cs;
+                }
+                if host == 0 {
+                    continue;
+                }
+                if host % cs != 0 {
+                    r.problem(format!("cluster {guest_cluster}: offset {host:#x} is not cluster-aligned"));
+                    continue;
+                }
+                if host + cs > self.data.len() {
+                    r.problem(format!("cluster {guest_cluster} at {host:#x} lies past the end of the data"));
+                }
+                let target = if self.external_data { &mut data_used } else { &mut used };
+                // Contiguous data clusters make one stretch, to keep the list short.
+                match target.last_mut() {
+                    Some(last) if last.what == "data cluster" && last.end == host => last.end += cs,
+                    _ => target.push(Used::new(host, host + cs, "data cluster", guest_cluster)),
+                }
+            }
+        }
+        self.check_refcounts(&used, &mut r)?;
+        crate::check::overlaps(used, &mut r);
+        crate::check::overlaps(data_used, &mut r);
+        r.allocated = r.allocated.min(self.size);
+        Ok(r)
+    }
+
+    /// Every cluster in use must have a refcount; clusters with a refcount
+    /// that nothing uses are leaks (counted when there are no snapshots).
+    fn check_refcounts(&self, used: &[Used], r: &mut CheckReport) -> Result<()> {
+        let cs = self.cluster_size();
+        let rt_bytes = u64::from(self.hdr.refcount_table_clusters) * cs;
+        if rt_bytes > MAX_REFTABLE_BYTES {
+            r.problem(format!("the refcount table is {rt_bytes} bytes, more than the {MAX_REFTABLE_BYTES} vmrepo reads"));
+            return Ok(());
+        }
+        let rt = match read_vec(self.src.as_ref(), self.hdr.refcount_table_offset, rt_bytes, "the refcount table") {
+            Ok(t) => t,
+            Err(e) => {
+                r.problem(e.to_string());
+                return Ok(());
+            }
+        };
+        let bits = 1u64 << self.hdr.refcount_order;
+        let per_block = cs * 8 / bits;
+        let mut blocks: std::collections::HashMap<u64, Vec<u8>> = std::collections::HashMap::new();
+        let mut block_used = Vec::new();
+        for (i, e) in rt.chunks_exact(8).enumerate() {
+            let off = be64(e, 0) & !(cs - 1) & 0x00ff_ffff_ffff_ffff;
+            if off == 0 {
+                continue;
+            }
+            if off + cs > self.src.len() {
+                r.problem(format!("refcount block {i} at {off:#x} lies past the end of the file"));
+                continue;
+            }
+            block_used.push(Used::new(off, off + cs, "refcount block", i as u64));
+            if let Ok(b) = read_vec(self.src.as_ref(), off, cs, "a refcount block") {
+                blocks.insert(i as u64, b);
+            }
+        }
+        let refcount = |cluster: u64| -> u64 {
+            let Some(b) = blocks.get(&(cluster / per_block)) else { return 0 };
+            let idx = cluster % per_block;
+            let bit = idx * bits;
+            let byte = usize::try_from(bit / 8).unwrap_or(usize::MAX);
+            match bits {
+                64 => b.get(byte..byte + 8).map_or(0, |s| be64(s, 0)),
+                32 => b.get(byte..byte + 4).map_or(0, |s| u64::from(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))),
+                16 => b.get(byte..byte + 2).map_or(0, |s| u64::from(u16::from_be_bytes([s[0], s[1]]))),
+                8 => b.get(byte).map_or(0, |&v| u64::from(v)),
+                _ => b.get(byte).map_or(0, |&v| u64::from(v >> (8 - bits - bit % 8) & ((1 << bits) - 1))),
+            }
+        };
+        let mut in_use = std::collections::HashSet::new();
+        for u in used.iter().chain(block_used.iter()) {
+            let mut c = u.start / cs;
+            while c * cs < u.end {
+                if in_use.insert(c) && refcount(c) == 0 && c * cs < self.src.len() {
+                    r.problem(format!("cluster {:#x} ({} {}) is in use but its refcount is 0", c * cs, u.what, u.index));
+                }
+                c += 1;
+            }
+        }
+        if self.hdr.nb_snapshots == 0 {
+            let clusters = self.src.len().div_ceil(cs);
+            r.leaked_clusters = (0..clusters).filter(|c| !in_use.contains(c) && refcount(*c) > 0).count() as u64;
+        }
+        Ok(())
+    }
+}
+
 impl Disk for Qcow2Disk {
     fn size(&self) -> u64 {
         self.size
@@ -344,5 +521,9 @@ impl Disk for Qcow2Disk {
             Run::Data(host) => MapExtent::data(offset, len, Some(host)),
             Run::Compressed(..) => MapExtent { compressed: true, ..MapExtent::data(offset, len, None) },
         })
+    }
+
+    fn check(&self) -> Result<CheckReport> {
+        self.check_tables()
     }
 }

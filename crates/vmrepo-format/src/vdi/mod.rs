@@ -127,7 +127,7 @@ impl Disk for VdiDisk {
             if end > self.src.len() {
                 r.problem(format!("block {i} at offset {start:#x} lies past the end of the file"));
             }
-            used.push(Used { start, end, what: format!("block {i}") });
+            used.push(Used::new(start, end, "block", i as u64));
         }
         crate::check::overlaps(used, &mut r);
         r.allocated = r.allocated.min(self.size);

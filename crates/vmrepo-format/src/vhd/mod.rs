@@ -136,7 +136,7 @@ impl Disk for DynamicDisk {
             if end > self.data_end {
                 r.problem(format!("block {i} at offset {start:#x} runs past the data area (ends at {:#x})", self.data_end));
             }
-            used.push(Used { start, end, what: format!("block {i}") });
+            used.push(Used::new(start, end, "block", i as u64));
         }
         crate::check::overlaps(used, &mut r);
         r.allocated = r.allocated.min(self.size);

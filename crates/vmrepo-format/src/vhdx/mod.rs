@@ -135,7 +135,7 @@ impl Disk for VhdxDisk {
 
     fn check(&self) -> Result<CheckReport> {
         let mut r = CheckReport { checked: "tables", ..Default::default() };
-        let mut used = vec![Used { start: 0, end: MIB, what: "the headers and region tables".into() }];
+        let mut used = vec![Used::new(0, MIB, "headers and region tables", 0)];
         let blocks = self.size.div_ceil(self.block);
         for b in 0..blocks {
             let e = self.entry(b);
@@ -150,7 +150,7 @@ impl Disk for VhdxDisk {
             if start + self.block > self.src.len() {
                 r.problem(format!("block {b} at offset {start:#x} lies past the end of the file"));
             }
-            used.push(Used { start, end: start + self.block, what: format!("block {b}") });
+            used.push(Used::new(start, start + self.block, "block", b));
         }
         crate::check::overlaps(used, &mut r);
         r.allocated = r.allocated.min(self.size);

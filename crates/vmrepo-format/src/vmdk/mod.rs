@@ -176,7 +176,12 @@ fn open_monolithic(src: Arc<dyn Source>, resolver: &dyn Resolver) -> Result<Open
         access: "RW".into(),
         offset: None,
     };
-    info.format_specific = Some(specific(&d, std::slice::from_ref(&ext)));
+    let mut fs = specific(&d, std::slice::from_ref(&ext));
+    if let Some(data) = fs.get_mut("data").and_then(|v| v.as_object_mut()) {
+        // VMware's streamOptimized images keep the grain directory after the grains.
+        data.insert("grain-directory-at-end".into(), json!(hdr.footer));
+    }
+    info.format_specific = Some(fs);
     info.extents = vec![ext];
     let parent = match parent_disk(&d, resolver) {
         Ok(p) => Ok(p),

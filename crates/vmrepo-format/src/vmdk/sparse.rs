@@ -369,9 +369,9 @@ impl Disk for SparseExtent {
         let mut r = CheckReport { checked: "tables", ..Default::default() };
         let file_len = self.src.len();
         let gb = self.hdr.grain_bytes();
-        let mut used = vec![Used { start: 0, end: SECTOR, what: "the header".into() }];
+        let mut used = vec![Used::new(0, SECTOR, "header", 0)];
         let gd_start = self.hdr.gd_offset * SECTOR;
-        used.push(Used { start: gd_start, end: gd_start + self.gd.len() as u64 * 4, what: "the grain directory".into() });
+        used.push(Used::new(gd_start, gd_start + self.gd.len() as u64 * 4, "grain directory", 0));
         let gt_len = u64::from(self.hdr.num_gtes) * 4;
         let mut seen_gt = std::collections::HashSet::new();
         for (i, &gt) in self.gd.iter().enumerate() {
@@ -387,7 +387,7 @@ impl Disk for SparseExtent {
                 r.problem(format!("grain table {i} at offset {off:#x} is shared with another directory entry"));
                 continue;
             }
-            used.push(Used { start: off, end: off + gt_len, what: format!("grain table {i}") });
+            used.push(Used::new(off, off + gt_len, "grain table", i as u64));
             let table = self.grain_table(gt)?;
             for (j, &gte) in table.iter().enumerate() {
                 let grain_no = i as u64 * u64::from(self.hdr.num_gtes) + j as u64;
@@ -404,7 +404,7 @@ impl Disk for SparseExtent {
                         if host + gb > file_len {
                             r.problem(format!("grain {grain_no} at offset {host:#x} lies past the end of the file"));
                         }
-                        used.push(Used { start: host, end: host + gb, what: format!("grain {grain_no}") });
+                        used.push(Used::new(host, host + gb, "grain", grain_no));
                     }
                     Grain::Compressed(off) => {
                         r.allocated += gb;
@@ -420,7 +420,7 @@ impl Disk for SparseExtent {
                         if self.hdr.flags & FLAG_MARKERS != 0 && le64(&m, 0) != grain_no * self.hdr.grain {
                             r.problem(format!("the marker of grain {grain_no} names sector {}", le64(&m, 0)));
                         }
-                        used.push(Used { start: off, end: off + size, what: format!("compressed grain {grain_no}") });
+                        used.push(Used::new(off, off + size, "compressed grain", grain_no));
                     }
                 }
             }
