@@ -8,10 +8,10 @@ use anyhow::{Context, Result};
 use vmrepo_format::{Format, Image, OpenOptions};
 use vmrepo_repo::{ErrorKind, ImageKind};
 
-use crate::args::ImageArgs;
-use crate::commands::{open_catalog, Ctx};
-use crate::output::{self, line, size};
 use crate::Outcome;
+use crate::args::ImageArgs;
+use crate::commands::{Ctx, open_catalog};
+use crate::output::{self, line, size};
 
 /// The file to open: the path given, or the cataloged image of that name.
 fn image_path(ctx: &Ctx<'_>, spec: &str) -> Result<PathBuf> {
@@ -19,13 +19,16 @@ fn image_path(ctx: &Ctx<'_>, spec: &str) -> Result<PathBuf> {
     if p.exists() {
         return Ok(p.to_path_buf());
     }
-    let catalog = open_catalog(ctx).with_context(|| format!("{spec} is neither a file nor an image in a repository"))?;
+    let catalog = open_catalog(ctx)
+        .with_context(|| format!("{spec} is neither a file nor an image in a repository"))?;
     let rec = catalog.resolve(spec)?;
     let path = catalog.repo().vm_root().join(&rec.folder).join(&rec.file);
     match rec.image_kind() {
         ImageKind::File => Ok(path),
         ImageKind::Folder => folder_entry(&path),
-        ImageKind::Missing => Err(vmrepo_repo::Error::new(ErrorKind::NotFound, format!("{} is missing", rec.path)).into()),
+        ImageKind::Missing => {
+            Err(vmrepo_repo::Error::new(ErrorKind::NotFound, format!("{} is missing", rec.path)).into())
+        }
     }
 }
 
@@ -57,8 +60,13 @@ fn open(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Image> {
         Some(f) => Some(
             Format::ALL
                 .into_iter()
-                .find(|x| x.name().eq_ignore_ascii_case(f) || x.qemu_name().eq_ignore_ascii_case(f) && *x != Format::Iso)
-                .ok_or_else(|| vmrepo_repo::Error::new(ErrorKind::InvalidInput, format!("unknown format {f:?}")))?,
+                .find(|x| {
+                    x.name().eq_ignore_ascii_case(f)
+                        || x.qemu_name().eq_ignore_ascii_case(f) && *x != Format::Iso
+                })
+                .ok_or_else(|| {
+                    vmrepo_repo::Error::new(ErrorKind::InvalidInput, format!("unknown format {f:?}"))
+                })?,
         ),
     };
     Ok(vmrepo_format::open(&path, &OpenOptions { follow: a.follow, format })?)
@@ -73,16 +81,22 @@ pub fn info(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Outcome> {
     }
     let mut rows: Vec<(&str, String)> = vec![
         ("image", i.filename.clone()),
-        ("file format", match &i.subformat {
-            Some(s) => format!("{} ({s})", i.format),
-            None => i.format.to_string(),
-        }),
+        (
+            "file format",
+            match &i.subformat {
+                Some(s) => format!("{} ({s})", i.format),
+                None => i.format.to_string(),
+            },
+        ),
         ("virtual size", format!("{} ({} bytes)", size(Some(i.virtual_size)), i.virtual_size)),
         ("disk size", size(Some(i.actual_size))),
-        ("storage", match i.storage {
-            vmrepo_format::Storage::Fixed => "fixed".into(),
-            vmrepo_format::Storage::Dynamic => "dynamically expanding".into(),
-        }),
+        (
+            "storage",
+            match i.storage {
+                vmrepo_format::Storage::Fixed => "fixed".into(),
+                vmrepo_format::Storage::Dynamic => "dynamically expanding".into(),
+            },
+        ),
     ];
     if let Some(a) = i.allocated_size {
         rows.push(("allocated", format!("{} ({a} bytes)", size(Some(a)))));
@@ -110,7 +124,16 @@ pub fn info(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Outcome> {
         rows.push(("corrupt", "true".into()));
     }
     for e in &i.extents {
-        rows.push(("extent", format!("{} {} {} ({} bytes)", e.access, if e.format.is_empty() { "SPARSE" } else { &e.format }, e.filename, e.virtual_size)));
+        rows.push((
+            "extent",
+            format!(
+                "{} {} {} ({} bytes)",
+                e.access,
+                if e.format.is_empty() { "SPARSE" } else { &e.format },
+                e.filename,
+                e.virtual_size
+            ),
+        ));
     }
     let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in rows {
@@ -156,7 +179,7 @@ pub fn map(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Outcome> {
         out.flush()?;
         return Ok(Outcome::Clean);
     }
-    writeln!(out, "{:<20}{:<20}{:<20}{}", "Offset", "Length", "Mapped to", "Kind")?;
+    writeln!(out, "{:<20}{:<20}{:<20}Kind", "Offset", "Length", "Mapped to")?;
     vmrepo_format::map_each(disk, 0, disk.size(), &mut |e| {
         let kind = match (e.data, e.zero, e.compressed, e.present) {
             (true, _, true, _) => "compressed",
@@ -167,7 +190,14 @@ pub fn map(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Outcome> {
             _ => "unallocated (backing file)",
         };
         let mapped = e.offset.map_or_else(|| "-".to_string(), |o| format!("{o:#x}"));
-        writeln!(out, "{:<20}{:<20}{:<20}{kind}", format!("{:#x}", e.start), format!("{:#x}", e.length), mapped).map_err(io_err)
+        writeln!(
+            out,
+            "{:<20}{:<20}{:<20}{kind}",
+            format!("{:#x}", e.start),
+            format!("{:#x}", e.length),
+            mapped
+        )
+        .map_err(io_err)
     })?;
     out.flush()?;
     Ok(Outcome::Clean)
@@ -179,7 +209,8 @@ pub fn cat(ctx: &Ctx<'_>, a: &ImageArgs, output: Option<&Path>) -> Result<Outcom
     match output {
         Some(p) => {
             let f = std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
-            vmrepo_format::cat::to_file(disk, &f, &|_| {}, ctx.cancel).with_context(|| format!("writing {}", p.display()))?;
+            vmrepo_format::cat::to_file(disk, &f, &|_| {}, ctx.cancel)
+                .with_context(|| format!("writing {}", p.display()))?;
         }
         None => {
             let mut out = io::stdout().lock();

@@ -39,7 +39,10 @@ fn report(err: &anyhow::Error, json: bool) -> ExitCode {
     // A closed pipe (vmrepo list | head, vmrepo cat | head) is not a failure.
     let pipe = |e: &io::Error| e.kind() == io::ErrorKind::BrokenPipe;
     if err.downcast_ref::<io::Error>().is_some_and(pipe)
-        || err.downcast_ref::<vmrepo_format::Error>().and_then(vmrepo_format::Error::io_error).is_some_and(pipe)
+        || err
+            .downcast_ref::<vmrepo_format::Error>()
+            .and_then(vmrepo_format::Error::io_error)
+            .is_some_and(pipe)
     {
         return ExitCode::SUCCESS;
     }

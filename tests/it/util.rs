@@ -176,3 +176,123 @@ pub fn tree(dir: &Path) -> Vec<String> {
     walk(dir, dir, &mut out);
     out
 }
+
+/// Runs vmrepo outside any repository; returns (exit code, stdout, stderr).
+pub fn vmrepo(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).env_remove("VMREPO_REPO").output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a program and returns its stdout; panics with its stderr on failure.
+pub fn run(prog: &str, args: &[&str]) -> String {
+    let out = Command::new(prog).args(args).output().unwrap();
+    assert!(out.status.success(), "{prog} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A raw disk whose content the test chooses: random data, a hole, text that
+/// compresses well, scattered small writes, and random data at the very end.
+pub fn guest_disk(path: &Path, size: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    f.write_all_at(&rnd(1 << 20), 0).unwrap();
+    let words: [&[u8]; 6] =
+        [b"STAR ", b"physics ", b"sl08e ", b"gold-gold ", b"rcas6016 ", b"\0\0\0\0\0\0\0\0"];
+    let mut text = Vec::new();
+    let mut i = 0usize;
+    while text.len() < 2 << 20 {
+        text.extend_from_slice(words[(i * 7 + i / 3) % words.len()]);
+        i += 1;
+    }
+    f.write_all_at(&text, 3 << 20).unwrap();
+    for k in 0..16u64 {
+        let at = (6 << 20) + k * ((size - (7 << 20)) / 16);
+        f.write_all_at(&rnd(4096), at - at % 512).unwrap();
+    }
+    f.write_all_at(&rnd(65536), size - 65536).unwrap();
+}
+
+/// `qemu-img info --output=json` as JSON.
+pub fn qemu_info(path: &Path, format: &str) -> serde_json::Value {
+    let mut args = vec!["info", "--output=json"];
+    if !format.is_empty() {
+        args.extend(["-f", format]);
+    }
+    let p = path.to_str().unwrap();
+    args.push(p);
+    serde_json::from_str(&run("qemu-img", &args)).unwrap()
+}
+
+/// The fields of a map both sides report, as (start, length, present, zero, data, compressed).
+pub fn map_rows(v: &serde_json::Value) -> Vec<(u64, u64, bool, bool, bool, bool)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["start"].as_u64().unwrap(),
+                e["length"].as_u64().unwrap(),
+                e["present"].as_bool().unwrap(),
+                e["zero"].as_bool().unwrap(),
+                e["data"].as_bool().unwrap(),
+                e["compressed"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
+}
+
+/// Whether two files have the same bytes. Sparse files are compared where
+/// either holds data (SEEK_DATA), so that two 127 GB mostly empty disks are
+/// compared in a moment; where neither holds data, both read as zeros.
+pub fn same_bytes(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let (fa, fb) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());
+    let len = fa.metadata().unwrap().len();
+    if len != fb.metadata().unwrap().len() {
+        return false;
+    }
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    for (start, end) in data_regions(&fa, len).into_iter().chain(data_regions(&fb, len)) {
+        let mut pos = start;
+        while pos < end {
+            let n = usize::try_from((end - pos).min(1 << 20)).unwrap();
+            fa.read_exact_at(&mut ba[..n], pos).unwrap();
+            fb.read_exact_at(&mut bb[..n], pos).unwrap();
+            if ba[..n] != bb[..n] {
+                return false;
+            }
+            pos += n as u64;
+        }
+    }
+    true
+}
+
+/// The data regions of a file, as `(start, end)`.
+fn data_regions(f: &std::fs::File, len: u64) -> Vec<(u64, u64)> {
+    use rustix::fs::{SeekFrom, seek};
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < len {
+        let Ok(start) = seek(f, SeekFrom::Data(pos)) else { break };
+        let end = seek(f, SeekFrom::Hole(start)).unwrap_or(len).min(len);
+        out.push((start, end));
+        pos = end.max(start + 1);
+    }
+    out
+}

@@ -23,7 +23,11 @@ pub fn is_zero(buf: &[u8]) -> bool {
 
 /// Walks the disk in pieces of guest data: `f(offset, bytes)` for every piece
 /// that is stored, skipping what the map says reads as zeros.
-fn for_each_data(disk: &dyn Disk, cancel: &AtomicBool, mut f: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+fn for_each_data(
+    disk: &dyn Disk,
+    cancel: &AtomicBool,
+    mut f: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
     let size = disk.size();
     let mut buf = vec![0u8; CHUNK];
     let mut pos = 0u64;
@@ -33,7 +37,7 @@ fn for_each_data(disk: &dyn Disk, cancel: &AtomicBool, mut f: impl FnMut(u64, &[
         }
         let e = disk.status(pos, size - pos)?;
         let end = pos.saturating_add(e.length.max(1)).min(size);
-        if e.zero && !(e.data && !e.zero) {
+        if e.zero {
             pos = end;
             continue;
         }
@@ -61,7 +65,8 @@ pub fn to_file(disk: &dyn Disk, out: &File, progress: &dyn Fn(u64), cancel: &Ato
         let mut at = 0;
         for piece in bytes.chunks(64 * 1024) {
             if !is_zero(piece) {
-                out.write_all_at(piece, pos + at as u64).map_err(|e| Error::io("cannot write the output", e))?;
+                out.write_all_at(piece, pos + at as u64)
+                    .map_err(|e| Error::io("cannot write the output", e))?;
             }
             at += piece.len();
         }

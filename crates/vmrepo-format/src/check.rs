@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 
-use crate::error::Result;
 use crate::Image;
+use crate::error::Result;
 
 /// What `check` found.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -52,14 +52,14 @@ pub(crate) fn overlaps(mut used: Vec<Used>, report: &mut CheckReport) {
     used.sort_by_key(|u| (u.start, u.end));
     let mut reach: Option<(u64, usize)> = None;
     for i in 0..used.len() {
-        if let Some((end, j)) = reach {
-            if used[i].start < end {
-                let (a, b) = (&used[i], &used[j]);
-                report.problem(format!(
-                    "{} {} [{:#x}, {:#x}) overlaps {} {} [{:#x}, {:#x})",
-                    a.what, a.index, a.start, a.end, b.what, b.index, b.start, b.end
-                ));
-            }
+        if let Some((end, j)) = reach
+            && used[i].start < end
+        {
+            let (a, b) = (&used[i], &used[j]);
+            report.problem(format!(
+                "{} {} [{:#x}, {:#x}) overlaps {} {} [{:#x}, {:#x})",
+                a.what, a.index, a.start, a.end, b.what, b.index, b.start, b.end
+            ));
         }
         if reach.is_none_or(|(end, _)| used[i].end > end) {
             reach = Some((used[i].end, i));

@@ -15,15 +15,27 @@ pub(crate) fn inflate_exact(input: &[u8], out_len: usize, zlib_header: bool) -> 
             return Ok(out);
         }
         let status = d
-            .decompress(&input[in_pos.min(input.len())..], &mut out[out_pos..], flate2::FlushDecompress::Finish)
+            .decompress(
+                &input[in_pos.min(input.len())..],
+                &mut out[out_pos..],
+                flate2::FlushDecompress::Finish,
+            )
             .map_err(|e| e.to_string())?;
         let new_out = usize::try_from(d.total_out()).map_err(|_| "output position")?;
         match status {
             flate2::Status::StreamEnd => {
-                return if new_out == out_len { Ok(out) } else { Err(format!("inflated to {new_out} bytes, not {out_len}")) };
+                return if new_out == out_len {
+                    Ok(out)
+                } else {
+                    Err(format!("inflated to {new_out} bytes, not {out_len}"))
+                };
             }
             _ if new_out == out_pos && usize::try_from(d.total_in()).unwrap_or(0) == in_pos => {
-                return if new_out == out_len { Ok(out) } else { Err(format!("the data ends after {new_out} of {out_len} bytes")) };
+                return if new_out == out_len {
+                    Ok(out)
+                } else {
+                    Err(format!("the data ends after {new_out} of {out_len} bytes"))
+                };
             }
             _ => {}
         }
@@ -47,6 +59,18 @@ pub(crate) fn zstd_exact(input: &[u8], out_len: usize) -> Result<Vec<u8>, String
         }
     }
     Ok(out)
+}
+
+/// Inflates as much as the data holds, up to `out_len` bytes, zeros after:
+/// the last grain of a disk may be shorter than a grain.
+pub(crate) fn inflate_prefix(input: &[u8], out_len: usize, zlib_header: bool) -> Result<Vec<u8>, String> {
+    let mut out = vec![0u8; out_len];
+    let mut d = flate2::Decompress::new(zlib_header);
+    let status = d.decompress(input, &mut out, flate2::FlushDecompress::Finish).map_err(|e| e.to_string())?;
+    match status {
+        flate2::Status::StreamEnd => Ok(out),
+        _ => Err("the compressed data is cut short".into()),
+    }
 }
 
 #[cfg(test)]
@@ -74,17 +98,5 @@ mod tests {
     fn zstd_garbage_is_an_error() {
         assert!(zstd_exact(b"\x28\xb5\x2f\xfdgarbage", 512).is_err());
         assert!(zstd_exact(b"", 512).is_err());
-    }
-}
-
-/// Inflates as much as the data holds, up to `out_len` bytes, zeros after:
-/// the last grain of a disk may be shorter than a grain.
-pub(crate) fn inflate_prefix(input: &[u8], out_len: usize, zlib_header: bool) -> Result<Vec<u8>, String> {
-    let mut out = vec![0u8; out_len];
-    let mut d = flate2::Decompress::new(zlib_header);
-    let status = d.decompress(input, &mut out, flate2::FlushDecompress::Finish).map_err(|e| e.to_string())?;
-    match status {
-        flate2::Status::StreamEnd => Ok(out),
-        _ => Err("the compressed data is cut short".into()),
     }
 }

@@ -1,8 +1,8 @@
 //! Telling formats apart by their content, never by their name.
 
-use crate::error::{Error, Result};
-use crate::source::{read_into, Source};
 use crate::Format;
+use crate::error::{Error, Result};
+use crate::source::{Source, read_into};
 
 /// What a file's content says it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -144,7 +144,12 @@ pub fn map_range(disk: &dyn Disk, start: u64, len: u64) -> Result<Vec<MapExtent>
 ///
 /// # Errors
 /// As [`Disk::status`], or what `f` returns.
-pub fn map_each(disk: &dyn Disk, start: u64, len: u64, f: &mut dyn FnMut(MapExtent) -> Result<()>) -> Result<()> {
+pub fn map_each(
+    disk: &dyn Disk,
+    start: u64,
+    len: u64,
+    f: &mut dyn FnMut(MapExtent) -> Result<()>,
+) -> Result<()> {
     let end = start.saturating_add(len).min(disk.size());
     let mut pending: Option<MapExtent> = None;
     let mut pos = start;

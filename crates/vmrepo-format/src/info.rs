@@ -117,7 +117,13 @@ pub struct Info {
 
 impl Info {
     /// A starting point for a format's reader to fill in.
-    pub(crate) fn new(filename: &str, format: Format, virtual_size: u64, file_length: u64, actual_size: u64) -> Info {
+    pub(crate) fn new(
+        filename: &str,
+        format: Format,
+        virtual_size: u64,
+        file_length: u64,
+        actual_size: u64,
+    ) -> Info {
         Info {
             filename: filename.to_string(),
             format,

@@ -56,8 +56,8 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use detect::{detect, Detected};
-pub use disk::{map, map_each, Disk, MapExtent};
+pub use detect::{Detected, detect};
+pub use disk::{Disk, MapExtent, map, map_each};
 pub use error::{Error, ErrorKind, Result};
 pub use info::{ExtentInfo, Info, Parent, Snapshot, Storage};
 pub use source::{FileSource, FolderResolver, MemSource, NoResolver, Resolver, Source};
@@ -78,7 +78,8 @@ pub enum Format {
 
 impl Format {
     /// Every format.
-    pub const ALL: [Format; 7] = [Format::Raw, Format::Iso, Format::Qcow2, Format::Vmdk, Format::Vdi, Format::Vhd, Format::Vhdx];
+    pub const ALL: [Format; 7] =
+        [Format::Raw, Format::Iso, Format::Qcow2, Format::Vmdk, Format::Vdi, Format::Vhd, Format::Vhdx];
 
     /// The name qemu-img uses (`vpc` for VHD, `raw` for an ISO).
     pub fn qemu_name(self) -> &'static str {
@@ -130,7 +131,6 @@ impl Format {
             _ => None,
         }
     }
-
 }
 
 impl fmt::Display for Format {
@@ -273,7 +273,22 @@ pub(crate) mod bytes {
         let g: [u8; 16] = get(b, off);
         format!(
             "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-            g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]
+            g[0],
+            g[1],
+            g[2],
+            g[3],
+            g[4],
+            g[5],
+            g[6],
+            g[7],
+            g[8],
+            g[9],
+            g[10],
+            g[11],
+            g[12],
+            g[13],
+            g[14],
+            g[15]
         )
     }
 }

@@ -49,7 +49,9 @@ pub trait Source: Send + Sync {
 /// Reads `len` bytes at `offset`, checking the range against the source first
 /// so that a hostile length never sizes an allocation past the file.
 pub(crate) fn read_vec(src: &dyn Source, offset: u64, len: u64, what: &str) -> Result<Vec<u8>> {
-    let end = offset.checked_add(len).ok_or_else(|| Error::malformed(format!("{what}: offset {offset} + length {len} overflows")))?;
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| Error::malformed(format!("{what}: offset {offset} + length {len} overflows")))?;
     if end > src.len() {
         return Err(Error::malformed(format!(
             "{what} at offset {offset} ({len} bytes) runs past the end of the file ({} bytes)",
@@ -58,13 +60,14 @@ pub(crate) fn read_vec(src: &dyn Source, offset: u64, len: u64, what: &str) -> R
     }
     let n = usize::try_from(len).map_err(|_| Error::too_large(format!("{what}: {len} bytes")))?;
     let mut buf = vec![0u8; n];
-    src.read_exact_at(&mut buf, offset).map_err(|e| Error::io(format!("cannot read {what} at offset {offset}"), e))?;
+    src.read_exact_at(&mut buf, offset)
+        .map_err(|e| Error::io(format!("cannot read {what} at offset {offset}"), e))?;
     Ok(buf)
 }
 
 /// Reads into `buf` at `offset`, with a message naming `what`.
 pub(crate) fn read_into(src: &dyn Source, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
-    let end = offset.checked_add(buf.len() as u64).unwrap_or(u64::MAX);
+    let end = offset.saturating_add(buf.len() as u64);
     if end > src.len() {
         return Err(Error::malformed(format!(
             "{what} at offset {offset} ({} bytes) runs past the end of the file ({} bytes)",
@@ -89,17 +92,18 @@ impl FileSource {
     /// # Errors
     /// The file cannot be opened, is a link, or is not a regular file or block device.
     pub fn open(path: &Path) -> Result<FileSource> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| {
+        let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(
+            |e| {
                 if e.raw_os_error() == Some(libc::ELOOP) {
-                    Error::new(ErrorKind::Refused, format!("{} is a symbolic link, not followed", path.display()))
+                    Error::new(
+                        ErrorKind::Refused,
+                        format!("{} is a symbolic link, not followed", path.display()),
+                    )
                 } else {
                     Error::io(format!("cannot open {}", path.display()), e)
                 }
-            })?;
+            },
+        )?;
         let md = file.metadata().map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
         if md.is_dir() {
             return Err(Error::new(ErrorKind::Io, format!("{} is a folder", path.display())));
@@ -111,7 +115,12 @@ impl FileSource {
             rustix::fs::seek(file.as_fd(), rustix::fs::SeekFrom::End(0))
                 .map_err(|e| Error::io(format!("cannot size {}", path.display()), e.into()))?
         };
-        Ok(FileSource { file, len, allocated: md.blocks().saturating_mul(512), name: path.display().to_string() })
+        Ok(FileSource {
+            file,
+            len,
+            allocated: md.blocks().saturating_mul(512),
+            name: path.display().to_string(),
+        })
     }
 }
 
@@ -247,14 +256,13 @@ impl FolderResolver {
 
     fn path(&self, name: &str, role: &str) -> Result<PathBuf> {
         // Only a bare file name: no folder part, no '..', nothing absolute.
-        let bare = !name.is_empty()
-            && !name.contains(['/', '\\', '\0'])
-            && name != "."
-            && name != "..";
+        let bare = !name.is_empty() && !name.contains(['/', '\\', '\0']) && name != "." && name != "..";
         if !bare {
             return Err(Error::new(
                 ErrorKind::Refused,
-                format!("the {role} {name:?} is not a file in the image's own folder; vmrepo does not open it"),
+                format!(
+                    "the {role} {name:?} is not a file in the image's own folder; vmrepo does not open it"
+                ),
             ));
         }
         Ok(self.dir.join(name))
@@ -267,7 +275,9 @@ impl Resolver for FolderResolver {
         if !self.follow {
             return Err(Error::new(
                 ErrorKind::NeedsReferenced,
-                format!("reading needs the {role} {name:?}; pass --follow to open files the image references"),
+                format!(
+                    "reading needs the {role} {name:?}; pass --follow to open files the image references"
+                ),
             ));
         }
         Ok(Arc::new(FileSource::open(&path)?))
@@ -281,7 +291,10 @@ impl Resolver for FolderResolver {
 
     fn descend(&self, name: &str) -> Result<Box<dyn Resolver>> {
         if self.chain.len() > MAX_CHAIN_DEPTH {
-            return Err(Error::new(ErrorKind::TooLarge, format!("backing files more than {MAX_CHAIN_DEPTH} deep")));
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("backing files more than {MAX_CHAIN_DEPTH} deep"),
+            ));
         }
         if self.chain.iter().any(|n| n == name) {
             return Err(Error::malformed(format!("the backing chain loops back to {name:?}")));

@@ -10,7 +10,7 @@ use crate::detect::{ISO_ID, ISO_VD_OFFSET};
 use crate::error::Result;
 use crate::info::{Info, Storage};
 use crate::raw::RawDisk;
-use crate::source::{read_into, Source};
+use crate::source::{Source, read_into};
 use crate::{Format, Opened};
 
 /// Size of a volume descriptor.
@@ -67,7 +67,8 @@ pub(crate) fn open(src: Arc<dyn Source>) -> Result<Opened> {
         let blocks = u64::from(le32(&p, 80));
         let volume = blocks.saturating_mul(block);
         if volume > len {
-            info.warnings.push(format!("the volume claims {volume} bytes but the file holds {len}: truncated"));
+            info.warnings
+                .push(format!("the volume claims {volume} bytes but the file holds {len}: truncated"));
         }
         data.insert("system-id".into(), json!(text(&p[8..40])));
         data.insert("volume-id".into(), json!(text(&p[40..72])));

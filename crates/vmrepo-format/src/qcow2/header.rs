@@ -1,8 +1,8 @@
 //! The qcow2 header and its extensions (docs/interop/qcow2.txt in QEMU).
 
 use crate::bytes::{be32, be64};
-use crate::error::{ensure, Error, Result};
-use crate::source::{read_into, read_vec, Source};
+use crate::error::{Error, Result, ensure};
+use crate::source::{Source, read_into, read_vec};
 
 /// Smallest and largest cluster sizes qcow2 allows (as powers of two).
 pub const MIN_CLUSTER_BITS: u32 = 9;
@@ -27,7 +27,8 @@ pub const INCOMPAT_CORRUPT: u64 = 1 << 1;
 pub const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 pub const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 pub const INCOMPAT_EXTL2: u64 = 1 << 4;
-const INCOMPAT_KNOWN: u64 = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
+const INCOMPAT_KNOWN: u64 =
+    INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
 /// Compatible feature bit: lazy refcounts.
 pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
 /// Autoclear feature bit: the external data file is a valid raw image.
@@ -109,7 +110,7 @@ impl Header {
 }
 
 fn aligned(offset: u64, cluster_size: u64) -> bool {
-    offset % cluster_size == 0
+    offset.is_multiple_of(cluster_size)
 }
 
 /// Reads and checks the header and its extensions.
@@ -181,11 +182,18 @@ pub fn read(src: &dyn Source) -> Result<Header> {
     ensure!(hdr.size <= MAX_VIRTUAL_SIZE, "virtual size {} is larger than {MAX_VIRTUAL_SIZE}", hdr.size);
     ensure!(hdr.crypt_method <= 2, "unknown encryption method {}", hdr.crypt_method);
     if hdr.extended_l2() {
-        ensure!(cluster_bits >= 14, "extended L2 entries need clusters of at least 16 KiB (cluster_bits {cluster_bits})");
+        ensure!(
+            cluster_bits >= 14,
+            "extended L2 entries need clusters of at least 16 KiB (cluster_bits {cluster_bits})"
+        );
     }
     let l1_bytes = u64::from(hdr.l1_size) * 8;
     if l1_bytes > MAX_L1_BYTES {
-        return Err(Error::too_large(format!("the L1 table has {} entries, more than the {} vmrepo reads", hdr.l1_size, MAX_L1_BYTES / 8)));
+        return Err(Error::too_large(format!(
+            "the L1 table has {} entries, more than the {} vmrepo reads",
+            hdr.l1_size,
+            MAX_L1_BYTES / 8
+        )));
     }
     let needed = hdr.size.div_ceil(hdr.l1_coverage());
     ensure!(
@@ -195,17 +203,36 @@ pub fn read(src: &dyn Source) -> Result<Header> {
         hdr.size
     );
     if hdr.l1_size > 0 {
-        ensure!(aligned(hdr.l1_table_offset, cluster_size), "the L1 table offset {:#x} is not cluster-aligned", hdr.l1_table_offset);
+        ensure!(
+            aligned(hdr.l1_table_offset, cluster_size),
+            "the L1 table offset {:#x} is not cluster-aligned",
+            hdr.l1_table_offset
+        );
     }
-    ensure!(aligned(hdr.refcount_table_offset, cluster_size), "the refcount table offset {:#x} is not cluster-aligned", hdr.refcount_table_offset);
+    ensure!(
+        aligned(hdr.refcount_table_offset, cluster_size),
+        "the refcount table offset {:#x} is not cluster-aligned",
+        hdr.refcount_table_offset
+    );
     ensure!(hdr.nb_snapshots <= MAX_SNAPSHOTS, "{} snapshots, more than {MAX_SNAPSHOTS}", hdr.nb_snapshots);
     if hdr.nb_snapshots > 0 {
-        ensure!(aligned(hdr.snapshots_offset, cluster_size), "the snapshot table offset {:#x} is not cluster-aligned", hdr.snapshots_offset);
+        ensure!(
+            aligned(hdr.snapshots_offset, cluster_size),
+            "the snapshot table offset {:#x} is not cluster-aligned",
+            hdr.snapshots_offset
+        );
     }
     if hdr.backing_file_offset != 0 {
-        ensure!(hdr.backing_file_size <= MAX_BACKING_NAME, "the backing file name is {} bytes long", hdr.backing_file_size);
+        ensure!(
+            hdr.backing_file_size <= MAX_BACKING_NAME,
+            "the backing file name is {} bytes long",
+            hdr.backing_file_size
+        );
         let end = hdr.backing_file_offset.checked_add(u64::from(hdr.backing_file_size));
-        ensure!(end.is_some_and(|e| e <= cluster_size), "the backing file name lies outside the first cluster");
+        ensure!(
+            end.is_some_and(|e| e <= cluster_size),
+            "the backing file name lies outside the first cluster"
+        );
     }
     let unknown = hdr.incompatible_features & !INCOMPAT_KNOWN;
     read_extensions(src, &mut hdr, unknown)?;
@@ -233,7 +260,9 @@ fn read_extensions(src: &dyn Source, hdr: &mut Header, unknown: u64) -> Result<(
         let end = data_off.checked_add(len).filter(|e| *e <= cluster_size);
         ensure!(end.is_some(), "header extension {ext_type:#x} at offset {off} runs past the first cluster");
         match ext_type {
-            EXT_BACKING_FORMAT => hdr.backing_format = Some(ext_string(src, data_off, len, "the backing format")?),
+            EXT_BACKING_FORMAT => {
+                hdr.backing_format = Some(ext_string(src, data_off, len, "the backing format")?)
+            }
             EXT_DATA_FILE => hdr.data_file = Some(ext_string(src, data_off, len, "the data file name")?),
             EXT_BITMAPS => hdr.has_bitmaps = true,
             EXT_FEATURE_TABLE if unknown != 0 => {
@@ -241,7 +270,10 @@ fn read_extensions(src: &dyn Source, hdr: &mut Header, unknown: u64) -> Result<(
                 for entry in table.chunks_exact(48) {
                     if entry[0] == 0 && entry[1] < 64 && unknown & (1u64 << entry[1]) != 0 {
                         let name = String::from_utf8_lossy(&entry[2..]).trim_end_matches('\0').to_string();
-                        return Err(Error::unsupported(format!("incompatible feature {:?} (bit {})", name, entry[1])));
+                        return Err(Error::unsupported(format!(
+                            "incompatible feature {:?} (bit {})",
+                            name, entry[1]
+                        )));
                     }
                 }
             }
@@ -266,5 +298,6 @@ pub fn backing_name(src: &dyn Source, hdr: &Header) -> Result<Option<String>> {
     if hdr.backing_file_offset == 0 || hdr.backing_file_size == 0 {
         return Ok(None);
     }
-    ext_string(src, hdr.backing_file_offset, u64::from(hdr.backing_file_size), "the backing file name").map(Some)
+    ext_string(src, hdr.backing_file_offset, u64::from(hdr.backing_file_size), "the backing file name")
+        .map(Some)
 }

@@ -42,7 +42,10 @@ pub(crate) fn open(src: Arc<dyn Source>, resolver: &dyn Resolver) -> Result<Open
     }
     data.insert("refcount-bits".into(), json!(1u32 << hdr.refcount_order));
     if hdr.crypt_method != 0 {
-        data.insert("encrypt".into(), json!({ "format": if hdr.crypt_method == 1 { "aes" } else { "luks" } }));
+        data.insert(
+            "encrypt".into(),
+            json!({ "format": if hdr.crypt_method == 1 { "aes" } else { "luks" } }),
+        );
     }
     if let Some(df) = &hdr.data_file {
         data.insert("data-file".into(), json!(df));
@@ -56,10 +59,10 @@ pub(crate) fn open(src: Arc<dyn Source>, resolver: &dyn Resolver) -> Result<Open
     if hdr.has_data_file() && hdr.data_file.is_none() {
         info.warnings.push("an external data file is in use but its name is not recorded".into());
     }
-    if let Some(df) = &hdr.data_file {
-        if let Some(a) = resolver.allocated(df) {
-            info.actual_size = info.actual_size.saturating_add(a);
-        }
+    if let Some(df) = &hdr.data_file
+        && let Some(a) = resolver.allocated(df)
+    {
+        info.actual_size = info.actual_size.saturating_add(a);
     }
 
     let disk = (|| -> Result<Box<dyn crate::Disk>> {

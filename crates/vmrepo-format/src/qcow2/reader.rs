@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::bytes::be64;
 use crate::check::{CheckReport, Used};
-use crate::disk::{check_range, Disk, MapExtent};
-use crate::error::{ensure, Error, Result};
-use crate::source::{read_vec, Source};
+use crate::disk::{Disk, MapExtent, check_range};
+use crate::error::{Error, Result, ensure};
+use crate::source::{Source, read_vec};
 
 use super::header::{Compression, Header};
 
@@ -35,10 +35,13 @@ const L2_CACHE_BYTES: u64 = 16 << 20;
 /// What one guest stretch is, in this image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Run {
-    /// Not allocated here: the backing file's, or zeros.
-    Unallocated,
-    /// Reads as zeros.
-    Zero,
+    /// Not allocated here: the backing file's, or zeros. With extended L2
+    /// entries, an unallocated subcluster of a cluster that has a host offset
+    /// carries that offset (QEMU reports it, and so does not merge it with
+    /// plainly unallocated space).
+    Unallocated(Option<u64>),
+    /// Reads as zeros (with the host offset of a preallocated zero cluster).
+    Zero(Option<u64>),
     /// Stored at this offset of the data file.
     Data(u64),
     /// A compressed cluster at this offset, of at most this many bytes.
@@ -68,8 +71,14 @@ pub(crate) struct Qcow2Disk {
 }
 
 impl Qcow2Disk {
-    pub(crate) fn new(src: Arc<dyn Source>, data: Arc<dyn Source>, hdr: &Header, backing: Option<Box<dyn Disk>>) -> Result<Qcow2Disk> {
-        let l1_bytes = read_vec(src.as_ref(), hdr.l1_table_offset, u64::from(hdr.l1_size) * 8, "the L1 table")?;
+    pub(crate) fn new(
+        src: Arc<dyn Source>,
+        data: Arc<dyn Source>,
+        hdr: &Header,
+        backing: Option<Box<dyn Disk>>,
+    ) -> Result<Qcow2Disk> {
+        let l1_bytes =
+            read_vec(src.as_ref(), hdr.l1_table_offset, u64::from(hdr.l1_size) * 8, "the L1 table")?;
         let l1: Vec<u64> = l1_bytes.chunks_exact(8).map(|c| be64(c, 0)).collect();
         let capacity = usize::try_from((L2_CACHE_BYTES >> hdr.cluster_bits).max(4)).unwrap_or(4);
         Ok(Qcow2Disk {
@@ -109,20 +118,20 @@ impl Qcow2Disk {
     /// `vmrepo check` reports it.
     fn l2_table(&self, offset: u64, l1_index: usize) -> Result<Arc<Vec<u8>>> {
         ensure!(
-            offset % self.cluster_size() == 0,
+            offset.is_multiple_of(self.cluster_size()),
             "the L2 table offset {offset:#x} in L1 entry {l1_index} is not cluster-aligned"
         );
-        if let Ok(cache) = self.cache.lock() {
-            if let Some(t) = cache.tables.get(&offset) {
-                return Ok(Arc::clone(t));
-            }
+        if let Ok(cache) = self.cache.lock()
+            && let Some(t) = cache.tables.get(&offset)
+        {
+            return Ok(Arc::clone(t));
         }
         let table = Arc::new(read_padded(self.src.as_ref(), offset, self.cluster_size(), "an L2 table")?);
         if let Ok(mut cache) = self.cache.lock() {
-            if cache.tables.len() >= cache.capacity {
-                if let Some(old) = cache.order.pop_front() {
-                    cache.tables.remove(&old);
-                }
+            if cache.tables.len() >= cache.capacity
+                && let Some(old) = cache.order.pop_front()
+            {
+                cache.tables.remove(&old);
             }
             cache.tables.insert(offset, Arc::clone(&table));
             cache.order.push_back(offset);
@@ -133,7 +142,8 @@ impl Qcow2Disk {
     /// Classifies unit `index` (a cluster, or a subcluster with extended L2)
     /// of an L2 table.
     fn classify(&self, table: &[u8], cluster: u64, sub: u64) -> Result<Run> {
-        let at = usize::try_from(cluster * self.entry_size()).map_err(|_| Error::malformed("L2 index overflows"))?;
+        let at = usize::try_from(cluster * self.entry_size())
+            .map_err(|_| Error::malformed("L2 index overflows"))?;
         let entry = be64(table, at);
         if entry & OFLAG_COMPRESSED != 0 {
             ensure!(!self.external_data, "a compressed cluster in an image with an external data file");
@@ -150,20 +160,24 @@ impl Qcow2Disk {
             let alloc = bitmap >> sub & 1 != 0;
             let zero = bitmap >> (32 + sub) & 1 != 0;
             ensure!(!(alloc && zero), "subcluster {sub} of cluster {cluster} is both allocated and zero");
+            let sub_host = (host != 0).then(|| host + sub * self.subcluster_size());
             if alloc {
                 ensure!(host != 0, "subcluster {sub} is allocated in a cluster without an offset");
-                ensure!(host % self.cluster_size() == 0, "cluster offset {host:#x} is not cluster-aligned");
+                ensure!(
+                    host.is_multiple_of(self.cluster_size()),
+                    "cluster offset {host:#x} is not cluster-aligned"
+                );
                 return Ok(Run::Data(host + sub * self.subcluster_size()));
             }
-            return Ok(if zero { Run::Zero } else { Run::Unallocated });
+            return Ok(if zero { Run::Zero(sub_host) } else { Run::Unallocated(sub_host) });
         }
         if entry & OFLAG_ZERO != 0 {
-            return Ok(Run::Zero);
+            return Ok(Run::Zero((host != 0).then_some(host)));
         }
         if host == 0 {
-            return Ok(Run::Unallocated);
+            return Ok(Run::Unallocated(None));
         }
-        ensure!(host % self.cluster_size() == 0, "cluster offset {host:#x} is not cluster-aligned");
+        ensure!(host.is_multiple_of(self.cluster_size()), "cluster offset {host:#x} is not cluster-aligned");
         Ok(Run::Data(host))
     }
 
@@ -174,17 +188,18 @@ impl Qcow2Disk {
         let l1_index = usize::try_from(pos / cov).map_err(|_| Error::malformed("L1 index overflows"))?;
         let limit = pos.saturating_add(max).min(self.size);
         let Some(&l1e) = self.l1.get(l1_index) else {
-            return Ok((Run::Unallocated, limit - pos));
+            return Ok((Run::Unallocated(None), limit - pos));
         };
         let l2_off = l1e & L1E_OFFSET_MASK;
         if l2_off == 0 {
             // Skip every following empty L1 entry in one go.
             let mut next = l1_index + 1;
-            while next < self.l1.len() && self.l1[next] & L1E_OFFSET_MASK == 0 && (next as u64) * cov < limit {
+            while next < self.l1.len() && self.l1[next] & L1E_OFFSET_MASK == 0 && (next as u64) * cov < limit
+            {
                 next += 1;
             }
             let end = (next as u64).saturating_mul(cov).min(limit);
-            return Ok((Run::Unallocated, end - pos));
+            return Ok((Run::Unallocated(None), end - pos));
         }
         let table = self.l2_table(l2_off, l1_index)?;
         let unit = self.subcluster_size();
@@ -206,8 +221,11 @@ impl Qcow2Disk {
         while end < table_end {
             let (c, s) = unit_at(end);
             let next = self.classify(&table, c, s)?;
+            let step = end - unit_start;
             let same = match (first, next) {
-                (Run::Data(a), Run::Data(b)) => b == a + (end - unit_start),
+                (Run::Data(a), Run::Data(b)) => b == a + step,
+                (Run::Zero(Some(a)), Run::Zero(Some(b)))
+                | (Run::Unallocated(Some(a)), Run::Unallocated(Some(b))) => b == a + step,
                 (a, b) => a == b,
             };
             if !same {
@@ -217,19 +235,21 @@ impl Qcow2Disk {
             let _ = units_per_cluster;
         }
         let len = end.min(limit) - pos;
+        let within = pos - unit_start;
         Ok(match first {
-            Run::Data(host) => (Run::Data(host + (pos - unit_start)), len),
+            Run::Data(host) => (Run::Data(host + within), len),
+            Run::Zero(Some(host)) => (Run::Zero(Some(host + within)), len),
+            Run::Unallocated(Some(host)) => (Run::Unallocated(Some(host + within)), len),
             other => (other, len),
         })
     }
 
     fn decompress(&self, host: u64, size: u64) -> Result<Arc<Vec<u8>>> {
-        if let Ok(last) = self.last_cluster.lock() {
-            if let Some((h, data)) = last.as_ref() {
-                if *h == host {
-                    return Ok(Arc::clone(data));
-                }
-            }
+        if let Ok(last) = self.last_cluster.lock()
+            && let Some((h, data)) = last.as_ref()
+            && *h == host
+        {
+            return Ok(Arc::clone(data));
         }
         let input = read_padded(self.src.as_ref(), host, size, "a compressed cluster")?;
         let cs = usize::try_from(self.cluster_size()).map_err(|_| Error::malformed("cluster size"))?;
@@ -237,7 +257,9 @@ impl Qcow2Disk {
             Compression::Zlib => crate::compress::inflate_exact(&input, cs, false),
             Compression::Zstd => crate::compress::zstd_exact(&input, cs),
         }
-        .map_err(|e| Error::malformed(format!("the compressed cluster at offset {host:#x} does not decompress: {e}")))?;
+        .map_err(|e| {
+            Error::malformed(format!("the compressed cluster at offset {host:#x} does not decompress: {e}"))
+        })?;
         let out = Arc::new(out);
         if let Ok(mut last) = self.last_cluster.lock() {
             *last = Some((host, Arc::clone(&out)));
@@ -259,7 +281,10 @@ impl Qcow2Disk {
                 total = total.saturating_add(*n);
                 continue;
             }
-            ensure!(off % self.cluster_size() == 0, "the L2 table offset {off:#x} in L1 entry {i} is not cluster-aligned");
+            ensure!(
+                off.is_multiple_of(self.cluster_size()),
+                "the L2 table offset {off:#x} in L1 entry {i} is not cluster-aligned"
+            );
             let table = read_padded(self.src.as_ref(), off, self.cluster_size(), "an L2 table")?;
             let mut n = 0u64;
             for c in 0..self.l2_entries() {
@@ -296,7 +321,8 @@ fn read_into_padded(src: &dyn Source, out: &mut [u8], offset: u64, what: &str) -
     let m = usize::try_from(avail).unwrap_or(0);
     let (head, tail) = out.split_at_mut(m);
     if !head.is_empty() {
-        src.read_exact_at(head, offset).map_err(|e| Error::io(format!("cannot read {what} at offset {offset}"), e))?;
+        src.read_exact_at(head, offset)
+            .map_err(|e| Error::io(format!("cannot read {what} at offset {offset}"), e))?;
     }
     tail.fill(0);
     Ok(())
@@ -327,7 +353,7 @@ impl Qcow2Disk {
             if off == 0 {
                 continue;
             }
-            if off % cs != 0 {
+            if !off.is_multiple_of(cs) {
                 r.problem(format!("L1 entry {i}: the L2 table offset {off:#x} is not cluster-aligned"));
                 continue;
             }
@@ -353,10 +379,14 @@ impl Qcow2Disk {
                     if self.extended_l2 && bitmap != 0 {
                         r.problem(format!("compressed cluster {guest_cluster} has a subcluster bitmap"));
                     }
-                    let Ok((Run::Compressed(host, size), _)) = self.lookup(guest_cluster * cs, cs) else { continue };
+                    let Ok((Run::Compressed(host, size), _)) = self.lookup(guest_cluster * cs, cs) else {
+                        continue;
+                    };
                     r.allocated += cs;
                     if host + size > file_len + 512 {
-                        r.problem(format!("compressed cluster {guest_cluster} at {host:#x} runs past the end of the file"));
+                        r.problem(format!(
+                            "compressed cluster {guest_cluster} at {host:#x} runs past the end of the file"
+                        ));
                     }
                     // The size field rounds up to whole sectors, so compressed
                     // clusters packed together seem to overlap: only the start counts.
@@ -365,7 +395,9 @@ impl Qcow2Disk {
                 }
                 let reserved = if self.extended_l2 { L2E_RESERVED | OFLAG_ZERO } else { L2E_RESERVED };
                 if entry & reserved != 0 {
-                    r.problem(format!("L2 entry of cluster {guest_cluster} has reserved bits set ({entry:#x})"));
+                    r.problem(format!(
+                        "L2 entry of cluster {guest_cluster} has reserved bits set ({entry:#x})"
+                    ));
                 }
                 let host = entry & L2E_OFFSET_MASK;
                 if self.extended_l2 {
@@ -383,7 +415,7 @@ impl Qcow2Disk {
                 if host == 0 {
                     continue;
                 }
-                if host % cs != 0 {
+                if !host.is_multiple_of(cs) {
                     r.problem(format!("cluster {guest_cluster}: offset {host:#x} is not cluster-aligned"));
                     continue;
                 }
@@ -411,16 +443,20 @@ impl Qcow2Disk {
         let cs = self.cluster_size();
         let rt_bytes = u64::from(self.hdr.refcount_table_clusters) * cs;
         if rt_bytes > MAX_REFTABLE_BYTES {
-            r.problem(format!("the refcount table is {rt_bytes} bytes, more than the {MAX_REFTABLE_BYTES} vmrepo reads"));
+            r.problem(format!(
+                "the refcount table is {rt_bytes} bytes, more than the {MAX_REFTABLE_BYTES} vmrepo reads"
+            ));
             return Ok(());
         }
-        let rt = match read_vec(self.src.as_ref(), self.hdr.refcount_table_offset, rt_bytes, "the refcount table") {
-            Ok(t) => t,
-            Err(e) => {
-                r.problem(e.to_string());
-                return Ok(());
-            }
-        };
+        let rt =
+            match read_vec(self.src.as_ref(), self.hdr.refcount_table_offset, rt_bytes, "the refcount table")
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    r.problem(e.to_string());
+                    return Ok(());
+                }
+            };
         let bits = 1u64 << self.hdr.refcount_order;
         let per_block = cs * 8 / bits;
         let mut blocks: std::collections::HashMap<u64, Vec<u8>> = std::collections::HashMap::new();
@@ -446,10 +482,13 @@ impl Qcow2Disk {
             let byte = usize::try_from(bit / 8).unwrap_or(usize::MAX);
             match bits {
                 64 => b.get(byte..byte + 8).map_or(0, |s| be64(s, 0)),
-                32 => b.get(byte..byte + 4).map_or(0, |s| u64::from(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))),
+                32 => b
+                    .get(byte..byte + 4)
+                    .map_or(0, |s| u64::from(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))),
                 16 => b.get(byte..byte + 2).map_or(0, |s| u64::from(u16::from_be_bytes([s[0], s[1]]))),
                 8 => b.get(byte).map_or(0, |&v| u64::from(v)),
-                _ => b.get(byte).map_or(0, |&v| u64::from(v >> (8 - bits - bit % 8) & ((1 << bits) - 1))),
+                // Narrower refcounts are packed from the least significant bit, as QEMU packs them.
+                _ => b.get(byte).map_or(0, |&v| u64::from(v >> (bit % 8) & ((1 << bits) - 1))),
             }
         };
         let mut in_use = std::collections::HashSet::new();
@@ -457,14 +496,20 @@ impl Qcow2Disk {
             let mut c = u.start / cs;
             while c * cs < u.end {
                 if in_use.insert(c) && refcount(c) == 0 && c * cs < self.src.len() {
-                    r.problem(format!("cluster {:#x} ({} {}) is in use but its refcount is 0", c * cs, u.what, u.index));
+                    r.problem(format!(
+                        "cluster {:#x} ({} {}) is in use but its refcount is 0",
+                        c * cs,
+                        u.what,
+                        u.index
+                    ));
                 }
                 c += 1;
             }
         }
         if self.hdr.nb_snapshots == 0 {
             let clusters = self.src.len().div_ceil(cs);
-            r.leaked_clusters = (0..clusters).filter(|c| !in_use.contains(c) && refcount(*c) > 0).count() as u64;
+            r.leaked_clusters =
+                (0..clusters).filter(|c| !in_use.contains(c) && refcount(*c) > 0).count() as u64;
         }
         Ok(())
     }
@@ -485,8 +530,8 @@ impl Disk for Qcow2Disk {
             let n = usize::try_from(len.min(want)).unwrap_or(0).max(1);
             let out = &mut buf[done..done + n];
             match run {
-                Run::Zero => out.fill(0),
-                Run::Unallocated => match &self.backing {
+                Run::Zero(_) => out.fill(0),
+                Run::Unallocated(_) => match &self.backing {
                     Some(b) => {
                         // The backing file may be smaller than this image.
                         let avail = b.size().saturating_sub(pos).min(n as u64);
@@ -513,11 +558,19 @@ impl Disk for Qcow2Disk {
     fn status(&self, offset: u64, max_len: u64) -> Result<MapExtent> {
         let (run, len) = self.lookup(offset, max_len)?;
         Ok(match run {
-            Run::Unallocated if self.backing.is_some() => {
-                MapExtent { start: offset, length: len, present: false, zero: false, data: false, compressed: false, offset: None }
+            Run::Unallocated(host) if self.backing.is_some() => MapExtent {
+                start: offset,
+                length: len,
+                present: false,
+                zero: false,
+                data: false,
+                compressed: false,
+                offset: host,
+            },
+            Run::Unallocated(host) => {
+                MapExtent { offset: host, ..MapExtent::unallocated(offset, len, false) }
             }
-            Run::Unallocated => MapExtent::unallocated(offset, len, false),
-            Run::Zero => MapExtent::zeroed(offset, len),
+            Run::Zero(host) => MapExtent { offset: host, ..MapExtent::zeroed(offset, len) },
             Run::Data(host) => MapExtent::data(offset, len, Some(host)),
             Run::Compressed(..) => MapExtent { compressed: true, ..MapExtent::data(offset, len, None) },
         })

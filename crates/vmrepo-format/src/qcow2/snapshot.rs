@@ -1,9 +1,9 @@
 //! The qcow2 snapshot table.
 
 use crate::bytes::{be16, be32, be64};
-use crate::error::{ensure, Result};
+use crate::error::{Result, ensure};
 use crate::info::Snapshot;
-use crate::source::{read_into, read_vec, Source};
+use crate::source::{Source, read_into, read_vec};
 
 use super::header::Header;
 
@@ -27,7 +27,10 @@ pub fn read(src: &dyn Source, hdr: &Header) -> Result<Vec<Snapshot>> {
         let id_size = u64::from(be16(&e, 12));
         let name_size = u64::from(be16(&e, 14));
         let extra_size = be32(&e, 36);
-        ensure!(extra_size <= MAX_EXTRA_DATA, "snapshot {i} has {extra_size} bytes of extra data (at most {MAX_EXTRA_DATA})");
+        ensure!(
+            extra_size <= MAX_EXTRA_DATA,
+            "snapshot {i} has {extra_size} bytes of extra data (at most {MAX_EXTRA_DATA})"
+        );
         let extra = read_vec(src, off + ENTRY_HEADER, u64::from(extra_size), "snapshot extra data")?;
         let strings_off = off + ENTRY_HEADER + u64::from(extra_size);
         let id = read_vec(src, strings_off, id_size, "a snapshot id")?;

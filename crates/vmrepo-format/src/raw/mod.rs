@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::disk::{check_range, Disk, MapExtent};
+use crate::disk::{Disk, MapExtent, check_range};
 use crate::error::{Error, Result};
 use crate::info::{Info, Storage};
 use crate::source::Source;

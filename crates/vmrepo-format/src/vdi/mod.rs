@@ -8,10 +8,10 @@ use serde_json::json;
 use crate::bytes::{guid_le, le32, le64};
 use crate::check::{CheckReport, Used};
 use crate::detect::VDI_SIGNATURE;
-use crate::disk::{check_range, data_extent, Disk, MapExtent};
-use crate::error::{ensure, Error, Result};
+use crate::disk::{Disk, MapExtent, check_range, data_extent};
+use crate::error::{Error, Result, ensure};
 use crate::info::{Info, Parent, Storage};
-use crate::source::{read_into, read_vec, Source};
+use crate::source::{Source, read_into, read_vec};
 use crate::{Format, Opened};
 
 /// The only version read: 1.1.
@@ -64,7 +64,8 @@ impl Disk for VdiDisk {
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
-            let n = usize::try_from((self.block - pos % self.block).min((buf.len() - done) as u64)).unwrap_or(1);
+            let n =
+                usize::try_from((self.block - pos % self.block).min((buf.len() - done) as u64)).unwrap_or(1);
             let out = &mut buf[done..done + n];
             match self.host(pos) {
                 Some((host, entry)) if entry != BLOCK_FREE && entry != BLOCK_ZERO => {
@@ -90,14 +91,17 @@ impl Disk for VdiDisk {
         while end < limit {
             match (first, self.host(end)) {
                 (Some((_, a)), Some((_, b))) if unstored(a) && unstored(b) => {}
-                (Some((h, a)), Some((h2, b))) if !unstored(a) && !unstored(b) && h2 == h + (end - offset) => {}
+                (Some((h, a)), Some((h2, b))) if !unstored(a) && !unstored(b) && h2 == h + (end - offset) => {
+                }
                 _ => break,
             }
             end = (end + self.block).min(limit);
         }
         Ok(match first {
             // A fixed image asks the file whether its data is a hole, as QEMU does.
-            Some((host, e)) if !unstored(e) && self.fixed => data_extent(self.src.as_ref(), offset, end - offset, host),
+            Some((host, e)) if !unstored(e) && self.fixed => {
+                data_extent(self.src.as_ref(), offset, end - offset, host)
+            }
             Some((host, e)) if !unstored(e) => MapExtent::data(offset, end - offset, Some(host)),
             // VDI has no backing file: what is not stored reads as zeros, "present" as qemu-img says.
             _ => MapExtent::unallocated(offset, end - offset, true),
@@ -114,7 +118,10 @@ impl Disk for VdiDisk {
             }
             r.allocated += self.block;
             if e >= self.allocated_blocks {
-                r.problem(format!("block {i} points to stored block {e}, but only {} are stored", self.allocated_blocks));
+                r.problem(format!(
+                    "block {i} points to stored block {e}, but only {} are stored",
+                    self.allocated_blocks
+                ));
                 continue;
             }
             let slot = usize::try_from(e).unwrap_or(0);
@@ -156,7 +163,10 @@ pub(crate) fn open(src: Arc<dyn Source>) -> Result<Opened> {
     ensure!(sector == 512, "sector size {sector} (VDI uses 512)");
     ensure!(block >= 512 && block.is_power_of_two() && block <= MAX_BLOCK_SIZE, "block size {block}");
     ensure!(extra <= block, "{extra} extra bytes per block");
-    ensure!(offset_bmap % 512 == 0 && offset_data % 512 == 0, "the block map or data offset is not sector-aligned");
+    ensure!(
+        offset_bmap % 512 == 0 && offset_data % 512 == 0,
+        "the block map or data offset is not sector-aligned"
+    );
     if blocks > MAX_BLOCKS {
         return Err(Error::too_large(format!("{blocks} blocks, more than the {MAX_BLOCKS} vmrepo reads")));
     }
@@ -194,7 +204,9 @@ pub(crate) fn open(src: Arc<dyn Source>) -> Result<Opened> {
         "comment": String::from_utf8_lossy(&h[0x54..0x154]).trim_end_matches('\0').to_string(),
     }}));
     let disk: Result<Box<dyn Disk>> = if parent_uuid != zero_uuid || kind == TYPE_DIFF || kind == TYPE_UNDO {
-        Err(Error::unsupported(format!("a {subformat} VDI image reads through its parent, which vmrepo does not open")))
+        Err(Error::unsupported(format!(
+            "a {subformat} VDI image reads through its parent, which vmrepo does not open"
+        )))
     } else {
         Ok(Box::new(VdiDisk {
             src,

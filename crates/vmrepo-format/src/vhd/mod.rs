@@ -8,11 +8,11 @@ use serde_json::json;
 use crate::bytes::{be16, be32, be64, uuid_be};
 use crate::check::{CheckReport, Used};
 use crate::detect::VHD_COOKIE;
-use crate::disk::{check_range, Disk, MapExtent};
-use crate::error::{ensure, Error, Result};
+use crate::disk::{Disk, MapExtent, check_range};
+use crate::error::{Error, Result, ensure};
 use crate::info::{Info, Parent, Storage};
 use crate::raw::RawDisk;
-use crate::source::{read_into, read_vec, Source};
+use crate::source::{Source, read_into, read_vec};
 use crate::{Format, Opened};
 
 const SECTOR: u64 = 512;
@@ -82,7 +82,8 @@ impl Disk for DynamicDisk {
                 None => out.fill(0),
                 Some(block_off) => {
                     if bitmap_cache.as_ref().is_none_or(|(o, _)| *o != block_off) {
-                        let bm = read_vec(self.src.as_ref(), block_off, self.bitmap_size, "a sector bitmap").unwrap_or_default();
+                        let bm = read_vec(self.src.as_ref(), block_off, self.bitmap_size, "a sector bitmap")
+                            .unwrap_or_default();
                         bitmap_cache = Some((block_off, bm));
                     }
                     let sector_in_block = usize::try_from((pos % self.block) / SECTOR).unwrap_or(0);
@@ -92,7 +93,8 @@ impl Disk for DynamicDisk {
                         .is_some_and(|b| b & (0x80 >> (sector_in_block % 8)) != 0);
                     let host = block_off + self.bitmap_size + pos % self.block;
                     if present {
-                        let k = usize::try_from(self.data_end.saturating_sub(host).min(n as u64)).unwrap_or(0);
+                        let k =
+                            usize::try_from(self.data_end.saturating_sub(host).min(n as u64)).unwrap_or(0);
                         if k > 0 {
                             read_into(self.src.as_ref(), &mut out[..k], host, "a VHD block")?;
                         }
@@ -111,7 +113,11 @@ impl Disk for DynamicDisk {
         let limit = offset.saturating_add(max_len).min(self.size);
         let block_end = (offset - offset % self.block + self.block).min(limit);
         match self.block_host(offset) {
-            Some(b) => Ok(MapExtent::data(offset, block_end - offset, Some(b + self.bitmap_size + offset % self.block))),
+            Some(b) => Ok(MapExtent::data(
+                offset,
+                block_end - offset,
+                Some(b + self.bitmap_size + offset % self.block),
+            )),
             None => {
                 let mut end = block_end;
                 while end < limit && self.block_host(end).is_none() {
@@ -134,7 +140,10 @@ impl Disk for DynamicDisk {
             let start = u64::from(e) * SECTOR;
             let end = start + self.bitmap_size + self.block;
             if end > self.data_end {
-                r.problem(format!("block {i} at offset {start:#x} runs past the data area (ends at {:#x})", self.data_end));
+                r.problem(format!(
+                    "block {i} at offset {start:#x} runs past the data area (ends at {:#x})",
+                    self.data_end
+                ));
             }
             used.push(Used::new(start, end, "block", i as u64));
         }
@@ -172,7 +181,8 @@ pub(crate) fn open(src: Arc<dyn Source>) -> Result<Opened> {
     // that write the footer's size, and for the largest geometry.
     let chs_sectors = cyls * heads * spt;
     let use_chs = !SIZE_FROM_FOOTER.iter().any(|c| creator_app.starts_with(c));
-    let sectors = if !use_chs || chs_sectors == MAX_GEOMETRY_SECTORS { current_size / SECTOR } else { chs_sectors };
+    let sectors =
+        if !use_chs || chs_sectors == MAX_GEOMETRY_SECTORS { current_size / SECTOR } else { chs_sectors };
     ensure!(sectors < MAX_SECTORS, "a disk of {sectors} sectors is larger than the 2040 GiB a VHD may hold");
     let size = sectors * SECTOR;
 
@@ -182,7 +192,10 @@ pub(crate) fn open(src: Arc<dyn Source>) -> Result<Opened> {
     let mut data = serde_json::Map::new();
     data.insert("disk-type".into(), json!(disk_type));
     data.insert("creator-app".into(), json!(creator));
-    data.insert("creator-os".into(), json!(String::from_utf8_lossy(&footer[36..40]).trim_end_matches(['\0', ' ']).to_string()));
+    data.insert(
+        "creator-os".into(),
+        json!(String::from_utf8_lossy(&footer[36..40]).trim_end_matches(['\0', ' ']).to_string()),
+    );
     data.insert("current-size".into(), json!(current_size));
     data.insert("geometry".into(), json!({ "cylinders": cyls, "heads": heads, "sectors": spt }));
     data.insert("uuid".into(), json!(uuid_be(&footer, 68)));
@@ -195,7 +208,8 @@ pub(crate) fn open(src: Arc<dyn Source>) -> Result<Opened> {
             info.allocated_size = Some(size);
             let data_end = if footer_at == 0 { len - SECTOR } else { footer_at };
             // QEMU reports the holes of a fixed VHD's file as allocated zeros.
-            let disk: Box<dyn Disk> = Box::new(RawDisk::new(Arc::clone(&src), 0, size, true).with_data_end(data_end));
+            let disk: Box<dyn Disk> =
+                Box::new(RawDisk::new(Arc::clone(&src), 0, size, true).with_data_end(data_end));
             Ok(disk)
         }
         TYPE_DYNAMIC | TYPE_DIFFERENCING => {
@@ -222,7 +236,8 @@ pub(crate) fn open(src: Arc<dyn Source>) -> Result<Opened> {
                 "the block allocation table ({entries} blocks of {block} bytes) is too small for {size} bytes"
             );
             info.cluster_size = Some(u64::from(block));
-            let bat_bytes = read_vec(src.as_ref(), table_offset, u64::from(entries) * 4, "the block allocation table")?;
+            let bat_bytes =
+                read_vec(src.as_ref(), table_offset, u64::from(entries) * 4, "the block allocation table")?;
             let bat: Vec<u32> = bat_bytes.chunks_exact(4).map(|c| be32(c, 0)).collect();
             let stored = bat.iter().filter(|&&e| e != BAT_UNUSED).count() as u64;
             info.allocated_size = Some((stored * u64::from(block)).min(size));
@@ -237,7 +252,9 @@ pub(crate) fn open(src: Arc<dyn Source>) -> Result<Opened> {
                 }
                 locators.extend(parent_locators(src.as_ref(), &dh));
                 info.parent = Some(Parent { uuid: Some(uuid_be(&dh, 40)), locators });
-                Err(Error::unsupported("a differencing VHD reads through its parent, which vmrepo does not open"))
+                Err(Error::unsupported(
+                    "a differencing VHD reads through its parent, which vmrepo does not open",
+                ))
             } else {
                 let disk: Box<dyn Disk> = Box::new(DynamicDisk {
                     src: Arc::clone(&src),
@@ -257,12 +274,14 @@ pub(crate) fn open(src: Arc<dyn Source>) -> Result<Opened> {
 }
 
 fn utf16be(b: &[u8]) -> String {
-    let units: Vec<u16> = b.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
+    let units: Vec<u16> =
+        b.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
     String::from_utf16_lossy(&units)
 }
 
 fn utf16le(b: &[u8]) -> String {
-    let units: Vec<u16> = b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
+    let units: Vec<u16> =
+        b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
     String::from_utf16_lossy(&units)
 }
 

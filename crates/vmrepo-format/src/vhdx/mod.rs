@@ -7,10 +7,10 @@ use serde_json::json;
 
 use crate::bytes::{guid_le, le16, le32, le64};
 use crate::check::{CheckReport, Used};
-use crate::disk::{check_range, Disk, MapExtent};
-use crate::error::{ensure, Error, Result};
+use crate::disk::{Disk, MapExtent, check_range};
+use crate::error::{Error, Result, ensure};
 use crate::info::{Info, Parent, Storage};
-use crate::source::{read_into, read_vec, Source};
+use crate::source::{Source, read_into, read_vec};
 use crate::{Format, Opened};
 
 const KIB: u64 = 1024;
@@ -86,7 +86,8 @@ impl Disk for VhdxDisk {
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
-            let n = usize::try_from((self.block - pos % self.block).min((buf.len() - done) as u64)).unwrap_or(1);
+            let n =
+                usize::try_from((self.block - pos % self.block).min((buf.len() - done) as u64)).unwrap_or(1);
             let out = &mut buf[done..done + n];
             let e = self.entry(pos / self.block);
             match e & 7 {
@@ -99,7 +100,9 @@ impl Disk for VhdxDisk {
                     out[k..].fill(0);
                 }
                 PAYLOAD_PARTIALLY_PRESENT => {
-                    return Err(Error::unsupported("a partially present block reads through the parent, which vmrepo does not open"))
+                    return Err(Error::unsupported(
+                        "a partially present block reads through the parent, which vmrepo does not open",
+                    ));
                 }
                 _ => out.fill(0),
             }
@@ -211,7 +214,11 @@ pub(crate) fn open(src: Arc<dyn Source>) -> Result<Opened> {
         let id = guid(&t, e);
         let r = Region { offset: le64(&t, e + 16), length: u64::from(le32(&t, e + 24)) };
         let required = le32(&t, e + 28) & 1 != 0;
-        ensure!(r.offset % MIB == 0 && r.offset >= MIB, "region {id} at offset {:#x} is not 1 MiB-aligned past the headers", r.offset);
+        ensure!(
+            r.offset.is_multiple_of(MIB) && r.offset >= MIB,
+            "region {id} at offset {:#x} is not 1 MiB-aligned past the headers",
+            r.offset
+        );
         match id.as_str() {
             BAT_GUID => bat = Some(r),
             METADATA_GUID => meta = Some(r),
@@ -223,7 +230,12 @@ pub(crate) fn open(src: Arc<dyn Source>) -> Result<Opened> {
     let meta_region = meta.ok_or_else(|| Error::malformed("no metadata region"))?;
 
     // Metadata.
-    let mt = read_vec(src.as_ref(), meta_region.offset, METADATA_TABLE_SIZE.min(meta_region.length.max(METADATA_TABLE_SIZE)), "the metadata table")?;
+    let mt = read_vec(
+        src.as_ref(),
+        meta_region.offset,
+        METADATA_TABLE_SIZE.min(meta_region.length.max(METADATA_TABLE_SIZE)),
+        "the metadata table",
+    )?;
     ensure!(&mt[..8] == b"metadata", "no metadata table signature");
     let entries = u32::from(le16(&mt, 10));
     ensure!(entries <= MAX_TABLE_ENTRIES, "{entries} metadata entries (at most {MAX_TABLE_ENTRIES})");
@@ -235,7 +247,8 @@ pub(crate) fn open(src: Arc<dyn Source>) -> Result<Opened> {
                 let len = le32(&mt, e + 20);
                 ensure!(len <= MAX_ITEM, "metadata item {want} of {len} bytes");
                 ensure!(off >= METADATA_TABLE_SIZE || len == 0, "metadata item {want} overlaps the table");
-                return read_vec(src.as_ref(), meta_region.offset + off, u64::from(len), "a metadata item").map(Some);
+                return read_vec(src.as_ref(), meta_region.offset + off, u64::from(len), "a metadata item")
+                    .map(Some);
             }
         }
         Ok(None)
@@ -244,7 +257,14 @@ pub(crate) fn open(src: Arc<dyn Source>) -> Result<Opened> {
         let e = 32 + i * 32;
         let id = guid(&mt, e);
         let required = le32(&mt, e + 24) & 4 != 0;
-        let known = [FILE_PARAMETERS, VIRTUAL_DISK_SIZE, VIRTUAL_DISK_ID, LOGICAL_SECTOR_SIZE, PHYSICAL_SECTOR_SIZE, PARENT_LOCATOR];
+        let known = [
+            FILE_PARAMETERS,
+            VIRTUAL_DISK_SIZE,
+            VIRTUAL_DISK_ID,
+            LOGICAL_SECTOR_SIZE,
+            PHYSICAL_SECTOR_SIZE,
+            PARENT_LOCATOR,
+        ];
         if required && !known.contains(&id.as_str()) {
             return Err(Error::unsupported(format!("required metadata item {id}")));
         }
@@ -276,22 +296,40 @@ pub(crate) fn open(src: Arc<dyn Source>) -> Result<Opened> {
         data_blocks + data_blocks.saturating_sub(1) / chunk_ratio
     };
     if bat_entries > MAX_BAT_ENTRIES {
-        return Err(Error::too_large(format!("a BAT of {bat_entries} entries, more than the {MAX_BAT_ENTRIES} vmrepo reads")));
+        return Err(Error::too_large(format!(
+            "a BAT of {bat_entries} entries, more than the {MAX_BAT_ENTRIES} vmrepo reads"
+        )));
     }
-    ensure!(bat_entries * 8 <= bat_region.length, "the BAT region ({} bytes) is too small for {bat_entries} entries", bat_region.length);
+    ensure!(
+        bat_entries * 8 <= bat_region.length,
+        "the BAT region ({} bytes) is too small for {bat_entries} entries",
+        bat_region.length
+    );
     let bat_bytes = read_vec(src.as_ref(), bat_region.offset, bat_entries * 8, "the BAT")?;
     let bat: Vec<u64> = bat_bytes.chunks_exact(8).map(|c| le64(c, 0)).collect();
 
     let mut info = Info::new(src.name(), Format::Vhdx, size, src.len(), src.allocated());
     info.warnings = warnings;
     info.cluster_size = Some(block);
-    let payload = |b: u64| bat.get(usize::try_from(b + b / chunk_ratio).unwrap_or(usize::MAX)).copied().unwrap_or(0) & 7;
+    let payload = |b: u64| {
+        bat.get(usize::try_from(b + b / chunk_ratio).unwrap_or(usize::MAX)).copied().unwrap_or(0) & 7
+    };
     let present = (0..data_blocks).filter(|&b| payload(b) == PAYLOAD_FULLY_PRESENT).count() as u64;
     info.allocated_size = Some((present * block).min(size));
     let fixed = !has_parent && (leave_allocated || present == data_blocks);
     info.storage = if fixed { Storage::Fixed } else { Storage::Dynamic };
-    info.subformat = Some(if has_parent { "differencing" } else if fixed { "fixed" } else { "dynamic" }.into());
-    let needs_replay = log_guid != "00000000-0000-0000-0000-000000000000" && log_has_entries(src.as_ref(), log_offset, log_length, &header);
+    info.subformat = Some(
+        if has_parent {
+            "differencing"
+        } else if fixed {
+            "fixed"
+        } else {
+            "dynamic"
+        }
+        .into(),
+    );
+    let needs_replay = log_guid != "00000000-0000-0000-0000-000000000000"
+        && log_has_entries(src.as_ref(), log_offset, log_length, &header);
     if needs_replay {
         info.dirty_flag = true;
         info.warnings.push("the log holds changes that need replaying; vmrepo does not replay them".into());
@@ -313,7 +351,9 @@ pub(crate) fn open(src: Arc<dyn Source>) -> Result<Opened> {
         "virtual-disk-id": disk_id,
     }}));
     let disk: Result<Box<dyn Disk>> = if needs_replay {
-        Err(Error::unsupported("the log needs replaying before the image can be read; vmrepo does not replay it (Hyper-V or qemu-img check -r all does)"))
+        Err(Error::unsupported(
+            "the log needs replaying before the image can be read; vmrepo does not replay it (Hyper-V or qemu-img check -r all does)",
+        ))
     } else if has_parent {
         Err(Error::unsupported("a differencing VHDX reads through its parent, which vmrepo does not open"))
     } else {
@@ -325,7 +365,7 @@ pub(crate) fn open(src: Arc<dyn Source>) -> Result<Opened> {
 /// Whether the log area holds an entry of this log (signature "loge" and the
 /// header's log GUID), which would need replaying.
 fn log_has_entries(src: &dyn Source, offset: u64, length: u64, header: &[u8]) -> bool {
-    if length == 0 || length > MAX_LOG || offset % MIB != 0 {
+    if length == 0 || length > MAX_LOG || !offset.is_multiple_of(MIB) {
         return false;
     }
     let log_guid = &header[48..64];
@@ -353,7 +393,8 @@ fn parent_locator(b: &[u8]) -> Parent {
     let text = |off: u32, len: u16| -> Option<String> {
         let s = usize::try_from(off).ok()?;
         let e = s.checked_add(usize::from(len))?;
-        let units: Vec<u16> = b.get(s..e)?.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let units: Vec<u16> =
+            b.get(s..e)?.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
         Some(String::from_utf16_lossy(&units))
     };
     for i in 0..count.min(64) {

@@ -1,7 +1,7 @@
 //! The VMDK text descriptor: embedded in a sparse extent, or a file of its own
 //! naming the extent files.
 
-use crate::error::{ensure, Error, Result};
+use crate::error::{Error, Result, ensure};
 
 /// The largest descriptor read (QEMU refuses larger ones too).
 pub const MAX_DESCRIPTOR: u64 = 1 << 20;
@@ -52,7 +52,8 @@ fn unquote(v: &str) -> &str {
 pub fn parse(text: &[u8]) -> Result<Descriptor> {
     // The descriptor ends at the first NUL (embedded descriptors are padded).
     let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
-    let text = std::str::from_utf8(&text[..end]).map_err(|_| Error::malformed("the descriptor is not UTF-8 text"))?;
+    let text = std::str::from_utf8(&text[..end])
+        .map_err(|_| Error::malformed("the descriptor is not UTF-8 text"))?;
     let mut d = Descriptor::default();
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -92,7 +93,8 @@ fn parse_extent(line: &str) -> Result<ExtentLine> {
         w
     };
     let access = word().to_string();
-    let sectors: u64 = word().parse().map_err(|_| Error::malformed("an extent line without a size in sectors"))?;
+    let sectors: u64 =
+        word().parse().map_err(|_| Error::malformed("an extent line without a size in sectors"))?;
     let type_name = word().to_string();
     let kind = match type_name.as_str() {
         "SPARSE" => ExtentType::Sparse,
@@ -104,7 +106,8 @@ fn parse_extent(line: &str) -> Result<ExtentLine> {
     };
     let rest_t = rest.trim_start();
     let (file, after) = if let Some(q) = rest_t.strip_prefix('"') {
-        let close = q.find('"').ok_or_else(|| Error::malformed("an extent file name without its closing quote"))?;
+        let close =
+            q.find('"').ok_or_else(|| Error::malformed("an extent file name without its closing quote"))?;
         (Some(q[..close].to_string()), &q[close + 1..])
     } else {
         (None, rest_t)
@@ -137,7 +140,9 @@ mod tests {
 
     #[test]
     fn rejects_broken_extent_lines() {
-        for bad in ["RW x FLAT \"a\"", "RW 10 WEIRD \"a\"", "RW 10 FLAT \"a", "RW 10 FLAT", "RW 10 FLAT \"a\" zz"] {
+        for bad in
+            ["RW x FLAT \"a\"", "RW 10 WEIRD \"a\"", "RW 10 FLAT \"a", "RW 10 FLAT", "RW 10 FLAT \"a\" zz"]
+        {
             assert!(parse(bad.as_bytes()).is_err(), "{bad}");
         }
     }

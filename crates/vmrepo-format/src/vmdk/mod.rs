@@ -11,11 +11,11 @@ use serde_json::json;
 
 use crate::check::CheckReport;
 use crate::detect::VMDK4_MAGIC;
-use crate::disk::{check_range, Disk, MapExtent};
+use crate::disk::{Disk, MapExtent, check_range};
 use crate::error::{Error, ErrorKind, Result};
 use crate::info::{ExtentInfo, Info, Storage};
 use crate::raw::RawDisk;
-use crate::source::{read_into, read_vec, Resolver, Source};
+use crate::source::{Resolver, Source, read_into, read_vec};
 use crate::{Format, OpenOptions, Opened};
 
 use descriptor::{Descriptor, ExtentType};
@@ -24,6 +24,9 @@ use sparse::SparseExtent;
 const SECTOR: u64 = 512;
 /// The largest virtual size accepted (2^61 bytes).
 const MAX_SIZE: u64 = 1 << 61;
+
+/// An opened extent: where it starts, its disk, what it says of itself.
+type Part = (u64, Box<dyn Disk>, ExtentInfo);
 
 /// A disk made of extents laid end to end.
 struct Extents {
@@ -65,9 +68,11 @@ impl Disk for Extents {
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
-            let (start, part) = self.part_at(pos).ok_or_else(|| Error::malformed("no extent holds this offset"))?;
+            let (start, part) =
+                self.part_at(pos).ok_or_else(|| Error::malformed("no extent holds this offset"))?;
             let within = pos - start;
-            let n = usize::try_from((part.size() - within).min((buf.len() - done) as u64)).unwrap_or(0).max(1);
+            let n =
+                usize::try_from((part.size() - within).min((buf.len() - done) as u64)).unwrap_or(0).max(1);
             part.read_at(&mut buf[done..done + n], within)?;
             done += n;
         }
@@ -75,7 +80,8 @@ impl Disk for Extents {
     }
 
     fn status(&self, offset: u64, max_len: u64) -> Result<MapExtent> {
-        let (start, part) = self.part_at(offset).ok_or_else(|| Error::malformed("no extent holds this offset"))?;
+        let (start, part) =
+            self.part_at(offset).ok_or_else(|| Error::malformed("no extent holds this offset"))?;
         let within = offset - start;
         let mut e = part.status(within, max_len.min(part.size() - within))?;
         e.start = offset;
@@ -98,11 +104,7 @@ impl Disk for Extents {
 pub(crate) fn open(src: Arc<dyn Source>, resolver: &dyn Resolver) -> Result<Opened> {
     let mut magic = [0u8; 4];
     read_into(src.as_ref(), &mut magic, 0, "the VMDK header")?;
-    if magic == VMDK4_MAGIC {
-        open_monolithic(src, resolver)
-    } else {
-        open_descriptor(src, resolver)
-    }
+    if magic == VMDK4_MAGIC { open_monolithic(src, resolver) } else { open_descriptor(src, resolver) }
 }
 
 fn base_info(src: &dyn Source, d: &Descriptor, size: u64) -> Info {
@@ -183,12 +185,10 @@ fn open_monolithic(src: Arc<dyn Source>, resolver: &dyn Resolver) -> Result<Open
     }
     info.format_specific = Some(fs);
     info.extents = vec![ext];
-    let parent = match parent_disk(&d, resolver) {
-        Ok(p) => Ok(p),
-        Err(e) => Err(e),
-    };
+    let parent = parent_disk(&d, resolver);
     let extent_plain = SparseExtent::new(Arc::clone(&src), hdr.clone(), size, None)?;
-    info.allocated_size = extent_plain.allocated_bytes().map_err(|e| info.warnings.push(format!("allocation: {e}"))).ok();
+    info.allocated_size =
+        extent_plain.allocated_bytes().map_err(|e| info.warnings.push(format!("allocation: {e}"))).ok();
     let disk: Result<Box<dyn Disk>> = match parent {
         Ok(None) => Ok(Box::new(extent_plain)),
         Ok(Some(p)) => SparseExtent::new(src, hdr, size, Some(p)).map(|e| Box::new(e) as Box<dyn Disk>),
@@ -220,7 +220,7 @@ fn open_descriptor(src: Arc<dyn Source>, resolver: &dyn Resolver) -> Result<Open
     let all_flat = d.extents.iter().all(|e| matches!(e.kind, ExtentType::Flat | ExtentType::Zero));
     info.storage = if all_flat { Storage::Fixed } else { Storage::Dynamic };
     // The parts: opened only when following (the resolver says so).
-    let opened: Result<Vec<(u64, Box<dyn Disk>, ExtentInfo)>> = (|| {
+    let opened: Result<Vec<Part>> = (|| {
         let parent = parent_disk(&d, resolver)?;
         let mut parts = Vec::new();
         let mut start = 0u64;
@@ -240,15 +240,21 @@ fn open_descriptor(src: Arc<dyn Source>, resolver: &dyn Resolver) -> Result<Open
                 ExtentType::Zero => Box::new(ZeroDisk(bytes)),
                 ExtentType::Flat => {
                     let s = resolver.open(&name, "extent")?;
-                    let base = e.offset.checked_mul(SECTOR).ok_or_else(|| Error::malformed("extent offset overflows"))?;
+                    let base = e
+                        .offset
+                        .checked_mul(SECTOR)
+                        .ok_or_else(|| Error::malformed("extent offset overflows"))?;
                     Box::new(RawDisk::new(s, base, bytes, true))
                 }
                 ExtentType::Sparse => {
                     let s = resolver.open(&name, "extent")?;
-                    let hdr = sparse::read_header(s.as_ref()).map_err(|er| er.context(format!("extent {name}")))?;
+                    let hdr =
+                        sparse::read_header(s.as_ref()).map_err(|er| er.context(format!("extent {name}")))?;
                     ei.cluster_size = Some(hdr.grain_bytes());
                     ei.compressed = hdr.compressed();
-                    let parent_part = parent.as_ref().map(|p| Arc::new(Offset { inner: Arc::clone(p), start, size: bytes }) as Arc<dyn Disk>);
+                    let parent_part = parent.as_ref().map(|p| {
+                        Arc::new(Offset { inner: Arc::clone(p), start, size: bytes }) as Arc<dyn Disk>
+                    });
                     Box::new(SparseExtent::new(s, hdr, bytes, parent_part)?)
                 }
                 ExtentType::Other => return Err(Error::unsupported(format!("{} extents", e.type_name))),
@@ -259,10 +265,10 @@ fn open_descriptor(src: Arc<dyn Source>, resolver: &dyn Resolver) -> Result<Open
         Ok(parts)
     })();
     for e in &d.extents {
-        if let Some(f) = &e.file {
-            if let Some(a) = resolver.allocated(f) {
-                info.actual_size = info.actual_size.saturating_add(a);
-            }
+        if let Some(f) = &e.file
+            && let Some(a) = resolver.allocated(f)
+        {
+            info.actual_size = info.actual_size.saturating_add(a);
         }
     }
     let disk: Result<Box<dyn Disk>> = match opened {

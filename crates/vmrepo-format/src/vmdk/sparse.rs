@@ -8,9 +8,9 @@ use crate::bytes::{le16, le32, le64};
 use crate::check::{CheckReport, Used};
 use crate::compress::inflate_exact;
 use crate::detect::VMDK4_MAGIC;
-use crate::disk::{check_range, Disk, MapExtent};
-use crate::error::{ensure, Error, Result};
-use crate::source::{read_into, read_vec, Source};
+use crate::disk::{Disk, MapExtent, check_range};
+use crate::error::{Error, Result, ensure};
+use crate::source::{Source, read_into, read_vec};
 
 const SECTOR: u64 = 512;
 /// The most grain table entries per table (QEMU refuses more).
@@ -105,10 +105,8 @@ pub fn read_header(src: &dyn Source) -> Result<SparseHeader> {
         hdr.num_gtes
     );
     ensure!(hdr.capacity <= MAX_CAPACITY, "capacity of {} sectors is too large", hdr.capacity);
-    if hdr.compressed() {
-        if hdr.compress_algorithm != 1 {
-            return Err(Error::unsupported(format!("VMDK compression algorithm {}", hdr.compress_algorithm)));
-        }
+    if hdr.compressed() && hdr.compress_algorithm != 1 {
+        return Err(Error::unsupported(format!("VMDK compression algorithm {}", hdr.compress_algorithm)));
     }
     let entries = hdr.gd_entries();
     if entries > MAX_GD_ENTRIES {
@@ -160,8 +158,18 @@ pub struct SparseExtent {
 }
 
 impl SparseExtent {
-    pub fn new(src: Arc<dyn Source>, hdr: SparseHeader, size: u64, parent: Option<Arc<dyn Disk>>) -> Result<SparseExtent> {
-        let gd_bytes = read_vec(src.as_ref(), hdr.gd_offset.saturating_mul(SECTOR), hdr.gd_entries() * 4, "the grain directory")?;
+    pub fn new(
+        src: Arc<dyn Source>,
+        hdr: SparseHeader,
+        size: u64,
+        parent: Option<Arc<dyn Disk>>,
+    ) -> Result<SparseExtent> {
+        let gd_bytes = read_vec(
+            src.as_ref(),
+            hdr.gd_offset.saturating_mul(SECTOR),
+            hdr.gd_entries() * 4,
+            "the grain directory",
+        )?;
         let gd = gd_bytes.chunks_exact(4).map(|c| le32(c, 0)).collect();
         Ok(SparseExtent {
             src,
@@ -175,10 +183,10 @@ impl SparseExtent {
     }
 
     fn grain_table(&self, sector: u32) -> Result<Arc<Vec<u32>>> {
-        if let Ok(c) = self.cache.lock() {
-            if let Some(t) = c.tables.get(&sector) {
-                return Ok(Arc::clone(t));
-            }
+        if let Ok(c) = self.cache.lock()
+            && let Some(t) = c.tables.get(&sector)
+        {
+            return Ok(Arc::clone(t));
         }
         let len = u64::from(self.hdr.num_gtes) * 4;
         let off = u64::from(sector) * SECTOR;
@@ -190,10 +198,10 @@ impl SparseExtent {
         }
         let t = Arc::new(raw.chunks_exact(4).map(|c| le32(c, 0)).collect::<Vec<u32>>());
         if let Ok(mut c) = self.cache.lock() {
-            if c.tables.len() >= GT_CACHE {
-                if let Some(old) = c.order.pop_front() {
-                    c.tables.remove(&old);
-                }
+            if c.tables.len() >= GT_CACHE
+                && let Some(old) = c.order.pop_front()
+            {
+                c.tables.remove(&old);
             }
             c.tables.insert(sector, Arc::clone(&t));
             c.order.push_back(sector);
@@ -255,12 +263,11 @@ impl SparseExtent {
     }
 
     fn inflate(&self, off: u64) -> Result<Arc<Vec<u8>>> {
-        if let Ok(last) = self.last.lock() {
-            if let Some((o, g)) = last.as_ref() {
-                if *o == off {
-                    return Ok(Arc::clone(g));
-                }
-            }
+        if let Ok(last) = self.last.lock()
+            && let Some((o, g)) = last.as_ref()
+            && *o == off
+        {
+            return Ok(Arc::clone(g));
         }
         let gb = self.hdr.grain_bytes();
         let (data_off, data_len) = if self.hdr.flags & FLAG_MARKERS != 0 {
@@ -276,7 +283,9 @@ impl SparseExtent {
         let input = read_vec(self.src.as_ref(), data_off, avail, "a compressed grain")?;
         let out = inflate_exact(&input, usize::try_from(gb).unwrap_or(0), true)
             .or_else(|_| crate::compress::inflate_prefix(&input, usize::try_from(gb).unwrap_or(0), true))
-            .map_err(|e| Error::malformed(format!("the compressed grain at offset {off:#x} does not decompress: {e}")))?;
+            .map_err(|e| {
+                Error::malformed(format!("the compressed grain at offset {off:#x} does not decompress: {e}"))
+            })?;
         let out = Arc::new(out);
         if let Ok(mut last) = self.last.lock() {
             *last = Some((off, Arc::clone(&out)));
@@ -296,7 +305,10 @@ impl SparseExtent {
                 Some(n) => *n,
                 None => {
                     let t = self.grain_table(gt)?;
-                    let n = t.iter().filter(|&&g| !matches!(self.classify(g), Grain::Unallocated | Grain::Zeroed)).count() as u64
+                    let n = t
+                        .iter()
+                        .filter(|&&g| !matches!(self.classify(g), Grain::Unallocated | Grain::Zeroed))
+                        .count() as u64
                         * self.hdr.grain_bytes();
                     seen.insert(gt, n);
                     n
@@ -355,9 +367,15 @@ impl Disk for SparseExtent {
     fn status(&self, offset: u64, max_len: u64) -> Result<MapExtent> {
         let (g, len) = self.lookup(offset, max_len)?;
         Ok(match g {
-            Grain::Unallocated if self.parent.is_some() => {
-                MapExtent { start: offset, length: len, present: false, zero: false, data: false, compressed: false, offset: None }
-            }
+            Grain::Unallocated if self.parent.is_some() => MapExtent {
+                start: offset,
+                length: len,
+                present: false,
+                zero: false,
+                data: false,
+                compressed: false,
+                offset: None,
+            },
             Grain::Unallocated => MapExtent::unallocated(offset, len, false),
             Grain::Zeroed => MapExtent::zeroed(offset, len),
             Grain::Data(host) => MapExtent::data(offset, len, Some(host)),
@@ -384,7 +402,9 @@ impl Disk for SparseExtent {
                 continue;
             }
             if !seen_gt.insert(gt) {
-                r.problem(format!("grain table {i} at offset {off:#x} is shared with another directory entry"));
+                r.problem(format!(
+                    "grain table {i} at offset {off:#x} is shared with another directory entry"
+                ));
                 continue;
             }
             used.push(Used::new(off, off + gt_len, "grain table", i as u64));
@@ -402,20 +422,29 @@ impl Disk for SparseExtent {
                     Grain::Data(host) => {
                         r.allocated += gb;
                         if host + gb > file_len {
-                            r.problem(format!("grain {grain_no} at offset {host:#x} lies past the end of the file"));
+                            r.problem(format!(
+                                "grain {grain_no} at offset {host:#x} lies past the end of the file"
+                            ));
                         }
                         used.push(Used::new(host, host + gb, "grain", grain_no));
                     }
                     Grain::Compressed(off) => {
                         r.allocated += gb;
                         let mut m = [0u8; 12];
-                        if off + 12 > file_len || read_into(self.src.as_ref(), &mut m, off, "a grain marker").is_err() {
-                            r.problem(format!("compressed grain {grain_no} at offset {off:#x} lies past the end of the file"));
+                        if off + 12 > file_len
+                            || read_into(self.src.as_ref(), &mut m, off, "a grain marker").is_err()
+                        {
+                            r.problem(format!(
+                                "compressed grain {grain_no} at offset {off:#x} lies past the end of the file"
+                            ));
                             continue;
                         }
-                        let size = if self.hdr.flags & FLAG_MARKERS != 0 { u64::from(le32(&m, 8)) + 12 } else { 1 };
+                        let size =
+                            if self.hdr.flags & FLAG_MARKERS != 0 { u64::from(le32(&m, 8)) + 12 } else { 1 };
                         if off + size > file_len {
-                            r.problem(format!("compressed grain {grain_no} at offset {off:#x} runs past the end of the file"));
+                            r.problem(format!(
+                                "compressed grain {grain_no} at offset {off:#x} runs past the end of the file"
+                            ));
                         }
                         if self.hdr.flags & FLAG_MARKERS != 0 && le64(&m, 0) != grain_no * self.hdr.grain {
                             r.problem(format!("the marker of grain {grain_no} names sector {}", le64(&m, 0)));

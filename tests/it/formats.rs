@@ -1,0 +1,237 @@
+//! The format layer against qemu-img: every format and subformat, made by
+//! `qemu-img convert` from a raw disk the test wrote, must give qemu-img's
+//! format and virtual size, its allocation map where qemu's map is
+//! meaningful, and byte-identical guest data.
+
+use std::path::{Path, PathBuf};
+
+use crate::util::{guest_disk, have, map_rows, qemu_info, run, same_bytes, vmrepo};
+
+/// (qemu format, -o options, compress, vmrepo needs --follow, compare maps)
+const CASES: &[(&str, &str, bool, bool, bool)] = &[
+    ("raw", "", false, false, true),
+    ("qcow2", "", false, false, true),
+    ("qcow2", "compat=0.10", false, false, true),
+    ("qcow2", "cluster_size=4096", false, false, true),
+    ("qcow2", "cluster_size=2M", false, false, true),
+    ("qcow2", "", true, false, true),
+    ("qcow2", "compression_type=zstd", true, false, true),
+    ("qcow2", "extended_l2=on", false, false, true),
+    ("qcow2", "extended_l2=on,cluster_size=128k", true, false, true),
+    ("qcow2", "lazy_refcounts=on,refcount_bits=1", false, false, true),
+    ("qcow2", "refcount_bits=64", false, false, true),
+    ("vmdk", "subformat=monolithicSparse", false, false, true),
+    ("vmdk", "subformat=streamOptimized", true, false, true),
+    ("vmdk", "subformat=monolithicFlat", false, true, true),
+    ("vmdk", "subformat=twoGbMaxExtentSparse", false, true, true),
+    ("vmdk", "subformat=twoGbMaxExtentFlat", false, true, true),
+    ("vdi", "", false, false, true),
+    ("vdi", "static=on", false, false, true),
+    ("vpc", "", false, false, true),
+    ("vpc", "subformat=fixed", false, false, true),
+    ("vpc", "force_size=on", false, false, true),
+    ("vhdx", "", false, false, false),
+    ("vhdx", "subformat=fixed", false, false, false),
+    ("vhdx", "block_size=1M", false, false, false),
+];
+
+const SIZE: u64 = 40 << 20;
+
+fn source(dir: &Path) -> PathBuf {
+    let raw = dir.join("guest.raw");
+    guest_disk(&raw, SIZE);
+    raw
+}
+
+/// Converts `raw` with qemu-img; the image is named `.img` whatever it holds,
+/// so that only its content can tell vmrepo its format.
+fn make(dir: &Path, raw: &Path, i: usize, format: &str, opts: &str, compress: bool) -> PathBuf {
+    let out = dir.join(format!("case{i}.img"));
+    let mut args = vec!["convert", "-f", "raw", "-O", format];
+    if !opts.is_empty() {
+        args.extend(["-o", opts]);
+    }
+    if compress {
+        args.push("-c");
+    }
+    args.extend([raw.to_str().unwrap(), out.to_str().unwrap()]);
+    run("qemu-img", &args);
+    out
+}
+
+#[test]
+fn every_format_agrees_with_qemu_img() {
+    if !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = source(tmp.path());
+    for (i, &(format, opts, compress, follow, compare_map)) in CASES.iter().enumerate() {
+        let what = format!("{format} -o '{opts}'{}", if compress { " -c" } else { "" });
+        let img = make(tmp.path(), &raw, i, format, opts, compress);
+        let p = img.to_str().unwrap();
+        let flags: &[&str] = if follow { &["--follow"] } else { &[] };
+
+        // info: format and virtual size as qemu-img says (told the format, as
+        // qemu-img's own probe does not recognise a fixed VHD).
+        let q = qemu_info(&img, format);
+        let (code, out, err) = vmrepo(&[&["--json", "info", p], flags].concat());
+        assert_eq!(code, 0, "{what}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["format"], q["format"], "{what}: format");
+        assert_eq!(v["virtual-size"], q["virtual-size"], "{what}: virtual size");
+        assert_eq!(v["cluster-size"], q["cluster-size"], "{what}: cluster size");
+        assert_eq!(v["actual-size"], q["actual-size"], "{what}: actual size");
+        assert_eq!(v["dirty-flag"], q["dirty-flag"], "{what}: dirty flag");
+        if let Some(fs) = q.get("format-specific").filter(|_| format == "qcow2") {
+            assert_eq!(v["format-specific"], *fs, "{what}: format-specific");
+        }
+
+        // map: the same allocated ranges.
+        if compare_map {
+            let qm: serde_json::Value =
+                serde_json::from_str(&run("qemu-img", &["map", "--output=json", "-f", format, p])).unwrap();
+            let (code, out, err) = vmrepo(&[&["--json", "map", p], flags].concat());
+            assert_eq!(code, 0, "{what}: {err}");
+            let vm: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(map_rows(&vm), map_rows(&qm), "{what}: map");
+        }
+
+        // cat: byte for byte what qemu-img convert -O raw gives.
+        let ours = tmp.path().join("ours.raw");
+        let theirs = tmp.path().join("theirs.raw");
+        let (code, _, err) = vmrepo(&[&["cat", p, "-o", ours.to_str().unwrap()], flags].concat());
+        assert_eq!(code, 0, "{what}: {err}");
+        run("qemu-img", &["convert", "-f", format, "-O", "raw", p, theirs.to_str().unwrap()]);
+        assert!(same_bytes(&ours, &theirs), "{what}: guest bytes differ from qemu-img convert");
+        if format != "vpc" {
+            // qemu-img's VHD sizes are rounded to the CHS geometry.
+            assert!(same_bytes(&ours, &raw), "{what}: guest bytes differ from what the test wrote");
+        }
+
+        // check: qemu-img made it, so it is consistent.
+        let (code, out, err) = vmrepo(&[&["check", p], flags].concat());
+        assert_eq!(code, 0, "{what}: check: {out}{err}");
+        for f in std::fs::read_dir(tmp.path()).unwrap() {
+            let f = f.unwrap().path();
+            if f.file_name().unwrap().to_str().unwrap().starts_with(&format!("case{i}")) {
+                std::fs::remove_file(f).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn cat_to_a_pipe_gives_the_same_bytes() {
+    if !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = source(tmp.path());
+    let img = make(tmp.path(), &raw, 0, "qcow2", "", true);
+    let out =
+        std::process::Command::new(crate::util::bin()).args(["cat", img.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success());
+    assert!(out.stdout == std::fs::read(&raw).unwrap(), "cat to stdout differs");
+}
+
+#[test]
+fn a_backing_chain_is_read_only_when_asked() {
+    if !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = source(tmp.path());
+    let base = make(tmp.path(), &raw, 0, "qcow2", "", false);
+    let top = tmp.path().join("top.qcow2");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-b", "case0.img", "-F", "qcow2", top.to_str().unwrap()],
+    );
+    run("qemu-io", &["-c", "write -P 0x5a 1M 64k", top.to_str().unwrap()]);
+    let t = top.to_str().unwrap();
+    let (_, out, _) = vmrepo(&["--json", "info", t]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["backing-filename"], "case0.img");
+    assert_eq!(v["backing-filename-format"], "qcow2");
+    // Without --follow the backing file is not opened, and reading says why.
+    let (code, _, err) = vmrepo(&["cat", t, "-o", "/dev/null"]);
+    assert_eq!(code, 12, "{err}");
+    assert!(err.contains("--follow") && err.contains("case0.img"), "{err}");
+    let ours = tmp.path().join("ours.raw");
+    let theirs = tmp.path().join("theirs.raw");
+    let (code, _, err) = vmrepo(&["cat", "--follow", t, "-o", ours.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    run("qemu-img", &["convert", "-O", "raw", t, theirs.to_str().unwrap()]);
+    assert!(same_bytes(&ours, &theirs));
+    let _ = base;
+}
+
+#[test]
+fn referenced_files_outside_the_folder_are_refused() {
+    if !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let sub = tmp.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let raw = source(tmp.path());
+    make(tmp.path(), &raw, 0, "qcow2", "", false);
+    let top = sub.join("top.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "../case0.img",
+            "-F",
+            "qcow2",
+            "-u",
+            top.to_str().unwrap(),
+            "40M",
+        ],
+    );
+    let (code, _, err) = vmrepo(&["cat", "--follow", top.to_str().unwrap(), "-o", "/dev/null"]);
+    assert_eq!(code, 11, "{err}");
+    assert!(err.contains("not a file in the image's own folder"), "{err}");
+    // A VMDK descriptor naming /etc/passwd as its extent.
+    let d = sub.join("evil.vmdk");
+    std::fs::write(&d, "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 8 FLAT \"/etc/passwd\" 0\n").unwrap();
+    let (code, _, err) = vmrepo(&["cat", "--follow", d.to_str().unwrap(), "-o", "/dev/null"]);
+    assert_eq!(code, 11, "{err}");
+    let (code, out, _) = vmrepo(&["--json", "info", d.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("/etc/passwd"), "the descriptor is still reported: {out}");
+}
+
+#[test]
+fn iso_and_isohybrid() {
+    if !have("xorriso", "xorriso") || !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("content");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("README"), "STAR software\n").unwrap();
+    for (name, extra) in [("plain.iso", vec![]), ("hybrid.iso", vec!["--protective-msdos-label"])] {
+        let iso = tmp.path().join(name);
+        let mut args = vec!["-as", "mkisofs", "-quiet", "-V", "STAR_SL08E"];
+        args.extend(extra.iter());
+        args.extend(["-o", iso.to_str().unwrap(), dir.to_str().unwrap()]);
+        run("xorriso", &args);
+        let (code, out, err) = vmrepo(&["--json", "info", iso.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let q = qemu_info(&iso, "");
+        assert_eq!(v["format"], q["format"], "qemu-img reads an ISO as raw");
+        assert_eq!(v["virtual-size"], q["virtual-size"]);
+        assert_eq!(v["extension"], "iso");
+        assert_eq!(v["format-specific"]["data"]["volume-id"], "STAR_SL08E");
+        let hybrid = name == "hybrid.iso";
+        assert_eq!(v["subformat"], if hybrid { "isohybrid" } else { "iso9660" });
+        assert_eq!(v["format-specific"]["data"]["isohybrid"], hybrid);
+    }
+}
