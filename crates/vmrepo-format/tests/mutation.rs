@@ -1,0 +1,286 @@
+//! Hostile input: valid images of every format, made by qemu-img, with bytes
+//! and fields of their headers and tables broken in thousands of ways. Each
+//! case must end in an answer or a clear error: never a panic, never a hang
+//! (a watchdog aborts), never more than 64 MiB of memory (a counting
+//! allocator measures every case).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vmrepo_format::{open_source, Format, MemSource, NoResolver, OpenOptions};
+
+/// Counts live heap bytes and the peak since the last reset.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded to the system allocator with the caller's layout.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The memory a case may use beyond what was live before it.
+const MEMORY_BOUND: usize = 64 << 20;
+/// A case taking longer than this is a hang.
+const CASE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Cases per base image.
+const CASES_PER_IMAGE: usize = 1000;
+
+fn have(tool: &str, package: &str) -> bool {
+    let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("this test needs {tool}: apt-get install {package}");
+        }
+        eprintln!("SKIPPED: {tool} is not installed (apt-get install {package})");
+    }
+    found
+}
+
+fn qemu(args: &[&str]) {
+    let out = Command::new("qemu-img").args(args).output().unwrap();
+    assert!(out.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A 4 MiB guest disk: random data, text, zeros.
+fn guest(path: &Path) {
+    let mut d = vec![0u8; 4 << 20];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for b in d[..(512 << 10)].iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    for (i, b) in d[(1 << 20)..(2 << 20)].iter_mut().enumerate() {
+        *b = b"STAR sl08e physics "[i % 19];
+    }
+    d[(3 << 20)..(3 << 20) + 4096].fill(0xa5);
+    std::fs::write(path, d).unwrap();
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+}
+
+/// Breaks `data` in one way and says how.
+fn mutate(data: &mut Vec<u8>, rng: &mut Rng) -> String {
+    let len = data.len() as u64;
+    // Where: mostly the headers and tables near the start, sometimes the footer, anywhere.
+    let pos = match rng.below(10) {
+        0..=3 => rng.below(1024.min(len)),
+        4..=5 => rng.below((64 << 10).min(len)),
+        6..=7 => rng.below((1 << 20).min(len)),
+        8 => len.saturating_sub(1 + rng.below(512.min(len))),
+        _ => rng.below(len),
+    } as usize;
+    let values32: [u32; 8] = [0, 1, 0x7fff_ffff, 0xffff_ffff, 0x8000_0000, len as u32, (len as u32).wrapping_add(1), 512];
+    let values64: [u64; 7] = [0, 1, u64::MAX, 1 << 62, (1 << 63) | 0x200, len, len << 9];
+    match rng.below(9) {
+        0 => {
+            let bit = rng.below(8);
+            data[pos] ^= 1 << bit;
+            format!("flip bit {bit} at {pos}")
+        }
+        1 => {
+            let v = [0x00u8, 0xff, 0x7f, 0x80, 0x01][rng.below(5) as usize];
+            data[pos] = v;
+            format!("byte {v:#x} at {pos}")
+        }
+        2 | 3 => {
+            let p = pos & !3;
+            let v = values32[rng.below(8) as usize];
+            let b = if rng.below(2) == 0 { v.to_le_bytes() } else { v.to_be_bytes() };
+            let end = (p + 4).min(data.len());
+            data[p..end].copy_from_slice(&b[..end - p]);
+            format!("u32 {v:#x} at {p}")
+        }
+        4 | 5 => {
+            let p = pos & !7;
+            let v = values64[rng.below(7) as usize];
+            let b = if rng.below(2) == 0 { v.to_le_bytes() } else { v.to_be_bytes() };
+            let end = (p + 8).min(data.len());
+            data[p..end].copy_from_slice(&b[..end - p]);
+            format!("u64 {v:#x} at {p}")
+        }
+        6 => {
+            let p = pos & !511;
+            let end = (p + 512).min(data.len());
+            data[p..end].fill(0);
+            format!("zero the sector at {p}")
+        }
+        7 => {
+            let n = rng.below(len);
+            data.truncate(n as usize);
+            format!("truncate to {n}")
+        }
+        _ => {
+            let p = pos;
+            let n = (1 + rng.below(64)) as usize;
+            for i in 0..n.min(data.len() - p) {
+                data[p + i] = rng.next() as u8;
+            }
+            format!("{n} random bytes at {p}")
+        }
+    }
+}
+
+/// Everything vmrepo does with an image, bounded: info, reads at the start,
+/// the end and at random, the whole map, the check.
+/// Returns how far it got: 0 refused, 1 described, 2 read.
+fn exercise(data: Vec<u8>, format: Option<Format>, rng_seed: u64) -> usize {
+    let src = Arc::new(MemSource::new(data, "mutant"));
+    let Ok(img) = open_source(src, &NoResolver, &OpenOptions { follow: false, format }) else { return 0 };
+    let _ = serde_json::to_string(&img.info).unwrap();
+    let Ok(disk) = img.disk() else { return 1 };
+    let size = disk.size();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut rng = Rng(rng_seed | 1);
+    let mut windows = vec![0u64, size.saturating_sub(buf.len() as u64)];
+    for _ in 0..4 {
+        windows.push(rng.below(size));
+    }
+    for w in windows {
+        let n = usize::try_from((size - w.min(size)).min(buf.len() as u64)).unwrap();
+        let _ = disk.read_at(&mut buf[..n], w.min(size));
+    }
+    let mut extents = 0u64;
+    let _ = vmrepo_format::map_each(disk, 0, size, &mut |_| {
+        extents += 1;
+        if extents > 200_000 {
+            return Err(vmrepo_format::Error::from_io("enough", std::io::Error::other("stop")));
+        }
+        Ok(())
+    });
+    let _ = disk.check();
+    2
+}
+
+#[test]
+fn mutated_images_never_panic_hang_or_balloon() {
+    if !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("guest.raw");
+    guest(&raw);
+    let r = raw.to_str().unwrap();
+    let bases: Vec<(&str, Vec<&str>, Option<Format>)> = vec![
+        ("qcow2", vec!["-O", "qcow2", "-o", "cluster_size=4096"], Some(Format::Qcow2)),
+        ("qcow2 v2", vec!["-O", "qcow2", "-o", "compat=0.10,cluster_size=4096"], Some(Format::Qcow2)),
+        ("qcow2 zlib", vec!["-c", "-O", "qcow2", "-o", "cluster_size=4096"], Some(Format::Qcow2)),
+        ("qcow2 zstd", vec!["-c", "-O", "qcow2", "-o", "compression_type=zstd"], Some(Format::Qcow2)),
+        ("qcow2 extl2", vec!["-O", "qcow2", "-o", "extended_l2=on,cluster_size=16k"], Some(Format::Qcow2)),
+        ("vmdk sparse", vec!["-O", "vmdk"], Some(Format::Vmdk)),
+        ("vmdk stream", vec!["-O", "vmdk", "-o", "subformat=streamOptimized"], Some(Format::Vmdk)),
+        ("vdi", vec!["-O", "vdi"], Some(Format::Vdi)),
+        ("vdi static", vec!["-O", "vdi", "-o", "static=on"], Some(Format::Vdi)),
+        ("vpc", vec!["-O", "vpc"], Some(Format::Vhd)),
+        ("vpc fixed", vec!["-O", "vpc", "-o", "subformat=fixed"], Some(Format::Vhd)),
+        ("vhdx", vec!["-O", "vhdx", "-o", "block_size=1M"], Some(Format::Vhdx)),
+        ("vhdx fixed", vec!["-O", "vhdx", "-o", "subformat=fixed,block_size=1M"], Some(Format::Vhdx)),
+    ];
+    let seed = std::env::var("VMREPO_MUTATION_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    eprintln!("mutation seed {seed} (VMREPO_MUTATION_SEED={seed} repeats this run)");
+    let mut rng = Rng(seed | 1);
+
+    // The watchdog: a case that makes no progress for CASE_TIMEOUT is a hang.
+    let progress = Arc::new(AtomicU64::new(0));
+    let current = Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let (progress, current) = (Arc::clone(&progress), Arc::clone(&current));
+        std::thread::spawn(move || {
+            let mut last = (u64::MAX, Instant::now());
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                let p = progress.load(Ordering::Relaxed);
+                if p != last.0 {
+                    last = (p, Instant::now());
+                } else if last.1.elapsed() > CASE_TIMEOUT {
+                    eprintln!("HANG: {}", current.lock().map(|c| c.clone()).unwrap_or_default());
+                    std::process::abort();
+                }
+            }
+        });
+    }
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    let mut reached = [0usize; 3];
+    let start = Instant::now();
+    for (name, args, format) in &bases {
+        let img = tmp.path().join("base.img");
+        let _ = std::fs::remove_file(&img);
+        let mut a = vec!["convert", "-q", "-f", "raw"];
+        a.extend(args.iter());
+        a.extend([r, img.to_str().unwrap()]);
+        qemu(&a);
+        let base = std::fs::read(&img).unwrap();
+        // The unmutated image reads back as the guest wrote it.
+        assert_eq!(exercise(base.clone(), *format, 1), 2, "{name}: the unmutated image must read");
+        for _ in 0..CASES_PER_IMAGE {
+            let mut data = base.clone();
+            let how = mutate(&mut data, &mut rng);
+            let how = if rng.below(4) == 0 { format!("{how}; {}", mutate(&mut data, &mut rng)) } else { how };
+            let what = format!("{name}: {how}");
+            if let Ok(mut c) = current.lock() {
+                c.clone_from(&what);
+            }
+            // Detection decides the format half of the time, as for a file of unknown origin.
+            let fmt = if rng.below(2) == 0 { *format } else { None };
+            let before = LIVE.load(Ordering::Relaxed);
+            PEAK.store(before, Ordering::Relaxed);
+            let case_seed = rng.next();
+            let result = std::panic::catch_unwind(|| exercise(data, fmt, case_seed));
+            let used = PEAK.load(Ordering::Relaxed).saturating_sub(before);
+            match result {
+                Err(_) => failures.push(format!("PANIC {what}")),
+                Ok(r) => reached[r] += 1,
+            }
+            if used > MEMORY_BOUND {
+                failures.push(format!("MEMORY {what}: {} MiB", used >> 20));
+            }
+            cases += 1;
+            progress.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    eprintln!(
+        "{cases} mutated images in {:.1} s: {} refused with an error, {} described but not readable, {} read, mapped and checked",
+        start.elapsed().as_secs_f64(),
+        reached[0],
+        reached[1],
+        reached[2]
+    );
+    assert!(failures.is_empty(), "seed {seed}: {} failures:\n{}", failures.len(), failures.join("\n"));
+}
