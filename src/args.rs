@@ -186,6 +186,10 @@ pub struct AddArgs {
     /// Rename the file into the repository instead of copying it.
     #[arg(long = "move")]
     pub move_source: bool,
+    /// Store the image even where its name disagrees with its content
+    /// (extension, maximum size), or its format cannot be read.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]

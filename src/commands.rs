@@ -172,7 +172,9 @@ fn name_format(ctx: &Ctx<'_>, fields: &NameFields, folder: bool) -> Result<Outco
 struct SourceInfo<'a> {
     path: &'a Path,
     is_folder: bool,
-    len: u64,
+    /// What the format layer found, if it could read the file.
+    content: Option<&'a vmrepo_repo::content::Content>,
+    force: bool,
 }
 
 fn required<'a>(v: &'a Option<String>, flag: &str, what: &str) -> Result<&'a str> {
@@ -211,15 +213,10 @@ fn build_name(f: &NameFields, source: Option<&SourceInfo<'_>>) -> Result<ImageNa
         }
     };
     let lib = StarLib::from_user(required(&f.lib, "--lib", "the STAR library, like sl08e")?)?;
-    let max_size = match (&f.max_size, source) {
+    let max_size = match (&f.max_size, source.and_then(|s| s.content)) {
         (Some(m), _) => MaxSize::from_user(m)?,
-        // A raw image's virtual size is its length.
-        (None, Some(s)) if !s.is_folder => MaxSize::from_bytes(s.len).map_err(|_| {
-            vmrepo_repo::Error::new(
-                ErrorKind::InvalidInput,
-                format!("{} is empty: give --max-size", s.path.display()),
-            )
-        })?,
+        // The virtual size is the size the image may grow to.
+        (None, Some(c)) => c.max_size()?,
         _ => {
             return Err(vmrepo_repo::Error::new(
                 ErrorKind::InvalidInput,
@@ -231,17 +228,28 @@ fn build_name(f: &NameFields, source: Option<&SourceInfo<'_>>) -> Result<ImageNa
     let detail = f.detail.as_deref().map(Detail::parse).transpose()?;
     let ext = match (source, &f.ext) {
         (Some(s), _) if s.is_folder => None,
-        (_, Some(e)) => Some(Extension::from_user(e)?),
-        (Some(s), None) => Some(
-            s.path
-                .extension()
-                .and_then(|e| e.to_str())
-                .map(str::to_ascii_lowercase)
-                .filter(|e| KNOWN_EXTENSIONS.contains(&e.as_str()))
-                .map(|e| Extension::parse(&e))
-                .transpose()?
-                .unwrap_or_else(Extension::raw),
-        ),
+        (Some(s), Some(e)) => {
+            let ext = Extension::from_user(e)?;
+            if let (Some(c), false) = (s.content, s.force) {
+                vmrepo_repo::content::check_extension(c, &ext)?;
+            }
+            Some(ext)
+        }
+        (None, Some(e)) => Some(Extension::from_user(e)?),
+        (Some(s), None) => match s.content {
+            // The format decides, whatever the file was called.
+            Some(c) => Some(Extension::parse(c.extension())?),
+            None => Some(
+                s.path
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .map(str::to_ascii_lowercase)
+                    .filter(|e| KNOWN_EXTENSIONS.contains(&e.as_str()))
+                    .map(|e| Extension::parse(&e))
+                    .transpose()?
+                    .unwrap_or_else(Extension::raw),
+            ),
+        },
         (None, None) => Some(Extension::raw()),
     };
     Ok(ImageName::new(NameParts { os, isa, word_size, lib, max_size, detail, ext })?)
@@ -250,7 +258,16 @@ fn build_name(f: &NameFields, source: Option<&SourceInfo<'_>>) -> Result<ImageNa
 fn add(ctx: &Ctx<'_>, a: &AddArgs) -> Result<Outcome> {
     let vm = Vm::from_user(&a.vm)?;
     let md = std::fs::metadata(&a.file).map_err(|e| vmrepo_repo::Error::io("read", &a.file, e))?;
-    let info = SourceInfo { path: &a.file, is_folder: md.is_dir(), len: md.len() };
+    let content = match vmrepo_repo::content::read(&a.file) {
+        Ok(c) => Some(c),
+        Err(e) if a.force && e.kind() != ErrorKind::Io => {
+            tracing::warn!("{e}; storing it as it is (--force)");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let info =
+        SourceInfo { path: &a.file, is_folder: md.is_dir(), content: content.as_ref(), force: a.force };
     let name = build_name(&a.fields, Some(&info))?;
     let notes = match (&a.notes, &a.notes_file) {
         (Some(n), _) => Some(n.clone()),
@@ -274,6 +291,8 @@ fn add(ctx: &Ctx<'_>, a: &AddArgs) -> Result<Outcome> {
             notes,
             replace: a.replace,
             move_source: a.move_source,
+            content,
+            force: a.force,
             progress: &bar,
             cancel: ctx.cancel,
         },
@@ -590,6 +609,8 @@ fn demo(ctx: &Ctx<'_>, dir: Option<&Path>) -> Result<Outcome> {
                 ),
                 replace: false,
                 move_source: false,
+                content: vmrepo_repo::content::read(&tmp).ok(),
+                force: false,
                 progress: &bar,
                 cancel: ctx.cancel,
             },

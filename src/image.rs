@@ -13,48 +13,32 @@ use crate::args::ImageArgs;
 use crate::commands::{Ctx, open_catalog};
 use crate::output::{self, line, size};
 
-/// The file to open: the path given, or the cataloged image of that name.
-fn image_path(ctx: &Ctx<'_>, spec: &str) -> Result<PathBuf> {
+/// The file to open: the path given, or the cataloged image of that name;
+/// and whether the image is a folder whose files may be opened (asking for
+/// a cataloged image folder asks for its parts, which live inside it).
+fn image_path(ctx: &Ctx<'_>, spec: &str) -> Result<(PathBuf, bool)> {
     let p = Path::new(spec);
     if p.exists() {
-        return Ok(p.to_path_buf());
+        if p.is_dir() {
+            return Ok((vmrepo_repo::content::folder_entry(p)?, true));
+        }
+        return Ok((p.to_path_buf(), false));
     }
     let catalog = open_catalog(ctx)
         .with_context(|| format!("{spec} is neither a file nor an image in a repository"))?;
     let rec = catalog.resolve(spec)?;
     let path = catalog.repo().vm_root().join(&rec.folder).join(&rec.file);
     match rec.image_kind() {
-        ImageKind::File => Ok(path),
-        ImageKind::Folder => folder_entry(&path),
+        ImageKind::File => Ok((path, false)),
+        ImageKind::Folder => Ok((vmrepo_repo::content::folder_entry(&path)?, true)),
         ImageKind::Missing => {
             Err(vmrepo_repo::Error::new(ErrorKind::NotFound, format!("{} is missing", rec.path)).into())
         }
     }
 }
 
-/// The file that describes an image folder: its VMDK descriptor, or its only file.
-pub(crate) fn folder_entry(dir: &Path) -> Result<PathBuf> {
-    let (parts, _) = vmrepo_repo::layout::folder_parts(dir)?;
-    if let [(only, _)] = parts.as_slice() {
-        return Ok(dir.join(only));
-    }
-    for (name, md) in &parts {
-        if md.len() <= 64 * 1024 {
-            let head = std::fs::read(dir.join(name)).unwrap_or_default();
-            if String::from_utf8_lossy(&head).contains("# Disk DescriptorFile") {
-                return Ok(dir.join(name));
-            }
-        }
-    }
-    Err(vmrepo_repo::Error::new(
-        ErrorKind::InvalidInput,
-        format!("{} holds {} files and none is a VMDK descriptor", dir.display(), parts.len()),
-    )
-    .into())
-}
-
 fn open(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Image> {
-    let path = image_path(ctx, &a.image)?;
+    let (path, folder) = image_path(ctx, &a.image)?;
     let format = match &a.format {
         None => None,
         Some(f) => Some(
@@ -69,7 +53,7 @@ fn open(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Image> {
                 })?,
         ),
     };
-    Ok(vmrepo_format::open(&path, &OpenOptions { follow: a.follow, format })?)
+    Ok(vmrepo_format::open(&path, &OpenOptions { follow: a.follow || folder, format })?)
 }
 
 pub fn info(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Outcome> {

@@ -82,6 +82,8 @@ fn exit_code(kind: ErrorKind) -> (u8, &'static str) {
         ErrorKind::NoSpace => (8, "no-space"),
         ErrorKind::Locked => (9, "locked"),
         ErrorKind::Index => (10, "index"),
+        ErrorKind::BadImage => (11, "bad-image"),
+        ErrorKind::NeedsReferenced => (12, "needs-referenced-file"),
         ErrorKind::Interrupted => (130, "interrupted"),
         _ => (7, "io"),
     }

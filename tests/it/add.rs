@@ -53,18 +53,19 @@ fn sidecars_pass_md5sum_and_sha256sum() {
 #[test]
 fn never_over_an_existing_image_unless_replace() {
     let r = Repo::new();
-    let a = r.scratch().join("a.qcow2");
+    let a = r.scratch().join("a.raw");
     let b = r.scratch().join("b.img");
     pattern_file(&a, 50_000, 1);
     pattern_file(&b, 60_000, 2);
-    r.add(&a, "xen", &["--max-size", "2GB"]);
+    r.add(&a, "xen", &["--max-size", "2GB", "--ext", "raw"]);
     let stem = "sl5.3_x86_64_sl08e_2GB";
     // Same name, even with another extension: refused, exit 5, nothing changed.
-    let before = std::fs::read(r.vm_dir("xen").join(format!("{stem}.qcow2"))).unwrap();
+    let before = std::fs::read(r.vm_dir("xen").join(format!("{stem}.raw"))).unwrap();
     let err = r.fails(
         5,
         &[
             "add",
+            "--force",
             b.to_str().unwrap(),
             "--vm",
             "xen",
@@ -81,7 +82,7 @@ fn never_over_an_existing_image_unless_replace() {
         ],
     );
     assert!(err.contains("already holds") && err.contains("--replace"), "{err}");
-    assert_eq!(std::fs::read(r.vm_dir("xen").join(format!("{stem}.qcow2"))).unwrap(), before);
+    assert_eq!(std::fs::read(r.vm_dir("xen").join(format!("{stem}.raw"))).unwrap(), before);
 
     // A person edits the description: an unknown line and notes.
     let txt = r.vm_dir("xen").join(format!("{stem}.txt"));
@@ -96,7 +97,7 @@ fn never_over_an_existing_image_unless_replace() {
     assert_eq!(
         names,
         [format!("{stem}.checksum"), format!("{stem}.img"), format!("{stem}.txt")],
-        "old .qcow2 gone"
+        "old .raw gone"
     );
     let txt = std::fs::read_to_string(&txt).unwrap();
     assert!(txt.contains("Contact: star-vm@example.org\n"), "{txt}");
@@ -227,4 +228,114 @@ fn sparse_sources_stay_sparse_and_hash_like_md5sum() {
     sh(&dir, "md5sum -c sl5.3_x86_64_sl08e_256MB.checksum");
     let stored = std::fs::metadata(dir.join("sl5.3_x86_64_sl08e_256MB.img")).unwrap();
     assert!(stored.blocks() * 512 < 16 << 20, "copy allocated {} bytes", stored.blocks() * 512);
+}
+
+/// The flags every content test passes: the fields the content cannot give.
+const FIELDS: [&str; 10] =
+    ["--vm", "kvm", "--os", "sl5.3", "--arch", "x86", "--bits", "64", "--lib", "sl08e"];
+
+#[test]
+fn the_content_decides_format_extension_and_maximum_size() {
+    if !have("qemu-img", "qemu-utils") || !have("md5sum", "coreutils") {
+        return;
+    }
+    let r = Repo::new();
+    let raw = r.scratch().join("guest.raw");
+    crate::util::guest_disk(&raw, 40 << 20);
+    // A qcow2 file called .img: content, not name, decides.
+    let img = r.scratch().join("disk.img");
+    crate::util::run("qemu-img", &["convert", "-O", "qcow2", raw.to_str().unwrap(), img.to_str().unwrap()]);
+    let mut args = vec!["--json", "add", img.to_str().unwrap()];
+    args.extend(FIELDS);
+    let out: serde_json::Value = serde_json::from_str(&r.ok(&args)).unwrap();
+    assert_eq!(out["image"]["file"], "sl5.3_x86_64_sl08e_40MB.qcow2");
+    assert_eq!(out["image"]["format"], "qcow2");
+    assert_eq!(out["image"]["virtual_size"], 40u64 << 20);
+    assert_eq!(out["image"]["storage"], "dynamic");
+    let txt = std::fs::read_to_string(r.vm_dir("kvm").join("sl5.3_x86_64_sl08e_40MB.txt")).unwrap();
+    for line in [
+        "Format: qcow2\n",
+        "Subformat: v3\n",
+        "Storage: dynamically expanding\n",
+        "Virtual size: 41943040 bytes (40 MiB)\n",
+        "Allocated: ",
+    ] {
+        assert!(txt.contains(line), "{line:?} not in\n{txt}");
+    }
+    sh(&r.vm_dir("kvm"), "md5sum -c sl5.3_x86_64_sl08e_40MB.checksum");
+    assert_eq!(r.run(&["lint"]).status.code(), Some(0), "a stored image agrees with its name");
+
+    // A name that disagrees with the content is refused, exit 11, unless forced.
+    let cases: [(&[&str], &str); 3] = [
+        (&["--ext", "vmdk", "--detail", "w"], "the file is qcow2 (v3) (.qcow2)"),
+        (&["--max-size", "8GB", "--detail", "x"], "the name says 8GB but the virtual size is 40 MiB"),
+        (&["--max-size", "20MB", "--detail", "y"], "the name says 20MB but the virtual size is 40 MiB"),
+    ];
+    for (extra, expect) in cases {
+        let mut args = vec!["add", img.to_str().unwrap()];
+        args.extend(FIELDS);
+        args.extend_from_slice(extra);
+        let err = r.fails(11, &args);
+        assert!(err.contains(expect) && err.contains("--force"), "{extra:?}: {err}");
+        args.push("--force");
+        r.ok(&args);
+    }
+
+    // An image that reads through a backing file is not stored alone unless forced.
+    let top = r.scratch().join("top.qcow2");
+    crate::util::run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-b", "disk.img", "-F", "qcow2", top.to_str().unwrap()],
+    );
+    let mut args = vec!["add", top.to_str().unwrap(), "--detail", "overlay"];
+    args.extend(FIELDS);
+    let err = r.fails(11, &args);
+    assert!(err.contains("backing file \"disk.img\""), "{err}");
+
+    // A broken image is refused as it is.
+    let broken = r.scratch().join("broken.qcow2");
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[20..24].copy_from_slice(&40u32.to_be_bytes()); // cluster_bits 40
+    std::fs::write(&broken, bytes).unwrap();
+    let mut args = vec!["add", broken.to_str().unwrap(), "--max-size", "40MB", "--detail", "broken"];
+    args.extend(FIELDS);
+    let err = r.fails(11, &args);
+    assert!(err.contains("cluster_bits 40"), "{err}");
+}
+
+#[test]
+fn a_multi_file_vmdk_is_a_folder_read_through_its_descriptor() {
+    if !have("qemu-img", "qemu-utils") || !have("md5sum", "coreutils") {
+        return;
+    }
+    let r = Repo::new();
+    let raw = r.scratch().join("guest.raw");
+    crate::util::guest_disk(&raw, 40 << 20);
+    let dir = r.scratch().join("split");
+    std::fs::create_dir(&dir).unwrap();
+    crate::util::run(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=twoGbMaxExtentSparse",
+            raw.to_str().unwrap(),
+            dir.join("disk.vmdk").to_str().unwrap(),
+        ],
+    );
+    let mut args = vec!["--json", "add", dir.to_str().unwrap(), "--detail", "split"];
+    args.extend(FIELDS);
+    let out: serde_json::Value = serde_json::from_str(&r.ok(&args)).unwrap();
+    let stem = "sl5.3_x86_64_sl08e_40MB_split";
+    assert_eq!(out["image"]["kind"], "folder");
+    assert_eq!(out["image"]["format"], "vmdk");
+    assert_eq!(out["image"]["virtual_size"], 40u64 << 20);
+    sh(&r.vm_dir("kvm"), &format!("md5sum -c {stem}.checksum"));
+    // info, cat and lint read it through its descriptor, inside its folder.
+    let ours = r.scratch().join("ours.raw");
+    r.ok(&["cat", &format!("kvm/{stem}"), "-o", ours.to_str().unwrap()]);
+    assert!(crate::util::same_bytes(&ours, &raw));
+    assert_eq!(r.run(&["lint"]).status.code(), Some(0));
 }

@@ -13,7 +13,7 @@ fn populate(r: &Repo) {
     for (i, (vm, flags)) in specs.iter().enumerate() {
         let f = r.scratch().join(format!("{i}.img"));
         pattern_file(&f, 10_000 * (i + 1), i as u64);
-        let mut args = vec!["add", f.to_str().unwrap(), "--vm", vm];
+        let mut args = vec!["add", "--force", f.to_str().unwrap(), "--vm", vm];
         if !flags.contains(&"--arch") {
             args.extend(["--arch", "x86", "--bits", "64"]);
         }

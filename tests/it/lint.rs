@@ -6,16 +6,21 @@ use crate::util::{Repo, pattern_file};
 fn reports_what_breaks_the_convention() {
     let r = Repo::new();
     let f = r.scratch().join("a.img");
-    pattern_file(&f, 1000, 1);
-    r.add(&f, "kvm", &["--max-size", "8GB"]);
-    r.add(&f, "xen", &["--max-size", "4GB"]);
-    assert_eq!(r.run(&["lint"]).status.code(), Some(0));
+    pattern_file(&f, 1 << 20, 1);
+    let g = r.scratch().join("b.img");
+    pattern_file(&g, 2 << 20, 2);
+    r.add(&f, "kvm", &[]);
+    r.add(&g, "xen", &[]);
+    let out = r.run(&["lint"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    // A name that claims 8GB for a 1 MiB raw disk.
+    r.add(&f, "kvm", &["--max-size", "8GB", "--detail", "big"]);
     let kvm = r.vm_dir("kvm");
     let xen = r.vm_dir("xen");
     std::fs::write(kvm.join("my image.img"), b"x").unwrap();
     std::fs::write(kvm.join("sl4_x86_32_sl08e_8GB.txt"), b"orphan\n").unwrap();
-    std::fs::write(kvm.join("sl5.3_x86_64_sl08e_8GB.checksum"), b"not md5sum output\n").unwrap();
-    let txt = xen.join("sl5.3_x86_64_sl08e_4GB.txt");
+    std::fs::write(kvm.join("sl5.3_x86_64_sl08e_1MB.checksum"), b"not md5sum output\n").unwrap();
+    let txt = xen.join("sl5.3_x86_64_sl08e_2MB.txt");
     let t = std::fs::read_to_string(&txt)
         .unwrap()
         .replace("Word size: 64", "Word size: 32")
@@ -35,8 +40,9 @@ fn reports_what_breaks_the_convention() {
         ("vm/hyperv", "not-a-vm-folder"),
         ("vm/kvm/my image.img", "bad-name"),
         ("vm/kvm/sl4_x86_32_sl08e_8GB", "missing-image"),
-        ("vm/kvm/sl5.3_x86_64_sl08e_8GB.checksum", "checksum-format"),
-        ("vm/xen/sl5.3_x86_64_sl08e_4GB.txt", "description-disagrees"),
+        ("vm/kvm/sl5.3_x86_64_sl08e_1MB.checksum", "checksum-format"),
+        ("vm/kvm/sl5.3_x86_64_sl08e_8GB_big.img", "maxsize-mismatch"),
+        ("vm/xen/sl5.3_x86_64_sl08e_2MB.txt", "description-disagrees"),
     ] {
         assert!(
             got.contains(&(expected.0.to_string(), expected.1.to_string())),
@@ -45,6 +51,7 @@ fn reports_what_breaks_the_convention() {
     }
     let text = String::from_utf8(r.run(&["lint"]).stdout).unwrap();
     assert!(text.contains("word size: the description says 32, the name says 64"), "{text}");
+    assert!(text.contains("the name says 8GB but the virtual size is 1 MiB (1048576 bytes)"), "{text}");
     assert!(
         text.contains("operating system: the description says ubuntu9.10, the name says sl5.3"),
         "{text}"

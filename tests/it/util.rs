@@ -95,10 +95,14 @@ impl Repo {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
-    /// Adds `file` as an sl5.3 x86 64-bit sl08e image with extra flags.
+    /// Adds `file` as an sl5.3 x86 64-bit sl08e image with extra flags. The
+    /// test files are small raw files named for larger disks, so `--force`
+    /// lets the name disagree with the content (the tests of that check do
+    /// not use this helper).
     pub fn add(&self, file: &Path, vm: &str, extra: &[&str]) -> serde_json::Value {
         let mut a = vec![
             "add",
+            "--force",
             file.to_str().unwrap(),
             "--vm",
             vm,

@@ -7,11 +7,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use vmrepo_format::{open_source, Format, MemSource, NoResolver, OpenOptions};
+use vmrepo_format::{Format, MemSource, NoResolver, OpenOptions, open_source};
 
 /// Counts live heap bytes and the peak since the last reset.
 struct Counting;
@@ -47,7 +47,10 @@ const CASE_TIMEOUT: Duration = Duration::from_secs(20);
 const CASES_PER_IMAGE: usize = 1000;
 
 fn have(tool: &str, package: &str) -> bool {
-    let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !found {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("this test needs {tool}: apt-get install {package}");
@@ -103,7 +106,8 @@ fn mutate(data: &mut Vec<u8>, rng: &mut Rng) -> String {
         8 => len.saturating_sub(1 + rng.below(512.min(len))),
         _ => rng.below(len),
     } as usize;
-    let values32: [u32; 8] = [0, 1, 0x7fff_ffff, 0xffff_ffff, 0x8000_0000, len as u32, (len as u32).wrapping_add(1), 512];
+    let values32: [u32; 8] =
+        [0, 1, 0x7fff_ffff, 0xffff_ffff, 0x8000_0000, len as u32, (len as u32).wrapping_add(1), 512];
     let values64: [u64; 7] = [0, 1, u64::MAX, 1 << 62, (1 << 63) | 0x200, len, len << 9];
     match rng.below(9) {
         0 => {
@@ -209,10 +213,9 @@ fn mutated_images_never_panic_hang_or_balloon() {
         ("vhdx", vec!["-O", "vhdx", "-o", "block_size=1M"], Some(Format::Vhdx)),
         ("vhdx fixed", vec!["-O", "vhdx", "-o", "subformat=fixed,block_size=1M"], Some(Format::Vhdx)),
     ];
-    let seed = std::env::var("VMREPO_MUTATION_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    let seed = std::env::var("VMREPO_MUTATION_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
     eprintln!("mutation seed {seed} (VMREPO_MUTATION_SEED={seed} repeats this run)");
     let mut rng = Rng(seed | 1);
 

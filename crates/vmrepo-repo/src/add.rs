@@ -35,6 +35,11 @@ pub struct AddRequest<'a> {
     /// Rename the source into the repository instead of copying it (copy and
     /// remove it when it is on another filesystem).
     pub move_source: bool,
+    /// What the format layer found (see [`crate::content::read`]); `None` when
+    /// the caller forces the import of a file it cannot read.
+    pub content: Option<crate::content::Content>,
+    /// Store the image even where its name disagrees with its content.
+    pub force: bool,
     pub progress: &'a dyn Progress,
     pub cancel: &'a AtomicBool,
 }
@@ -95,6 +100,16 @@ pub fn add(catalog: &mut Catalog, req: AddRequest<'_>) -> Result<AddOutcome> {
     }
     let file_name = req.name.to_string();
     let stem = req.name.stem();
+    if let Some(c) = &req.content {
+        let d = c.disagreements(&req.name);
+        if !d.is_empty() && !req.force {
+            let all: Vec<&str> = d.iter().map(|x| x.message.as_str()).collect();
+            return Err(Error::new(
+                ErrorKind::BadImage,
+                format!("{}: {}; pass --force to store it anyway", req.source.display(), all.join("; ")),
+            ));
+        }
+    }
 
     let parts = source_parts(req.source, is_folder, &file_name)?;
     let total: u64 = parts.iter().map(|p| p.size).fold(0, u64::saturating_add);
@@ -190,6 +205,14 @@ pub fn add(catalog: &mut Catalog, req: AddRequest<'_>) -> Result<AddOutcome> {
     }
 
     let mut facts = req.facts.clone();
+    if let Some(c) = &req.content {
+        let f = c.facts();
+        facts.format = f.format;
+        facts.subformat = f.subformat;
+        facts.virtual_size = f.virtual_size;
+        facts.allocated = f.allocated;
+        facts.storage = f.storage;
+    }
     facts.image = Some(file_name.clone());
     facts.vm = Some(req.vm);
     facts.os = Some(req.name.os().clone());

@@ -44,7 +44,9 @@ pub mod keys {
     pub const MAX_SIZE: &str = "Maximum size";
     pub const STORAGE: &str = "Storage";
     pub const FORMAT: &str = "Format";
+    pub const SUBFORMAT: &str = "Subformat";
     pub const VIRTUAL_SIZE: &str = "Virtual size";
+    pub const ALLOCATED: &str = "Allocated";
     pub const BYTES: &str = "Bytes on disk";
     pub const SHA256: &str = "SHA-256";
     pub const ADDED: &str = "Added";
@@ -138,7 +140,10 @@ pub struct Facts {
     pub max_size: Option<MaxSize>,
     pub storage: Option<Storage>,
     pub format: Option<String>,
+    pub subformat: Option<String>,
     pub virtual_size: Option<u64>,
+    /// Guest bytes the image's own tables allocate.
+    pub allocated: Option<u64>,
     pub bytes: Option<u64>,
     pub sha256: Vec<PartDigest>,
     pub added: Option<String>,
@@ -334,7 +339,13 @@ impl Description {
         self.set(keys::MAX_SIZE, &or_unknown(&max));
         self.set(keys::STORAGE, &or_unknown(&f.storage.map(Storage::describe)));
         self.set(keys::FORMAT, &or_unknown(&f.format));
+        if let Some(s) = &f.subformat {
+            self.set(keys::SUBFORMAT, s);
+        }
         self.set(keys::VIRTUAL_SIZE, &or_unknown(&f.virtual_size.map(bytes_value)));
+        if let Some(a) = f.allocated {
+            self.set(keys::ALLOCATED, &bytes_value(a));
+        }
         if let Some(b) = f.bytes {
             self.set(keys::BYTES, &bytes_value(b));
         }
@@ -408,6 +419,11 @@ impl Description {
                     None => problem("expected \"fixed\" or \"dynamically expanding\"".into()),
                 },
                 keys::FORMAT => f.format = Some(v.to_string()),
+                keys::SUBFORMAT => f.subformat = Some(v.to_string()),
+                keys::ALLOCATED => match leading_u64(v) {
+                    Some(n) => f.allocated = Some(n),
+                    None => problem("expected a number of bytes".into()),
+                },
                 keys::VIRTUAL_SIZE => match leading_u64(v) {
                     Some(n) => f.virtual_size = Some(n),
                     None => problem("expected a number of bytes".into()),

@@ -29,6 +29,11 @@ pub enum ErrorKind {
     Interrupted,
     /// The SQLite index failed.
     Index,
+    /// An image file that is malformed, of a format vmrepo does not read, or
+    /// whose content disagrees with its name (without `--force`).
+    BadImage,
+    /// Reading an image needs a file it references (extent, backing file).
+    NeedsReferenced,
     /// Any other I/O failure.
     Io,
 }
@@ -103,6 +108,17 @@ impl fmt::Display for Error {
 /// The cause is part of the message (one line, for people and logs), so it
 /// is not repeated as a `source`.
 impl std::error::Error for Error {}
+
+impl From<vmrepo_format::Error> for Error {
+    fn from(e: vmrepo_format::Error) -> Error {
+        let kind = match e.kind() {
+            vmrepo_format::ErrorKind::Io => ErrorKind::Io,
+            vmrepo_format::ErrorKind::NeedsReferenced => ErrorKind::NeedsReferenced,
+            _ => ErrorKind::BadImage,
+        };
+        Error::new(kind, e.to_string())
+    }
+}
 
 impl From<vmrepo_name::NameError> for Error {
     fn from(e: vmrepo_name::NameError) -> Error {

@@ -34,6 +34,7 @@
 pub mod add;
 pub mod catalog;
 pub mod checksum;
+pub mod content;
 pub mod description;
 pub mod error;
 pub mod fsutil;

@@ -177,6 +177,26 @@ fn lint_image(dir: &Path, vm: Vm, folder: &str, img: &FoundImage, out: &mut Vec<
             },
         }
     }
+    // What the file really is, against its name and its description.
+    let content = match img.kind {
+        ImageKind::Missing => None,
+        _ => match crate::content::read(&dir.join(&img.file)) {
+            Ok(c) => {
+                for d in c.disagreements(&img.name) {
+                    let severity = match d.code {
+                        "has-backing-file" | "has-data-file" | "has-parent" => Severity::Warning,
+                        _ => Severity::Error,
+                    };
+                    push(rel(&img.file), d.code, severity, d.message);
+                }
+                Some(c)
+            }
+            Err(e) => {
+                push(rel(&img.file), "unreadable-image", Severity::Error, e.to_string());
+                None
+            }
+        },
+    };
     if img.kind == ImageKind::Folder
         && let Ok((_, others)) = layout::folder_parts(&dir.join(&img.file))
     {
@@ -257,6 +277,30 @@ fn lint_image(dir: &Path, vm: Vm, folder: &str, img: &FoundImage, out: &mut Vec<
             && m.bytes() != n.max_size().bytes()
         {
             disagree("maximum size", m.to_string(), n.max_size().to_string());
+        }
+        if let Some(c) = &content {
+            let is = c.info.format;
+            if let Some(f) = &facts.format
+                && !f.eq_ignore_ascii_case(is.name())
+                && !f.eq_ignore_ascii_case(is.qemu_name())
+            {
+                push(
+                    rel(&name),
+                    "description-disagrees",
+                    Severity::Error,
+                    format!("format: the description says {f}, the image is {}", is.name()),
+                );
+            }
+            if let Some(v) = facts.virtual_size
+                && v != c.info.virtual_size
+            {
+                push(
+                    rel(&name),
+                    "description-disagrees",
+                    Severity::Error,
+                    format!("virtual size: the description says {v}, the image has {}", c.info.virtual_size),
+                );
+            }
         }
     }
 }
