@@ -193,8 +193,15 @@ pub fn cat(ctx: &Ctx<'_>, a: &ImageArgs, output: Option<&Path>) -> Result<Outcom
     match output {
         Some(p) => {
             let f = std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
-            vmrepo_format::cat::to_file(disk, &f, &|_| {}, ctx.cancel)
-                .with_context(|| format!("writing {}", p.display()))?;
+            if f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+                vmrepo_format::cat::to_file(disk, &f, &|_| {}, ctx.cancel)
+                    .with_context(|| format!("writing {}", p.display()))?;
+            } else {
+                // A device or a pipe: every byte, in order.
+                let mut w = io::BufWriter::with_capacity(1 << 20, f);
+                vmrepo_format::cat::to_stream(disk, &mut w, ctx.cancel)?;
+                w.flush()?;
+            }
         }
         None => {
             let mut out = io::stdout().lock();

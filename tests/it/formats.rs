@@ -235,3 +235,130 @@ fn iso_and_isohybrid() {
         assert_eq!(v["format-specific"]["data"]["isohybrid"], hybrid);
     }
 }
+
+/// Writes `bytes` at `offset` of a file.
+fn poke(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, offset).unwrap();
+}
+
+fn info_json(path: &Path) -> (i32, serde_json::Value, String) {
+    let (code, out, err) = vmrepo(&["--json", "info", path.to_str().unwrap()]);
+    (code, serde_json::from_str(&out).unwrap_or(serde_json::Value::Null), err)
+}
+
+#[test]
+fn qcow2_snapshots_flags_features_and_data_files() {
+    if !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = source(tmp.path());
+    let img = make(tmp.path(), &raw, 0, "qcow2", "", false);
+    let p = img.to_str().unwrap();
+    // Snapshots, as qemu-img lists them.
+    run("qemu-img", &["snapshot", "-c", "before-sl08e", p]);
+    run("qemu-img", &["snapshot", "-c", "after", p]);
+    let q = qemu_info(&img, "qcow2");
+    let (code, v, err) = info_json(&img);
+    assert_eq!(code, 0, "{err}");
+    // Every field qemu-img reports, with its value (vmrepo adds disk-size).
+    let (ours, theirs) = (v["snapshots"].as_array().unwrap(), q["snapshots"].as_array().unwrap());
+    assert_eq!(ours.len(), 2);
+    for (o, t) in ours.iter().zip(theirs) {
+        for (k, val) in t.as_object().unwrap() {
+            assert_eq!(&o[k], val, "snapshot field {k}");
+        }
+    }
+    assert_eq!(ours[0]["name"], "before-sl08e");
+    // The dirty bit (incompatible feature bit 0), as qemu-img reports it.
+    poke(&img, 79, &[1]);
+    let (_, v, _) = info_json(&img);
+    assert_eq!(v["dirty-flag"], true);
+    assert_eq!(v["dirty-flag"], qemu_info(&img, "qcow2")["dirty-flag"]);
+    // The corrupt bit: still described and readable.
+    poke(&img, 79, &[2]);
+    let (_, v, _) = info_json(&img);
+    assert_eq!(v["format-specific"]["data"]["corrupt"], true);
+    assert_eq!(v["corrupt"], true);
+    let (code, _, _) = vmrepo(&["cat", p, "-o", "/dev/null"]);
+    assert_eq!(code, 0);
+    // An incompatible feature vmrepo does not know is refused.
+    poke(&img, 72, &[0, 0, 0, 0, 0, 0, 0x04, 0]);
+    let (code, _, err) = info_json(&img);
+    assert_eq!(code, 11, "{err}");
+    assert!(
+        err.contains("unknown incompatible feature bits 0x400") || err.contains("incompatible feature"),
+        "{err}"
+    );
+
+    // An external data file: reported; read only when following.
+    let df = tmp.path().join("withdata.qcow2");
+    crate::util::run_in(
+        tmp.path(),
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-o", "data_file=data.raw,data_file_raw=on", "withdata.qcow2", "8M"],
+    );
+    crate::util::run_in(tmp.path(), "qemu-io", &["-c", "write -P 0x42 0 1M", "withdata.qcow2"]);
+    let (code, v, err) = info_json(&df);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["data-file"], "data.raw");
+    assert_eq!(v["format-specific"], qemu_info(&df, "qcow2")["format-specific"]);
+    let (code, _, err) = vmrepo(&["cat", df.to_str().unwrap(), "-o", "/dev/null"]);
+    assert_eq!(code, 12, "{err}");
+    let ours = tmp.path().join("ours.raw");
+    let theirs = tmp.path().join("theirs.raw");
+    let (code, _, err) = vmrepo(&["cat", "--follow", df.to_str().unwrap(), "-o", ours.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    // qemu-img opens a data file relative to where it runs; vmrepo, in the image's folder.
+    crate::util::run_in(tmp.path(), "qemu-img", &["convert", "-O", "raw", "withdata.qcow2", "theirs.raw"]);
+    assert!(same_bytes(&ours, &theirs));
+}
+
+/// The one's complement byte sum of a VHD footer, without its checksum field.
+fn vhd_checksum(footer: &[u8]) -> u32 {
+    !footer
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(64..68).contains(i))
+        .fold(0u32, |s, (_, &b)| s.wrapping_add(u32::from(b)))
+}
+
+#[test]
+fn differencing_images_are_reported_not_read() {
+    if !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = source(tmp.path());
+    // A VHD turned differencing: disk type 4 in both footer copies.
+    let vhd = make(tmp.path(), &raw, 0, "vpc", "", false);
+    let len = std::fs::metadata(&vhd).unwrap().len();
+    for at in [0, len - 512] {
+        let mut footer = vec![0u8; 512];
+        std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&vhd).unwrap(), &mut footer, at)
+            .unwrap();
+        footer[60..64].copy_from_slice(&4u32.to_be_bytes());
+        let sum = vhd_checksum(&footer);
+        footer[64..68].copy_from_slice(&sum.to_be_bytes());
+        poke(&vhd, at, &footer);
+    }
+    let (code, v, err) = info_json(&vhd);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["subformat"], "differencing");
+    assert!(v["parent"].is_object(), "{v}");
+    assert!(v["warnings"].is_null(), "the checksums were fixed: {v}");
+    let (code, _, err) = vmrepo(&["cat", vhd.to_str().unwrap(), "-o", "/dev/null"]);
+    assert_eq!(code, 11);
+    assert!(err.contains("differencing"), "{err}");
+    // A VDI of type 4 (differencing) with a parent UUID.
+    let vdi = make(tmp.path(), &raw, 1, "vdi", "", false);
+    poke(&vdi, 0x4c, &4u32.to_le_bytes());
+    poke(&vdi, 0x1a8, &[0x11; 16]);
+    let (code, v, err) = info_json(&vdi);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["subformat"], "differencing");
+    assert_eq!(v["parent"]["uuid"], "11111111-1111-1111-1111-111111111111");
+    let (code, _, _) = vmrepo(&["cat", vdi.to_str().unwrap(), "-o", "/dev/null"]);
+    assert_eq!(code, 11);
+}

@@ -193,7 +193,12 @@ pub fn vmrepo(args: &[&str]) -> (i32, String, String) {
 
 /// Runs a program and returns its stdout; panics with its stderr on failure.
 pub fn run(prog: &str, args: &[&str]) -> String {
-    let out = Command::new(prog).args(args).output().unwrap();
+    run_in(Path::new("."), prog, args)
+}
+
+/// Runs a program in `dir` (qemu-img names data files relative to where it runs).
+pub fn run_in(dir: &Path, prog: &str, args: &[&str]) -> String {
+    let out = Command::new(prog).args(args).current_dir(dir).output().unwrap();
     assert!(out.status.success(), "{prog} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

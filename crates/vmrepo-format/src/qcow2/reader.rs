@@ -19,6 +19,9 @@ const L2E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const OFLAG_COMPRESSED: u64 = 1 << 62;
 /// L2 entry flag (version 3, standard entries): the cluster reads as zeros.
 const OFLAG_ZERO: u64 = 1;
+/// L2 entry flag: the cluster's refcount is one. With an external data file,
+/// where offset 0 is a valid offset, it tells cluster 0 from "unallocated" (as QEMU does).
+const OFLAG_COPIED: u64 = 1 << 63;
 /// Subclusters per cluster with extended L2 entries.
 const SUBCLUSTERS: u64 = 32;
 /// Compressed data is counted in sectors of this size.
@@ -155,6 +158,7 @@ impl Qcow2Disk {
             return Ok(Run::Compressed(host, size));
         }
         let host = entry & L2E_OFFSET_MASK;
+        let at_zero_in_data_file = host == 0 && self.external_data && entry & OFLAG_COPIED != 0;
         if self.extended_l2 {
             let bitmap = be64(table, at + 8);
             let alloc = bitmap >> sub & 1 != 0;
@@ -162,7 +166,10 @@ impl Qcow2Disk {
             ensure!(!(alloc && zero), "subcluster {sub} of cluster {cluster} is both allocated and zero");
             let sub_host = (host != 0).then(|| host + sub * self.subcluster_size());
             if alloc {
-                ensure!(host != 0, "subcluster {sub} is allocated in a cluster without an offset");
+                ensure!(
+                    host != 0 || at_zero_in_data_file,
+                    "subcluster {sub} is allocated in a cluster without an offset"
+                );
                 ensure!(
                     host.is_multiple_of(self.cluster_size()),
                     "cluster offset {host:#x} is not cluster-aligned"
@@ -174,7 +181,7 @@ impl Qcow2Disk {
         if entry & OFLAG_ZERO != 0 {
             return Ok(Run::Zero((host != 0).then_some(host)));
         }
-        if host == 0 {
+        if host == 0 && !at_zero_in_data_file {
             return Ok(Run::Unallocated(None));
         }
         ensure!(host.is_multiple_of(self.cluster_size()), "cluster offset {host:#x} is not cluster-aligned");
@@ -295,7 +302,9 @@ impl Qcow2Disk {
                 } else if self.extended_l2 {
                     let bitmap = be64(&table, at + 8);
                     n += u64::from((bitmap & 0xffff_ffff).count_ones()) * self.subcluster_size();
-                } else if entry & OFLAG_ZERO == 0 && entry & L2E_OFFSET_MASK != 0 {
+                } else if entry & OFLAG_ZERO == 0
+                    && (entry & L2E_OFFSET_MASK != 0 || self.hdr.has_data_file() && entry & OFLAG_COPIED != 0)
+                {
                     n += self.cluster_size();
                 }
             }
