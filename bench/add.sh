@@ -9,7 +9,7 @@ random_file "$src" 1024
 repo=$BENCH_DIR/add-repo
 rm -rf "$repo" "$BENCH_DIR/recipe"; "$V" init "$repo" >/dev/null; mkdir -p "$BENCH_DIR/recipe"
 cat "$src" > /dev/null
-name=sl5.3_x86_64_sl08e_8GB
+name=sl5.3_x86_64_sl08e_1GB
 hyperfine -N --warmup 1 --runs "${RUNS:-5}" --export-json "$BENCH_DIR/add.json" \
   --prepare "sync" "md5sum $src" \
   --prepare "sh -c 'rm -f $BENCH_DIR/recipe/*; sync'" \
@@ -17,6 +17,6 @@ hyperfine -N --warmup 1 --runs "${RUNS:-5}" --export-json "$BENCH_DIR/add.json" 
   --prepare "sh -c 'rm -f $BENCH_DIR/recipe/*; sync'" \
   "sh -c 'cp $src $BENCH_DIR/recipe/$name.img && cd $BENCH_DIR/recipe && md5sum $name.img > $name.checksum && sync $name.img $name.checksum .'" \
   --prepare "sh -c '$V --repo $repo -q rm kvm/$name 2>/dev/null; sync'" \
-  "$V --repo $repo -q add $src --vm kvm --os sl5.3 --arch x86 --bits 64 --lib sl08e --max-size 8GB"
+  "$V --repo $repo -q add $src --vm kvm --os sl5.3 --arch x86 --bits 64 --lib sl08e --max-size 1GB"
 m=$(mean "$BENCH_DIR/add.json" 0); c=$(mean "$BENCH_DIR/add.json" 1); d=$(mean "$BENCH_DIR/add.json" 2); a=$(mean "$BENCH_DIR/add.json" 3)
 report "| add 1 GiB | md5sum $(s "$m"); cp + md5sum $(s "$c"); cp + md5sum + sync $(s "$d"); vmrepo add $(s "$a") | add / md5sum = $(ratio "$a" "$m") (target <= 1.15); recipe / add = $(ratio "$c" "$a"), durable recipe / add = $(ratio "$d" "$a") (target >= 1.6) |"

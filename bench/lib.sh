@@ -4,7 +4,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/.." && pwd)
 BENCH_DIR=${BENCH_DIR:-/tmp/vmrepo-bench}
 mkdir -p "$BENCH_DIR"
-V="$top/target/release/vmrepo"
+V="$top/target/x86_64-unknown-linux-gnu/release/vmrepo"
 need() {
   command -v "$1" >/dev/null || { echo "bench: $1 is missing: apt-get install $2" >&2; exit 1; }
 }

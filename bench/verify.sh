@@ -7,7 +7,7 @@ if [ ! -d "$repo/vm/xen" ] || [ "$(ls "$repo/vm/xen" | wc -l)" != 24 ]; then
   rm -rf "$repo"; "$V" init "$repo" >/dev/null
   for i in 1 2 3 4 5 6 7 8; do
     random_file "$BENCH_DIR/part$i.img" 256
-    "$V" --repo "$repo" -q add "$BENCH_DIR/part$i.img" --vm xen --os sl5.3 --arch x86 --bits 64 --lib sl08e --max-size 8GB --detail p$i --move
+    "$V" --repo "$repo" -q add "$BENCH_DIR/part$i.img" --vm xen --os sl5.3 --arch x86 --bits 64 --lib sl08e --max-size 256MB --detail p$i --move
   done
 fi
 cat "$repo"/vm/xen/*.img > /dev/null

@@ -12,10 +12,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use vmrepo_repo::ErrorKind;
 
-/// Listing thousands of catalog records is allocation-bound; mimalloc halves that cost.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A command's outcome: success, or problems were found and reported.
 pub enum Outcome {
     Clean,

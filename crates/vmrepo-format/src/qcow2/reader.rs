@@ -279,6 +279,8 @@ impl Qcow2Disk {
     pub(crate) fn allocated_bytes(&self) -> Result<u64> {
         let mut per_table: HashMap<u64, u64> = HashMap::new();
         let mut total = 0u64;
+        // One buffer for every table: each is read once and not cached.
+        let mut table = vec![0u8; usize::try_from(self.cluster_size()).unwrap_or(0)];
         for (i, &l1e) in self.l1.iter().enumerate() {
             let off = l1e & L1E_OFFSET_MASK;
             if off == 0 {
@@ -292,15 +294,18 @@ impl Qcow2Disk {
                 off.is_multiple_of(self.cluster_size()),
                 "the L2 table offset {off:#x} in L1 entry {i} is not cluster-aligned"
             );
-            let table = read_padded(self.src.as_ref(), off, self.cluster_size(), "an L2 table")?;
+            read_into_padded(self.src.as_ref(), &mut table, off, "an L2 table")?;
             let mut n = 0u64;
-            for c in 0..self.l2_entries() {
-                let at = usize::try_from(c * self.entry_size()).unwrap_or(0);
-                let entry = be64(&table, at);
+            let esize = usize::try_from(self.entry_size()).unwrap_or(8);
+            for e in table.chunks_exact(esize) {
+                let entry = be64(e, 0);
+                if entry == 0 {
+                    continue;
+                }
                 if entry & OFLAG_COMPRESSED != 0 {
                     n += self.cluster_size();
                 } else if self.extended_l2 {
-                    let bitmap = be64(&table, at + 8);
+                    let bitmap = be64(e, 8);
                     n += u64::from((bitmap & 0xffff_ffff).count_ones()) * self.subcluster_size();
                 } else if entry & OFLAG_ZERO == 0
                     && (entry & L2E_OFFSET_MASK != 0 || self.hdr.has_data_file() && entry & OFLAG_COPIED != 0)

@@ -293,9 +293,12 @@ impl SparseExtent {
         Ok(out)
     }
 
-    /// Guest bytes stored in the extent (zeroed grains not counted).
+    /// Guest bytes stored in the extent (zeroed grains not counted). Reads
+    /// each grain table once, into one buffer, without caching it.
     pub fn allocated_bytes(&self) -> Result<u64> {
         let mut seen: HashMap<u32, u64> = HashMap::new();
+        let len = u64::from(self.hdr.num_gtes) * 4;
+        let mut raw = vec![0u8; usize::try_from(len).unwrap_or(0)];
         let mut total = 0u64;
         for &gt in &self.gd {
             if gt == 0 {
@@ -304,12 +307,17 @@ impl SparseExtent {
             let n = match seen.get(&gt) {
                 Some(n) => *n,
                 None => {
-                    let t = self.grain_table(gt)?;
-                    let n = t
-                        .iter()
-                        .filter(|&&g| !matches!(self.classify(g), Grain::Unallocated | Grain::Zeroed))
-                        .count() as u64
-                        * self.hdr.grain_bytes();
+                    let off = u64::from(gt) * SECTOR;
+                    let avail = usize::try_from(self.src.len().saturating_sub(off).min(len)).unwrap_or(0);
+                    raw.fill(0);
+                    if avail > 0 {
+                        read_into(self.src.as_ref(), &mut raw[..avail], off, "a grain table")?;
+                    }
+                    let stored = raw
+                        .chunks_exact(4)
+                        .filter(|c| !matches!(self.classify(le32(c, 0)), Grain::Unallocated | Grain::Zeroed))
+                        .count() as u64;
+                    let n = stored * self.hdr.grain_bytes();
                     seen.insert(gt, n);
                     n
                 }
