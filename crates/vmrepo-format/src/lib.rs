@@ -5,7 +5,7 @@
 //! reads what the image says of itself into an [`Info`] (with the field names
 //! of `qemu-img info --output=json` where they mean the same), and gives a
 //! read-only [`Disk`]: the guest's bytes at any offset, zeros where nothing is
-//! allocated, and the allocation [`map`](disk::map).
+//! allocated, and the allocation [`map`].
 //!
 //! ```no_run
 //! use vmrepo_format::{open, OpenOptions};
