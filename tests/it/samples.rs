@@ -7,16 +7,21 @@ use std::path::{Path, PathBuf};
 
 use crate::util::{have, map_rows, qemu_info, run, same_bytes, vmrepo};
 
+/// Where the samples are: `VMREPO_SAMPLES`, else `../shared/testdata/` beside
+/// the checkout, else the workplace's shared folder.
 fn samples_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("VMREPO_SAMPLES").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/qemu-iotests-samples")
-    });
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: the sample images are not at {} (set VMREPO_SAMPLES)", dir.display());
-        None
+    let candidates: Vec<PathBuf> = match std::env::var_os("VMREPO_SAMPLES") {
+        Some(d) => vec![PathBuf::from(d)],
+        None => vec![
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/qemu-iotests-samples"),
+            PathBuf::from("/work/shared/testdata/qemu-iotests-samples"),
+        ],
+    };
+    let found = candidates.iter().find(|d| d.join("PROVENANCE.md").is_file()).cloned();
+    if found.is_none() {
+        eprintln!("SKIPPED: the sample images are not in {candidates:?} (set VMREPO_SAMPLES)");
     }
+    found
 }
 
 /// Decompresses a sample into `into`.
