@@ -115,6 +115,15 @@ Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo f
     },
     /// Check the image's structure: tables inside the file, no overlapping clusters.
     Check(ImageArgs),
+    /// Look inside the guest: partitions, LVM, filesystems, OS, kernels,
+    /// architecture, STAR software, accounts, space.
+    Inspect {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// The maximum size to check the budget against (default: the name's, or the virtual size).
+        #[arg(long = "max-size", value_name = "SIZE")]
+        max_size: Option<String>,
+    },
     /// Make a small demonstration repository with one image, and show it.
     Demo {
         /// Where (default: ./vmrepo-demo).

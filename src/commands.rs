@@ -45,6 +45,7 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
         Command::Map(a) => crate::image::map(&ctx, a),
         Command::Cat { image, output } => crate::image::cat(&ctx, image, output.as_deref()),
         Command::Check(a) => crate::image::check(&ctx, a),
+        Command::Inspect { image, max_size } => crate::image::inspect(&ctx, image, max_size.as_deref()),
     }
 }
 

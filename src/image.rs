@@ -237,3 +237,177 @@ pub fn check(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Outcome> {
     }
     Ok(if report.problems.is_empty() { Outcome::Clean } else { Outcome::Problems })
 }
+
+pub fn inspect(ctx: &Ctx<'_>, a: &ImageArgs, max_size: Option<&str>) -> Result<Outcome> {
+    let (path, _) = image_path(ctx, &a.image)?;
+    // The name's maximum size, when the image is one of the repository's.
+    let from_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| vmrepo_name::ImageName::parse_file(n).ok())
+        .map(|n| n.max_size().bytes());
+    let max = match max_size {
+        Some(m) => Some(vmrepo_name::MaxSize::from_user(m)?.bytes()),
+        None => from_name,
+    };
+    let image = open(ctx, a)?;
+    let started = std::time::Instant::now();
+    let report = vmrepo_inspect::inspect(image.into_disk()?, &vmrepo_inspect::Options { max_size: max });
+    let elapsed = started.elapsed();
+    if ctx.cli.json {
+        output::json(&report)?;
+        return Ok(Outcome::Clean);
+    }
+    print_report(&report)?;
+    line(format_args!(
+        "read {} of the disk in {:.0} ms",
+        size(Some(report.bytes_read)),
+        elapsed.as_secs_f64() * 1000.0
+    ))?;
+    Ok(Outcome::Clean)
+}
+
+fn print_report(r: &vmrepo_inspect::Report) -> Result<()> {
+    let dash = || "-".to_string();
+    line(format_args!("Partitions       {} ({})", r.partitions.scheme, r.partitions.partitions.len()))?;
+    for p in &r.partitions.partitions {
+        line(format_args!(
+            "  p{:<3} {:>10} at {:>12}  {} {}{}",
+            p.number,
+            size(Some(p.size)),
+            p.start,
+            p.type_id,
+            p.kind,
+            if p.bootable { " (boot)" } else { "" }
+        ))?;
+    }
+    for lv in &r.logical_volumes {
+        line(format_args!(
+            "  LV {}/{} {}{}",
+            lv.vg,
+            lv.name,
+            size(Some(lv.size)),
+            lv.unmapped.as_ref().map(|u| format!(" (not read: {u})")).unwrap_or_default()
+        ))?;
+    }
+    line("Filesystems")?;
+    for v in &r.filesystems {
+        line(format_args!(
+            "  {:<22} {:<8} {:<6} {:>10} size, {:>10} used, {:>10} free  label={} uuid={}",
+            v.device,
+            v.fs.kind,
+            v.role.clone().unwrap_or_default(),
+            size(Some(v.fs.size)),
+            size(v.fs.used),
+            size(v.fs.free),
+            v.fs.label.clone().unwrap_or_else(dash),
+            v.fs.uuid.clone().unwrap_or_else(dash)
+        ))?;
+    }
+    for s in &r.swap {
+        line(format_args!("  {:<22} swap            {:>10}", s.device, size(Some(s.swap.size))))?;
+    }
+    match &r.os {
+        Some(o) => line(format_args!(
+            "Operating system {} ({}{}), from {}",
+            o.product_name,
+            o.token.clone().unwrap_or_else(|| format!("{} {}", o.distro, o.version)),
+            o.osinfo.as_ref().map(|i| format!(", {i}")).unwrap_or_default(),
+            o.source
+        ))?,
+        None => line("Operating system unknown")?,
+    }
+    line(format_args!("Hostname         {}", r.hostname.clone().unwrap_or_else(dash)))?;
+    line(format_args!("Packages         {}", r.package_format.clone().unwrap_or_else(dash)))?;
+    match &r.arch {
+        Some(a) => {
+            line(format_args!("Architecture     {} {}-bit ({}, from {})", a.isa, a.bits, a.machine, a.from))?
+        }
+        None => line("Architecture     unknown")?,
+    }
+    line(format_args!(
+        "Kernels          {}{}",
+        if r.boot.kernels.is_empty() {
+            if r.boot.xen_paravirtual.is_none() { "unknown".to_string() } else { "none".to_string() }
+        } else {
+            r.boot.kernels.iter().map(|k| k.version.clone()).collect::<Vec<_>>().join(", ")
+        },
+        match r.boot.xen_paravirtual {
+            Some(true) =>
+                " -- a Xen paravirtual guest: no kernel of its own, it will not boot on VirtualBox, VMware or KVM",
+            Some(false) => "",
+            None => " (unknown: /boot could not be read)",
+        }
+    ))?;
+    for k in &r.boot.kernels {
+        line(format_args!(
+            "  {} {}{}{}",
+            k.path,
+            k.header_version.as_ref().map(|v| format!("(header: {v}) ")).unwrap_or_default(),
+            k.initrd.as_ref().map(|i| format!("initrd {i} ")).unwrap_or_default(),
+            if k.modules { "modules" } else { "no modules" }
+        ))?;
+    }
+    if !r.boot.bootloader.is_empty() {
+        line(format_args!("Bootloader       {}", r.boot.bootloader.join(", ")))?;
+    }
+    line(format_args!(
+        "STAR libraries   {}",
+        if r.star.libraries.is_empty() {
+            "none".to_string()
+        } else {
+            r.star
+                .libraries
+                .iter()
+                .map(|l| format!("{} ({}, {})", l.name, l.path, size(Some(l.size))))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    ))?;
+    line(format_args!(
+        "star account     {}{}",
+        if r.star.account { "yes" } else { "no" },
+        if r.star.startup_scripts.is_empty() {
+            String::new()
+        } else {
+            format!("; start-up: {}", r.star.startup_scripts.join(", "))
+        }
+    ))?;
+    if let Some(a) = &r.accounts {
+        line(format_args!(
+            "root password    {}",
+            serde_json::to_value(a.root_password)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        ))?;
+        line(format_args!(
+            "authorized_keys  {}",
+            if a.authorized_keys.is_empty() {
+                "none".to_string()
+            } else {
+                a.authorized_keys
+                    .iter()
+                    .map(|k| format!("{} ({} keys)", k.path, k.keys))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ))?;
+    }
+    let b = &r.budget;
+    line(format_args!(
+        "Budget           OS {} + swap {} + STAR {} = {} of {} maximum: {} left for data ({} free in the filesystems){}",
+        size(Some(b.os)),
+        size(Some(b.swap)),
+        size(Some(b.star_software)),
+        size(Some(b.committed)),
+        size(Some(b.max_size)),
+        size(Some(b.left_for_data)),
+        size(Some(b.data_room)),
+        if b.fits { "" } else { " -- OVER BUDGET" }
+    ))?;
+    for w in &r.warnings {
+        line(format_args!("warning: {w}"))?;
+    }
+    Ok(())
+}

@@ -7,6 +7,7 @@ mod add;
 mod catalog;
 mod crash;
 mod formats;
+mod inspect;
 mod lint;
 mod name;
 mod repo;

@@ -175,6 +175,14 @@ impl Image {
             Err(e) => Err(Error::new(e.kind(), e.to_string())),
         }
     }
+
+    /// The guest's bytes, owned (to hand to readers that keep them).
+    ///
+    /// # Errors
+    /// As [`Image::disk`].
+    pub fn into_disk(self) -> Result<Arc<dyn Disk>> {
+        self.disk.map(Arc::from)
+    }
 }
 
 /// What a format's reader returns: the info and the disk (or why not).

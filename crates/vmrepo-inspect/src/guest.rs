@@ -1,0 +1,183 @@
+//! Reading files of an ext2/3/4 filesystem through ext4-view: paths and
+//! symbolic links resolve inside the filesystem only (an absolute link or
+//! `..` at the root stays at the root), links loop at most 40 times, and
+//! every read is capped.
+
+use std::sync::Arc;
+
+use ext4_view::{Ext4, FileType};
+
+use crate::error::{Error, Result};
+use crate::view::{Dev, Ext4Source};
+
+/// The largest configuration file read whole (os-release, passwd, grub.cfg ...).
+pub const MAX_SMALL_FILE: u64 = 1 << 20;
+/// Entries listed from one directory at most.
+pub const MAX_DIR_ENTRIES: usize = 10_000;
+
+/// An ext2/3/4 filesystem opened for reading.
+pub struct ExtFs {
+    fs: Ext4,
+}
+
+/// What kind of thing a path is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    File,
+    Dir,
+    Link,
+    Other,
+}
+
+fn kind(t: FileType) -> Kind {
+    match t {
+        FileType::Regular => Kind::File,
+        FileType::Directory => Kind::Dir,
+        FileType::Symlink => Kind::Link,
+        _ => Kind::Other,
+    }
+}
+
+impl ExtFs {
+    /// Opens the filesystem on `dev`.
+    ///
+    /// # Errors
+    /// ext4-view refuses it (corrupt, or a feature it does not read).
+    pub fn open(dev: Arc<dyn Dev>) -> Result<ExtFs> {
+        let fs =
+            Ext4::load(Box::new(Ext4Source(dev))).map_err(|e| Error::new(format!("ext filesystem: {e}")))?;
+        Ok(ExtFs { fs })
+    }
+
+    /// The length and kind of what `path` names (links followed), if it exists.
+    pub fn stat(&self, path: &str) -> Option<(u64, Kind)> {
+        let m = self.fs.metadata(path).ok()?;
+        Some((m.len(), kind(m.file_type())))
+    }
+
+    /// The kind of `path` itself (a link is not followed).
+    pub fn lstat(&self, path: &str) -> Option<(u64, Kind)> {
+        let m = self.fs.symlink_metadata(path).ok()?;
+        Some((m.len(), kind(m.file_type())))
+    }
+
+    /// Whether `path` is a directory.
+    pub fn is_dir(&self, path: &str) -> bool {
+        self.stat(path).is_some_and(|(_, k)| k == Kind::Dir)
+    }
+
+    /// The whole content of a regular file of at most `cap` bytes.
+    pub fn read(&self, path: &str, cap: u64) -> Option<Vec<u8>> {
+        let (len, k) = self.stat(path)?;
+        if k != Kind::File || len > cap {
+            return None;
+        }
+        self.fs.read(path).ok()
+    }
+
+    /// A small text file (lossy UTF-8).
+    pub fn read_text(&self, path: &str) -> Option<String> {
+        self.read(path, MAX_SMALL_FILE).map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// The first `n` bytes of a regular file (fewer if it is shorter).
+    pub fn read_head(&self, path: &str, n: usize) -> Option<Vec<u8>> {
+        let mut f = self.fs.open(path).ok()?;
+        let mut buf = vec![0u8; n];
+        let mut filled = 0;
+        while filled < n {
+            match f.read_bytes(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(k) => filled += k,
+                Err(_) => return None,
+            }
+        }
+        buf.truncate(filled);
+        Some(buf)
+    }
+
+    /// Reads `n` bytes at `offset` of a regular file.
+    pub fn read_range(&self, path: &str, offset: u64, n: usize) -> Option<Vec<u8>> {
+        let mut f = self.fs.open(path).ok()?;
+        f.seek_to(offset).ok()?;
+        let mut buf = vec![0u8; n];
+        let mut filled = 0;
+        while filled < n {
+            match f.read_bytes(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(k) => filled += k,
+                Err(_) => return None,
+            }
+        }
+        buf.truncate(filled);
+        Some(buf)
+    }
+
+    /// Where a symbolic link points.
+    pub fn link_target(&self, path: &str) -> Option<String> {
+        let t = self.fs.read_link(path).ok()?;
+        t.to_str().ok().map(str::to_string)
+    }
+
+    /// A directory's entries (not `.` and `..`), sorted, at most [`MAX_DIR_ENTRIES`].
+    pub fn list(&self, path: &str) -> Vec<(String, Kind)> {
+        let Ok(rd) = self.fs.read_dir(path) else { return Vec::new() };
+        let mut out = Vec::new();
+        for e in rd.take(MAX_DIR_ENTRIES + 2) {
+            let Ok(e) = e else { continue };
+            let name = e.file_name();
+            let Ok(name) = name.as_str() else { continue };
+            if name == "." || name == ".." {
+                continue;
+            }
+            let k = e.file_type().map(kind).unwrap_or(Kind::Other);
+            out.push((name.to_string(), k));
+        }
+        out.truncate(MAX_DIR_ENTRIES);
+        out.sort();
+        out
+    }
+
+    /// Bytes of the regular files under `dir` (not following links), with
+    /// at most `max_entries` entries visited and `max_depth` levels; the
+    /// flag says whether the walk was cut short.
+    pub fn du(&self, dir: &str, max_entries: usize, max_depth: usize) -> (u64, u64, bool) {
+        let mut bytes = 0u64;
+        let mut files = 0u64;
+        let mut visited = 0usize;
+        let mut stack = vec![(dir.trim_end_matches('/').to_string(), 0usize)];
+        let mut cut = false;
+        while let Some((d, depth)) = stack.pop() {
+            let Ok(rd) = self.fs.read_dir(d.as_str()) else { continue };
+            for e in rd {
+                visited += 1;
+                if visited > max_entries {
+                    return (bytes, files, true);
+                }
+                let Ok(e) = e else { continue };
+                let name = e.file_name();
+                let Ok(name) = name.as_str() else { continue };
+                if name == "." || name == ".." {
+                    continue;
+                }
+                match e.file_type() {
+                    Ok(FileType::Directory) => {
+                        if depth + 1 < max_depth {
+                            stack.push((format!("{d}/{name}"), depth + 1));
+                        } else {
+                            cut = true;
+                        }
+                    }
+                    Ok(FileType::Regular) => {
+                        if let Ok(m) = e.metadata() {
+                            bytes = bytes.saturating_add(m.len());
+                            files += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        (bytes, files, cut)
+    }
+}

@@ -1,0 +1,308 @@
+//! Looks inside a guest disk, with no mount, no root, no VM and no qemu:
+//! partitions (MBR with logical partitions, GPT, none), LVM2 logical volumes,
+//! filesystems (ext2/3/4 read fully; xfs, btrfs, vfat, ISO 9660 and swap
+//! identified), and from the root filesystem the operating system, kernels,
+//! architecture, STAR software, accounts and space.
+//!
+//! Everything is read through the format layer's [`Disk`], so every format
+//! vmrepo reads can be inspected; every read is counted. Nothing here
+//! trusts the guest: partition tables and LVM metadata pointing past the end,
+//! loops in links or partition chains, enormous files and corrupt
+//! filesystems give a partial report with warnings, never an error.
+//!
+//! ```no_run
+//! use vmrepo_format::{open, OpenOptions};
+//!
+//! let image = open("sl5.3_x86_64_sl08e_8GB.qcow2".as_ref(), &OpenOptions::default())?;
+//! let report = vmrepo_inspect::inspect(image.into_disk()?, &vmrepo_inspect::Options::default());
+//! println!("{:?} {:?}", report.os.map(|o| o.product_name), report.arch);
+//! # Ok::<(), vmrepo_format::Error>(())
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod accounts;
+pub mod elf;
+mod error;
+pub mod fs;
+pub mod guest;
+pub mod kernel;
+pub mod lvm;
+pub mod os;
+pub mod partition;
+pub mod star;
+pub mod view;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+use vmrepo_format::Disk;
+
+pub use error::{Error, Result};
+use fs::{Filesystem, Probe, Swap};
+use guest::ExtFs;
+use view::{Dev, DiskDev, Window};
+
+/// How to inspect.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The maximum size the budget is checked against (the name's); the
+    /// virtual size when not given.
+    pub max_size: Option<u64>,
+}
+
+/// A filesystem and where it is.
+#[derive(Clone, Debug, Serialize)]
+pub struct Volume {
+    /// `disk` (no partition table), `p1`, `p5`, or `VolGroup00/LogVol00`.
+    pub device: String,
+    #[serde(flatten)]
+    pub fs: Filesystem,
+    /// Where the guest mounts it, as far as its content tells (`/`, `/boot`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// A swap area and where it is.
+#[derive(Clone, Debug, Serialize)]
+pub struct SwapArea {
+    pub device: String,
+    #[serde(flatten)]
+    pub swap: Swap,
+}
+
+/// The specification's budget: OS + swap + STAR software + data < maximum size.
+#[derive(Clone, Debug, Serialize)]
+pub struct Budget {
+    /// Bytes used on the guest's filesystems, less the STAR libraries.
+    pub os: u64,
+    pub swap: u64,
+    pub star_software: u64,
+    /// Free space on the filesystems: what is left for data.
+    pub data_room: u64,
+    /// The maximum size it is checked against.
+    pub max_size: u64,
+    /// os + swap + star_software.
+    pub committed: u64,
+    /// max_size - committed (0 when over).
+    pub left_for_data: u64,
+    /// committed < max_size.
+    pub fits: bool,
+}
+
+/// Everything the inspector found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub virtual_size: u64,
+    pub partitions: partition::Table,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logical_volumes: Vec<lvm::LogicalVolume>,
+    pub filesystems: Vec<Volume>,
+    pub swap: Vec<SwapArea>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub os: Option<os::OsInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package_format: Option<String>,
+    pub boot: kernel::Boot,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<elf::Arch>,
+    pub star: star::Star,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accounts: Option<accounts::Accounts>,
+    pub budget: Budget,
+    /// Bytes read from the virtual disk.
+    pub bytes_read: u64,
+    pub warnings: Vec<String>,
+}
+
+/// A device found on the disk, with its name.
+struct Found {
+    name: String,
+    dev: Arc<dyn Dev>,
+}
+
+/// What a device holds.
+enum Item {
+    Volume(Volume, Arc<dyn Dev>),
+    Swap(SwapArea),
+    Pv(lvm::PvLabel, Arc<dyn Dev>),
+    Nothing,
+}
+
+fn probe_device(f: &Found, warnings: &mut Vec<String>) -> Item {
+    match fs::probe(f.dev.as_ref()) {
+        Ok(Probe::Fs(fs)) => {
+            Item::Volume(Volume { device: f.name.clone(), fs, role: None }, Arc::clone(&f.dev))
+        }
+        Ok(Probe::Swap(swap)) => Item::Swap(SwapArea { device: f.name.clone(), swap }),
+        Ok(Probe::LvmPv) => match lvm::read_label(f.dev.as_ref()) {
+            Ok(Some(label)) => Item::Pv(label, Arc::clone(&f.dev)),
+            Ok(None) => Item::Nothing,
+            Err(e) => {
+                warnings.push(format!("{}: LVM label: {e}", f.name));
+                Item::Nothing
+            }
+        },
+        Ok(Probe::Unknown) => Item::Nothing,
+        Err(e) => {
+            warnings.push(format!("{}: {e}", f.name));
+            Item::Nothing
+        }
+    }
+}
+
+/// Inspects a guest disk. Never fails: what cannot be read is a warning.
+pub fn inspect(disk: Arc<dyn Disk>, opts: &Options) -> Report {
+    let counter = Arc::new(AtomicU64::new(0));
+    let whole: Arc<dyn Dev> = Arc::new(DiskDev::new(Arc::clone(&disk), Arc::clone(&counter)));
+    let mut warnings: Vec<String> = Vec::new();
+    let table = partition::read(whole.as_ref()).unwrap_or_else(|e| {
+        warnings.push(format!("partition table: {e}"));
+        partition::Table { scheme: "none".into(), ..Default::default() }
+    });
+    let mut devices: Vec<Found> = Vec::new();
+    if table.scheme == "none" || table.partitions.is_empty() {
+        devices.push(Found { name: "disk".into(), dev: Arc::clone(&whole) });
+    } else {
+        // An isohybrid image: the ISO filesystem spans the whole disk too.
+        if let Ok(Probe::Fs(f)) = fs::probe(whole.as_ref())
+            && f.kind == "iso9660"
+        {
+            devices.push(Found { name: "disk".into(), dev: Arc::clone(&whole) });
+        }
+        for p in &table.partitions {
+            if p.kind == "extended" || p.size == 0 || p.start >= whole.len() {
+                continue;
+            }
+            devices.push(Found {
+                name: format!("p{}", p.number),
+                dev: Arc::new(Window::new(Arc::clone(&whole), p.start, p.size)),
+            });
+        }
+    }
+
+    let mut volumes: Vec<(Volume, Arc<dyn Dev>)> = Vec::new();
+    let mut swaps = Vec::new();
+    let mut pvs = Vec::new();
+    let mut place = |item: Item,
+                     volumes: &mut Vec<(Volume, Arc<dyn Dev>)>,
+                     pvs: &mut Vec<(lvm::PvLabel, Arc<dyn Dev>)>| match item {
+        Item::Volume(v, d) => volumes.push((v, d)),
+        Item::Swap(s) => swaps.push(s),
+        Item::Pv(l, d) => pvs.push((l, d)),
+        Item::Nothing => {}
+    };
+    for f in &devices {
+        place(probe_device(f, &mut warnings), &mut volumes, &mut pvs);
+    }
+    let mut lv_report = Vec::new();
+    let lvs = lvm::logical_volumes(&pvs, &mut warnings);
+    for (lv, dev) in lvs {
+        if let Some(dev) = dev {
+            let item = probe_device(&Found { name: format!("{}/{}", lv.vg, lv.name), dev }, &mut warnings);
+            place(item, &mut volumes, &mut pvs);
+        }
+        lv_report.push(lv);
+    }
+    let mut warn = |w: String| warnings.push(w);
+
+    // The root filesystem holds /etc; a boot filesystem holds kernels or grub at its top.
+    let mut root: Option<ExtFs> = None;
+    let mut boot_fs: Option<ExtFs> = None;
+    for (vol, dev) in volumes.iter_mut() {
+        if !vol.fs.kind.starts_with("ext") {
+            continue;
+        }
+        let efs = match ExtFs::open(Arc::clone(dev)) {
+            Ok(e) => e,
+            Err(e) => {
+                warn(format!("{}: {e}", vol.device));
+                continue;
+            }
+        };
+        if root.is_none() && (efs.stat("/etc/passwd").is_some() || efs.is_dir("/etc")) {
+            vol.role = Some("/".into());
+            root = Some(efs);
+        } else if boot_fs.is_none()
+            && efs
+                .list("/")
+                .iter()
+                .any(|(n, _)| n.starts_with("vmlinuz") || n == "grub" || n == "grub2" || n == "extlinux")
+        {
+            vol.role = Some("/boot".into());
+            boot_fs = Some(efs);
+        }
+    }
+    for (vol, _) in &volumes {
+        if root.is_none() && matches!(vol.fs.kind.as_str(), "xfs" | "btrfs") {
+            warn(format!(
+                "{}: a {} filesystem is identified, not read: the guest's files are not inspected",
+                vol.device, vol.fs.kind
+            ));
+        }
+    }
+
+    let (os_info, hostname, package_format, arch, star_info, accounts_info) = match &root {
+        Some(r) => {
+            let passwd = accounts::Passwd::read(r);
+            (
+                os::detect(r),
+                os::hostname(r),
+                os::package_format(r),
+                elf::detect(r),
+                star::detect(r, &passwd),
+                Some(accounts::detect(r, &passwd)),
+            )
+        }
+        None => (None, None, None, None, star::Star::default(), None),
+    };
+    let boot = kernel::detect(root.as_ref(), boot_fs.as_ref());
+
+    let linux = |k: &str| !matches!(k, "iso9660" | "vfat");
+    let used: u64 = volumes
+        .iter()
+        .filter(|(v, _)| linux(&v.fs.kind))
+        .filter_map(|(v, _)| v.fs.used)
+        .fold(0, u64::saturating_add);
+    let free: u64 = volumes
+        .iter()
+        .filter(|(v, _)| linux(&v.fs.kind))
+        .filter_map(|(v, _)| v.fs.free)
+        .fold(0, u64::saturating_add);
+    let swap_total: u64 = swaps.iter().map(|s| s.swap.size).fold(0, u64::saturating_add);
+    let star_bytes = star_info.size();
+    let os_bytes = used.saturating_sub(star_bytes);
+    let max_size = opts.max_size.unwrap_or(disk.size());
+    let committed = os_bytes.saturating_add(swap_total).saturating_add(star_bytes);
+    let budget = Budget {
+        os: os_bytes,
+        swap: swap_total,
+        star_software: star_bytes,
+        data_room: free,
+        max_size,
+        committed,
+        left_for_data: max_size.saturating_sub(committed),
+        fits: committed < max_size,
+    };
+    let mut all_warnings = warnings;
+    all_warnings.extend(table.warnings.iter().cloned());
+    Report {
+        virtual_size: disk.size(),
+        partitions: table,
+        logical_volumes: lv_report,
+        filesystems: volumes.into_iter().map(|(v, _)| v).collect(),
+        swap: swaps,
+        os: os_info,
+        hostname,
+        package_format,
+        boot,
+        arch,
+        star: star_info,
+        accounts: accounts_info,
+        budget,
+        bytes_read: counter.load(Ordering::Relaxed),
+        warnings: all_warnings,
+    }
+}

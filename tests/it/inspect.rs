@@ -1,0 +1,187 @@
+//! `vmrepo inspect` against guests built by scripts/build-test-guests.py with
+//! real tools: the expected answers are what the script put in and what
+//! sfdisk, dumpe2fs, xfs_db and btrfs report, never the inspector's output.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::util::{have, vmrepo};
+
+/// Builds (or finds, cached) the test guests; `None` when the tools are missing here.
+pub fn guests() -> Option<serde_json::Value> {
+    for (tool, pkg) in [
+        ("mke2fs", "e2fsprogs"),
+        ("dumpe2fs", "e2fsprogs"),
+        ("mkswap", "util-linux"),
+        ("sfdisk", "fdisk"),
+        ("losetup", "mount"),
+        ("lvm", "lvm2"),
+        ("qemu-img", "qemu-utils"),
+    ] {
+        if !have(tool, pkg) {
+            return None;
+        }
+    }
+    let full = ["debootstrap", "mkfs.xfs", "xfs_db", "mkfs.btrfs", "btrfs"].iter().all(|t| {
+        have(
+            t,
+            match *t {
+                "debootstrap" => "debootstrap",
+                "mkfs.xfs" | "xfs_db" => "xfsprogs",
+                _ => "btrfs-progs",
+            },
+        )
+    }) && std::env::var_os("VMREPO_SYNTHETIC_GUESTS_ONLY").is_none();
+    let root_ok =
+        Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root_ok {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("building the test guests needs root (losetup for LVM, debootstrap)");
+        }
+        eprintln!("SKIPPED: building the test guests needs root (losetup for LVM, debootstrap)");
+        return None;
+    }
+    let dir = std::env::var_os("VMREPO_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-guests"));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/build-test-guests.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(&dir);
+    if !full {
+        cmd.arg("--synthetic-only");
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "build-test-guests: {}", String::from_utf8_lossy(&out.stderr));
+    // The manifest is the last line; debootstrap talks before it.
+    let manifest = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").trim().to_string();
+    Some(serde_json::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap())
+}
+
+fn inspect(image: &str) -> serde_json::Value {
+    let (code, out, err) = vmrepo(&["--json", "inspect", image]);
+    assert_eq!(code, 0, "{image}: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// MBR types as sfdisk writes them ("83") and vmrepo ("0x83"); GPT GUIDs alike.
+fn same_type(sfdisk: &str, ours: &str) -> bool {
+    let ours = ours.strip_prefix("0x").unwrap_or(ours).trim_start_matches('0');
+    ours.eq_ignore_ascii_case(sfdisk.trim_start_matches('0'))
+}
+
+fn check(name: &str, image: &str, e: &serde_json::Value, r: &serde_json::Value) {
+    let what = format!("{name} ({image})");
+    // Partitions, as sfdisk made them.
+    let scheme = e["partitions"]["scheme"].as_str().unwrap();
+    assert_eq!(r["partitions"]["scheme"], scheme, "{what}: scheme");
+    for p in e["partitions"]["partitions"].as_array().unwrap() {
+        let ours = r["partitions"]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["number"] == p["number"])
+            .unwrap_or_else(|| panic!("{what}: partition {} missing", p["number"]));
+        assert_eq!(ours["start"], p["start"], "{what}: partition {} start", p["number"]);
+        assert_eq!(ours["size"], p["size"], "{what}: partition {} size", p["number"]);
+        assert!(
+            same_type(p["type"].as_str().unwrap(), ours["type_id"].as_str().unwrap()),
+            "{what}: type {} vs {}",
+            p["type"],
+            ours["type_id"]
+        );
+        if p["bootable"] == true {
+            assert_eq!(ours["bootable"], true, "{what}: boot flag");
+        }
+    }
+    // Logical volumes.
+    for lv in e["lvs"].as_array().into_iter().flatten() {
+        let ours = r["logical_volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == lv["name"])
+            .unwrap_or_else(|| panic!("{what}: LV {}", lv["name"]));
+        assert_eq!(ours["vg"], lv["vg"]);
+        assert_eq!(ours["size"], lv["size"], "{what}: LV size");
+    }
+    // Filesystems, as dumpe2fs, xfs_db and btrfs report them.
+    for f in e["filesystems"].as_array().unwrap() {
+        let ours = r["filesystems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["device"] == f["device"])
+            .unwrap_or_else(|| panic!("{what}: no filesystem on {}: {}", f["device"], r["filesystems"]));
+        for k in ["type", "label", "uuid", "size", "used", "free"] {
+            assert_eq!(ours[k], f[k], "{what}: {} {k}", f["device"]);
+        }
+        if f["role"] == "/" && e.get("files_not_read").is_none() {
+            assert_eq!(ours["role"], "/", "{what}: root");
+        }
+    }
+    for s in e["swap"].as_array().unwrap() {
+        let ours = r["swap"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["device"] == s["device"])
+            .unwrap_or_else(|| panic!("{what}: swap {}", s["device"]));
+        assert_eq!(ours["size"], s["size"], "{what}: swap size");
+    }
+    if e.get("files_not_read").is_some() {
+        assert!(r["os"].is_null(), "{what}: xfs and btrfs are identified, not read");
+        assert!(r["boot"]["xen_paravirtual"].is_null(), "{what}: nothing is known of /boot");
+        assert!(
+            r["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("not read")),
+            "{what}"
+        );
+        return;
+    }
+    // The guest's content, as the script wrote it.
+    for k in ["distro", "version", "token", "osinfo", "product_name"] {
+        assert_eq!(r["os"][k], e["os"][k], "{what}: os {k}");
+    }
+    assert_eq!(r["hostname"], e["hostname"], "{what}: hostname");
+    assert_eq!(r["package_format"], e["package_format"], "{what}: packages");
+    let kernels: Vec<&str> =
+        r["boot"]["kernels"].as_array().unwrap().iter().map(|k| k["version"].as_str().unwrap()).collect();
+    let want: Vec<&str> = e["kernels"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    assert_eq!(kernels, want, "{what}: kernels");
+    for k in r["boot"]["kernels"].as_array().unwrap() {
+        assert_eq!(k["header_version"], k["version"], "{what}: the bzImage header names the same version");
+        assert!(k["initrd"].is_string(), "{what}: initrd");
+        assert_eq!(k["modules"], true, "{what}: modules");
+    }
+    assert_eq!(r["boot"]["xen_paravirtual"], e["xen_paravirtual"], "{what}: xen");
+    assert_eq!(r["arch"]["isa"], e["arch"]["isa"], "{what}: isa");
+    assert_eq!(r["arch"]["bits"], e["arch"]["bits"], "{what}: bits");
+    let libs: Vec<&str> =
+        r["star"]["libraries"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    let want: Vec<&str> =
+        e["star"]["libraries"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert_eq!(libs, want, "{what}: STAR libraries");
+    assert_eq!(r["budget"]["star_software"], e["star"]["bytes"], "{what}: STAR bytes");
+    assert_eq!(r["star"]["account"], e["star"]["account"], "{what}: star account");
+    assert_eq!(r["star"]["startup_scripts"], e["star"]["startup_scripts"], "{what}: start-up scripts");
+    assert_eq!(r["accounts"]["root_password"], e["accounts"]["root_password"], "{what}: root password");
+    assert_eq!(r["accounts"]["star_account"], e["accounts"]["star_account"], "{what}");
+    assert_eq!(r["accounts"]["authorized_keys"], e["accounts"]["authorized_keys"], "{what}: authorized_keys");
+    let json = r.to_string();
+    assert!(!json.contains("$6$") && !json.contains("$1$"), "{what}: a password hash leaked into the report");
+}
+
+#[test]
+fn every_guest_in_every_format_as_the_builder_made_it() {
+    let Some(g) = guests() else { return };
+    let mut seen = 0;
+    for guest in g["guests"].as_array().unwrap() {
+        let name = guest["name"].as_str().unwrap();
+        for (_, image) in guest["images"].as_object().unwrap() {
+            let image = image.as_str().unwrap();
+            let r = inspect(image);
+            check(name, image, &guest["expect"], &r);
+            seen += 1;
+        }
+    }
+    assert!(seen >= 21, "only {seen} images inspected");
+}
