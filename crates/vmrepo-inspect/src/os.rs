@@ -245,7 +245,7 @@ mod tests {
         let i = finish("scientific", "4.7", String::new(), "");
         assert_eq!((i.token.as_deref(), i.osinfo), (Some("sl4.7"), None));
         let i = finish("centos", "7.9.2009", String::new(), "");
-        assert_eq!((i.token.as_deref(), i.osinfo), (Some("centOS7.9"), None));
+        assert_eq!((i.token.as_deref(), i.osinfo.as_deref()), (Some("centOS7.9"), Some("centos7")));
         let i = finish("centos", "5.5", String::new(), "");
         assert_eq!(i.osinfo.as_deref(), Some("centos5.5"));
         let i = finish("debian", "12.5", String::new(), "");
