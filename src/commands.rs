@@ -178,19 +178,53 @@ struct SourceInfo<'a> {
     force: bool,
 }
 
-fn required<'a>(v: &'a Option<String>, flag: &str, what: &str) -> Result<&'a str> {
-    match v.as_deref() {
-        Some(s) => Ok(s),
-        None => {
-            Err(vmrepo_repo::Error::new(ErrorKind::InvalidInput, format!("{flag} is required: {what}"))
-                .into())
-        }
-    }
-}
-
 fn build_name(f: &NameFields, source: Option<&SourceInfo<'_>>) -> Result<ImageName> {
-    let os = Os::from_user(required(&f.os, "--os", "the operating system, like sl5.3")?)?;
-    let (isa, implied) = Isa::from_user(required(&f.arch, "--arch", "the instruction set, like x86")?)?;
+    let guest = source.and_then(|s| s.content).and_then(|c| c.guest.as_ref());
+    let missing = |flag: &str, what: &str, why: &str| -> anyhow::Error {
+        let mut msg = format!("{flag} is required: {what}");
+        if guest.is_some() {
+            msg.push_str(&format!(" ({why})"));
+        }
+        vmrepo_repo::Error::new(ErrorKind::InvalidInput, msg).into()
+    };
+    let os = match (&f.os, guest.and_then(|g| g.os.as_ref())) {
+        (Some(o), _) => Os::from_user(o)?,
+        (None, Some(info)) => match &info.token {
+            Some(t) => {
+                tracing::info!("--os {t}: from {}", info.source);
+                Os::from_user(t)?
+            }
+            None => {
+                return Err(missing(
+                    "--os",
+                    "the operating system, like sl5.3",
+                    &format!("the guest is {}, which no name token stands for", info.product_name),
+                ));
+            }
+        },
+        (None, None) => {
+            return Err(missing(
+                "--os",
+                "the operating system, like sl5.3",
+                "the guest's release files do not say",
+            ));
+        }
+    };
+    let arch = guest.and_then(|g| g.arch.as_ref());
+    let (isa, implied) = match (&f.arch, arch) {
+        (Some(a), _) => Isa::from_user(a)?,
+        (None, Some(a)) => {
+            tracing::info!("--arch {} --bits {}: from {}", a.isa, a.bits, a.from);
+            (Isa::parse(&a.isa)?, None)
+        }
+        (None, None) => {
+            return Err(missing(
+                "--arch",
+                "the instruction set, like x86",
+                "no ELF binary of the guest could be read",
+            ));
+        }
+    };
     let word_size = match (f.bits, implied) {
         (Some(b), Some(i)) if b != i.bits() => {
             return Err(vmrepo_repo::Error::new(
@@ -205,15 +239,42 @@ fn build_name(f: &NameFields, source: Option<&SourceInfo<'_>>) -> Result<ImageNa
         }
         (Some(b), _) => WordSize::new(b)?,
         (None, Some(i)) => i,
-        (None, None) => {
-            return Err(vmrepo_repo::Error::new(
-                ErrorKind::InvalidInput,
-                "--bits is required: the word size, 32 or 64",
-            )
-            .into());
-        }
+        (None, None) => match arch {
+            Some(a) => WordSize::new(a.bits)?,
+            None => {
+                return Err(missing(
+                    "--bits",
+                    "the word size, 32 or 64",
+                    "no ELF binary of the guest could be read",
+                ));
+            }
+        },
     };
-    let lib = StarLib::from_user(required(&f.lib, "--lib", "the STAR library, like sl08e")?)?;
+    let lib = match (&f.lib, guest) {
+        (Some(l), _) => StarLib::from_user(l)?,
+        (None, Some(g)) => match g.star.libraries.as_slice() {
+            [one] => {
+                tracing::info!("--lib {}: from {}", one.name, one.path);
+                StarLib::from_user(&one.name)?
+            }
+            [] => {
+                return Err(missing(
+                    "--lib",
+                    "the STAR library, like sl08e",
+                    "the guest holds no STAR library",
+                ));
+            }
+            many => {
+                let names: Vec<&str> = many.iter().map(|l| l.name.as_str()).collect();
+                return Err(missing(
+                    "--lib",
+                    "the STAR library, like sl08e",
+                    &format!("the guest holds several: {}", names.join(", ")),
+                ));
+            }
+        },
+        (None, None) => return Err(missing("--lib", "the STAR library, like sl08e", "")),
+    };
     let max_size = match (&f.max_size, source.and_then(|s| s.content)) {
         (Some(m), _) => MaxSize::from_user(m)?,
         // The virtual size is the size the image may grow to.
@@ -303,6 +364,20 @@ fn add(ctx: &Ctx<'_>, a: &AddArgs) -> Result<Outcome> {
     } else if !ctx.cli.quiet {
         let verb = if outcome.replaced { "Replaced" } else { "Added" };
         line(format_args!("{verb} {} ({})", outcome.image.path, size(outcome.image.size)))?;
+        let f = &a.fields;
+        let filled: Vec<&str> = [
+            (f.os.is_none(), "OS"),
+            (f.arch.is_none(), "instruction set"),
+            (f.arch.is_none() && f.bits.is_none(), "word size"),
+            (f.lib.is_none(), "STAR library"),
+            (f.max_size.is_none(), "maximum size"),
+        ]
+        .into_iter()
+        .filter_map(|(yes, what)| yes.then_some(what))
+        .collect();
+        if !filled.is_empty() {
+            line(format_args!("  read from the image: {}", filled.join(", ")))?;
+        }
         if let Some(sha) = &outcome.image.sha256 {
             line(format_args!("  SHA-256 {sha}"))?;
         }

@@ -185,3 +185,108 @@ fn every_guest_in_every_format_as_the_builder_made_it() {
     }
     assert!(seen >= 21, "only {seen} images inspected");
 }
+
+/// The images of one guest, by qemu format name.
+fn images_of<'a>(g: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    g["guests"].as_array().unwrap().iter().find(|x| x["name"] == name).unwrap()
+}
+
+#[test]
+fn add_names_an_image_from_what_the_guest_holds() {
+    let Some(g) = guests() else { return };
+    let guest = images_of(&g, "sl5.3");
+    let e = &guest["expect"];
+    let image = std::path::Path::new(guest["images"]["vmdk"].as_str().unwrap());
+    let virtual_size = crate::util::qemu_info(image, "vmdk")["virtual-size"].as_u64().unwrap();
+    assert_eq!(virtual_size % (1 << 20), 0, "the builder makes whole MiB disks");
+    let r = crate::util::Repo::new();
+    let out = r.json(&["add", image.to_str().unwrap(), "--vm", "kvm"]);
+    let expected = format!(
+        "{}_{}_{}_{}_{}MB.vmdk",
+        e["os"]["token"].as_str().unwrap(),
+        e["arch"]["isa"].as_str().unwrap(),
+        e["arch"]["bits"],
+        e["star"]["libraries"][0].as_str().unwrap(),
+        virtual_size >> 20
+    );
+    assert_eq!(out["image"]["file"], expected.as_str(), "{out}");
+    let txt = std::fs::read_to_string(r.vm_dir("kvm").join(expected.replace(".vmdk", ".txt"))).unwrap();
+    for want in [
+        format!(
+            "Guest OS: {} ({})",
+            e["os"]["product_name"].as_str().unwrap(),
+            e["os"]["osinfo"].as_str().unwrap()
+        ),
+        format!("Kernel version: {}", e["kernels"][0].as_str().unwrap()),
+        format!("Hostname: {}", e["hostname"].as_str().unwrap()),
+        format!("Boots on its own: yes (kernel {})", e["kernels"][0].as_str().unwrap()),
+        format!("Root password: {}", e["accounts"]["root_password"].as_str().unwrap()),
+        "SSH authorized_keys: /root/.ssh/authorized_keys (2 keys)".to_string(),
+        "Filesystem: VolGroup00/LogVol00 ext3 /, 64 MiB".to_string(),
+        "Swap: VolGroup00/LogVol01 32 MiB".to_string(),
+        "STAR libraries installed: SL08e in /usr/local/star/packages/SL08e".to_string(),
+        "star account: yes, start-up: /home/star/.cshrc".to_string(),
+        "Budget: OS ".to_string(),
+    ] {
+        assert!(txt.contains(&want), "missing {want:?} in:\n{txt}");
+    }
+    // The builder wrote a password hash into /etc/shadow: never copied out.
+    assert!(!txt.contains("$6$"), "{txt}");
+    // What add found, lint agrees with.
+    r.ok(&["lint"]);
+}
+
+#[test]
+fn add_refuses_a_name_the_guest_contradicts_and_lint_reports_it() {
+    let Some(g) = guests() else { return };
+    let image = images_of(&g, "sl5.3")["images"]["raw"].as_str().unwrap().to_string();
+    let r = crate::util::Repo::new();
+    for (flags, code, says) in [
+        (
+            &["--os", "ubuntu9.10"][..],
+            "os-mismatch",
+            "the name says ubuntu9.10 but the guest is Scientific Linux",
+        ),
+        (&["--bits", "32"][..], "bits-mismatch", "the name says 32-bit but /bin/sh is 64-bit"),
+        (&["--arch", "ppc"][..], "arch-mismatch", "is built for x86"),
+        (
+            &["--lib", "sl09a"][..],
+            "lib-missing",
+            "SL09a but the guest has no such STAR library (installed: sl08e)",
+        ),
+    ] {
+        let mut args = vec!["add", image.as_str(), "--vm", "kvm"];
+        args.extend_from_slice(flags);
+        let err = r.fails(11, &args);
+        assert!(err.contains(says) && err.contains("--force"), "{flags:?}: {err}");
+        // Stored anyway when forced; lint names the disagreement.
+        args.push("--force");
+        r.ok(&args);
+        let lint = r.run(&["--json", "lint"]);
+        let v: serde_json::Value = serde_json::from_slice(&lint.stdout).unwrap();
+        let codes: Vec<&str> = v.as_array().unwrap().iter().filter_map(|p| p["code"].as_str()).collect();
+        assert!(codes.contains(&code), "{flags:?}: lint said {codes:?}");
+        for f in r.listed() {
+            r.ok(&["rm", &f]);
+        }
+    }
+    assert!(r.listed().is_empty());
+    // A shorter version of the same system is no disagreement.
+    r.ok(&["add", image.as_str(), "--vm", "kvm", "--os", "sl5"]);
+}
+
+#[test]
+fn add_of_guests_that_cannot_name_themselves() {
+    let Some(g) = guests() else { return };
+    let r = crate::util::Repo::new();
+    // No STAR library installed: the name needs --lib, and says why.
+    let fedora = images_of(&g, "fedora12")["images"]["raw"].as_str().unwrap().to_string();
+    let err = r.fails(6, &["add", &fedora, "--vm", "kvm"]);
+    assert!(err.contains("--lib is required") && err.contains("holds no STAR library"), "{err}");
+    // A Xen paravirtual guest says so in its description.
+    let xen = images_of(&g, "sl5.3-xen")["images"]["raw"].as_str().unwrap().to_string();
+    let out = r.json(&["add", &xen, "--vm", "xen", "--detail", "xenpv"]);
+    let file = out["image"]["file"].as_str().unwrap().replace(".img", ".txt");
+    let txt = std::fs::read_to_string(r.vm_dir("xen").join(file)).unwrap();
+    assert!(txt.contains("Boots on its own: no: a Xen paravirtual guest"), "{txt}");
+}

@@ -90,6 +90,28 @@ pub struct Budget {
     pub fits: bool,
 }
 
+impl Budget {
+    /// The budget of a guest's parts against a maximum size.
+    pub fn new(os: u64, swap: u64, star_software: u64, data_room: u64, max_size: u64) -> Budget {
+        let committed = os.saturating_add(swap).saturating_add(star_software);
+        Budget {
+            os,
+            swap,
+            star_software,
+            data_room,
+            max_size,
+            committed,
+            left_for_data: max_size.saturating_sub(committed),
+            fits: committed < max_size,
+        }
+    }
+
+    /// The same parts against another maximum size.
+    pub fn against(&self, max_size: u64) -> Budget {
+        Budget::new(self.os, self.swap, self.star_software, self.data_room, max_size)
+    }
+}
+
 /// Everything the inspector found.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -115,6 +137,13 @@ pub struct Report {
     /// Bytes read from the virtual disk.
     pub bytes_read: u64,
     pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// The volume the guest's files were read from (its `/`), if one was.
+    pub fn root(&self) -> Option<&Volume> {
+        self.filesystems.iter().find(|v| v.role.as_deref() == Some("/"))
+    }
 }
 
 /// A device found on the disk, with its name.
@@ -274,18 +303,7 @@ pub fn inspect(disk: Arc<dyn Disk>, opts: &Options) -> Report {
     let swap_total: u64 = swaps.iter().map(|s| s.swap.size).fold(0, u64::saturating_add);
     let star_bytes = star_info.size();
     let os_bytes = used.saturating_sub(star_bytes);
-    let max_size = opts.max_size.unwrap_or(disk.size());
-    let committed = os_bytes.saturating_add(swap_total).saturating_add(star_bytes);
-    let budget = Budget {
-        os: os_bytes,
-        swap: swap_total,
-        star_software: star_bytes,
-        data_room: free,
-        max_size,
-        committed,
-        left_for_data: max_size.saturating_sub(committed),
-        fits: committed < max_size,
-    };
+    let budget = Budget::new(os_bytes, swap_total, star_bytes, free, opts.max_size.unwrap_or(disk.size()));
     let mut all_warnings = warnings;
     all_warnings.extend(table.warnings.iter().cloned());
     Report {

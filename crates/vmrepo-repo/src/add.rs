@@ -206,7 +206,9 @@ pub fn add(catalog: &mut Catalog, req: AddRequest<'_>) -> Result<AddOutcome> {
 
     let mut facts = req.facts.clone();
     if let Some(c) = &req.content {
-        let f = c.facts();
+        let f = c.facts_for(&req.name);
+        facts.kernel = f.kernel.or(facts.kernel);
+        facts.guest = f.guest;
         facts.format = f.format;
         facts.subformat = f.subformat;
         facts.virtual_size = f.virtual_size;

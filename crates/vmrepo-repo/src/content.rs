@@ -1,32 +1,40 @@
-//! What an image file really is, from the format layer: its format and
-//! virtual size fill the record, and a name that disagrees with them is
-//! refused (by `add`, unless forced) or reported (by `lint`).
+//! What an image file really is, from the format layer and from a look
+//! inside the guest: its format, virtual size, operating system,
+//! architecture and STAR libraries fill the record, and a name that
+//! disagrees with them is refused (by `add`, unless forced) or reported (by
+//! `lint`).
 
 use std::path::{Path, PathBuf};
 
 use vmrepo_format::{Format, Info, OpenOptions};
 use vmrepo_name::{Extension, ImageName, MaxSize};
 
-use crate::description::{Facts, Storage};
+use vmrepo_inspect::Report;
+
+use crate::description::{Facts, Storage, human_bytes, keys};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Extensions a raw image may take besides `.img` (the specification lets
 /// `--ext` choose one).
 const RAW_EXTENSIONS: [&str; 4] = ["img", "raw", "dsk", "bin"];
 
-/// What the format layer says of an image.
+/// What the format layer, and the inspection of the guest, say of an image.
 #[derive(Clone, Debug)]
 pub struct Content {
     /// The file that was opened (the descriptor of an image folder).
     pub entry: PathBuf,
     pub info: Info,
+    /// What the guest holds; `None` when the disk could not be opened for
+    /// reading (an image that reads through a file not stored with it).
+    pub guest: Option<Report>,
 }
 
 /// One way a name disagrees with the image's content.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Disagreement {
     /// Stable code: extension-mismatch, maxsize-mismatch, has-backing-file,
-    /// has-parent, has-data-file, corrupt, unreadable.
+    /// has-parent, has-data-file, corrupt, os-mismatch, arch-mismatch,
+    /// bits-mismatch, lib-missing.
     pub code: &'static str,
     pub message: String,
 }
@@ -54,18 +62,37 @@ pub fn folder_entry(dir: &Path) -> Result<PathBuf> {
     ))
 }
 
-/// Reads what an image file (or image folder) is. The files a folder's
-/// descriptor names are opened, inside the folder only; a file's references
-/// (a backing file) are not.
+/// Reads what an image file (or image folder) is, and looks inside the
+/// guest. The files a folder's descriptor names are opened, inside the
+/// folder only; a file's references (a backing file) are not.
 ///
 /// # Errors
 /// The file is malformed or of a format vmrepo does not read
-/// ([`ErrorKind::BadImage`]), or cannot be read.
+/// ([`ErrorKind::BadImage`]), or cannot be read. What the guest holds
+/// never fails: an unreadable guest is a report with warnings.
 pub fn read(path: &Path) -> Result<Content> {
     let is_dir = std::fs::metadata(path).map_err(|e| Error::io("read", path, e))?.is_dir();
     let entry = if is_dir { folder_entry(path)? } else { path.to_path_buf() };
     let image = vmrepo_format::open(&entry, &OpenOptions { follow: is_dir, format: None })?;
-    Ok(Content { entry, info: image.info })
+    let info = image.info.clone();
+    let guest = match image.into_disk() {
+        Ok(disk) => Some(vmrepo_inspect::inspect(disk, &vmrepo_inspect::Options::default())),
+        Err(e) => {
+            tracing::debug!("{}: the guest is not inspected: {e}", entry.display());
+            None
+        }
+    };
+    Ok(Content { entry, info, guest })
+}
+
+/// Whether two OS tokens may name the same system: equal, or one a
+/// dot-separated prefix of the other (`sl5` and `sl5.3`).
+pub fn os_compatible(a: &str, b: &str) -> bool {
+    let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+    let prefix = |short: &str, long: &str| {
+        long.strip_prefix(short).is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    };
+    prefix(&a, &b) || prefix(&b, &a)
 }
 
 impl Content {
@@ -87,6 +114,19 @@ impl Content {
             }),
             ..Facts::default()
         }
+    }
+
+    /// Every fact for the description of the image stored as `name`: the
+    /// format layer's and what the guest holds, with the budget checked
+    /// against the name's maximum size.
+    pub fn facts_for(&self, name: &ImageName) -> Facts {
+        let mut f = self.facts();
+        if let Some(r) = &self.guest {
+            let (kernel, guest) = guest_facts(r, name.max_size().bytes());
+            f.kernel = kernel;
+            f.guest = guest;
+        }
+        f
     }
 
     /// The maximum size a name should give this image: its virtual size.
@@ -144,7 +184,218 @@ impl Content {
         if self.info.corrupt {
             say("corrupt", "the image is marked corrupt".into());
         }
+        if let Some(r) = &self.guest {
+            guest_disagreements(r, name, &mut say);
+        }
         out
+    }
+}
+
+/// Where the name disagrees with what the guest holds. Only what was read
+/// is compared: an unknown OS or an unreadable root says nothing.
+fn guest_disagreements(r: &Report, name: &ImageName, say: &mut impl FnMut(&'static str, String)) {
+    if let Some(os) = &r.os
+        && let Some(token) = &os.token
+        && !os_compatible(&name.os().to_string(), token)
+    {
+        say(
+            "os-mismatch",
+            format!(
+                "the name says {} but the guest is {} ({token}, from {})",
+                name.os(),
+                os.product_name,
+                os.source
+            ),
+        );
+    }
+    if let Some(a) = &r.arch {
+        if a.isa != name.isa().as_str() {
+            say(
+                "arch-mismatch",
+                format!("the name says {} but {} is built for {} ({})", name.isa(), a.from, a.isa, a.machine),
+            );
+        }
+        if a.bits != name.word_size().bits() {
+            say(
+                "bits-mismatch",
+                format!(
+                    "the name says {}-bit but {} is {}-bit ({})",
+                    name.word_size(),
+                    a.from,
+                    a.bits,
+                    a.machine
+                ),
+            );
+        }
+    }
+    if r.root().is_some() {
+        let lib = name.lib();
+        let installed = if lib.is_symbolic() {
+            r.star.symbolic.iter().any(|(link, _)| link.eq_ignore_ascii_case(lib.as_str()))
+        } else {
+            r.star.libraries.iter().any(|l| l.name.eq_ignore_ascii_case(lib.as_str()))
+        };
+        if !installed {
+            let have: Vec<&str> = r.star.libraries.iter().map(|l| l.name.as_str()).collect();
+            say(
+                "lib-missing",
+                format!(
+                    "the name says {} but the guest has no such STAR library ({})",
+                    lib.star_spelling(),
+                    if have.is_empty() {
+                        "none is installed".to_string()
+                    } else {
+                        format!("installed: {}", have.join(", "))
+                    }
+                ),
+            );
+        }
+    }
+}
+
+/// The kernel version and the description's lines of what the guest holds.
+#[allow(clippy::type_complexity)]
+fn guest_facts(r: &Report, max_size: u64) -> (Option<String>, Vec<(&'static str, Vec<String>)>) {
+    let mut lines: Vec<(&'static str, Vec<String>)> = Vec::new();
+    let mut put = |k: &'static str, v: Vec<String>| {
+        if !v.is_empty() {
+            lines.push((k, v));
+        }
+    };
+    if let Some(os) = &r.os {
+        put(
+            keys::GUEST_OS,
+            vec![match &os.osinfo {
+                Some(id) => format!("{} ({id})", os.product_name),
+                None => os.product_name.clone(),
+            }],
+        );
+    }
+    put(keys::HOSTNAME, r.hostname.iter().cloned().collect());
+    let kernels: Vec<String> = r.boot.kernels.iter().filter(|k| !k.xen).map(|k| k.version.clone()).collect();
+    let xen: Vec<String> = r.boot.kernels.iter().filter(|k| k.xen).map(|k| k.version.clone()).collect();
+    let all: Vec<String> = r.boot.kernels.iter().map(|k| k.version.clone()).collect();
+    let kernel = (!all.is_empty()).then(|| all.join(", "));
+    put(
+        keys::BOOTS,
+        vec![match (r.boot.own_kernel, r.boot.xen_paravirtual) {
+            (_, Some(true)) => {
+                let which = if xen.is_empty() {
+                    "no kernel of its own".to_string()
+                } else {
+                    format!("only Xen kernels: {}", xen.join(", "))
+                };
+                format!(
+                    "no: a Xen paravirtual guest ({which}); it will not boot on VirtualBox, VMware or KVM"
+                )
+            }
+            (Some(true), _) => format!("yes (kernel {})", kernels.join(", ")),
+            (Some(false), _) => "no: no bootable kernel in /boot".to_string(),
+            (None, _) => "unknown: /boot could not be read".to_string(),
+        }],
+    );
+    put(
+        keys::FILESYSTEM,
+        r.filesystems
+            .iter()
+            .map(|v| {
+                let mut s = format!("{} {}", v.device, v.fs.kind);
+                if let Some(role) = &v.role {
+                    s.push_str(&format!(" {role}"));
+                }
+                s.push_str(&format!(", {}", human_bytes(v.fs.size)));
+                if let Some(u) = v.fs.used {
+                    s.push_str(&format!(", {} used", human_bytes(u)));
+                }
+                if let Some(f) = v.fs.free {
+                    s.push_str(&format!(", {} free", human_bytes(f)));
+                }
+                s
+            })
+            .collect(),
+    );
+    put(keys::SWAP, r.swap.iter().map(|s| format!("{} {}", s.device, human_bytes(s.swap.size))).collect());
+    if r.root().is_some() {
+        put(
+            keys::STAR_INSTALLED,
+            vec![if r.star.libraries.is_empty() {
+                "none".to_string()
+            } else {
+                r.star
+                    .libraries
+                    .iter()
+                    .map(|l| format!("{} in {} ({})", StarName(&l.name), l.path, human_bytes(l.size)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }],
+        );
+        put(
+            keys::STAR_ACCOUNT,
+            vec![match (r.star.account, r.star.startup_scripts.is_empty()) {
+                (false, _) => "no".to_string(),
+                (true, true) => "yes, no STAR start-up script".to_string(),
+                (true, false) => format!("yes, start-up: {}", r.star.startup_scripts.join(", ")),
+            }],
+        );
+    }
+    if let Some(a) = &r.accounts {
+        use vmrepo_inspect::accounts::Password;
+        put(
+            keys::ROOT_PASSWORD,
+            vec![
+                match a.root_password {
+                    Password::Set => "set",
+                    Password::Empty => "empty: root logs in without a password",
+                    Password::Locked => "locked",
+                    Password::Unknown => "unknown: no entry in /etc/shadow",
+                }
+                .to_string(),
+            ],
+        );
+        put(
+            keys::AUTHORIZED_KEYS,
+            vec![if a.authorized_keys.is_empty() {
+                "none".to_string()
+            } else {
+                a.authorized_keys
+                    .iter()
+                    .map(|k| format!("{} ({} keys)", k.path, k.keys))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }],
+        );
+    }
+    if r.root().is_some() || !r.swap.is_empty() {
+        let b = r.budget.against(max_size);
+        put(
+            keys::BUDGET,
+            vec![format!(
+                "OS {} + swap {} + STAR {} = {} of {}: {}",
+                human_bytes(b.os),
+                human_bytes(b.swap),
+                human_bytes(b.star_software),
+                human_bytes(b.committed),
+                human_bytes(b.max_size),
+                if b.fits {
+                    format!("{} left for data", human_bytes(b.left_for_data))
+                } else {
+                    "over the maximum size, no room for data".to_string()
+                }
+            )],
+        );
+    }
+    (kernel, lines)
+}
+
+/// A library as STAR writes it (`SL08e`).
+struct StarName<'a>(&'a str);
+
+impl std::fmt::Display for StarName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match vmrepo_name::StarLib::parse(self.0) {
+            Ok(l) => f.write_str(&l.star_spelling()),
+            Err(_) => f.write_str(self.0),
+        }
     }
 }
 

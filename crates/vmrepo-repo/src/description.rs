@@ -51,9 +51,34 @@ pub mod keys {
     pub const SHA256: &str = "SHA-256";
     pub const ADDED: &str = "Added";
     pub const ADDED_BY: &str = "Added by";
+    // What the look inside the guest found, for people (rewritten by vmrepo).
+    pub const GUEST_OS: &str = "Guest OS";
+    pub const HOSTNAME: &str = "Hostname";
+    pub const BOOTS: &str = "Boots on its own";
+    pub const FILESYSTEM: &str = "Filesystem";
+    pub const SWAP: &str = "Swap";
+    pub const STAR_INSTALLED: &str = "STAR libraries installed";
+    pub const STAR_ACCOUNT: &str = "star account";
+    pub const ROOT_PASSWORD: &str = "Root password";
+    pub const AUTHORIZED_KEYS: &str = "SSH authorized_keys";
+    pub const BUDGET: &str = "Budget";
+
+    /// The keys of what the inspection found.
+    pub const GUEST: [&str; 10] = [
+        GUEST_OS,
+        HOSTNAME,
+        BOOTS,
+        FILESYSTEM,
+        SWAP,
+        STAR_INSTALLED,
+        STAR_ACCOUNT,
+        ROOT_PASSWORD,
+        AUTHORIZED_KEYS,
+        BUDGET,
+    ];
 
     /// Every key, in writing order.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 28] = [
         IMAGE,
         VM,
         OS,
@@ -65,11 +90,23 @@ pub mod keys {
         MAX_SIZE,
         STORAGE,
         FORMAT,
+        SUBFORMAT,
         VIRTUAL_SIZE,
+        ALLOCATED,
         BYTES,
         SHA256,
         ADDED,
         ADDED_BY,
+        GUEST_OS,
+        HOSTNAME,
+        BOOTS,
+        FILESYSTEM,
+        SWAP,
+        STAR_INSTALLED,
+        STAR_ACCOUNT,
+        ROOT_PASSWORD,
+        AUTHORIZED_KEYS,
+        BUDGET,
     ];
 }
 
@@ -148,6 +185,8 @@ pub struct Facts {
     pub sha256: Vec<PartDigest>,
     pub added: Option<String>,
     pub added_by: Option<String>,
+    /// What the inspection found, by key of [`keys::GUEST`]: one or more lines each.
+    pub guest: Vec<(&'static str, Vec<String>)>,
 }
 
 /// A field of the description whose value vmrepo cannot read.
@@ -366,6 +405,18 @@ impl Description {
         if let Some(a) = &f.added_by {
             self.set(keys::ADDED_BY, a);
         }
+        // What the guest holds describes this image only: lines about an
+        // image it replaces go.
+        for key in keys::GUEST {
+            if !f.guest.iter().any(|(k, v)| *k == key && !v.is_empty()) {
+                self.set_all(key, &[]);
+            }
+        }
+        for (key, values) in &f.guest {
+            if !values.is_empty() {
+                self.set_all(key, values);
+            }
+        }
     }
 
     /// Reads the facts back; a value vmrepo cannot read is a [`FieldProblem`]
@@ -444,6 +495,10 @@ impl Description {
                 }
                 keys::ADDED => f.added = Some(v.to_string()),
                 keys::ADDED_BY => f.added_by = Some(v.to_string()),
+                k if keys::GUEST.contains(&k) => match f.guest.iter_mut().find(|(gk, _)| *gk == k) {
+                    Some((_, vals)) => vals.push(v.to_string()),
+                    None => f.guest.push((k, vec![v.to_string()])),
+                },
                 _ => {}
             }
         }
@@ -522,8 +577,44 @@ mod tests {
             sha256: vec![PartDigest { sha256: [0xab; 32], part: None }],
             added: Some("2026-11-26T06:47:19Z".into()),
             added_by: Some("star@rcas6016".into()),
+            subformat: Some("monolithicSparse".into()),
+            allocated: Some(4 << 20),
+            guest: vec![
+                (keys::GUEST_OS, vec!["Scientific Linux release 4.8 (Beryllium)".into()]),
+                (keys::FILESYSTEM, vec!["p1 ext3 /boot, 100 MiB".into(), "p2 ext3 /, 7.9 GiB".into()]),
+                (keys::ROOT_PASSWORD, vec!["set".into()]),
+            ],
             ..Facts::default()
         }
+    }
+
+    #[test]
+    fn guest_lines_are_written_in_order_and_replaced() {
+        let d = Description::new(&sample_facts(), None);
+        let text = d.render();
+        let keys_in_order: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .take_while(|l| *l != NOTES_MARKER)
+            .filter_map(|l| split_field(l).map(|(k, _)| k))
+            .collect();
+        let rank = |k: &str| keys::ALL.iter().position(|a| *a == k).unwrap();
+        assert!(keys_in_order.windows(2).all(|w| rank(w[0]) <= rank(w[1])), "{text}");
+        assert!(
+            text.contains("Filesystem: p1 ext3 /boot, 100 MiB\nFilesystem: p2 ext3 /, 7.9 GiB\n"),
+            "{text}"
+        );
+        // The description of a replacing image loses the old image's lines.
+        let mut f = sample_facts();
+        f.guest = vec![(keys::HOSTNAME, vec!["rcas2".into()])];
+        let mut again = Description::parse(text.as_bytes()).unwrap();
+        again.apply(&f);
+        let out = again.render();
+        assert!(out.contains("Hostname: rcas2\n"), "{out}");
+        assert!(
+            !out.contains("Filesystem:") && !out.contains("Guest OS:") && !out.contains("Root password"),
+            "{out}"
+        );
     }
 
     #[test]
