@@ -21,7 +21,7 @@ pub struct Kernel {
     pub xen: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initrd: Option<String>,
-    /// /lib/modules/<version> exists.
+    /// `/lib/modules/<version>` exists.
     pub modules: bool,
 }
 
