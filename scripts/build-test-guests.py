@@ -26,6 +26,7 @@ inspect-internal), never from vmrepo. Everything is cached in OUTDIR and
 rebuilt only when this script changes.
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -504,6 +505,9 @@ def main():
     out = os.path.abspath(sys.argv[1])
     synthetic_only = "--synthetic-only" in sys.argv
     os.makedirs(out, exist_ok=True)
+    # One builder at a time per folder: a second waits, then finds the manifest.
+    lock = open(os.path.join(out, ".lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     stamp = hashlib.sha256(open(__file__, "rb").read()).hexdigest()[:16] + ("-s" if synthetic_only else "")
     manifest = os.path.join(out, "guests.json")
     if os.path.exists(manifest) and json.load(open(manifest)).get("stamp") == stamp:

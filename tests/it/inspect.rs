@@ -9,6 +9,12 @@ use crate::util::{have, vmrepo};
 
 /// Builds (or finds, cached) the test guests; `None` when the tools are missing here.
 pub fn guests() -> Option<serde_json::Value> {
+    // Several tests ask at once: the guests are built once per test run.
+    static GUESTS: std::sync::OnceLock<Option<serde_json::Value>> = std::sync::OnceLock::new();
+    GUESTS.get_or_init(build_guests).clone()
+}
+
+fn build_guests() -> Option<serde_json::Value> {
     for (tool, pkg) in [
         ("mke2fs", "e2fsprogs"),
         ("dumpe2fs", "e2fsprogs"),
