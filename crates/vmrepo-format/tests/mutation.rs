@@ -4,37 +4,13 @@
 //! (a watchdog aborts), never more than 64 MiB of memory (a counting
 //! allocator measures every case).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use vmrepo_format::{Format, MemSource, NoResolver, OpenOptions, open_source};
-
-/// Counts live heap bytes and the peak since the last reset.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded to the system allocator with the caller's layout.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
+use vmrepo_testkit::{Counting, Rng, Watchdog, have};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -45,20 +21,6 @@ const MEMORY_BOUND: usize = 64 << 20;
 const CASE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Cases per base image.
 const CASES_PER_IMAGE: usize = 1000;
-
-fn have(tool: &str, package: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("this test needs {tool}: apt-get install {package}");
-        }
-        eprintln!("SKIPPED: {tool} is not installed (apt-get install {package})");
-    }
-    found
-}
 
 fn qemu(args: &[&str]) {
     let out = Command::new("qemu-img").args(args).output().unwrap();
@@ -80,19 +42,6 @@ fn guest(path: &Path) {
     }
     d[(3 << 20)..(3 << 20) + 4096].fill(0xa5);
     std::fs::write(path, d).unwrap();
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
 }
 
 /// Breaks `data` in one way and says how.
@@ -151,7 +100,7 @@ fn mutate(data: &mut Vec<u8>, rng: &mut Rng) -> String {
             let p = pos;
             let n = (1 + rng.below(64)) as usize;
             for i in 0..n.min(data.len() - p) {
-                data[p + i] = rng.next() as u8;
+                data[p + i] = rng.next_u64() as u8;
             }
             format!("{n} random bytes at {p}")
         }
@@ -168,7 +117,7 @@ fn exercise(data: Vec<u8>, format: Option<Format>, rng_seed: u64) -> usize {
     let Ok(disk) = img.disk() else { return 1 };
     let size = disk.size();
     let mut buf = vec![0u8; 256 << 10];
-    let mut rng = Rng(rng_seed | 1);
+    let mut rng = Rng::new(rng_seed);
     let mut windows = vec![0u64, size.saturating_sub(buf.len() as u64)];
     for _ in 0..4 {
         windows.push(rng.below(size));
@@ -213,31 +162,8 @@ fn mutated_images_never_panic_hang_or_balloon() {
         ("vhdx", vec!["-O", "vhdx", "-o", "block_size=1M"], Some(Format::Vhdx)),
         ("vhdx fixed", vec!["-O", "vhdx", "-o", "subformat=fixed,block_size=1M"], Some(Format::Vhdx)),
     ];
-    let seed = std::env::var("VMREPO_MUTATION_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
-    eprintln!("mutation seed {seed} (VMREPO_MUTATION_SEED={seed} repeats this run)");
-    let mut rng = Rng(seed | 1);
-
-    // The watchdog: a case that makes no progress for CASE_TIMEOUT is a hang.
-    let progress = Arc::new(AtomicU64::new(0));
-    let current = Arc::new(std::sync::Mutex::new(String::new()));
-    {
-        let (progress, current) = (Arc::clone(&progress), Arc::clone(&current));
-        std::thread::spawn(move || {
-            let mut last = (u64::MAX, Instant::now());
-            loop {
-                std::thread::sleep(Duration::from_millis(500));
-                let p = progress.load(Ordering::Relaxed);
-                if p != last.0 {
-                    last = (p, Instant::now());
-                } else if last.1.elapsed() > CASE_TIMEOUT {
-                    eprintln!("HANG: {}", current.lock().map(|c| c.clone()).unwrap_or_default());
-                    std::process::abort();
-                }
-            }
-        });
-    }
+    let (mut rng, seed) = Rng::from_env();
+    let watchdog = Watchdog::start(CASE_TIMEOUT);
     let mut failures = Vec::new();
     let mut cases = 0;
     let mut reached = [0usize; 3];
@@ -257,16 +183,13 @@ fn mutated_images_never_panic_hang_or_balloon() {
             let how = mutate(&mut data, &mut rng);
             let how = if rng.below(4) == 0 { format!("{how}; {}", mutate(&mut data, &mut rng)) } else { how };
             let what = format!("{name}: {how}");
-            if let Ok(mut c) = current.lock() {
-                c.clone_from(&what);
-            }
+            watchdog.case(&what);
             // Detection decides the format half of the time, as for a file of unknown origin.
             let fmt = if rng.below(2) == 0 { *format } else { None };
-            let before = LIVE.load(Ordering::Relaxed);
-            PEAK.store(before, Ordering::Relaxed);
-            let case_seed = rng.next();
+            let before = Counting::reset_peak();
+            let case_seed = rng.next_u64();
             let result = std::panic::catch_unwind(|| exercise(data, fmt, case_seed));
-            let used = PEAK.load(Ordering::Relaxed).saturating_sub(before);
+            let used = Counting::peak_since(before);
             match result {
                 Err(_) => failures.push(format!("PANIC {what}")),
                 Ok(r) => reached[r] += 1,
@@ -275,7 +198,6 @@ fn mutated_images_never_panic_hang_or_balloon() {
                 failures.push(format!("MEMORY {what}: {} MiB", used >> 20));
             }
             cases += 1;
-            progress.fetch_add(1, Ordering::Relaxed);
         }
     }
     eprintln!(

@@ -14,6 +14,9 @@ use crate::view::{Dev, Ext4Source};
 pub const MAX_SMALL_FILE: u64 = 1 << 20;
 /// Entries listed from one directory at most.
 pub const MAX_DIR_ENTRIES: usize = 10_000;
+/// Block groups of a filesystem opened at most: ext4-view holds every group
+/// descriptor in memory (2^20 groups are 128 TiB of 4 KiB blocks).
+pub const MAX_BLOCK_GROUPS: u64 = 1 << 20;
 
 /// An ext2/3/4 filesystem opened for reading.
 pub struct ExtFs {
@@ -38,12 +41,41 @@ fn kind(t: FileType) -> Kind {
     }
 }
 
+/// Refuses a superblock whose block groups could not all be on the device,
+/// or are more than [`MAX_BLOCK_GROUPS`], before ext4-view sizes its
+/// descriptor table from them.
+fn check_groups(dev: &dyn Dev) -> Result<()> {
+    let Some(sb) = crate::view::read_vec(dev, 1024, 1024)? else {
+        return Err(Error::new("ext filesystem: the device is shorter than a superblock"));
+    };
+    let le32 = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
+    let is64 = le32(0x60) & 0x80 != 0;
+    // ext4-view takes the high half whatever the 64bit flag says: so does this check.
+    let blocks = u64::from(le32(0x04)) | u64::from(le32(0x150)) << 32;
+    let first = u64::from(le32(0x14));
+    let per_group = u64::from(le32(0x20));
+    let desc_size = if is64 { u64::from(u16::from_le_bytes([sb[0xfe], sb[0xff]])).max(32) } else { 32 };
+    if per_group == 0 {
+        return Err(Error::new("ext filesystem: the superblock gives no blocks per group"));
+    }
+    let groups = blocks.saturating_sub(first).div_ceil(per_group);
+    if groups > MAX_BLOCK_GROUPS || groups.saturating_mul(desc_size) > dev.len() {
+        return Err(Error::new(format!(
+            "ext filesystem: the superblock's {blocks} blocks make {groups} block groups, more than \
+             the device ({} bytes) can describe or {MAX_BLOCK_GROUPS} at most",
+            dev.len()
+        )));
+    }
+    Ok(())
+}
+
 impl ExtFs {
     /// Opens the filesystem on `dev`.
     ///
     /// # Errors
     /// ext4-view refuses it (corrupt, or a feature it does not read).
     pub fn open(dev: Arc<dyn Dev>) -> Result<ExtFs> {
+        check_groups(dev.as_ref())?;
         let fs =
             Ext4::load(Box::new(Ext4Source(dev))).map_err(|e| Error::new(format!("ext filesystem: {e}")))?;
         Ok(ExtFs { fs })

@@ -103,11 +103,14 @@ fn read_metadata(dev: &dyn Dev, mda_off: u64, mda_size: u64) -> Result<Option<St
     if off == 0 || len == 0 || len > MAX_METADATA || size <= MDA_HEADER_SIZE || off >= size {
         return Ok(None);
     }
+    let (Some(at), Some(wrap)) = (start.checked_add(off), start.checked_add(MDA_HEADER_SIZE)) else {
+        return Ok(None);
+    };
     let first = len.min(size - off);
-    let mut text = read_vec(dev, start + off, first as usize)?.unwrap_or_default();
+    let mut text = read_vec(dev, at, first as usize)?.unwrap_or_default();
     if first < len {
         // The circular buffer wraps to just after the header.
-        let rest = read_vec(dev, start + MDA_HEADER_SIZE, (len - first) as usize)?.unwrap_or_default();
+        let rest = read_vec(dev, wrap, (len - first) as usize)?.unwrap_or_default();
         text.extend_from_slice(&rest);
     }
     let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
@@ -298,13 +301,17 @@ impl Dev for LvDev {
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
-            let seg =
-                self.segments.iter().find(|s| s.start <= pos && pos < s.start + s.len).ok_or_else(|| {
-                    Error::new(format!("no segment of the logical volume holds byte {pos}"))
-                })?;
+            let seg = self
+                .segments
+                .iter()
+                .find(|s| s.start <= pos && pos < s.start.saturating_add(s.len))
+                .ok_or_else(|| Error::new(format!("no segment of the logical volume holds byte {pos}")))?;
             let within = pos - seg.start;
             let n = ((seg.len - within) as usize).min(buf.len() - done);
-            seg.pv.read_at(&mut buf[done..done + n], seg.pv_offset + within)?;
+            let at = seg.pv_offset.checked_add(within).ok_or_else(|| {
+                Error::new(format!("byte {pos} of the logical volume maps past any physical volume"))
+            })?;
+            seg.pv.read_at(&mut buf[done..done + n], at)?;
             done += n;
         }
         Ok(())
@@ -335,7 +342,8 @@ pub fn logical_volumes(
                 continue;
             }
             seen_vgs.push(vg_name.clone());
-            let extent = vg.int("extent_size").filter(|&e| e > 0).map_or(0, |e| e as u64 * SECTOR);
+            let extent =
+                vg.int("extent_size").filter(|&e| e > 0).map_or(0, |e| (e as u64).saturating_mul(SECTOR));
             if extent == 0 {
                 warnings.push(format!("volume group {vg_name}: no extent size"));
                 continue;
@@ -344,7 +352,7 @@ pub fn logical_volumes(
             if let Some(Value::Section(pvsec)) = vg.get("physical_volumes") {
                 for (pv_name, pv) in pvsec {
                     let id = pv.str("id").unwrap_or("").replace('-', "");
-                    let pe_start = pv.int("pe_start").unwrap_or(0).max(0) as u64 * SECTOR;
+                    let pe_start = (pv.int("pe_start").unwrap_or(0).max(0) as u64).saturating_mul(SECTOR);
                     if let Some((_, dev)) = pvs.iter().find(|(l, _)| l.uuid == id) {
                         pv_map.insert(pv_name.clone(), (Arc::clone(dev), pe_start));
                     }
@@ -368,7 +376,7 @@ pub fn logical_volumes(
                         break;
                     }
                     let (start, extents) = (start as u64, extents as u64);
-                    len = len.max((start + extents).saturating_mul(extent));
+                    len = len.max(start.saturating_add(extents).saturating_mul(extent));
                     let ty = seg.str("type").unwrap_or("");
                     let stripes = seg.int("stripe_count").unwrap_or(0);
                     if ty != "striped" || stripes != 1 {
@@ -389,7 +397,8 @@ pub fn logical_volumes(
                         problem = Some(format!("its physical volume {pv} is not in this image"));
                         continue;
                     };
-                    let pv_offset = pe_start.saturating_add((*pv_extent).max(0) as u64 * extent);
+                    let pv_offset =
+                        pe_start.saturating_add(((*pv_extent).max(0) as u64).saturating_mul(extent));
                     segments.push(Segment {
                         start: start.saturating_mul(extent),
                         len: extents.saturating_mul(extent),

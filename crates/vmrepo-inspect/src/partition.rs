@@ -255,7 +255,7 @@ fn read_gpt(dev: &dyn Dev, warnings: &mut Vec<String>) -> Result<Option<Vec<Part
                 continue;
             }
             let start = first.saturating_mul(SECTOR);
-            let size = (last - first + 1).saturating_mul(SECTOR);
+            let size = (last - first).saturating_add(1).saturating_mul(SECTOR);
             if start.saturating_add(size) > dev.len() {
                 warnings.push(format!("GPT partition {} ends past the end of the disk", i + 1));
             }

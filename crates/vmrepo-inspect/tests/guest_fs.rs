@@ -4,29 +4,13 @@
 
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use vmrepo_format::{OpenOptions, open};
 use vmrepo_inspect::guest::{ExtFs, Kind, MAX_SMALL_FILE};
 use vmrepo_inspect::view::{Dev, DiskDev};
-
-/// Whether mke2fs is here; under CI its absence fails the test.
-fn have_mke2fs() -> bool {
-    let found = Command::new("sh")
-        .args(["-c", "command -v mke2fs"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("this test needs mke2fs: apt-get install e2fsprogs (.ci/run installs it)");
-        }
-        eprintln!("SKIPPED: mke2fs is not installed (apt-get install e2fsprogs)");
-    }
-    found
-}
 
 fn write(root: &Path, path: &str, data: &[u8]) {
     let p = root.join(path.trim_start_matches('/'));
@@ -102,7 +86,7 @@ fn dev(img: &Path, counter: &Arc<AtomicU64>) -> Arc<dyn Dev> {
 
 #[test]
 fn links_resolve_inside_the_guest_and_loops_end() {
-    if !have_mke2fs() {
+    if !vmrepo_testkit::have("mke2fs", "e2fsprogs") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -134,7 +118,7 @@ fn links_resolve_inside_the_guest_and_loops_end() {
 
 #[test]
 fn inspecting_a_hostile_guest_is_bounded() {
-    if !have_mke2fs() {
+    if !vmrepo_testkit::have("mke2fs", "e2fsprogs") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

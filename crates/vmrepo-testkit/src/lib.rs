@@ -1,0 +1,173 @@
+//! What vmrepo's hostile-input tests share, and nothing else uses.
+//!
+//! * [`Counting`]: a global allocator that counts live heap bytes and their
+//!   peak, so a test can bound the memory one case takes;
+//! * [`Watchdog`]: aborts the process when a case makes no progress for too
+//!   long (a hang is a failure, not a stuck CI job);
+//! * [`Rng`]: a small seeded generator, so a failing run can be repeated;
+//! * [`have`]: whether a tool a test needs is installed (a clear failure under
+//!   CI, a skip with a notice elsewhere).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Counts live heap bytes and the peak since the last [`Counting::reset_peak`].
+///
+/// A test binary installs it with
+/// `#[global_allocator] static GLOBAL: vmrepo_testkit::Counting = vmrepo_testkit::Counting;`.
+pub struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the
+// counters are only bookkeeping.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded to the system allocator with the caller's layout.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+impl Counting {
+    /// Starts a measurement: the peak is set to what is live now, which is
+    /// returned.
+    pub fn reset_peak() -> usize {
+        let live = LIVE.load(Ordering::Relaxed);
+        PEAK.store(live, Ordering::Relaxed);
+        live
+    }
+
+    /// The most heap bytes live at once since [`Counting::reset_peak`]
+    /// returned `before`, beyond `before`.
+    pub fn peak_since(before: usize) -> usize {
+        PEAK.load(Ordering::Relaxed).saturating_sub(before)
+    }
+}
+
+/// Aborts the process, naming the case, when no progress is reported for
+/// `timeout`.
+pub struct Watchdog {
+    progress: Arc<AtomicU64>,
+    current: Arc<Mutex<String>>,
+}
+
+impl Watchdog {
+    /// Starts the watching thread.
+    pub fn start(timeout: Duration) -> Self {
+        let progress = Arc::new(AtomicU64::new(0));
+        let current = Arc::new(Mutex::new(String::new()));
+        let (p, c) = (Arc::clone(&progress), Arc::clone(&current));
+        std::thread::spawn(move || {
+            let mut last = (u64::MAX, Instant::now());
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                let now = p.load(Ordering::Relaxed);
+                if now != last.0 {
+                    last = (now, Instant::now());
+                } else if last.1.elapsed() > timeout {
+                    eprintln!(
+                        "HANG (no progress for {timeout:?}): {}",
+                        c.lock().map(|c| c.clone()).unwrap_or_default()
+                    );
+                    std::process::abort();
+                }
+            }
+        });
+        Watchdog { progress, current }
+    }
+
+    /// Names the case now running, and counts it as progress.
+    pub fn case(&self, what: &str) {
+        if let Ok(mut c) = self.current.lock() {
+            c.clear();
+            c.push_str(what);
+        }
+        self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// xorshift64: small, fast and repeatable from its seed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed` (any value; zero is mapped to one).
+    pub fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+
+    /// The seed from `VMREPO_MUTATION_SEED`, or the clock; printed so that a
+    /// failing run can be repeated.
+    pub fn from_env() -> (Self, u64) {
+        let seed =
+            std::env::var("VMREPO_MUTATION_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        eprintln!("mutation seed {seed} (VMREPO_MUTATION_SEED={seed} repeats this run)");
+        (Rng::new(seed), seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A value in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+}
+
+/// Whether `tool` is on the PATH. Under CI (`CI=true`) a missing tool is a
+/// failure naming the Debian package; elsewhere a notice, and the test skips.
+///
+/// # Panics
+/// Under CI when the tool is missing.
+pub fn have(tool: &str, package: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("this test needs {tool}: apt-get install {package}");
+        }
+        eprintln!("SKIPPED: {tool} is not installed (apt-get install {package})");
+    }
+    found
+}
+
+/// Whether the test runs as root. Under CI a failure naming `why`; elsewhere
+/// a notice, and the test skips.
+///
+/// # Panics
+/// Under CI when not root.
+pub fn root(why: &str) -> bool {
+    let ok =
+        Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !ok {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("this test needs root: {why}");
+        }
+        eprintln!("SKIPPED: this test needs root: {why}");
+    }
+    ok
+}
