@@ -164,6 +164,7 @@ fn mutated_images_never_panic_hang_or_balloon() {
     ];
     let (mut rng, seed) = Rng::from_env();
     let watchdog = Watchdog::start(CASE_TIMEOUT);
+    Counting::limit_from_env();
     let mut failures = Vec::new();
     let mut cases = 0;
     let mut reached = [0usize; 3];

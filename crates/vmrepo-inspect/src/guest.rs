@@ -14,6 +14,11 @@ use crate::view::{Dev, Ext4Source};
 pub const MAX_SMALL_FILE: u64 = 1 << 20;
 /// Entries listed from one directory at most.
 pub const MAX_DIR_ENTRIES: usize = 10_000;
+/// Symbolic links followed in resolving one path at most (Linux's limit).
+pub const MAX_LINKS: usize = 40;
+/// The longest link target read (PATH_MAX): a link inode claiming more is
+/// refused before ext4-view sizes a buffer from it.
+pub const MAX_LINK_LEN: u64 = 4096;
 /// Block groups of a filesystem opened at most: ext4-view holds every group
 /// descriptor in memory (2^20 groups are 128 TiB of 4 KiB blocks).
 pub const MAX_BLOCK_GROUPS: u64 = 1 << 20;
@@ -81,16 +86,63 @@ impl ExtFs {
         Ok(ExtFs { fs })
     }
 
+    /// `path` with every symbolic link resolved by this code, inside the
+    /// filesystem (an absolute target or `..` at the root stays at the
+    /// root), at most [`MAX_LINKS`] links and [`MAX_LINK_LEN`] bytes each;
+    /// the last component's link followed when `follow_last`. ext4-view is
+    /// then only ever given paths without links in them. `None`: a component
+    /// is missing, not a directory, or a link is too long or loops.
+    fn resolve(&self, path: &str, follow_last: bool) -> Option<String> {
+        let mut done: Vec<String> = Vec::new();
+        let mut todo: Vec<String> = path.split('/').rev().map(str::to_string).collect();
+        let mut links = 0;
+        while let Some(c) = todo.pop() {
+            match c.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    done.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let candidate =
+                format!("/{}", done.iter().chain(std::iter::once(&c)).cloned().collect::<Vec<_>>().join("/"));
+            let last = todo.iter().all(|t| t.is_empty() || t == ".");
+            let m = self.fs.symlink_metadata(candidate.as_str()).ok()?;
+            match m.file_type() {
+                FileType::Symlink if !last || follow_last => {
+                    links += 1;
+                    if links > MAX_LINKS || m.len() > MAX_LINK_LEN {
+                        return None;
+                    }
+                    let target = self.fs.read_link(candidate.as_str()).ok()?;
+                    let target = target.to_str().ok()?;
+                    if target.starts_with('/') {
+                        done.clear();
+                    }
+                    todo.extend(target.split('/').rev().map(str::to_string));
+                }
+                FileType::Directory => done.push(c),
+                _ if last => done.push(c),
+                _ => return None,
+            }
+        }
+        Some(format!("/{}", done.join("/")))
+    }
+
     /// The length and kind of what `path` names (links followed), if it exists.
     pub fn stat(&self, path: &str) -> Option<(u64, Kind)> {
-        let m = self.fs.metadata(path).ok()?;
+        self.lstat_resolved(&self.resolve(path, true)?)
+    }
+
+    fn lstat_resolved(&self, resolved: &str) -> Option<(u64, Kind)> {
+        let m = self.fs.symlink_metadata(resolved).ok()?;
         Some((m.len(), kind(m.file_type())))
     }
 
     /// The kind of `path` itself (a link is not followed).
     pub fn lstat(&self, path: &str) -> Option<(u64, Kind)> {
-        let m = self.fs.symlink_metadata(path).ok()?;
-        Some((m.len(), kind(m.file_type())))
+        self.lstat_resolved(&self.resolve(path, false)?)
     }
 
     /// Whether `path` is a directory.
@@ -100,11 +152,12 @@ impl ExtFs {
 
     /// The whole content of a regular file of at most `cap` bytes.
     pub fn read(&self, path: &str, cap: u64) -> Option<Vec<u8>> {
-        let (len, k) = self.stat(path)?;
+        let path = self.resolve(path, true)?;
+        let (len, k) = self.lstat_resolved(&path)?;
         if k != Kind::File || len > cap {
             return None;
         }
-        self.fs.read(path).ok()
+        self.fs.read(path.as_str()).ok()
     }
 
     /// A small text file (lossy UTF-8).
@@ -114,7 +167,7 @@ impl ExtFs {
 
     /// The first `n` bytes of a regular file (fewer if it is shorter).
     pub fn read_head(&self, path: &str, n: usize) -> Option<Vec<u8>> {
-        let mut f = self.fs.open(path).ok()?;
+        let mut f = self.fs.open(self.resolve(path, true)?.as_str()).ok()?;
         let mut buf = vec![0u8; n];
         let mut filled = 0;
         while filled < n {
@@ -130,7 +183,7 @@ impl ExtFs {
 
     /// Reads `n` bytes at `offset` of a regular file.
     pub fn read_range(&self, path: &str, offset: u64, n: usize) -> Option<Vec<u8>> {
-        let mut f = self.fs.open(path).ok()?;
+        let mut f = self.fs.open(self.resolve(path, true)?.as_str()).ok()?;
         f.seek_to(offset).ok()?;
         let mut buf = vec![0u8; n];
         let mut filled = 0;
@@ -147,13 +200,19 @@ impl ExtFs {
 
     /// Where a symbolic link points.
     pub fn link_target(&self, path: &str) -> Option<String> {
-        let t = self.fs.read_link(path).ok()?;
+        let path = self.resolve(path, false)?;
+        let (len, k) = self.lstat_resolved(&path)?;
+        if k != Kind::Link || len > MAX_LINK_LEN {
+            return None;
+        }
+        let t = self.fs.read_link(path.as_str()).ok()?;
         t.to_str().ok().map(str::to_string)
     }
 
     /// A directory's entries (not `.` and `..`), sorted, at most [`MAX_DIR_ENTRIES`].
     pub fn list(&self, path: &str) -> Vec<(String, Kind)> {
-        let Ok(rd) = self.fs.read_dir(path) else { return Vec::new() };
+        let Some(path) = self.resolve(path, true) else { return Vec::new() };
+        let Ok(rd) = self.fs.read_dir(path.as_str()) else { return Vec::new() };
         let mut out = Vec::new();
         for e in rd.take(MAX_DIR_ENTRIES + 2) {
             let Ok(e) = e else { continue };
@@ -177,6 +236,7 @@ impl ExtFs {
         let mut bytes = 0u64;
         let mut files = 0u64;
         let mut visited = 0usize;
+        let Some(dir) = self.resolve(dir, true) else { return (0, 0, false) };
         let mut stack = vec![(dir.trim_end_matches('/').to_string(), 0usize)];
         let mut cut = false;
         while let Some((d, depth)) = stack.pop() {

@@ -135,3 +135,40 @@ fn inspecting_a_hostile_guest_is_bounded() {
     // A few MiB at most were read from a filesystem claiming 104 GiB of files.
     assert!(r.bytes_read < 4 << 20, "read {} bytes", r.bytes_read);
 }
+
+fn debugfs(img: &Path, request: &str) {
+    let out = Command::new("debugfs").args(["-w", "-R", request]).arg(img).output().unwrap();
+    assert!(out.status.success(), "debugfs {request}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Inodes and superblocks changed by debugfs to claim what the device cannot
+/// hold: a link of 2 GiB, a filesystem of 2^44 blocks. Each is refused
+/// before anything is sized from it.
+#[test]
+fn fields_claiming_gigabytes_are_refused_before_any_buffer() {
+    if !vmrepo_testkit::have("mke2fs", "e2fsprogs") || !vmrepo_testkit::have("debugfs", "e2fsprogs") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let img = hostile_guest(tmp.path());
+    // A link target too long to be kept in the inode (a "slow" link), then said to be 2 GiB long.
+    let long = format!("/usr/lib/{}", "x".repeat(100));
+    debugfs(&img, &format!("symlink /etc/long {long}"));
+    debugfs(&img, "sif /etc/long size 0x7fffffff");
+    let counter = Arc::new(AtomicU64::new(0));
+    let fs = ExtFs::open(dev(&img, &counter)).unwrap();
+    assert_eq!(fs.lstat("/etc/long"), Some((0x7fff_ffff, Kind::Link)));
+    assert_eq!(fs.link_target("/etc/long"), None);
+    assert_eq!(fs.stat("/etc/long"), None);
+    assert_eq!(fs.read("/etc/long", MAX_SMALL_FILE), None);
+    // The rest of the filesystem still reads.
+    assert!(fs.read("/etc/passwd", MAX_SMALL_FILE).is_some());
+
+    // 2^44 blocks: 2^29 block groups on a 64 MiB device.
+    debugfs(&img, "ssv blocks_count 0x100000000000");
+    let e = ExtFs::open(dev(&img, &counter)).err().expect("refused");
+    assert!(e.to_string().contains("block groups"), "{e}");
+    let disk = open(&img, &OpenOptions::default()).unwrap().into_disk().unwrap();
+    let r = vmrepo_inspect::inspect(disk, &vmrepo_inspect::Options::default());
+    assert!(r.warnings.iter().any(|w| w.contains("block groups")), "{:?}", r.warnings);
+}

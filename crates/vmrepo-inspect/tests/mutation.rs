@@ -280,11 +280,14 @@ fn broken_guests_give_partial_reports_never_a_panic_hang_or_balloon() {
 
     let (mut rng, seed) = Rng::from_env();
     let watchdog = Watchdog::start(CASE_TIMEOUT);
+    Counting::limit_from_env();
     let mut failures = Vec::new();
     let (mut with_os, mut with_warnings, mut unread_same, mut changed) = (0usize, 0usize, 0usize, 0usize);
     let cases = std::env::var("VMREPO_MUTATION_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(CASES);
     // Every case named before it runs, to find the one that kills the process.
     let trace = std::env::var_os("VMREPO_MUTATION_TRACE").is_some();
+    // Only this case runs (the others are made, not run), to study one.
+    let only: Option<usize> = std::env::var("VMREPO_MUTATION_CASE").ok().and_then(|c| c.parse().ok());
     let start = Instant::now();
     for case in 0..cases {
         let b = &bases[case % bases.len()];
@@ -324,6 +327,9 @@ fn broken_guests_give_partial_reports_never_a_panic_hang_or_balloon() {
         only_unread &= m.patches.iter().all(|(at, d)| !was_read(&b.reads, *at, d.len() as u64));
         let what = format!("{}: {}", b.name, how.join("; "));
         watchdog.case(&what);
+        if only.is_some_and(|n| n != case) {
+            continue;
+        }
         if trace {
             eprintln!("case {case}: {what}");
         }

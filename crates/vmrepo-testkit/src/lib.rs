@@ -22,11 +22,18 @@ pub struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// A single allocation larger than this fails (the process aborts where it
+/// was asked for, for a debugger's backtrace); `usize::MAX` unless
+/// `VMREPO_ALLOC_LIMIT` sets it through [`Counting::limit_from_env`].
+static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 // SAFETY: every call is forwarded to the system allocator unchanged; the
 // counters are only bookkeeping.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.size() > LIMIT.load(Ordering::Relaxed) {
+            return std::ptr::null_mut();
+        }
         // SAFETY: forwarded to the system allocator with the caller's layout.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
@@ -43,6 +50,14 @@ unsafe impl GlobalAlloc for Counting {
 }
 
 impl Counting {
+    /// Makes single allocations above `VMREPO_ALLOC_LIMIT` bytes fail, to
+    /// find under a debugger where a case asks for too much.
+    pub fn limit_from_env() {
+        if let Some(l) = std::env::var("VMREPO_ALLOC_LIMIT").ok().and_then(|l| l.parse().ok()) {
+            LIMIT.store(l, Ordering::Relaxed);
+        }
+    }
+
     /// Starts a measurement: the peak is set to what is live now, which is
     /// returned.
     pub fn reset_peak() -> usize {
