@@ -227,7 +227,7 @@ fn add_names_an_image_from_what_the_guest_holds() {
         format!("Hostname: {}", e["hostname"].as_str().unwrap()),
         format!("Boots on its own: yes (kernel {})", e["kernels"][0].as_str().unwrap()),
         format!("Root password: {}", e["accounts"]["root_password"].as_str().unwrap()),
-        "SSH authorized_keys: /root/.ssh/authorized_keys (2 keys)".to_string(),
+        "SSH authorized keys: /root/.ssh/authorized_keys (2 keys)".to_string(),
         "Filesystem: VolGroup00/LogVol00 ext3 /, 64 MiB".to_string(),
         "Swap: VolGroup00/LogVol01 32 MiB".to_string(),
         "STAR libraries installed: SL08e in /usr/local/star/packages/SL08e".to_string(),

@@ -60,7 +60,7 @@ pub mod keys {
     pub const STAR_INSTALLED: &str = "STAR libraries installed";
     pub const STAR_ACCOUNT: &str = "star account";
     pub const ROOT_PASSWORD: &str = "Root password";
-    pub const AUTHORIZED_KEYS: &str = "SSH authorized_keys";
+    pub const AUTHORIZED_KEYS: &str = "SSH authorized keys";
     pub const BUDGET: &str = "Budget";
 
     /// The keys of what the inspection found.
@@ -585,6 +585,13 @@ mod tests {
                 (keys::ROOT_PASSWORD, vec!["set".into()]),
             ],
             ..Facts::default()
+        }
+    }
+
+    #[test]
+    fn every_key_reads_back_as_a_key() {
+        for k in keys::ALL {
+            assert_eq!(split_field(&format!("{k}: x")), Some((k, "x")), "{k}");
         }
     }
 
