@@ -15,18 +15,8 @@ pub fn guests() -> Option<serde_json::Value> {
 }
 
 fn build_guests() -> Option<serde_json::Value> {
-    for (tool, pkg) in [
-        ("mke2fs", "e2fsprogs"),
-        ("dumpe2fs", "e2fsprogs"),
-        ("mkswap", "util-linux"),
-        ("sfdisk", "fdisk"),
-        ("losetup", "mount"),
-        ("lvm", "lvm2"),
-        ("qemu-img", "qemu-utils"),
-    ] {
-        if !have(tool, pkg) {
-            return None;
-        }
+    if !vmrepo_testkit::can_build_guests() {
+        return None;
     }
     let full = ["debootstrap", "mkfs.xfs", "xfs_db", "mkfs.btrfs", "btrfs"].iter().all(|t| {
         have(
@@ -38,15 +28,6 @@ fn build_guests() -> Option<serde_json::Value> {
             },
         )
     }) && std::env::var_os("VMREPO_SYNTHETIC_GUESTS_ONLY").is_none();
-    let root_ok =
-        Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root_ok {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("building the test guests needs root (losetup for LVM, debootstrap)");
-        }
-        eprintln!("SKIPPED: building the test guests needs root (losetup for LVM, debootstrap)");
-        return None;
-    }
     let dir = std::env::var_os("VMREPO_GUEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-guests"));

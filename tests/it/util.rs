@@ -1,29 +1,13 @@
 //! The test harness: a temporary repository and a way to run vmrepo in it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_vmrepo")
 }
 
-/// Whether an external tool the test needs is installed. Under CI (`CI=true`)
-/// a missing tool fails the test with the package to install; elsewhere the
-/// test is skipped with a notice.
-pub fn have(tool: &str, package: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("this test needs {tool}: apt-get install {package} (.ci/run installs it)");
-        }
-        eprintln!("SKIPPED: {tool} is not installed (apt-get install {package})");
-    }
-    found
-}
+pub use vmrepo_testkit::have;
 
 /// A temporary repository.
 pub struct Repo {

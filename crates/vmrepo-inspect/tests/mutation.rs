@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use vmrepo_format::{Disk, MapExtent};
 use vmrepo_inspect::{Options, inspect};
-use vmrepo_testkit::{Counting, Rng, Watchdog, have, root};
+use vmrepo_testkit::{Counting, Rng, Watchdog, can_build_guests};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -252,20 +252,7 @@ fn fix_gpt(m: &mut Mutant) {
 
 #[test]
 fn broken_guests_give_partial_reports_never_a_panic_hang_or_balloon() {
-    for (tool, pkg) in [
-        ("python3", "python3"),
-        ("mke2fs", "e2fsprogs"),
-        ("mkswap", "util-linux"),
-        ("sfdisk", "fdisk"),
-        ("losetup", "mount"),
-        ("lvm", "lvm2"),
-        ("qemu-img", "qemu-utils"),
-    ] {
-        if !have(tool, pkg) {
-            return;
-        }
-    }
-    if !root("the LVM guests are made on a loop device") {
+    if !can_build_guests() {
         return;
     }
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-guests-synthetic");

@@ -163,7 +163,7 @@ pub fn have(tool: &str, package: &str) -> bool {
         .is_ok_and(|o| o.status.success());
     if !found {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("this test needs {tool}: apt-get install {package}");
+            panic!("this test needs {tool}: apt-get install {package} (.ci/run installs it)");
         }
         eprintln!("SKIPPED: {tool} is not installed (apt-get install {package})");
     }
@@ -185,4 +185,27 @@ pub fn root(why: &str) -> bool {
         eprintln!("SKIPPED: this test needs root: {why}");
     }
     ok
+}
+
+/// The tools `scripts/build-test-guests.py --synthetic-only` needs, with
+/// their Debian packages.
+pub const GUEST_TOOLS: [(&str, &str); 8] = [
+    ("python3", "python3"),
+    ("mke2fs", "e2fsprogs"),
+    ("dumpe2fs", "e2fsprogs"),
+    ("mkswap", "util-linux"),
+    ("sfdisk", "fdisk"),
+    ("losetup", "mount"),
+    ("lvm", "lvm2"),
+    ("qemu-img", "qemu-utils"),
+];
+
+/// Whether the synthetic test guests can be built here: every tool of
+/// [`GUEST_TOOLS`], and root (LVM is made on a loop device).
+///
+/// # Panics
+/// Under CI when something is missing.
+pub fn can_build_guests() -> bool {
+    GUEST_TOOLS.iter().all(|(tool, package)| have(tool, package))
+        && root("the test guests' LVM volumes are made on a loop device")
 }
