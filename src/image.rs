@@ -388,7 +388,7 @@ fn print_report(r: &vmrepo_inspect::Report) -> Result<()> {
             } else {
                 a.authorized_keys
                     .iter()
-                    .map(|k| format!("{} ({} keys)", k.path, k.keys))
+                    .map(|k| format!("{} ({} key{})", k.path, k.keys, if k.keys == 1 { "" } else { "s" }))
                     .collect::<Vec<_>>()
                     .join(", ")
             }

@@ -359,7 +359,7 @@ fn guest_facts(r: &Report, max_size: u64) -> (Option<String>, Vec<(&'static str,
             } else {
                 a.authorized_keys
                     .iter()
-                    .map(|k| format!("{} ({} keys)", k.path, k.keys))
+                    .map(|k| format!("{} ({} key{})", k.path, k.keys, if k.keys == 1 { "" } else { "s" }))
                     .collect::<Vec<_>>()
                     .join(", ")
             }],
