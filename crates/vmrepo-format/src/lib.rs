@@ -232,7 +232,8 @@ pub fn open_source(src: Arc<dyn Source>, resolver: &dyn Resolver, opts: &OpenOpt
 /// from a header. The offsets are the format's own constants and the buffer
 /// is read at the header's full size, so an out-of-range offset is a bug in
 /// vmrepo, not something a file can cause; reads return 0 rather than panic.
-pub(crate) mod bytes {
+/// The guest inspector reads its partition tables and superblocks with them too.
+pub mod bytes {
     fn get<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
         let mut out = [0u8; N];
         if let Some(s) = off.checked_add(N).and_then(|end| b.get(off..end)) {

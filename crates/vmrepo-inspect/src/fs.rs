@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+use vmrepo_format::bytes::{be32, be64, le16, le32, le64, uuid_be};
+
 use crate::error::Result;
 use crate::view::{Dev, read_vec};
 
@@ -44,22 +46,6 @@ pub enum Probe {
     Unknown,
 }
 
-fn le16(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn le64(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3], b[o + 4], b[o + 5], b[o + 6], b[o + 7]])
-}
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn be64(b: &[u8], o: usize) -> u64 {
-    u64::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3], b[o + 4], b[o + 5], b[o + 6], b[o + 7]])
-}
-
 fn text(b: &[u8]) -> Option<String> {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     let s = String::from_utf8_lossy(&b[..end]).trim().to_string();
@@ -67,18 +53,7 @@ fn text(b: &[u8]) -> Option<String> {
 }
 
 fn uuid(b: &[u8]) -> Option<String> {
-    if b.iter().all(|&c| c == 0) {
-        return None;
-    }
-    let h: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
-    Some(format!(
-        "{}-{}-{}-{}-{}",
-        h[0..4].concat(),
-        h[4..6].concat(),
-        h[6..8].concat(),
-        h[8..10].concat(),
-        h[10..16].concat()
-    ))
+    (!b.iter().all(|&c| c == 0)).then(|| uuid_be(b, 0))
 }
 
 /// Probes a device.

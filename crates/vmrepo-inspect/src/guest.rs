@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use ext4_view::{Ext4, FileType};
+use vmrepo_format::bytes::{le16, le32};
 
 use crate::error::{Error, Result};
 use crate::view::{Dev, Ext4Source};
@@ -53,13 +54,12 @@ fn check_groups(dev: &dyn Dev) -> Result<()> {
     let Some(sb) = crate::view::read_vec(dev, 1024, 1024)? else {
         return Err(Error::new("ext filesystem: the device is shorter than a superblock"));
     };
-    let le32 = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
-    let is64 = le32(0x60) & 0x80 != 0;
+    let is64 = le32(&sb, 0x60) & 0x80 != 0;
     // ext4-view takes the high half whatever the 64bit flag says: so does this check.
-    let blocks = u64::from(le32(0x04)) | u64::from(le32(0x150)) << 32;
-    let first = u64::from(le32(0x14));
-    let per_group = u64::from(le32(0x20));
-    let desc_size = if is64 { u64::from(u16::from_le_bytes([sb[0xfe], sb[0xff]])).max(32) } else { 32 };
+    let blocks = u64::from(le32(&sb, 0x04)) | u64::from(le32(&sb, 0x150)) << 32;
+    let first = u64::from(le32(&sb, 0x14));
+    let per_group = u64::from(le32(&sb, 0x20));
+    let desc_size = if is64 { u64::from(le16(&sb, 0xfe)).max(32) } else { 32 };
     if per_group == 0 {
         return Err(Error::new("ext filesystem: the superblock gives no blocks per group"));
     }

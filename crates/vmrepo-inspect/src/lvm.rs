@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
+use vmrepo_format::bytes::{le32, le64};
 
 use crate::error::{Error, Result};
 use crate::view::{Dev, read_vec};
@@ -42,13 +43,6 @@ pub struct LogicalVolume {
     /// Why it could not be mapped (another segment type, a missing PV).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unmapped: Option<String>,
-}
-
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn le64(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3], b[o + 4], b[o + 5], b[o + 6], b[o + 7]])
 }
 
 /// Reads the LVM2 label of a device, if it is a physical volume.

@@ -1,6 +1,7 @@
 //! Partition tables: MBR with its extended and logical partitions, and GPT.
 
 use serde::Serialize;
+use vmrepo_format::bytes::{guid_le, le32, le64};
 
 use crate::error::Result;
 use crate::view::{Dev, read_vec};
@@ -48,29 +49,9 @@ pub struct Table {
     pub warnings: Vec<String>,
 }
 
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn le64(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3], b[o + 4], b[o + 5], b[o + 6], b[o + 7]])
-}
-
 /// A GUID as stored by GPT (mixed-endian), in its usual upper-case text form.
 pub fn guid(b: &[u8]) -> String {
-    format!(
-        "{:08X}-{:04X}-{:04X}-{:02X}{:02X}-{:02X}{:02X}{:02X}{:02X}{:02X}{:02X}",
-        le32(b, 0),
-        u16::from_le_bytes([b[4], b[5]]),
-        u16::from_le_bytes([b[6], b[7]]),
-        b[8],
-        b[9],
-        b[10],
-        b[11],
-        b[12],
-        b[13],
-        b[14],
-        b[15]
-    )
+    guid_le(b, 0).to_ascii_uppercase()
 }
 
 fn mbr_kind(t: u8) -> &'static str {
