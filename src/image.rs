@@ -381,18 +381,7 @@ fn print_report(r: &vmrepo_inspect::Report) -> Result<()> {
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default()
         ))?;
-        line(format_args!(
-            "authorized_keys  {}",
-            if a.authorized_keys.is_empty() {
-                "none".to_string()
-            } else {
-                a.authorized_keys
-                    .iter()
-                    .map(|k| format!("{} ({} key{})", k.path, k.keys, if k.keys == 1 { "" } else { "s" }))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        ))?;
+        line(format_args!("authorized_keys  {}", a.keys_summary()))?;
     }
     let b = &r.budget;
     line(format_args!(

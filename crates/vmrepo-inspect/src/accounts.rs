@@ -82,6 +82,21 @@ pub struct Accounts {
     pub authorized_keys: Vec<AuthorizedKeys>,
 }
 
+impl Accounts {
+    /// The authorized_keys files and their keys, for people:
+    /// `/root/.ssh/authorized_keys (2 keys)`, or `none`.
+    pub fn keys_summary(&self) -> String {
+        if self.authorized_keys.is_empty() {
+            return "none".to_string();
+        }
+        self.authorized_keys
+            .iter()
+            .map(|k| format!("{} ({} key{})", k.path, k.keys, if k.keys == 1 { "" } else { "s" }))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 fn classify(field: &str) -> Password {
     if field.is_empty() {
         Password::Empty

@@ -167,21 +167,10 @@ impl ExtFs {
 
     /// The first `n` bytes of a regular file (fewer if it is shorter).
     pub fn read_head(&self, path: &str, n: usize) -> Option<Vec<u8>> {
-        let mut f = self.fs.open(self.resolve(path, true)?.as_str()).ok()?;
-        let mut buf = vec![0u8; n];
-        let mut filled = 0;
-        while filled < n {
-            match f.read_bytes(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(k) => filled += k,
-                Err(_) => return None,
-            }
-        }
-        buf.truncate(filled);
-        Some(buf)
+        self.read_range(path, 0, n)
     }
 
-    /// Reads `n` bytes at `offset` of a regular file.
+    /// Reads `n` bytes at `offset` of a regular file (fewer at its end).
     pub fn read_range(&self, path: &str, offset: u64, n: usize) -> Option<Vec<u8>> {
         let mut f = self.fs.open(self.resolve(path, true)?.as_str()).ok()?;
         f.seek_to(offset).ok()?;

@@ -352,18 +352,7 @@ fn guest_facts(r: &Report, max_size: u64) -> (Option<String>, Vec<(&'static str,
                 .to_string(),
             ],
         );
-        put(
-            keys::AUTHORIZED_KEYS,
-            vec![if a.authorized_keys.is_empty() {
-                "none".to_string()
-            } else {
-                a.authorized_keys
-                    .iter()
-                    .map(|k| format!("{} ({} key{})", k.path, k.keys, if k.keys == 1 { "" } else { "s" }))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }],
-        );
+        put(keys::AUTHORIZED_KEYS, vec![a.keys_summary()]);
     }
     if r.root().is_some() || !r.swap.is_empty() {
         let b = r.budget.against(max_size);
