@@ -3,7 +3,6 @@
 //! sfdisk, dumpe2fs, xfs_db and btrfs report, never the inspector's output.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use crate::util::{have, vmrepo};
 
@@ -31,17 +30,7 @@ fn build_guests() -> Option<serde_json::Value> {
     let dir = std::env::var_os("VMREPO_GUEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-guests"));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/build-test-guests.py");
-    let mut cmd = Command::new("python3");
-    cmd.arg(&script).arg(&dir);
-    if !full {
-        cmd.arg("--synthetic-only");
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "build-test-guests: {}", String::from_utf8_lossy(&out.stderr));
-    // The manifest is the last line; debootstrap talks before it.
-    let manifest = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").trim().to_string();
-    Some(serde_json::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap())
+    Some(vmrepo_testkit::build_guests(&dir, !full))
 }
 
 fn inspect(image: &str) -> serde_json::Value {

@@ -14,7 +14,6 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,14 +122,6 @@ struct Base {
     gpt: bool,
     report: String,
     reads: Vec<(u64, u64)>,
-}
-
-fn build_guests(dir: &Path) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-guests.py");
-    let out = Command::new("python3").arg(script).arg(dir).arg("--synthetic-only").output().unwrap();
-    assert!(out.status.success(), "build-test-guests: {}", String::from_utf8_lossy(&out.stderr));
-    let manifest = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").trim().to_string();
-    serde_json::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap()
 }
 
 fn report_json(disk: Arc<dyn Disk>) -> String {
@@ -256,7 +247,7 @@ fn broken_guests_give_partial_reports_never_a_panic_hang_or_balloon() {
         return;
     }
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-guests-synthetic");
-    let manifest = build_guests(&dir);
+    let manifest = vmrepo_testkit::build_guests(&dir, true);
     let bases: Vec<Base> = manifest["guests"]
         .as_array()
         .unwrap()

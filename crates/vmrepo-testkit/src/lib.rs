@@ -9,6 +9,7 @@
 //!   CI, a skip with a notice elsewhere).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -208,4 +209,24 @@ pub const GUEST_TOOLS: [(&str, &str); 8] = [
 pub fn can_build_guests() -> bool {
     GUEST_TOOLS.iter().all(|(tool, package)| have(tool, package))
         && root("the test guests' LVM volumes are made on a loop device")
+}
+
+/// Builds (or finds cached) the test guests in `dir` with
+/// `scripts/build-test-guests.py`, and returns its manifest.
+///
+/// # Panics
+/// The script fails, or its manifest cannot be read.
+pub fn build_guests(dir: &Path, synthetic_only: bool) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-guests.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script).arg(dir);
+    if synthetic_only {
+        cmd.arg("--synthetic-only");
+    }
+    let out = cmd.output().expect("python3 runs");
+    assert!(out.status.success(), "build-test-guests: {}", String::from_utf8_lossy(&out.stderr));
+    // The manifest's path is the last line; debootstrap talks before it.
+    let manifest = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").trim().to_string();
+    let text = std::fs::read_to_string(&manifest).unwrap_or_else(|e| panic!("{manifest}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{manifest}: {e}"))
 }
