@@ -60,9 +60,7 @@ const STAR_MARKERS: [&str; 4] = ["group_env", "STAR_LEVEL", "star_login", "STAR/
 pub fn detect(root: &ExtFs, passwd: &Passwd) -> Star {
     let mut s = Star::default();
     for r in ROOTS {
-        if !root.is_dir(r) {
-            continue;
-        }
+        // A root that is missing or not a folder lists nothing.
         for (name, kind) in root.list(r) {
             let path = format!("{r}/{name}");
             let lower = name.to_ascii_lowercase();
