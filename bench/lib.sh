@@ -4,13 +4,14 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/.." && pwd)
 BENCH_DIR=${BENCH_DIR:-/tmp/vmrepo-bench}
 mkdir -p "$BENCH_DIR"
-V="$top/target/x86_64-unknown-linux-gnu/release/vmrepo"
 need() {
   command -v "$1" >/dev/null || { echo "bench: $1 is missing: apt-get install $2" >&2; exit 1; }
 }
 need hyperfine hyperfine
 need python3 python3
-if [ "${NO_BUILD:-}" != 1 ]; then (cd "$top" && cargo build --release -q); fi
+# The statically linked build (scripts/build-static.sh): what a site would
+# install for the fastest start; NO_BUILD=1 takes an existing target/release/vmrepo.
+if [ "${NO_BUILD:-}" != 1 ]; then V=$("$top/scripts/build-static.sh"); else V=${V:-$top/target/release/vmrepo}; fi
 # mean seconds of command N (0-based) in a hyperfine JSON export
 mean() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['results'][int(sys.argv[2])]['mean'])" "$1" "$2"; }
 ratio() { python3 -c "import sys; print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$1" "$2"; }
