@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result, bail};
 use vmrepo_name::{Detail, Extension, ImageName, Isa, MaxSize, NameParts, Os, StarLib, Vm, WordSize};
 use vmrepo_repo::{
-    Catalog, Description, ErrorKind, Facts, ImageRecord, NoProgress, Query, Repository, Severity,
+    Catalog, Description, ErrorKind, Facts, ImageKind, ImageRecord, NoProgress, Query, Repository, Severity,
     VerifyOptions,
 };
 
@@ -43,13 +43,15 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
         Command::Demo { dir } => demo(&ctx, dir.as_deref()),
         Command::Info(a) => crate::image::info(&ctx, a),
         Command::Map(a) => crate::image::map(&ctx, a),
-        Command::Cat { image, output } => crate::image::cat(&ctx, image, output.as_deref()),
+        Command::Cat { image, output, force } => crate::image::cat(&ctx, image, output.as_deref(), *force),
         Command::Check(a) => crate::image::check(&ctx, a),
         Command::Inspect { image, max_size } => crate::image::inspect(&ctx, image, max_size.as_deref()),
     }
 }
 
 fn open_repo(ctx: &Ctx<'_>) -> Result<Repository> {
+    // A wrong setting is said at once, not when a lock is first waited for.
+    vmrepo_repo::lock::lock_wait()?;
     let repo = match &ctx.cli.repo {
         Some(dir) => Repository::open(dir)?,
         None => Repository::discover(&std::env::current_dir().context("cannot read the current folder")?)?,
@@ -61,7 +63,8 @@ fn open_repo(ctx: &Ctx<'_>) -> Result<Repository> {
 }
 
 pub(crate) fn open_catalog(ctx: &Ctx<'_>) -> Result<Catalog> {
-    Ok(Catalog::open(open_repo(ctx)?)?)
+    let catalog = Catalog::open(open_repo(ctx)?, ctx.cancel)?;
+    Ok(catalog)
 }
 
 fn init(ctx: &Ctx<'_>, dir: Option<&Path>) -> Result<Outcome> {
@@ -72,7 +75,7 @@ fn init(ctx: &Ctx<'_>, dir: Option<&Path>) -> Result<Outcome> {
         Some(p) => repo.with_index_path(p.clone()),
         None => repo,
     };
-    let catalog = Catalog::open(repo)?;
+    let catalog = Catalog::open(repo, ctx.cancel)?;
     let images = catalog.find(&Query::all())?.len();
     let findings = vmrepo_repo::lint(catalog.repo())?;
     let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
@@ -390,7 +393,8 @@ fn add(ctx: &Ctx<'_>, a: &AddArgs) -> Result<Outcome> {
 
 fn read_small(p: &Path, cap: u64) -> Result<Vec<u8>> {
     use std::io::Read;
-    let f = std::fs::File::open(p).map_err(|e| vmrepo_repo::Error::io("open", p, e))?;
+    // A FIFO or a device is refused, never waited on.
+    let f = vmrepo_repo::fsutil::open_regular(p, true)?;
     let mut buf = Vec::new();
     f.take(cap + 1).read_to_end(&mut buf).map_err(|e| vmrepo_repo::Error::io("read", p, e))?;
     if buf.len() as u64 > cap {
@@ -470,9 +474,21 @@ fn show(ctx: &Ctx<'_>, spec: &str) -> Result<Outcome> {
     let catalog = open_catalog(ctx)?;
     let rec = catalog.resolve(spec)?;
     let dir = catalog.repo().vm_root().join(&rec.folder);
-    let description =
-        std::fs::read(dir.join(format!("{}.txt", rec.name))).ok().and_then(|b| Description::parse(&b).ok());
+    let description = vmrepo_repo::catalog::read_capped(
+        &dir.join(format!("{}.txt", rec.name)),
+        vmrepo_repo::description::MAX_DESCRIPTION_FILE,
+    )
+    .ok()
+    .and_then(|b| Description::parse(&b).ok());
     let (facts, problems) = description.as_ref().map(Description::facts).unwrap_or_default();
+    // What is known of an image whose file is gone is shown, and the exit
+    // code says it is gone.
+    let outcome = if rec.image_kind() == ImageKind::Missing {
+        eprintln!("vmrepo: {}/{}: the image is missing; only its sidecars remain", rec.vm, rec.file);
+        Outcome::Missing
+    } else {
+        Outcome::Clean
+    };
     if ctx.cli.json {
         output::json(&serde_json::json!({
             "image": rec,
@@ -480,7 +496,7 @@ fn show(ctx: &Ctx<'_>, spec: &str) -> Result<Outcome> {
             "description_problems": problems,
             "notes": description.as_ref().and_then(Description::notes),
         }))?;
-        return Ok(Outcome::Clean);
+        return Ok(outcome);
     }
     print_record(&rec, &facts)?;
     for p in &problems {
@@ -492,7 +508,7 @@ fn show(ctx: &Ctx<'_>, spec: &str) -> Result<Outcome> {
             line(format_args!("  {l}"))?;
         }
     }
-    Ok(Outcome::Clean)
+    Ok(outcome)
 }
 
 fn print_record(r: &ImageRecord, f: &Facts) -> Result<()> {
@@ -564,9 +580,10 @@ fn inventory(ctx: &Ctx<'_>) -> Result<Outcome> {
         return Ok(Outcome::Clean);
     }
     line(format_args!(
-        "{} image(s), {} on disk, {} of maximum sizes{}",
+        "{} image(s), {} in files, {} on disk, {} of maximum sizes{}",
         inv.total.images,
         size(Some(inv.total.bytes)),
+        size(Some(inv.total.disk_usage)),
         size(Some(inv.total.max_bytes)),
         if inv.missing > 0 { format!("; {} missing (sidecars only)", inv.missing) } else { String::new() }
     ))?;
@@ -575,9 +592,16 @@ fn inventory(ctx: &Ctx<'_>) -> Result<Outcome> {
             continue;
         }
         line("")?;
-        let mut t = Table::new(vec![title, "IMAGES", "ON DISK", "MAX SIZES"]).right_align(&[1, 2, 3]);
+        let mut t = Table::new(vec![title, "IMAGES", "FILE SIZES", "ON DISK", "MAX SIZES"])
+            .right_align(&[1, 2, 3, 4]);
         for g in groups.iter() {
-            t.row(vec![g.key.clone(), g.images.to_string(), size(Some(g.bytes)), size(Some(g.max_bytes))]);
+            t.row(vec![
+                g.key.clone(),
+                g.images.to_string(),
+                size(Some(g.bytes)),
+                size(Some(g.disk_usage)),
+                size(Some(g.max_bytes)),
+            ]);
         }
         t.print()?;
     }
@@ -587,7 +611,7 @@ fn inventory(ctx: &Ctx<'_>) -> Result<Outcome> {
 fn lint(ctx: &Ctx<'_>) -> Result<Outcome> {
     let repo = open_repo(ctx)?;
     // Opening the catalog finishes interrupted imports first, so that they are not reported.
-    let catalog = Catalog::open(repo)?;
+    let catalog = Catalog::open(repo, ctx.cancel)?;
     let findings = vmrepo_repo::lint(catalog.repo())?;
     let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
     if ctx.cli.json {
@@ -609,7 +633,7 @@ fn lint(ctx: &Ctx<'_>) -> Result<Outcome> {
 
 fn rm(ctx: &Ctx<'_>, spec: &str) -> Result<Outcome> {
     let mut catalog = open_catalog(ctx)?;
-    let out = vmrepo_repo::remove(&mut catalog, spec, &Bar::new(ctx.cli.quiet))?;
+    let out = vmrepo_repo::remove(&mut catalog, spec, &Bar::new(ctx.cli.quiet), ctx.cancel)?;
     if ctx.cli.json {
         output::json(&out)?;
     } else if !ctx.cli.quiet {
@@ -659,7 +683,7 @@ fn demo_disk(path: &Path) -> Result<()> {
 fn demo(ctx: &Ctx<'_>, dir: Option<&Path>) -> Result<Outcome> {
     let dir = dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("vmrepo-demo"));
     let (repo, _) = Repository::init(&dir)?;
-    let mut catalog = Catalog::open(repo)?;
+    let mut catalog = Catalog::open(repo, ctx.cancel)?;
     let name = ImageName::parse("sl5.3_x86_64_sl08e_8MB_demo.img")?;
     let say = |s: String| -> Result<()> {
         if !ctx.cli.quiet && !ctx.cli.json {

@@ -39,6 +39,10 @@ fn image_path(ctx: &Ctx<'_>, spec: &str) -> Result<(PathBuf, bool)> {
 
 fn open(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Image> {
     let (path, folder) = image_path(ctx, &a.image)?;
+    open_path(a, &path, folder)
+}
+
+fn open_path(a: &ImageArgs, path: &Path, folder: bool) -> Result<Image> {
     let format = match &a.format {
         None => None,
         Some(f) => Some(
@@ -53,7 +57,7 @@ fn open(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Image> {
                 })?,
         ),
     };
-    Ok(vmrepo_format::open(&path, &OpenOptions { follow: a.follow || folder, format })?)
+    Ok(vmrepo_format::open(path, &OpenOptions { follow: a.follow || folder, format })?)
 }
 
 pub fn info(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Outcome> {
@@ -187,32 +191,62 @@ pub fn map(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Outcome> {
     Ok(Outcome::Clean)
 }
 
-pub fn cat(ctx: &Ctx<'_>, a: &ImageArgs, output: Option<&Path>) -> Result<Outcome> {
-    let image = open(ctx, a)?;
+pub fn cat(ctx: &Ctx<'_>, a: &ImageArgs, output: Option<&Path>, force: bool) -> Result<Outcome> {
+    let (path, folder) = image_path(ctx, &a.image)?;
+    let image = open_path(a, &path, folder)?;
     let disk = image.disk()?;
-    match output {
-        Some(p) => {
-            let f = std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
-            if f.metadata().map(|m| m.is_file()).unwrap_or(false) {
-                vmrepo_format::cat::to_file(disk, &f, &|_| {}, ctx.cancel)
-                    .with_context(|| format!("writing {}", p.display()))?;
-            } else {
-                // A device or a pipe: every byte, in order.
-                let mut w = io::BufWriter::with_capacity(1 << 20, f);
-                vmrepo_format::cat::to_stream(disk, &mut w, ctx.cancel)?;
-                w.flush()?;
+    let Some(out) = output else {
+        let mut stdout = io::stdout().lock();
+        vmrepo_format::cat::to_stream(disk, &mut stdout, ctx.cancel)?;
+        stdout.flush()?;
+        return interrupted_or(ctx, Outcome::Clean);
+    };
+    let inputs = input_files(&path, &image.info);
+    match crate::outfile::Target::choose(out, force, &inputs)? {
+        crate::outfile::Target::Device(f) => {
+            // A device or a pipe the user named with --force: every byte, in order.
+            let mut w = io::BufWriter::with_capacity(1 << 20, f);
+            vmrepo_format::cat::to_stream(disk, &mut w, ctx.cancel)?;
+            w.flush()?;
+        }
+        crate::outfile::Target::New(tmp) => {
+            let written = vmrepo_format::cat::to_file(disk, tmp.file(), &|_| {}, ctx.cancel)
+                .with_context(|| format!("writing {}", out.display()));
+            match written {
+                Ok(_) if !ctx.cancel.load(Ordering::Relaxed) => tmp.persist()?,
+                // Dropping the temporary file removes it: nothing is left.
+                Ok(_) => return Err(vmrepo_repo::Error::interrupted().into()),
+                Err(e) => return Err(e),
             }
         }
-        None => {
-            let mut out = io::stdout().lock();
-            vmrepo_format::cat::to_stream(disk, &mut out, ctx.cancel)?;
-            out.flush()?;
-        }
     }
+    interrupted_or(ctx, Outcome::Clean)
+}
+
+fn interrupted_or(ctx: &Ctx<'_>, outcome: Outcome) -> Result<Outcome> {
     if ctx.cancel.load(Ordering::Relaxed) {
         return Err(vmrepo_repo::Error::interrupted().into());
     }
-    Ok(Outcome::Clean)
+    Ok(outcome)
+}
+
+/// The files `cat` reads: the image and those it names (extents, data file,
+/// backing file), resolved in its folder, so that none is written over.
+fn input_files(path: &Path, info: &vmrepo_format::Info) -> Vec<PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut out = vec![path.to_path_buf()];
+    let named = info
+        .extents
+        .iter()
+        .map(|e| e.filename.as_str())
+        .chain(info.data_file.as_deref())
+        .chain(info.backing_filename.as_deref());
+    for n in named {
+        if !n.is_empty() {
+            out.push(dir.join(n));
+        }
+    }
+    out
 }
 
 pub fn check(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Outcome> {

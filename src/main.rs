@@ -3,6 +3,7 @@
 mod args;
 mod commands;
 mod image;
+mod outfile;
 mod output;
 mod ui;
 
@@ -16,6 +17,9 @@ use vmrepo_repo::ErrorKind;
 pub enum Outcome {
     Clean,
     Problems,
+    /// What was asked for is gone (an image whose file is missing): exit 4,
+    /// the message already printed.
+    Missing,
 }
 
 fn main() -> ExitCode {
@@ -26,6 +30,7 @@ fn main() -> ExitCode {
     match commands::run(cli, &cancel) {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Problems) => ExitCode::from(1),
+        Ok(Outcome::Missing) => ExitCode::from(4),
         Err(err) => report(&err, json),
     }
 }
@@ -45,9 +50,20 @@ fn report(err: &anyhow::Error, json: bool) -> ExitCode {
     let (code, kind) = if let Some(e) = err.downcast_ref::<vmrepo_repo::Error>() {
         exit_code(e.kind())
     } else if let Some(e) = err.downcast_ref::<vmrepo_format::Error>() {
-        format_exit_code(e.kind())
+        // A write that fails for room is a full disk, whichever layer wrote.
+        let full = e
+            .io_error()
+            .and_then(io::Error::raw_os_error)
+            .is_some_and(|c| c == libc::ENOSPC || c == libc::EDQUOT || c == libc::EFBIG);
+        if full { (8, "no-space") } else { format_exit_code(e.kind()) }
     } else if err.downcast_ref::<vmrepo_name::NameError>().is_some() {
         (6, "invalid-input")
+    } else if err
+        .downcast_ref::<io::Error>()
+        .and_then(io::Error::raw_os_error)
+        .is_some_and(|c| c == libc::ENOSPC || c == libc::EDQUOT || c == libc::EFBIG)
+    {
+        (8, "no-space")
     } else {
         (7, "io")
     };

@@ -37,7 +37,11 @@ fn sidecars_pass_md5sum_and_sha256sum() {
         "Word size: 64\n".into(),
         "STAR library: sl08e\n".into(),
         "Maximum size: 8GB (8589934592 bytes)\n".into(),
-        format!("Bytes on disk: {} bytes", 3 * 1024 * 1024 + 17),
+        format!("File size: {} bytes", 3 * 1024 * 1024 + 17),
+        format!(
+            "Bytes on disk: {} bytes",
+            std::fs::metadata(kvm.join(format!("{NAME}.img"))).unwrap().blocks() * 512
+        ),
         "Kernel version: unknown\n".into(),
         "Added by: ".into(),
         "Notes:\nBuilt for the EC2 tests.\n".into(),

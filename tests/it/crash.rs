@@ -242,3 +242,170 @@ fn a_full_disk_fails_cleanly() {
     );
     assert_eq!(text.trim_end().lines().count(), 1, "files left in vm/kvm: {text}");
 }
+
+/// The file operations a change is made of, each a class of system calls
+/// that strace can make fatal at its N-th call.
+const FATAL_CALLS: [&str; 6] = [
+    "rename,renameat,renameat2",
+    "link,linkat",
+    "unlink,unlinkat",
+    "rmdir",
+    "fsync,fdatasync",
+    "chmod,fchmod,fchmodat",
+];
+
+/// What a scenario left, read with real tools after the next command recovered.
+#[derive(Debug, PartialEq, Eq)]
+enum After {
+    /// Nothing under the name.
+    Absent,
+    /// The image under the name has these bytes (sha256sum).
+    Present(String),
+}
+
+/// Runs `args` with the `n`-th call of `calls` killing the process (SIGKILL,
+/// injected by strace); returns whether it was killed.
+fn killed_at(r: &Repo, args: &[String], calls: &str, n: usize) -> bool {
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("inject={calls}:signal=SIGKILL:when={n}"))
+        .arg(bin())
+        .arg("--repo")
+        .arg(&r.root)
+        .args(args)
+        .env_remove("VMREPO_REPO")
+        .env_remove("VMREPO_INDEX")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let status = cmd.status().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    // strace exits with the tracee's signal, re-raised, or 128 + signal.
+    status.signal() == Some(9) || status.code() == Some(137)
+}
+
+/// After the next command: the name holds a whole image that verifies
+/// (md5sum -c, sha256sum) or nothing; no staging folder, journal or
+/// quarantine is left.
+fn state_after(r: &Repo) -> After {
+    let listed = r.listed();
+    let kvm = r.vm_dir("kvm");
+    let files: Vec<String> =
+        tree(&kvm).into_iter().filter(|f| f.starts_with(STEM) || f.starts_with('.')).collect();
+    let journal = r.root.join(".vmrepo/journal");
+    let left: Vec<String> = if journal.exists() { tree(&journal) } else { Vec::new() };
+    assert!(left.is_empty(), "journal not cleaned: {left:?}");
+    assert!(!r.root.join(".vmrepo/quarantine").exists(), "a journal was quarantined");
+    if listed.contains(&format!("kvm/{STEM}.img")) {
+        assert_eq!(files, [format!("{STEM}.checksum"), format!("{STEM}.img"), format!("{STEM}.txt")]);
+        sh(&kvm, &format!("md5sum -c {STEM}.checksum"));
+        r.ok(&["verify", "--md5"]);
+        After::Present(crate::util::sha256sum(&kvm.join(format!("{STEM}.img"))))
+    } else {
+        assert_eq!(files, Vec::<String>::new(), "partial change left behind");
+        After::Absent
+    }
+}
+
+/// Kills each scenario at every rename, link, unlink, rmdir, fsync and
+/// chmod it makes, one at a time; after each, the next command leaves the
+/// old state or the new one, never a mix, and never loses the source of a
+/// move.
+#[test]
+fn killed_at_every_file_operation() {
+    if !have("strace", "strace") || !have("md5sum", "coreutils") || !have("sha256sum", "coreutils") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    struct Scenario {
+        name: &'static str,
+        /// An image under the name before the command.
+        before: bool,
+        args: &'static [&'static str],
+        /// The command moves its source.
+        moves: bool,
+        /// The command removes the image.
+        removes: bool,
+    }
+    let scenarios = [
+        Scenario { name: "add", before: false, args: &[], moves: false, removes: false },
+        Scenario { name: "add --replace", before: true, args: &["--replace"], moves: false, removes: false },
+        Scenario { name: "add --move", before: false, args: &["--move"], moves: true, removes: false },
+        Scenario {
+            name: "add --move --replace",
+            before: true,
+            args: &["--move", "--replace"],
+            moves: true,
+            removes: false,
+        },
+        Scenario { name: "rm", before: true, args: &[], moves: false, removes: true },
+    ];
+    let mut runs = 0;
+    for sc in &scenarios {
+        for calls in FATAL_CALLS {
+            for n in 1.. {
+                let r = Repo::new();
+                let old = r.scratch().join("old.img");
+                pattern_file(&old, 1 << 20, 1);
+                let old_sha = crate::util::sha256sum(&old);
+                if sc.before {
+                    r.ok(&add_args(&old).iter().map(String::as_str).collect::<Vec<_>>());
+                }
+                let src = r.scratch().join("new.img");
+                pattern_file(&src, 2 << 20, 2);
+                let new_sha = crate::util::sha256sum(&src);
+                let args: Vec<String> = if sc.removes {
+                    vec!["rm".into(), format!("kvm/{STEM}")]
+                } else {
+                    let mut a = add_args(&src);
+                    a.extend(sc.args.iter().map(|s| s.to_string()));
+                    a
+                };
+                let killed = killed_at(&r, &args, calls, n);
+                runs += 1;
+                let what = format!("{} killed at call {n} of {calls}", sc.name);
+                eprintln!("{what}: killed {killed}");
+                let after = state_after(&r);
+                let source_there = src.exists();
+                if sc.removes {
+                    assert!(
+                        after == After::Absent || after == After::Present(old_sha.clone()),
+                        "{what}: {after:?}"
+                    );
+                } else {
+                    let allowed_before =
+                        if sc.before { After::Present(old_sha.clone()) } else { After::Absent };
+                    assert!(
+                        after == allowed_before || after == After::Present(new_sha.clone()),
+                        "{what}: {after:?}"
+                    );
+                    if sc.moves {
+                        // The source's bytes are somewhere: stored, or still the source.
+                        assert!(
+                            source_there || after == After::Present(new_sha.clone()),
+                            "{what}: source lost"
+                        );
+                        if after != After::Present(new_sha.clone()) {
+                            let mode = std::fs::metadata(&src).unwrap().permissions().mode() & 0o777;
+                            assert_eq!(mode, 0o644, "{what}: the source's mode was not given back");
+                            assert_eq!(crate::util::sha256sum(&src), new_sha, "{what}");
+                        }
+                    } else {
+                        assert!(source_there, "{what}: a copied source was removed");
+                    }
+                }
+                if !killed {
+                    // The command ran to its end: it did what it was asked.
+                    if sc.removes {
+                        assert_eq!(after, After::Absent, "{what}");
+                    } else {
+                        assert_eq!(after, After::Present(new_sha.clone()), "{what}");
+                        assert_eq!(source_there, !sc.moves, "{what}");
+                    }
+                    break;
+                }
+                assert!(n < 200, "{what}: never ran to its end");
+            }
+        }
+    }
+    eprintln!("{runs} runs");
+}

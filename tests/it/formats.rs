@@ -100,7 +100,7 @@ fn every_format_agrees_with_qemu_img() {
         // cat: byte for byte what qemu-img convert -O raw gives.
         let ours = tmp.path().join("ours.raw");
         let theirs = tmp.path().join("theirs.raw");
-        let (code, _, err) = vmrepo(&[&["cat", p, "-o", ours.to_str().unwrap()], flags].concat());
+        let (code, _, err) = vmrepo(&[&["cat", p, "--force", "-o", ours.to_str().unwrap()], flags].concat());
         assert_eq!(code, 0, "{what}: {err}");
         run("qemu-img", &["convert", "-f", format, "-O", "raw", p, theirs.to_str().unwrap()]);
         assert!(same_bytes(&ours, &theirs), "{what}: guest bytes differ from qemu-img convert");

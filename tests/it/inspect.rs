@@ -196,7 +196,7 @@ fn add_names_an_image_from_what_the_guest_holds() {
         format!("Kernel version: {}", e["kernels"][0].as_str().unwrap()),
         format!("Hostname: {}", e["hostname"].as_str().unwrap()),
         format!("Boots on its own: yes (kernel {})", e["kernels"][0].as_str().unwrap()),
-        format!("Root password: {}", e["accounts"]["root_password"].as_str().unwrap()),
+        format!("Root password state: {}", e["accounts"]["root_password"].as_str().unwrap()),
         "SSH authorized keys: /root/.ssh/authorized_keys (2 keys)".to_string(),
         "Filesystem: VolGroup00/LogVol00 ext3 /, 64 MiB".to_string(),
         "Swap: VolGroup00/LogVol01 32 MiB".to_string(),

@@ -8,6 +8,7 @@ mod catalog;
 mod crash;
 mod formats;
 mod inspect;
+mod issue7;
 mod lint;
 mod name;
 mod repo;

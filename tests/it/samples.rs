@@ -69,7 +69,7 @@ fn other_hypervisors_images_read_as_qemu_img_reads_them() {
         }
         let ours = tmp.path().join("ours.raw");
         let theirs = tmp.path().join("theirs.raw");
-        let (code, _, err) = vmrepo(&["cat", p, "-o", ours.to_str().unwrap()]);
+        let (code, _, err) = vmrepo(&["cat", p, "--force", "-o", ours.to_str().unwrap()]);
         assert_eq!(code, 0, "{name}: {err}");
         run("qemu-img", &["convert", "-f", format, "-O", "raw", p, theirs.to_str().unwrap()]);
         assert!(same_bytes(&ours, &theirs), "{name}: guest bytes differ from qemu-img convert");

@@ -11,7 +11,8 @@
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -28,71 +29,12 @@ use crate::txn;
 
 /// A folder modified this recently (in ns) is listed again by the next command.
 pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
-/// The index schema; a different one is rebuilt from the files.
-const SCHEMA_VERSION: &str = "2";
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS folders (
-    vm TEXT PRIMARY KEY,
-    folder TEXT NOT NULL,
-    mtime_ns INTEGER
-);
-CREATE TABLE IF NOT EXISTS images (
-    id INTEGER PRIMARY KEY,
-    vm TEXT NOT NULL,
-    folder TEXT NOT NULL,
-    file TEXT NOT NULL,
-    stem TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    os TEXT NOT NULL,
-    osinfo TEXT,
-    arch TEXT NOT NULL,
-    bits INTEGER NOT NULL,
-    lib TEXT NOT NULL,
-    maxsize TEXT NOT NULL,
-    maxsize_bytes INTEGER NOT NULL,
-    detail TEXT,
-    ext TEXT,
-    size INTEGER,
-    disk_usage INTEGER,
-    mtime_ns INTEGER,
-    ino INTEGER,
-    parts INTEGER,
-    checksum_ino INTEGER,
-    checksum_state TEXT NOT NULL,
-    md5 TEXT,
-    description_ino INTEGER,
-    description_state TEXT NOT NULL,
-    sha256 TEXT,
-    format TEXT,
-    virtual_size INTEGER,
-    storage TEXT,
-    kernel TEXT,
-    added TEXT,
-    added_by TEXT,
-    verified_at TEXT,
-    verified_ok INTEGER,
-    verified_size INTEGER,
-    verified_mtime_ns INTEGER,
-    verified_ino INTEGER,
-    UNIQUE (vm, file)
-);
-CREATE INDEX IF NOT EXISTS images_order ON images (vm, stem, file);
-CREATE INDEX IF NOT EXISTS images_os ON images (os, vm, stem, file);
-CREATE INDEX IF NOT EXISTS images_osinfo ON images (osinfo, vm, stem, file);
-CREATE INDEX IF NOT EXISTS images_lib ON images (lib, vm, stem, file);
-CREATE INDEX IF NOT EXISTS images_arch ON images (arch, bits, vm, stem, file);
-CREATE INDEX IF NOT EXISTS images_stem ON images (stem);
-CREATE INDEX IF NOT EXISTS images_maxsize ON images (maxsize_bytes);
-CREATE INDEX IF NOT EXISTS images_added ON images (added);
-";
 
 /// Every column of a record, in [`ImageRecord::from_row`] order.
 pub(crate) const RECORD_COLUMNS: &str = "id, vm, folder, file, stem, kind, os, osinfo, arch, bits, lib, maxsize, \
     maxsize_bytes, detail, ext, size, disk_usage, mtime_ns, ino, parts, checksum_state, md5, description_state, \
     sha256, format, virtual_size, storage, kernel, added, added_by, verified_at, verified_ok, verified_size, \
-    verified_mtime_ns, verified_ino";
+    verified_mtime_ns, verified_ino, verified_ctime_ns";
 
 /// One image as the catalog knows it. The `--json` output of `list`, `find`
 /// and `show` is this record; docs/json.md documents each field.
@@ -148,7 +90,18 @@ pub struct ImageRecord {
     #[serde(skip)]
     pub ino: Option<u64>,
     #[serde(skip)]
-    pub(crate) verified_stat: Option<(u64, i64, u64)>,
+    pub(crate) verified_stat: Option<Identity>,
+}
+
+/// What tells that an image's bytes are those last verified: its size,
+/// modification and change times, and inode. The change time catches a
+/// rewrite whose modification time was put back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ino: u64,
+    pub ctime_ns: i64,
 }
 
 impl ImageRecord {
@@ -159,10 +112,13 @@ impl ImageRecord {
         let u = |i: usize| -> rusqlite::Result<Option<u64>> {
             Ok(row.get::<_, Option<i64>>(i)?.and_then(|v| u64::try_from(v).ok()))
         };
-        let verified_stat = match (u(32)?, row.get::<_, Option<i64>>(33)?, u(34)?) {
-            (Some(s), Some(m), Some(i)) => Some((s, m, i)),
-            _ => None,
-        };
+        let verified_stat =
+            match (u(32)?, row.get::<_, Option<i64>>(33)?, u(34)?, row.get::<_, Option<i64>>(35)?) {
+                (Some(size), Some(mtime_ns), Some(ino), Some(ctime_ns)) => {
+                    Some(Identity { size, mtime_ns, ino, ctime_ns })
+                }
+                _ => None,
+            };
         Ok(ImageRecord {
             id: row.get(0)?,
             path: format!("{}/{folder}/{file}", layout::VM_DIR),
@@ -222,8 +178,10 @@ pub struct Totals {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub key: String,
     pub images: u64,
-    /// Bytes of the image files.
+    /// Bytes of the image files (their lengths).
     pub bytes: u64,
+    /// What they take on the disk (allocated blocks: less for sparse files).
+    pub disk_usage: u64,
     /// Sum of the maximum sizes.
     pub max_bytes: u64,
 }
@@ -254,20 +212,50 @@ pub struct ScanStats {
 pub struct Catalog {
     repo: Repository,
     conn: Connection,
+    /// Why the index is a copy in memory, if it is (see [`crate::index`]).
+    in_memory: Option<String>,
 }
 
 impl Catalog {
     /// Opens (creating if needed) the index, finishes or undoes what crashed
-    /// commands left, and brings the index up to date with the files.
+    /// commands left, and brings the index up to date with the files. When
+    /// the index cannot be written (a full disk, a read-only place), the
+    /// catalog works on a copy in memory: see [`Catalog::in_memory`].
+    /// `cancel` stops a wait for the repository lock.
     ///
     /// # Errors
-    /// The index cannot be opened or created, or the tree cannot be listed.
-    pub fn open(repo: Repository) -> Result<Catalog> {
-        let conn = open_index(repo.index_path())?;
-        let mut cat = Catalog { repo, conn };
-        cat.recover_crashed()?;
-        cat.refresh()?;
+    /// The index path holds something vmrepo did not make, the tree cannot
+    /// be listed, or the user interrupted.
+    pub fn open(repo: Repository, cancel: &AtomicBool) -> Result<Catalog> {
+        let opened = crate::index::open(repo.index_path(), repo.index_chosen())?;
+        let mut cat = Catalog { repo, conn: opened.conn, in_memory: opened.in_memory };
+        cat.recover_crashed(cancel)?;
+        match cat.refresh() {
+            Err(e) if cat.in_memory.is_none() && e.index_unwritable() => {
+                cat.switch_to_memory(&e.to_string())?;
+                cat.refresh()?;
+            }
+            r => {
+                r?;
+            }
+        }
         Ok(cat)
+    }
+
+    /// Why the index is only a copy in memory for this command (its file
+    /// cannot be written), or `None` when changes to it are kept.
+    pub fn in_memory(&self) -> Option<&str> {
+        self.in_memory.as_deref()
+    }
+
+    /// Goes on with a copy of the index in memory after a write failed.
+    fn switch_to_memory(&mut self, why: &str) -> Result<()> {
+        let mem = crate::index::copy_to_memory(&self.conn)?;
+        let why = format!("index {} cannot be written ({why})", self.repo.index_path().display());
+        tracing::warn!("{why}: working from a copy in memory; verification results are not recorded");
+        self.conn = mem;
+        self.in_memory = Some(why);
+        Ok(())
     }
 
     /// The repository.
@@ -276,15 +264,22 @@ impl Catalog {
     }
 
     /// Finishes or undoes imports of processes that died, if any journal waits.
-    fn recover_crashed(&mut self) -> Result<()> {
+    fn recover_crashed(&mut self, cancel: &AtomicBool) -> Result<()> {
         if !txn::pending(&self.repo) {
             return Ok(());
         }
         // Journals of live processes are skipped, so this never waits long
         // unless another command is publishing; a read-only tree has none.
-        let lock = match RepoLock::acquire(&self.repo.meta_dir(), &|| {}) {
+        let lock = match RepoLock::acquire(&self.repo.meta_dir(), &|| {}, cancel) {
             Ok(l) => l,
-            Err(e) if e.kind() == ErrorKind::Locked => return Err(e),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::Locked | ErrorKind::Interrupted | ErrorKind::InvalidInput
+                ) =>
+            {
+                return Err(e);
+            }
             Err(_) => return Ok(()),
         };
         let r = txn::recover(&self.repo, &lock)?;
@@ -293,6 +288,9 @@ impl Catalog {
         }
         for id in &r.rolled_forward {
             tracing::info!("finished an interrupted import ({id})");
+        }
+        for j in &r.quarantined {
+            tracing::warn!("a journal was set aside, unused: {j} (see vmrepo lint)");
         }
         if !r.is_empty() {
             // Renames and removals changed folders: list them again.
@@ -461,16 +459,23 @@ impl Catalog {
     fn resolve_all(&self, spec: &str) -> Result<Vec<ImageRecord>> {
         let mut s = spec.trim_end_matches('/').to_string();
         let p = Path::new(spec);
-        if p.is_absolute() {
-            if let Ok(rel) = p.strip_prefix(self.repo.root()) {
-                s = rel.to_string_lossy().into_owned();
+        // A path (absolute, or relative and there) names an image by where
+        // it is, which must be inside this repository.
+        if p.is_absolute() || p.components().count() > 1 && p.symlink_metadata().is_ok() {
+            let abs = match (p.canonicalize(), p.parent().map(Path::canonicalize), p.file_name()) {
+                (Ok(a), _, _) => a,
+                (Err(_), Some(Ok(parent)), Some(name)) => parent.join(name),
+                _ => p.to_path_buf(),
+            };
+            match abs.strip_prefix(self.repo.root()) {
+                Ok(rel) => s = rel.to_string_lossy().into_owned(),
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("{spec} is not inside the repository {}", self.repo.root().display()),
+                    ));
+                }
             }
-        } else if p.components().count() > 1
-            && p.exists()
-            && let Ok(abs) = p.canonicalize()
-            && let Ok(rel) = abs.strip_prefix(self.repo.root())
-        {
-            s = rel.to_string_lossy().into_owned();
         }
         let s = s.strip_prefix("vm/").unwrap_or(&s);
         let (vm, name) = match s.split_once('/') {
@@ -494,10 +499,10 @@ impl Catalog {
     pub fn inventory(&self) -> Result<Inventory> {
         let group = |col: &str| -> Result<Vec<Totals>> {
             let sql = if col.is_empty() {
-                "SELECT '', count(*), coalesce(sum(size), 0), coalesce(sum(maxsize_bytes), 0) FROM images WHERE kind != 'missing'".to_string()
+                "SELECT '', count(*), coalesce(sum(size), 0), coalesce(sum(maxsize_bytes), 0), coalesce(sum(disk_usage), 0) FROM images WHERE kind != 'missing'".to_string()
             } else {
                 format!(
-                    "SELECT {col}, count(*), coalesce(sum(size), 0), coalesce(sum(maxsize_bytes), 0) FROM images WHERE kind != 'missing' GROUP BY {col} ORDER BY {col}"
+                    "SELECT {col}, count(*), coalesce(sum(size), 0), coalesce(sum(maxsize_bytes), 0), coalesce(sum(disk_usage), 0) FROM images WHERE kind != 'missing' GROUP BY {col} ORDER BY {col}"
                 )
             };
             let mut st = self.conn.prepare(&sql).map_err(|e| Error::index("query", e))?;
@@ -508,6 +513,7 @@ impl Catalog {
                         images: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
                         bytes: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
                         max_bytes: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                        disk_usage: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
                     })
                 })
                 .map_err(|e| Error::index("query", e))?;
@@ -555,67 +561,22 @@ impl Catalog {
     }
 
     /// Records the result of a verification, with the file's identity then.
-    pub(crate) fn set_verified(
-        &self,
-        id: i64,
-        ok: bool,
-        stat: Option<(u64, i64, u64)>,
-        at: &str,
-    ) -> Result<()> {
-        let (s, m, i) = match stat {
-            Some((s, m, i)) => (i64::try_from(s).ok(), Some(m), i64::try_from(i).ok()),
-            None => (None, None, None),
+    pub(crate) fn set_verified(&self, id: i64, ok: bool, stat: Option<Identity>, at: &str) -> Result<()> {
+        let (s, m, i, c) = match stat {
+            Some(x) => {
+                (i64::try_from(x.size).ok(), Some(x.mtime_ns), i64::try_from(x.ino).ok(), Some(x.ctime_ns))
+            }
+            None => (None, None, None, None),
         };
         self.conn
             .execute(
-                "UPDATE images SET verified_at = ?1, verified_ok = ?2, verified_size = ?3, verified_mtime_ns = ?4, verified_ino = ?5 WHERE id = ?6",
-                params![at, ok, s, m, i, id],
+                "UPDATE images SET verified_at = ?1, verified_ok = ?2, verified_size = ?3, verified_mtime_ns = ?4,
+                    verified_ino = ?5, verified_ctime_ns = ?6 WHERE id = ?7",
+                params![at, ok, s, m, i, c, id],
             )
             .map_err(|e| Error::index("record verification", e))?;
         Ok(())
     }
-}
-
-fn open_index(path: &Path) -> Result<Connection> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-    }
-    match try_open_index(path) {
-        Ok(c) => Ok(c),
-        Err(first) => {
-            // The index is a cache: if it is damaged or from another schema, start over.
-            tracing::warn!("index {} unusable ({first}); rebuilding it", path.display());
-            for suffix in ["", "-wal", "-shm"] {
-                let mut p = path.as_os_str().to_owned();
-                p.push(suffix);
-                let _ = fs::remove_file(PathBuf::from(p));
-            }
-            try_open_index(path).map_err(|e| Error::index(&format!("open {}", path.display()), e))
-        }
-    }
-}
-
-fn try_open_index(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(60))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    // The index can always be rebuilt from the files: trade durability for speed.
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    // Read pages through a memory map rather than copying them in: a query
-    // touching thousands of rows is several times faster.
-    conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
-    let version: Option<String> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0))
-        .optional()
-        .unwrap_or(None);
-    if version.as_deref() != Some(SCHEMA_VERSION) {
-        conn.execute_batch(
-            "DROP TABLE IF EXISTS images; DROP TABLE IF EXISTS folders; DROP TABLE IF EXISTS meta;",
-        )?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?1)", [SCHEMA_VERSION])?;
-    }
-    Ok(conn)
 }
 
 fn now_ns() -> i64 {
@@ -644,10 +605,16 @@ fn rescan_folder(
     let mut stats = ScanStats::default();
     let scan = layout::scan_folder(dir)?;
     let journal_dir = repo.meta_dir().join(txn::JOURNAL_DIR);
+    let quarantine = repo.meta_dir().join(txn::QUARANTINE_DIR);
     for staging in &scan.staging {
-        // A staging folder whose journal lock is gone belongs to no one.
+        // A staging folder whose journal lock is gone belongs to no one;
+        // one whose journal was set aside may hold a replaced image, and
+        // stays for a person to look at (vmrepo lint reports it).
         let id = &staging[STAGING_PREFIX.len()..];
-        if !journal_dir.join(format!("{id}.lock")).exists() {
+        if !journal_dir.join(format!("{id}.lock")).exists()
+            && !journal_dir.join(format!("{id}.json")).exists()
+            && !quarantine.join(format!("{id}.json")).exists()
+        {
             let _ = crate::fsutil::remove_any(&dir.join(staging));
         }
     }
@@ -713,10 +680,14 @@ pub(crate) struct DiskState {
     pub facts: Facts,
 }
 
-/// Reads a sidecar no larger than `cap` bytes, not following a symbolic link.
-pub(crate) fn read_capped(path: &Path, cap: u64) -> std::result::Result<Vec<u8>, String> {
+/// Reads a sidecar no larger than `cap` bytes, not following a symbolic link
+/// and never waiting on a FIFO.
+///
+/// # Errors
+/// The file cannot be opened, is not a regular file, or is larger than `cap`.
+pub fn read_capped(path: &Path, cap: u64) -> std::result::Result<Vec<u8>, String> {
     use std::io::Read;
-    let f = crate::hashing::open_nofollow(path).map_err(|e| e.to_string())?;
+    let f = crate::fsutil::open_regular(path, false).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     f.take(cap + 1).read_to_end(&mut buf).map_err(|e| e.to_string())?;
     if u64::try_from(buf.len()).unwrap_or(u64::MAX) > cap {

@@ -47,6 +47,9 @@ pub mod keys {
     pub const SUBFORMAT: &str = "Subformat";
     pub const VIRTUAL_SIZE: &str = "Virtual size";
     pub const ALLOCATED: &str = "Allocated";
+    /// The image's length in bytes (a sparse file's apparent size).
+    pub const FILE_SIZE: &str = "File size";
+    /// What the image takes on the host's disk (its allocated blocks).
     pub const BYTES: &str = "Bytes on disk";
     pub const SHA256: &str = "SHA-256";
     pub const ADDED: &str = "Added";
@@ -59,7 +62,10 @@ pub mod keys {
     pub const SWAP: &str = "Swap";
     pub const STAR_INSTALLED: &str = "STAR libraries installed";
     pub const STAR_ACCOUNT: &str = "star account";
-    pub const ROOT_PASSWORD: &str = "Root password";
+    /// Whether root has a password. Not "Root password", which is what the
+    /// specification tells administrators to write (the command that gives
+    /// the month's password), and which vmrepo must keep as written.
+    pub const ROOT_PASSWORD: &str = "Root password state";
     pub const AUTHORIZED_KEYS: &str = "SSH authorized keys";
     pub const BUDGET: &str = "Budget";
 
@@ -78,7 +84,7 @@ pub mod keys {
     ];
 
     /// Every key, in writing order.
-    pub const ALL: [&str; 28] = [
+    pub const ALL: [&str; 29] = [
         IMAGE,
         VM,
         OS,
@@ -93,6 +99,7 @@ pub mod keys {
         SUBFORMAT,
         VIRTUAL_SIZE,
         ALLOCATED,
+        FILE_SIZE,
         BYTES,
         SHA256,
         ADDED,
@@ -109,6 +116,14 @@ pub mod keys {
         BUDGET,
     ];
 }
+
+/// The key under which the first vmrepo wrote whether root has a password,
+/// and the values it wrote: such lines are replaced by
+/// [`keys::ROOT_PASSWORD`]; any other line with this key is the
+/// administrator's and is kept.
+const LEGACY_ROOT_PASSWORD_KEY: &str = "Root password";
+const LEGACY_ROOT_PASSWORD_VALUES: [&str; 4] =
+    ["set", "empty: root logs in without a password", "locked", "unknown: no entry in /etc/shadow"];
 
 /// How the image's storage grows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -181,7 +196,10 @@ pub struct Facts {
     pub virtual_size: Option<u64>,
     /// Guest bytes the image's own tables allocate.
     pub allocated: Option<u64>,
+    /// The image's length (the sum of its files' for a folder).
     pub bytes: Option<u64>,
+    /// What it takes on the host's disk (allocated blocks).
+    pub disk_usage: Option<u64>,
     pub sha256: Vec<PartDigest>,
     pub added: Option<String>,
     pub added_by: Option<String>,
@@ -386,6 +404,9 @@ impl Description {
             self.set(keys::ALLOCATED, &bytes_value(a));
         }
         if let Some(b) = f.bytes {
+            self.set(keys::FILE_SIZE, &bytes_value(b));
+        }
+        if let Some(b) = f.disk_usage {
             self.set(keys::BYTES, &bytes_value(b));
         }
         if !f.sha256.is_empty() {
@@ -405,6 +426,13 @@ impl Description {
         if let Some(a) = &f.added_by {
             self.set(keys::ADDED_BY, a);
         }
+        // Lines the first vmrepo wrote under the key administrators use for
+        // the password command, recognised by their exact values.
+        self.header.retain(|line| {
+            !split_field(line).is_some_and(|(k, v)| {
+                k.eq_ignore_ascii_case(LEGACY_ROOT_PASSWORD_KEY) && LEGACY_ROOT_PASSWORD_VALUES.contains(&v)
+            })
+        });
         // What the guest holds describes this image only: lines about an
         // image it replaces go.
         for key in keys::GUEST {
@@ -479,8 +507,12 @@ impl Description {
                     Some(n) => f.virtual_size = Some(n),
                     None => problem("expected a number of bytes".into()),
                 },
-                keys::BYTES => match leading_u64(v) {
+                keys::FILE_SIZE => match leading_u64(v) {
                     Some(n) => f.bytes = Some(n),
+                    None => problem("expected a number of bytes".into()),
+                },
+                keys::BYTES => match leading_u64(v) {
+                    Some(n) => f.disk_usage = Some(n),
                     None => problem("expected a number of bytes".into()),
                 },
                 keys::SHA256 => {
@@ -619,7 +651,9 @@ mod tests {
         let out = again.render();
         assert!(out.contains("Hostname: rcas2\n"), "{out}");
         assert!(
-            !out.contains("Filesystem:") && !out.contains("Guest OS:") && !out.contains("Root password"),
+            !out.contains("Filesystem:")
+                && !out.contains("Guest OS:")
+                && !out.contains("Root password state"),
             "{out}"
         );
     }
@@ -651,6 +685,26 @@ mod tests {
         assert!(!out.contains("word SIZE"), "{out}");
         assert!(out.ends_with("Notes:\nKey: not a field here\n\n  indented\n"), "{out}");
         // Idempotent: applying twice changes nothing.
+        let mut again = Description::parse(out.as_bytes()).unwrap();
+        again.apply(&sample_facts());
+        assert_eq!(again.render(), out);
+    }
+
+    #[test]
+    fn the_administrators_password_line_keeps_its_place_and_text() {
+        let admin = "Root password: date '+%y%m SEED=someLongString' | md5sum | base64 | sed 's|\\(...........\\).*|\\1|'";
+        let text =
+            format!("Image: a.img\nVM: xen\n{admin}\nContact: jlauret\nRoot password: set\nNotes:\nmine\n");
+        let mut d = Description::parse(text.as_bytes()).unwrap();
+        d.apply(&sample_facts());
+        let out = d.render();
+        let lines: Vec<&str> = out.lines().collect();
+        let at = lines.iter().position(|l| *l == admin).unwrap_or_else(|| panic!("{out}"));
+        assert_eq!(lines[at + 1], "Contact: jlauret", "{out}");
+        assert!(out.contains("Root password state: set\n"), "{out}");
+        assert!(!out.contains("Root password: set"), "{out}");
+        assert!(out.ends_with("Notes:\nmine\n"), "{out}");
+        // And again: nothing moves.
         let mut again = Description::parse(out.as_bytes()).unwrap();
         again.apply(&sample_facts());
         assert_eq!(again.render(), out);

@@ -68,13 +68,25 @@ impl Error {
         Error { kind, message: format!("cannot {what} {}", path.display()), source: Some(Box::new(err)) }
     }
 
-    /// An index (SQLite) failure while doing `what`.
+    /// An index (SQLite) failure while doing `what`. A full disk is
+    /// [`ErrorKind::NoSpace`], like any other write that fails for room.
     pub fn index(what: &str, err: rusqlite::Error) -> Error {
+        let kind = match err.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => ErrorKind::NoSpace,
+            _ => ErrorKind::Index,
+        };
+        let unwritable = crate::index::is_unwritable(&err);
         Error {
-            kind: ErrorKind::Index,
+            kind,
             message: format!("index: cannot {what}"),
-            source: Some(Box::new(err)),
+            source: Some(Box::new(IndexCause { err, unwritable })),
         }
+    }
+
+    /// Whether this is an index failure that means its file cannot be
+    /// written here (a full disk, a read-only place), rather than a fault.
+    pub fn index_unwritable(&self) -> bool {
+        self.source.as_ref().and_then(|s| s.downcast_ref::<IndexCause>()).is_some_and(|c| c.unwritable)
     }
 
     /// The user asked to stop.
@@ -104,6 +116,21 @@ impl fmt::Display for Error {
         Ok(())
     }
 }
+
+/// An SQLite error, and whether it says the index cannot be written.
+#[derive(Debug)]
+struct IndexCause {
+    err: rusqlite::Error,
+    unwritable: bool,
+}
+
+impl fmt::Display for IndexCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.err.fmt(f)
+    }
+}
+
+impl std::error::Error for IndexCause {}
 
 /// The cause is part of the message (one line, for people and logs), so it
 /// is not repeated as a `source`.

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// Makes the entries of `dir` (creations, renames, removals) durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
@@ -117,6 +117,11 @@ pub fn mtime_ns(md: &fs::Metadata) -> i64 {
     md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec())
 }
 
+/// Change time (of the inode: contents, mode, links) in nanoseconds since the epoch.
+pub fn ctime_ns(md: &fs::Metadata) -> i64 {
+    md.ctime().saturating_mul(1_000_000_000).saturating_add(md.ctime_nsec())
+}
+
 /// Whether an I/O error is "the thing is not there".
 pub fn is_not_found(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
@@ -155,4 +160,95 @@ fn user_name_of_uid() -> Option<String> {
         let uid_field = f.nth(1)?;
         (uid_field == uid).then(|| name.to_string())
     })
+}
+
+/// What a file type is, in words, for messages ("a FIFO").
+pub fn describe_type(ft: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_file() {
+        "a regular file"
+    } else if ft.is_dir() {
+        "a folder"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens a regular file for reading. A FIFO or device is refused without
+/// blocking (opened with `O_NONBLOCK`, then checked), and a symbolic link in
+/// the last component is refused unless `follow`.
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] for a link not followed or anything but a
+/// regular file; an I/O error otherwise (a missing file is
+/// [`ErrorKind::NotFound`]).
+pub fn open_regular(path: &Path, follow: bool) -> Result<File> {
+    let mut flags = libc::O_NONBLOCK;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let f = OpenOptions::new().read(true).custom_flags(flags).open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) && !follow {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("{} is a symbolic link, not followed", path.display()),
+            )
+        } else {
+            Error::io("open", path, e)
+        }
+    })?;
+    let md = f.metadata().map_err(|e| Error::io("inspect", path, e))?;
+    if !md.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{} is {}, not a regular file", path.display(), describe_type(md.file_type())),
+        ));
+    }
+    // A regular file ignores O_NONBLOCK; clear it all the same so that reads
+    // behave as documented everywhere.
+    let _ = rustix::fs::fcntl_setfl(&f, rustix::fs::OFlags::empty());
+    Ok(f)
+}
+
+/// Checks that `dir` is a real folder: it exists, and neither it nor any
+/// folder between `root` and it is a symbolic link. `dir` must lie under `root`.
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] naming the link or the entry that is not a
+/// folder; an I/O error when a component cannot be inspected.
+pub fn real_folder(root: &Path, dir: &Path) -> Result<()> {
+    let rel = dir.strip_prefix(root).map_err(|_| {
+        Error::new(ErrorKind::InvalidInput, format!("{} is outside {}", dir.display(), root.display()))
+    })?;
+    let mut at = root.to_path_buf();
+    for c in rel.components() {
+        at.push(c);
+        let md = fs::symlink_metadata(&at).map_err(|e| Error::io("inspect", &at, e))?;
+        if md.file_type().is_symlink() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{} is a symbolic link: vmrepo does not write or delete through links in the tree",
+                    at.display()
+                ),
+            ));
+        }
+        if !md.is_dir() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{} is {}, not a folder", at.display(), describe_type(md.file_type())),
+            ));
+        }
+    }
+    Ok(())
 }

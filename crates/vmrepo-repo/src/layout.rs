@@ -52,6 +52,10 @@ pub struct InitOutcome {
 pub struct Repository {
     root: PathBuf,
     index_path: PathBuf,
+    /// The index path was chosen by the user (`--index`, `VMREPO_INDEX`):
+    /// what is there is only used if vmrepo made it. At vmrepo's own places a
+    /// damaged file is rebuilt.
+    index_chosen: bool,
     network_fs: Option<&'static str>,
 }
 
@@ -122,8 +126,11 @@ impl Repository {
             }
         }
         let network_fs = crate::fsutil::network_fs(&root);
-        let index_path = default_index_path(&root, network_fs);
-        Ok(Repository { root, index_path, network_fs })
+        let (index_path, index_chosen) = match std::env::var_os(INDEX_ENV).filter(|p| !p.is_empty()) {
+            Some(p) => (PathBuf::from(p), true),
+            None => (default_index_path(&root, network_fs), false),
+        };
+        Ok(Repository { root, index_path, index_chosen, network_fs })
     }
 
     /// Finds the repository containing `start`, looking in `start` and then in
@@ -157,7 +164,13 @@ impl Repository {
     #[must_use]
     pub fn with_index_path(mut self, path: PathBuf) -> Repository {
         self.index_path = path;
+        self.index_chosen = true;
         self
+    }
+
+    /// Whether the index path was chosen by the user rather than by vmrepo.
+    pub fn index_chosen(&self) -> bool {
+        self.index_chosen
     }
 
     /// The root folder.
@@ -185,21 +198,52 @@ impl Repository {
         self.network_fs
     }
 
+    /// The VM folder `vm/<folder>`, made if it is not there, checked to be a
+    /// real folder: neither it nor `vm/` may be a symbolic link, since what
+    /// is written there would land in another tree that the catalog does not
+    /// list.
+    ///
+    /// # Errors
+    /// A link or a non-folder in the way ([`ErrorKind::InvalidInput`]), or
+    /// the folder cannot be made.
+    pub fn vm_folder_for_write(&self, folder: &str) -> Result<PathBuf> {
+        let vm_root = self.vm_root();
+        let dir = vm_root.join(folder);
+        if fs::symlink_metadata(&vm_root).is_err() {
+            fs::create_dir(&vm_root)
+                .or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+                .map_err(|e| Error::io("create", &vm_root, e))?;
+            crate::fsutil::fsync_dir(&self.root)?;
+        }
+        crate::fsutil::real_folder(&self.root, &vm_root)?;
+        if fs::symlink_metadata(&dir).is_err() {
+            fs::create_dir(&dir)
+                .or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+                .map_err(|e| Error::io("create", &dir, e))?;
+            crate::fsutil::fsync_dir(&vm_root)?;
+        }
+        crate::fsutil::real_folder(&self.root, &dir)?;
+        Ok(dir)
+    }
+
     /// A path relative to the root, for messages and `--json`.
     pub fn relative(&self, path: &Path) -> String {
         path.strip_prefix(&self.root).unwrap_or(path).to_string_lossy().into_owned()
     }
 }
 
+/// The root of the repository that `path` (an existing folder, or a path in
+/// one) lies in, found as [`Repository::discover`] does but without failing:
+/// used to keep writes that are not vmrepo's out of a repository.
+pub fn repository_containing(path: &Path) -> Option<PathBuf> {
+    let start = path.canonicalize().ok()?;
+    start.ancestors().find(|d| d.join(META_DIR).join(MARKER_FILE).is_file()).map(Path::to_path_buf)
+}
+
 /// The index lives beside the images when the tree is on a local filesystem,
 /// and in the user's cache folder when it is on a network filesystem, where
 /// SQLite's file locking cannot be trusted.
 fn default_index_path(root: &Path, network_fs: Option<&str>) -> PathBuf {
-    if let Ok(p) = std::env::var(INDEX_ENV)
-        && !p.is_empty()
-    {
-        return PathBuf::from(p);
-    }
     let meta = root.join(META_DIR);
     let writable = rustix::fs::access(&meta, rustix::fs::Access::WRITE_OK).is_ok();
     if network_fs.is_none() && writable {
@@ -293,6 +337,10 @@ pub type PartFile = (String, fs::Metadata);
 pub fn vm_folders(vm_root: &Path) -> Result<(Vec<VmFolder>, Vec<Stray>)> {
     let mut found = Vec::new();
     let mut strays = Vec::new();
+    // A linked vm/ is another tree: nothing in it is cataloged (lint says why).
+    if fs::symlink_metadata(vm_root).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Ok((found, strays));
+    }
     let entries = match fs::read_dir(vm_root) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((found, strays)),
@@ -309,8 +357,8 @@ pub fn vm_folders(vm_root: &Path) -> Result<(Vec<VmFolder>, Vec<Stray>)> {
             Ok(vm) if ft.is_dir() => found.push((vm, name)),
             Ok(_) if ft.is_symlink() => strays.push(Stray {
                 file: name,
-                problem: "is a symbolic link; vmrepo does not follow links in the tree".into(),
-                code: "symlink",
+                problem: "is a symbolic link to a folder elsewhere: vmrepo neither catalogs, writes nor deletes through it; make it a real folder".into(),
+                code: "symlinked-folder",
             }),
             _ => strays.push(Stray {
                 file: name,
@@ -367,10 +415,19 @@ pub fn scan_folder(dir: &Path) -> Result<FolderScan> {
         let ino = entry.ino();
         let ft = entry.file_type().map_err(|e| Error::io("inspect", &entry.path(), e))?;
         if ft.is_symlink() {
-            scan.strays.push(Stray {
-                file: name,
-                problem: "is a symbolic link; vmrepo does not follow links in the tree".into(),
-                code: "symlink",
+            let to_folder = fs::metadata(entry.path()).is_ok_and(|m| m.is_dir());
+            scan.strays.push(if to_folder {
+                Stray {
+                    file: name,
+                    problem: "is a symbolic link to a folder elsewhere: vmrepo neither catalogs, writes nor deletes through it".into(),
+                    code: "symlinked-folder",
+                }
+            } else {
+                Stray {
+                    file: name,
+                    problem: "is a symbolic link; vmrepo does not follow links in the tree".into(),
+                    code: "symlink",
+                }
             });
             continue;
         }

@@ -11,7 +11,8 @@
 //! use vmrepo_repo::{Catalog, Query, Repository};
 //!
 //! let (repo, _) = Repository::init("/tmp/star-vm".as_ref())?;
-//! let catalog = Catalog::open(repo)?;
+//! let stop = std::sync::atomic::AtomicBool::new(false);
+//! let catalog = Catalog::open(repo, &stop)?;
 //! for image in catalog.find(&Query::parse(&["os=sl5.3"])?)? {
 //!     println!("{} {}", image.path, image.size.unwrap_or(0));
 //! }
@@ -39,6 +40,7 @@ pub mod description;
 pub mod error;
 pub mod fsutil;
 pub mod hashing;
+pub mod index;
 pub mod layout;
 pub mod lint;
 pub mod lock;
@@ -49,7 +51,7 @@ pub mod txn;
 pub mod verify;
 
 pub use add::{AddOutcome, AddRequest, add};
-pub use catalog::{Catalog, ImageRecord, Inventory, ScanStats, Totals};
+pub use catalog::{Catalog, Identity, ImageRecord, Inventory, ScanStats, Totals};
 pub use description::{Description, Facts, Storage};
 pub use error::{Error, ErrorKind, Result};
 pub use layout::{ImageKind, InitOutcome, Repository};

@@ -40,6 +40,15 @@ pub struct Finding {
 pub fn lint(repo: &Repository) -> Result<Vec<Finding>> {
     let mut out = Vec::new();
     let vm_root = repo.vm_root();
+    if std::fs::symlink_metadata(&vm_root).is_ok_and(|m| m.file_type().is_symlink()) {
+        out.push(Finding {
+            path: VM_DIR.into(),
+            code: "symlinked-folder",
+            severity: Severity::Error,
+            message: "vm is a symbolic link to a folder elsewhere: vmrepo neither catalogs, writes nor deletes through it; make it a real folder".into(),
+        });
+        return Ok(out);
+    }
     if !vm_root.is_dir() {
         out.push(Finding {
             path: VM_DIR.into(),

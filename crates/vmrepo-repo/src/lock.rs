@@ -9,6 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, flock};
@@ -29,12 +30,16 @@ pub struct RepoLock {
 impl RepoLock {
     /// Takes the lock of the repository whose metadata folder is `meta`,
     /// waiting for other holders up to [`DEFAULT_LOCK_WAIT`] (or
-    /// `VMREPO_LOCK_WAIT` seconds). `waiting` is called once if the lock is busy.
+    /// `VMREPO_LOCK_WAIT` seconds). `waiting` is called once if the lock is
+    /// busy; `cancel` (Ctrl-C, SIGTERM) stops the wait at once.
     ///
     /// # Errors
-    /// [`ErrorKind::Locked`] after the wait; an I/O error if the lock file
-    /// cannot be created (a read-only tree).
-    pub fn acquire(meta: &Path, waiting: &dyn Fn()) -> Result<RepoLock> {
+    /// [`ErrorKind::Locked`] after the wait; [`ErrorKind::Interrupted`];
+    /// [`ErrorKind::InvalidInput`] for a `VMREPO_LOCK_WAIT` that is not a
+    /// number of seconds; an I/O error if the lock file cannot be created (a
+    /// read-only tree).
+    pub fn acquire(meta: &Path, waiting: &dyn Fn(), cancel: &AtomicBool) -> Result<RepoLock> {
+        let wait = lock_wait()?;
         let path = meta.join("lock");
         let file = OpenOptions::new()
             .read(true)
@@ -44,10 +49,6 @@ impl RepoLock {
             .mode(0o666)
             .open(&path)
             .map_err(|e| Error::io("open the lock file", &path, e))?;
-        let wait = std::env::var(LOCK_WAIT_ENV)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .map_or(DEFAULT_LOCK_WAIT, Duration::from_secs);
         let start = Instant::now();
         let mut told = false;
         loop {
@@ -55,6 +56,9 @@ impl RepoLock {
                 Ok(()) => return Ok(RepoLock { _file: file }),
                 Err(rustix::io::Errno::WOULDBLOCK) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(Error::io("lock", &path, e.into())),
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::interrupted());
             }
             if !told {
                 waiting();
@@ -70,8 +74,27 @@ impl RepoLock {
                     ),
                 ));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(POLL);
         }
+    }
+}
+
+/// How often a busy lock is tried again (and the stop flag looked at).
+const POLL: Duration = Duration::from_millis(20);
+
+/// The wait from `VMREPO_LOCK_WAIT`, or the default.
+///
+/// # Errors
+/// A value that is not a whole number of seconds.
+pub fn lock_wait() -> Result<Duration> {
+    match std::env::var(LOCK_WAIT_ENV) {
+        Err(_) => Ok(DEFAULT_LOCK_WAIT),
+        Ok(s) => s.trim().parse::<u64>().map(Duration::from_secs).map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("{LOCK_WAIT_ENV}={s:?}: expected a whole number of seconds to wait for the lock"),
+            )
+        }),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `vmrepo rm`: remove an image and its sidecars, all or nothing.
 
 use std::fs;
+use std::sync::atomic::AtomicBool;
 
 use crate::catalog::Catalog;
 use crate::error::{Error, ErrorKind, Result};
@@ -23,7 +24,12 @@ pub struct RemoveOutcome {
 ///
 /// # Errors
 /// No such image, an ambiguous name, the lock, or an I/O failure.
-pub fn remove(catalog: &mut Catalog, spec: &str, progress: &dyn Progress) -> Result<RemoveOutcome> {
+pub fn remove(
+    catalog: &mut Catalog,
+    spec: &str,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<RemoveOutcome> {
     let rec = catalog.resolve(spec)?;
     let repo = catalog.repo().clone();
     let dir = repo.vm_root().join(&rec.folder);
@@ -33,18 +39,25 @@ pub fn remove(catalog: &mut Catalog, spec: &str, progress: &dyn Progress) -> Res
     }
     names.push(format!("{}.checksum", rec.name));
     names.push(format!("{}.txt", rec.name));
-    let lock = RepoLock::acquire(&repo.meta_dir(), &|| {
-        progress.note("waiting for another vmrepo command to finish")
-    })?;
+    let lock = RepoLock::acquire(
+        &repo.meta_dir(),
+        &|| progress.note("waiting for another vmrepo command to finish"),
+        cancel,
+    )?;
     let _ = txn::recover(&repo, &lock)?;
     let present: Vec<String> =
         names.into_iter().filter(|n| fs::symlink_metadata(dir.join(n)).is_ok()).collect();
     if present.is_empty() {
         return Err(Error::new(ErrorKind::NotFound, format!("{} is already gone", rec.path)));
     }
-    let txn = Txn::begin(&repo, &dir)?;
-    let steps = present.iter().map(|n| Step { from: dir.join(n), to: txn.staging().join(n) }).collect();
-    txn.commit(steps, Vec::new(), &lock)?;
+    crate::fsutil::real_folder(repo.root(), &dir)?;
+    let folder_rel = format!("{}/{}", crate::layout::VM_DIR, rec.folder);
+    let txn = Txn::begin(&repo, &folder_rel)?;
+    let steps = present
+        .iter()
+        .map(|n| Step::rename(format!("{folder_rel}/{n}"), format!("{}/{n}", txn.staging_rel())))
+        .collect();
+    txn.commit(steps, &lock)?;
     let vm = vmrepo_name::Vm::from_user(&rec.vm)?;
     catalog.reload(vm, &rec.folder)?;
     Ok(RemoveOutcome {

@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde::Serialize;
 
+use crate::catalog::Identity;
 use crate::catalog::{Catalog, ImageRecord, read_capped};
 use crate::checksum::{self, MAX_CHECKSUM_FILE, hex};
 use crate::description::{Description, MAX_DESCRIPTION_FILE};
 use crate::error::{ErrorKind, Result};
-use crate::fsutil::mtime_ns;
+use crate::fsutil::{ctime_ns, mtime_ns};
 use crate::hashing::{self, Want};
 use crate::layout::{self, ImageKind};
 use crate::progress::Progress;
@@ -22,7 +23,8 @@ use crate::progress::Progress;
 pub struct VerifyOptions<'a> {
     /// Images to verify (as `vmrepo show` takes them); empty for all.
     pub names: Vec<String>,
-    /// Skip images whose size, mtime and inode are those of their last good verification.
+    /// Skip images whose size, modification and change times and inode are
+    /// those of their last good verification.
     pub quick: bool,
     /// Also check the MD5 of the `.checksum`.
     pub md5: bool,
@@ -126,21 +128,24 @@ pub fn verify(catalog: &Catalog, opts: &VerifyOptions<'_>) -> Result<VerifyRepor
     Ok(report)
 }
 
-/// The identity of an image's bytes for `--quick`: (size, mtime, inode).
-type Identity = (u64, i64, u64);
-
 /// One image's result and the identity of the bytes hashed.
 type Verified = (VerifyResult, Option<Identity>);
 
+/// The identity of an image's bytes for `--quick`. For a folder: the sum of
+/// the parts' sizes, the newest of their times (and of the folder's, which
+/// changes when a part is added, removed or renamed), and the folder's inode.
 fn identity(path: &Path, kind: ImageKind) -> Option<Identity> {
     let md = fs::symlink_metadata(path).ok()?;
     match kind {
-        ImageKind::File => Some((md.len(), mtime_ns(&md), md.ino())),
+        ImageKind::File => {
+            Some(Identity { size: md.len(), mtime_ns: mtime_ns(&md), ino: md.ino(), ctime_ns: ctime_ns(&md) })
+        }
         ImageKind::Folder => {
             let (parts, _) = layout::folder_parts(path).ok()?;
             let size = parts.iter().map(|(_, m)| m.len()).fold(0u64, u64::saturating_add);
             let newest = parts.iter().map(|(_, m)| mtime_ns(m)).max().unwrap_or(mtime_ns(&md));
-            Some((size, newest, md.ino()))
+            let changed = parts.iter().map(|(_, m)| ctime_ns(m)).chain([ctime_ns(&md)]).max().unwrap_or(0);
+            Some(Identity { size, mtime_ns: newest, ino: md.ino(), ctime_ns: changed })
         }
         ImageKind::Missing => None,
     }

@@ -1,0 +1,395 @@
+//! Regression tests of issue 7: defects found by using vmrepo as a hostile
+//! user and as a site administrator would. One test (or more) per item,
+//! named after it; each failed before its fix.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{Repo, bin, have, pattern_file, sh, sha256sum, tree};
+
+const STEM: &str = "sl5.3_x86_64_sl08e_8GB_t";
+
+fn add_args(src: &str) -> Vec<&str> {
+    vec![
+        "add",
+        src,
+        "--force",
+        "--vm",
+        "kvm",
+        "--os",
+        "sl5.3",
+        "--arch",
+        "x86",
+        "--bits",
+        "64",
+        "--lib",
+        "sl08e",
+        "--max-size",
+        "8GB",
+        "--detail",
+        "t",
+    ]
+}
+
+/// Adds a 1 MiB pattern file as `kvm/STEM.img`; returns its SHA-256.
+fn stored(r: &Repo, seed: u64) -> String {
+    let src = r.scratch().join(format!("seed{seed}.img"));
+    pattern_file(&src, 1 << 20, seed);
+    r.ok(&add_args(src.to_str().unwrap()));
+    sha256sum(&src)
+}
+
+fn image(r: &Repo) -> std::path::PathBuf {
+    r.vm_dir("kvm").join(format!("{STEM}.img"))
+}
+
+/// The repository holds exactly the image, whole, verified by md5sum.
+fn intact(r: &Repo, sha: &str) {
+    assert_eq!(sha256sum(&image(r)), sha);
+    if have("md5sum", "coreutils") {
+        sh(&r.vm_dir("kvm"), &format!("md5sum -c {STEM}.checksum"));
+    }
+    r.ok(&["verify", "--md5"]);
+    let left: Vec<String> = tree(&r.vm_dir("kvm")).into_iter().filter(|f| f.starts_with('.')).collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(tree(&r.root.join(".vmrepo/journal")), Vec::<String>::new());
+}
+
+#[test]
+fn item01_adding_an_image_onto_itself_is_refused() {
+    let r = Repo::new();
+    let sha = stored(&r, 1);
+    let img = image(&r);
+    for extra in [&["--replace", "--move"][..], &["--replace"], &["--move"], &[]] {
+        let mut args = add_args(img.to_str().unwrap());
+        args.extend_from_slice(extra);
+        let err = r.fails(6, &args);
+        assert!(err.contains("inside the repository") || err.contains("is the image stored as"), "{err}");
+        // Nothing was touched, and no command warns about recovery afterwards.
+        let out = r.run(&["list"]);
+        assert!(String::from_utf8_lossy(&out.stderr).is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+        intact(&r, &sha);
+    }
+    assert_eq!(r.listed(), [format!("kvm/{STEM}.img")]);
+}
+
+#[test]
+fn item02_move_of_a_bare_relative_file() {
+    let r = Repo::new();
+    let dir = r.scratch();
+    pattern_file(&dir.join("mv1.img"), 1 << 20, 2);
+    let sha = sha256sum(&dir.join("mv1.img"));
+    let mut args = add_args("mv1.img");
+    args.push("--move");
+    let out = r.command(&args).current_dir(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.join("mv1.img").exists(), "the source was moved");
+    intact(&r, &sha);
+    assert_eq!(
+        tree(&r.vm_dir("kvm")),
+        [format!("{STEM}.checksum"), format!("{STEM}.img"), format!("{STEM}.txt")]
+    );
+
+    // A move that is refused at the last moment (the name is taken) leaves
+    // the source as it was, mode included.
+    pattern_file(&dir.join("mv2.img"), 1 << 20, 3);
+    let before = std::fs::metadata(dir.join("mv2.img")).unwrap().permissions().mode();
+    let mut args = add_args("mv2.img");
+    args.push("--move");
+    let out = r.command(&args).current_dir(&dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::metadata(dir.join("mv2.img")).unwrap().permissions().mode(), before);
+    intact(&r, &sha);
+}
+
+#[test]
+fn item03_killed_while_cleaning_up_is_finished_silently() {
+    let r = Repo::new();
+    stored(&r, 4);
+    let src = r.scratch().join("new.img");
+    pattern_file(&src, 1 << 20, 5);
+    let sha = sha256sum(&src);
+    let mut args = add_args(src.to_str().unwrap());
+    args.push("--replace");
+    // The staging folder (with the replaced image) is gone, the journal not yet.
+    let out = r.command(&args).env("VMREPO_TEST_CRASH_AT", "after-staging-removed").output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        r.root.join(".vmrepo/journal").read_dir().unwrap().next().is_some(),
+        "the test hook did not fire"
+    );
+    for _ in 0..2 {
+        let out = r.run(&["list"]);
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    intact(&r, &sha);
+}
+
+#[test]
+fn item04_recovery_on_a_copy_touches_only_the_copy() {
+    let r = Repo::new();
+    let src = r.scratch().join("new.img");
+    pattern_file(&src, 1 << 20, 6);
+    let sha = sha256sum(&src);
+    // Leave an import whose journal says commit, as a host that died would.
+    let out = r
+        .command(&add_args(src.to_str().unwrap()))
+        .env("VMREPO_TEST_CRASH_AT", "after-journal")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let copy = r.tmp.path().join("copy");
+    sh(r.tmp.path(), &format!("cp -a '{}' '{}'", r.root.display(), copy.display()));
+    let original_before = tree(&r.root);
+    let out = Command::new(bin()).arg("--repo").arg(&copy).args(["--json", "list"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The copy finished its own import ...
+    assert_eq!(sha256sum(&copy.join(format!("vm/kvm/{STEM}.img"))), sha);
+    assert_eq!(tree(&copy.join(".vmrepo/journal")), Vec::<String>::new());
+    // ... and the original is exactly as it was, until a command runs there.
+    assert_eq!(tree(&r.root), original_before);
+    assert!(!image(&r).exists());
+    r.ok(&["list"]);
+    intact(&r, &sha);
+}
+
+#[test]
+fn item05_an_index_path_holding_anything_else_is_refused_and_untouched() {
+    let r = Repo::new();
+    stored(&r, 7);
+    let scratch = r.scratch();
+    let text = scratch.join("passwd");
+    std::fs::write(&text, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+    let fifo = scratch.join("fifo");
+    sh(&scratch, "mkfifo fifo");
+    let other = scratch.join("other.sqlite");
+    if have("python3", "python3") {
+        sh(
+            &scratch,
+            "python3 -c \"import sqlite3; c=sqlite3.connect('other.sqlite'); c.execute('create table t(x)'); c.commit()\"",
+        );
+    }
+    for p in [&text, &fifo, &other, &std::path::PathBuf::from("/dev/null")] {
+        if !p.exists() {
+            continue;
+        }
+        let before = std::fs::symlink_metadata(p).unwrap();
+        let bytes = if before.is_file() { std::fs::read(p).unwrap() } else { Vec::new() };
+        for how in ["flag", "env"] {
+            let mut cmd = r.command(&["list"]);
+            if how == "flag" {
+                cmd.arg("--index").arg(p);
+            } else {
+                cmd.env("VMREPO_INDEX", p);
+            }
+            let out = cmd.output().unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(10),
+                "{} ({how}): {}",
+                p.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("not a vmrepo index"), "{err}");
+            let after = std::fs::symlink_metadata(p).unwrap();
+            assert_eq!(
+                (after.ino(), after.file_type()),
+                (before.ino(), before.file_type()),
+                "{}",
+                p.display()
+            );
+            if after.is_file() {
+                assert_eq!(std::fs::read(p).unwrap(), bytes, "{} was changed", p.display());
+            }
+        }
+    }
+    // An index file vmrepo made elsewhere is fine.
+    let mine = scratch.join("mine.sqlite");
+    r.ok(&["--index", mine.to_str().unwrap(), "list"]);
+    assert_eq!(r.run(&["--index", mine.to_str().unwrap(), "list"]).status.code(), Some(0));
+}
+
+#[test]
+fn item06_cat_never_writes_over_its_input_or_into_the_repository() {
+    if !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let r = Repo::new();
+    let dir = r.scratch();
+    crate::util::run_in(&dir, "qemu-img", &["create", "-q", "-f", "qcow2", "d.qcow2", "4M"]);
+    crate::util::run_in(&dir, "qemu-io", &["-c", "write -P 0x5a 0 1M", "d.qcow2"]);
+    let input = dir.join("d.qcow2");
+    let sha = sha256sum(&input);
+    let cat = |args: &[&str]| {
+        r.command(&[&["cat", "d.qcow2"][..], args].concat()).current_dir(&dir).output().unwrap()
+    };
+    // Itself, by name, through a symbolic link and through a hard link.
+    std::os::unix::fs::symlink("d.qcow2", dir.join("link")).unwrap();
+    std::fs::hard_link(&input, dir.join("hard")).unwrap();
+    for out in ["d.qcow2", "link", "hard", "./d.qcow2"] {
+        let o = cat(&["-o", out, "--force"]);
+        assert_eq!(o.status.code(), Some(6), "{out}: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(sha256sum(&input), sha, "{out}: the input was changed");
+    }
+    // An existing file needs --force; a symbolic link is replaced, not followed.
+    std::fs::write(dir.join("keep"), "precious").unwrap();
+    std::os::unix::fs::symlink("keep", dir.join("to-keep")).unwrap();
+    for out in ["keep", "to-keep"] {
+        let o = cat(&["-o", out]);
+        assert_eq!(o.status.code(), Some(5), "{out}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = cat(&["-o", "to-keep", "--force"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(dir.join("keep")).unwrap(), "precious");
+    assert!(!std::fs::symlink_metadata(dir.join("to-keep")).unwrap().file_type().is_symlink());
+    crate::util::run_in(&dir, "qemu-img", &["convert", "-O", "raw", "d.qcow2", "ref.raw"]);
+    assert!(crate::util::same_bytes(&dir.join("to-keep"), &dir.join("ref.raw")));
+    // Never into a repository's images, nor over a stored image.
+    let sha_stored = stored(&r, 8);
+    let o = cat(&["-o", image(&r).to_str().unwrap(), "--force"]);
+    assert_eq!(o.status.code(), Some(6), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cat(&["-o", r.vm_dir("kvm").join("new.raw").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(6), "{}", String::from_utf8_lossy(&o.stderr));
+    intact(&r, &sha_stored);
+    let o = r.run(&["cat", &format!("kvm/{STEM}"), "-o", image(&r).to_str().unwrap(), "--force"]);
+    assert_eq!(o.status.code(), Some(6), "{}", String::from_utf8_lossy(&o.stderr));
+    intact(&r, &sha_stored);
+    // A failure leaves no file: writes fail past a file size limit, as on a full disk.
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(format!("ulimit -f 100; exec '{}' cat d.qcow2 -o cut.raw", bin()))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(8), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!dir.join("cut.raw").exists(), "a failed cat left its output");
+    let leftovers: Vec<String> = tree(&dir).into_iter().filter(|f| f.starts_with('.')).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Holds the repository lock (flock from util-linux) until killed.
+fn hold_lock(r: &Repo) -> std::process::Child {
+    let child = Command::new("flock").arg(r.root.join(".vmrepo/lock")).args(["sleep", "60"]).spawn().unwrap();
+    // flock has taken the lock once a non-blocking attempt fails.
+    let start = Instant::now();
+    while Command::new("flock")
+        .args(["-n"])
+        .arg(r.root.join(".vmrepo/lock"))
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "flock did not take the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn item10_a_signal_stops_the_wait_for_the_lock() {
+    if !have("flock", "util-linux") {
+        return;
+    }
+    let r = Repo::new();
+    let sha = stored(&r, 9);
+    let src = r.scratch().join("new.img");
+    pattern_file(&src, 1 << 20, 10);
+    let mut holder = hold_lock(&r);
+    for sig in ["-TERM", "-INT"] {
+        for args in [vec!["rm".to_string(), format!("kvm/{STEM}")], {
+            let mut a: Vec<String> = add_args(src.to_str().unwrap()).iter().map(|s| s.to_string()).collect();
+            a.push("--replace".into());
+            a
+        }] {
+            let mut child = r
+                .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .env("VMREPO_LOCK_WAIT", "100")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(400));
+            let sent = Instant::now();
+            Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
+            let status = child.wait().unwrap();
+            assert!(sent.elapsed() < Duration::from_secs(5), "{sig} {args:?}: waited {:?}", sent.elapsed());
+            assert_eq!(status.code(), Some(130), "{sig} {args:?}");
+        }
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+    intact(&r, &sha);
+    assert!(src.exists());
+}
+
+#[test]
+fn item20_lock_wait_must_be_a_number() {
+    let r = Repo::new();
+    stored(&r, 11);
+    let out = r.command(&["rm", &format!("kvm/{STEM}")]).env("VMREPO_LOCK_WAIT", "banana").output().unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VMREPO_LOCK_WAIT"));
+    assert!(image(&r).exists());
+}
+
+#[test]
+fn item21_quick_verify_sees_a_rewrite_whose_mtime_was_put_back() {
+    let r = Repo::new();
+    stored(&r, 12);
+    r.ok(&["verify"]);
+    let kvm = r.vm_dir("kvm");
+    // Change one byte in place and put the modification time back, as
+    // `touch -r` or a careful tool would.
+    sh(
+        &kvm,
+        &format!(
+            "cp -p {STEM}.img ref && chmod u+w {STEM}.img && printf 'X' | dd of={STEM}.img bs=1 seek=100 conv=notrunc status=none && touch -r ref {STEM}.img && rm ref"
+        ),
+    );
+    let out = r.run(&["--json", "verify", "--quick"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["failed"], 1, "{v}");
+}
+
+#[test]
+fn item21_a_replaced_image_never_disappears() {
+    let r = Repo::new();
+    stored(&r, 13);
+    let img = image(&r);
+    let src = r.scratch().join("new.img");
+    pattern_file(&src, 4 << 20, 14);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let missing = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watcher = {
+        let (stop, missing, img) = (stop.clone(), missing.clone(), img.clone());
+        let txt = img.with_extension("txt");
+        let sum = img.with_extension("checksum");
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for p in [&img, &txt, &sum] {
+                    if std::fs::symlink_metadata(p).is_err() {
+                        missing.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    for _ in 0..5 {
+        let mut args = add_args(src.to_str().unwrap());
+        args.push("--replace");
+        r.ok(&args);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert_eq!(
+        missing.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a reader found no image under the name"
+    );
+    intact(&r, &sha256sum(&src));
+}
