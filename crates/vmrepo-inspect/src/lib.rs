@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+mod conf;
 pub mod elf;
 mod error;
 pub mod fs;
@@ -146,6 +147,10 @@ impl Report {
     }
 }
 
+/// The device name of the whole disk, when it has no partition table (or
+/// is an isohybrid ISO).
+pub const WHOLE_DISK: &str = "disk";
+
 /// A device found on the disk, with its name.
 struct Found {
     name: String,
@@ -193,13 +198,13 @@ pub fn inspect(disk: Arc<dyn Disk>, opts: &Options) -> Report {
     });
     let mut devices: Vec<Found> = Vec::new();
     if table.scheme == "none" || table.partitions.is_empty() {
-        devices.push(Found { name: "disk".into(), dev: Arc::clone(&whole) });
+        devices.push(Found { name: WHOLE_DISK.into(), dev: Arc::clone(&whole) });
     } else {
         // An isohybrid image: the ISO filesystem spans the whole disk too.
         if let Ok(Probe::Fs(f)) = fs::probe(whole.as_ref())
             && f.kind == "iso9660"
         {
-            devices.push(Found { name: "disk".into(), dev: Arc::clone(&whole) });
+            devices.push(Found { name: WHOLE_DISK.into(), dev: Arc::clone(&whole) });
         }
         for p in &table.partitions {
             if p.kind == "extended" || p.size == 0 || p.start >= whole.len() {
@@ -287,17 +292,20 @@ pub fn inspect(disk: Arc<dyn Disk>, opts: &Options) -> Report {
         }
         None => (None, None, None, None, star::Star::default(), None),
     };
-    let boot = kernel::detect(root.as_ref(), boot_fs.as_ref());
+    let bare_disk = volumes.iter().any(|(v, _)| v.device == WHOLE_DISK && v.role.as_deref() == Some("/"));
+    let boot = kernel::detect(root.as_ref(), boot_fs.as_ref(), bare_disk);
 
-    let linux = |k: &str| !matches!(k, "iso9660" | "vfat");
+    // The filesystems a job writes to: not an ISO 9660 (read-only), nor a FAT
+    // one (the firmware's EFI partition, or a medium to carry files).
+    let writable = |k: &str| !matches!(k, "iso9660" | "vfat");
     let used: u64 = volumes
         .iter()
-        .filter(|(v, _)| linux(&v.fs.kind))
+        .filter(|(v, _)| writable(&v.fs.kind))
         .filter_map(|(v, _)| v.fs.used)
         .fold(0, u64::saturating_add);
     let free: u64 = volumes
         .iter()
-        .filter(|(v, _)| linux(&v.fs.kind))
+        .filter(|(v, _)| writable(&v.fs.kind))
         .filter_map(|(v, _)| v.fs.free)
         .fold(0, u64::saturating_add);
     let swap_total: u64 = swaps.iter().map(|s| s.swap.size).fold(0, u64::saturating_add);
