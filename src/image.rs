@@ -391,14 +391,15 @@ fn print_report(r: &vmrepo_inspect::Report) -> Result<()> {
     }
     let b = &r.budget;
     line(format_args!(
-        "Budget           OS {} + swap {} + STAR {} = {} of {} maximum: {} left for data ({} free in the filesystems){}",
+        "Budget           OS {} + swap {} + STAR {} = {} of {} maximum: {} left for data (free in the \
+         writable filesystems), {} unpartitioned{}",
         size(Some(b.os)),
         size(Some(b.swap)),
         size(Some(b.star_software)),
         size(Some(b.committed)),
         size(Some(b.max_size)),
         size(Some(b.left_for_data)),
-        size(Some(b.data_room)),
+        size(Some(b.unpartitioned)),
         if b.fits { "" } else { " -- OVER BUDGET" }
     ))?;
     for w in &r.warnings {

@@ -359,17 +359,18 @@ fn guest_facts(r: &Report, max_size: u64) -> (Option<String>, Vec<(&'static str,
         put(
             keys::BUDGET,
             vec![format!(
-                "OS {} + swap {} + STAR {} = {} of {}: {}",
+                "OS {} + swap {} + STAR {} = {} of {}: {}; {} unpartitioned",
                 human_bytes(b.os),
                 human_bytes(b.swap),
                 human_bytes(b.star_software),
                 human_bytes(b.committed),
                 human_bytes(b.max_size),
                 if b.fits {
-                    format!("{} left for data", human_bytes(b.left_for_data))
+                    format!("{} left for data in the filesystems", human_bytes(b.left_for_data))
                 } else {
                     "over the maximum size, no room for data".to_string()
-                }
+                },
+                human_bytes(b.unpartitioned)
             )],
         );
     }
