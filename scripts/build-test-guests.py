@@ -7,9 +7,14 @@ writes beside each one what the test must find in it.
 Two kinds of guests:
 
 * synthetic guests whose release files, kernels, accounts and STAR folders
-  imitate Scientific Linux 4, 5 and 6, CentOS 5, Fedora 12, Ubuntu 9.10 and a
-  Xen paravirtual SL5 (no kernel), on MBR (with logical partitions), GPT, LVM
-  (VolGroup00/LogVol00, as SL5 and SL6 installed it) and bare-filesystem disks;
+  imitate Scientific Linux 4, 5 and 6, CentOS 5 (with a Xen kernel beside its
+  own), Fedora 12, Ubuntu 9.10 and two Xen paravirtual SL5 guests with no
+  kernel in /boot (one whose inittab starts a getty on xvc0, one whose only
+  evidence is a Xen module tree and /dev/xvda1 in its fstab), with STAR
+  start-up files in the star account's home and in the system-wide places,
+  on MBR (with logical partitions), GPT, LVM (VolGroup00/LogVol00, as SL5 and
+  SL6 installed it) and bare-filesystem disks (8 MiB longer than their
+  filesystem, as a disk grown without its filesystem);
 * a minimal Debian (amd64, and i386 for 32-bit binaries) made by debootstrap,
   on ext4, ext3, xfs (mkfs.xfs with a protofile), btrfs (mkfs.btrfs --rootdir)
   and ext4 on LVM.
@@ -22,7 +27,8 @@ qemu-img into other formats.
 
 The expected answers (OUTDIR/guests.json) come from what this script put in
 and from the tools' own reports (sfdisk --json, dumpe2fs, xfs_db, btrfs
-inspect-internal), never from vmrepo. Everything is cached in OUTDIR and
+inspect-internal; sfdisk's table for what no partition covers, and sfdisk
+--list-free), never from vmrepo. Everything is cached in OUTDIR and
 rebuilt only when this script changes.
 """
 
@@ -95,6 +101,10 @@ def symlink(root, path, target):
     os.symlink(target, p)
 
 
+# The star account's .cshrc unless a guest says otherwise: it sets STAR up.
+DEFAULT_CSHRC = "setenv GROUP_DIR /usr/local/star/group\nsource $GROUP_DIR/group_env.csh\n"
+
+
 SYNTHETIC = [
     dict(name="sl4", release=("/etc/redhat-release", "Scientific Linux SL release 4.7 (Beryllium)"),
          distro="scientificlinux", version="4.7", token="sl4.7", osinfo=None,
@@ -103,15 +113,24 @@ SYNTHETIC = [
     dict(name="sl5.3", release=("/etc/redhat-release", "Scientific Linux SL release 5.3 (Boron)"),
          distro="scientificlinux", version="5.3", token="sl5.3", osinfo="scientificlinux5.3",
          kernels=["2.6.18-128.el5"], bits=64, libs={"SL08e": 5}, layout="lvm", fs="ext3",
-         hostname=("sysconfig", "rcas1"), pkg="rpm", root_pw="$6$salt$hash", keys=2),
+         hostname=("sysconfig", "rcas1"), pkg="rpm", root_pw="$6$salt$hash", keys=2,
+         # Issue 7, item 18: STAR's group start-up and starver, nothing else.
+         startup=[("/home/star/.cshrc", "source $GROUP_DIR/star_cshrc.csh\nstarver SL08e\n", True)]),
     dict(name="sl6", release=("/etc/redhat-release", "Scientific Linux release 6.1 (Carbon)"),
          distro="scientificlinux", version="6.1", token="sl6.1", osinfo="scientificlinux6.1",
          kernels=["2.6.32-131.0.15.el6.x86_64"], bits=64, libs={"SL10k": 4, "SL11d": 2}, layout="lvm", fs="ext4",
-         hostname=("sysconfig", "rcas2"), pkg="rpm", root_pw="!!", keys=0),
+         hostname=("sysconfig", "rcas2"), pkg="rpm", root_pw="!!", keys=0,
+         startup=[("/home/star/.cshrc", "# source $GROUP_DIR/star_cshrc.csh\nset prompt='%m> '\n", False),
+                  ("/home/star/.login", "source $GROUP_DIR/star_login.csh\n", True)]),
     dict(name="centos5", release=("/etc/redhat-release", "CentOS release 5.5 (Final)"),
          distro="centos", version="5.5", token="centOS5.5", osinfo="centos5.5",
-         kernels=["2.6.18-194.el5"], bits=64, libs={"SL09a": 2}, layout="gpt", fs="ext3",
-         hostname=("hostname", "centos-star"), pkg="rpm", root_pw="*", keys=0),
+         kernels=["2.6.18-194.el5", "2.6.18-194.el5xen"], bits=64, libs={"SL09a": 2}, layout="gpt", fs="ext3",
+         hostname=("hostname", "centos-star"), pkg="rpm", root_pw="*", keys=0,
+         # Both kernels installed: it boots on its own, and is set up for Xen too.
+         verdict="own_kernel", xen_evidence=["/boot/vmlinuz-2.6.18-194.el5xen"],
+         startup=[("/home/star/.cshrc", "alias ll 'ls -l'\n", False),
+                  ("/etc/csh.login", "setenv GROUP_DIR /afs/rhic.bnl.gov/rhstar/group\n"
+                   "if ( -r $GROUP_DIR/star_login.csh ) source $GROUP_DIR/star_login.csh\n", True)]),
     dict(name="fedora12", release=("/etc/fedora-release", "Fedora release 12 (Constantine)"),
          distro="fedora", version="12", token="fedora12", osinfo="fedora12",
          kernels=["2.6.31.5-127.fc12.x86_64"], bits=64, libs={}, layout="mbr", fs="ext4",
@@ -119,11 +138,25 @@ SYNTHETIC = [
     dict(name="ubuntu9.10", release=("lsb", "9.10"),
          distro="ubuntu", version="9.10", token="ubuntu9.10", osinfo="ubuntu9.10",
          kernels=["2.6.31-14-generic"], bits=64, libs={"SL08e": 3}, layout="mbr-logical", fs="ext4",
-         hostname=("hostname", "karmic"), pkg="deb", root_pw="", keys=1),
+         hostname=("hostname", "karmic"), pkg="deb", root_pw="", keys=1,
+         startup=[("/home/star/.cshrc", DEFAULT_CSHRC, True),
+                  ("/etc/profile.d/rhic.sh", "export GROUP_DIR=/usr/local/star/group\n. $GROUP_DIR/group_env.sh\n", True),
+                  ("/etc/profile.d/less.sh", "export LESS=-R\n", False)]),
     dict(name="sl5.3-xen", release=("/etc/redhat-release", "Scientific Linux SL release 5.3 (Boron)"),
          distro="scientificlinux", version="5.3", token="sl5.3", osinfo="scientificlinux5.3",
          kernels=[], bits=64, libs={"SL08e": 2}, layout="none", fs="ext3",
-         hostname=("sysconfig", "xen-guest"), pkg="rpm", root_pw="$6$a$b", keys=1),
+         hostname=("sysconfig", "xen-guest"), pkg="rpm", root_pw="$6$a$b", keys=1,
+         # As RHEL 5's installer writes a paravirtual guest: a getty on Xen's console.
+         inittab="id:3:initdefault:\nsi::sysinit:/etc/rc.d/rc.sysinit\n"
+                 "co:2345:respawn:/sbin/agetty xvc0 9600 vt100-nav\n",
+         fstab="LABEL=/ / ext3 defaults 1 1\n", verdict="xen_paravirtual", xen_evidence=["/etc/inittab"]),
+    dict(name="sl5-xenmod", release=("/etc/redhat-release", "Scientific Linux SL release 5.3 (Boron)"),
+         distro="scientificlinux", version="5.3", token="sl5.3", osinfo="scientificlinux5.3",
+         kernels=[], bits=64, libs={"SL08e": 1}, layout="mbr", fs="ext3",
+         hostname=("sysconfig", "xen-mod"), pkg="rpm", root_pw="$6$c$d", keys=0,
+         # Issue 7, item 12: nothing in /boot, the kernel's modules and a Xen disk in fstab.
+         module_trees=["2.6.18-128.el5xen"], fstab="/dev/xvda1 / ext3 defaults 1 1\n",
+         verdict="xen_paravirtual", xen_evidence=["/lib/modules/2.6.18-128.el5xen", "/etc/fstab"]),
 ]
 
 
@@ -153,9 +186,15 @@ def synthetic_tree(g, root):
     if star_account:
         passwd.append("star:x:1000:1000:STAR production:/home/star:/bin/tcsh")
         shadow.append("star:!!:14000:0:99999:7:::")
-        write(root, "/home/star/.cshrc",
-              "setenv GROUP_DIR /usr/local/star/group\nsource $GROUP_DIR/group_env.csh\n")
         write(root, "/home/star/.login", "# nothing STAR here\n")
+    # Start-up files (path, text, whether it sets STAR up), the star account's and the system's.
+    startup = g.get("startup", [("/home/star/.cshrc", DEFAULT_CSHRC, True)] if star_account else [])
+    for path, text, _ in startup:
+        write(root, path, text)
+    if "fstab" in g:
+        write(root, "/etc/fstab", g["fstab"])
+    if "inittab" in g:
+        write(root, "/etc/inittab", g["inittab"])
     write(root, "/etc/passwd", "\n".join(passwd) + "\n")
     write(root, "/etc/shadow", "\n".join(shadow) + "\n", 0o400)
     write(root, "/etc/group", "root:x:0:\n")
@@ -183,6 +222,8 @@ def synthetic_tree(g, root):
               % (product, g["kernels"][0]))
     else:
         os.makedirs(os.path.join(root, "boot"), exist_ok=True)
+    for v in g.get("module_trees", []):
+        write(root, "/lib/modules/%s/modules.dep" % v, "")
     libs = []
     star_bytes = 0
     for lib, files in sorted(g["libs"].items()):
@@ -206,10 +247,13 @@ def synthetic_tree(g, root):
         "hostname": host,
         "package_format": g["pkg"],
         "kernels": kernels,
-        "xen_paravirtual": not kernels,
+        "module_trees": sorted(kernels + g.get("module_trees", [])),
+        # Every synthetic guest with a kernel has a menu for it: it boots on its own.
+        "verdict": g.get("verdict", "own_kernel"),
+        "xen_evidence": g.get("xen_evidence", []),
         "arch": {"isa": "x86", "bits": bits},
         "star": {"libraries": libs, "account": star_account,
-                 "startup_scripts": ["/home/star/.cshrc"] if star_account else [], "bytes": star_bytes},
+                 "startup_scripts": [p for p, _, star in startup if star], "bytes": star_bytes},
         "accounts": {"root_password": password_state(g["root_pw"]), "star_account": star_account,
                      "authorized_keys": keys},
     }
@@ -239,7 +283,10 @@ def debian_expect(root, bits):
         "hostname": host,
         "package_format": "deb",
         "kernels": [],
-        "xen_paravirtual": True,
+        "module_trees": [],
+        # No kernel and nothing of Xen: a debootstrap root is no Xen guest.
+        "verdict": "no_kernel",
+        "xen_evidence": [],
         "arch": {"isa": "x86", "bits": bits},
         "star": {"libraries": [], "account": False, "startup_scripts": [], "bytes": 0},
         "accounts": {"root_password": password_state(root_pw), "star_account": False, "authorized_keys": []},
@@ -362,6 +409,10 @@ def dd(src, dst, offset):
             pos += len(chunk)
 
 
+# MBR types of extended partitions, as sfdisk writes them.
+EXTENDED_TYPES = ("5", "F", "85")
+
+
 def partition(disk, size, label, parts):
     """Partitions `disk` with sfdisk; returns sfdisk's own account of the table."""
     with open(disk, "wb") as f:
@@ -375,7 +426,13 @@ def partition(disk, size, label, parts):
         number = int(p["node"].replace(disk, "")) if p["node"].startswith(disk) else i + 1
         out.append({"number": number, "start": p["start"] * sector, "size": p["size"] * sector,
                     "type": p["type"].upper(), "bootable": bool(p.get("bootable"))})
-    return {"scheme": "gpt" if table["label"] == "gpt" else "mbr", "partitions": out}
+    # An extended partition only holds the logical ones: it covers nothing itself.
+    covered = sum(p["size"] for p in out if p["type"] not in EXTENDED_TYPES)
+    # What sfdisk itself would offer for a new partition (aligned, less the tables).
+    listed = run("sfdisk", "--list-free", "--bytes", disk)
+    free = int(listed.split(",")[1].split()[0])
+    return {"scheme": "gpt" if table["label"] == "gpt" else "mbr", "partitions": out, "covered": covered,
+            "sfdisk_free": free}
 
 
 # Only loop devices, no udev, and no metadata backups written to the host's /etc/lvm.
@@ -413,6 +470,10 @@ def make_lvm_pv(pv_img, size, vg, lvs):
         run("losetup", "-d", loop, check=False)
 
 
+# Bytes a bare-filesystem disk has beyond its filesystem.
+BARE_TAIL = 8 * MIB
+
+
 def layout_disk(name, kind, root_img, root_fs, out, tmp, swap_size=32 * MIB, boot=None):
     """Lays a root filesystem (and a swap area, and a /boot filesystem) on a disk."""
     disk = os.path.join(out, name + ".raw")
@@ -421,8 +482,13 @@ def layout_disk(name, kind, root_img, root_fs, out, tmp, swap_size=32 * MIB, boo
     expect = {"filesystems": [], "swap": [], "lvs": []}
     if kind == "none":
         shutil.copyfile(root_img, disk)
+        # Room the filesystem does not cover: what the budget calls unpartitioned.
+        with open(disk, "r+b") as f:
+            f.truncate(root_size + BARE_TAIL)
         expect["partitions"] = {"scheme": "none", "partitions": []}
         expect["filesystems"].append(dict(root_fs, device="disk", role="/"))
+        expect["covered"] = root_fs["size"]
+        expect["sfdisk_free"] = 0
         return disk, expect
     make_swap(swap_img, swap_size)
     sz = lambda n: "size=%dKiB" % (n // 1024)
@@ -468,6 +534,8 @@ def layout_disk(name, kind, root_img, root_fs, out, tmp, swap_size=32 * MIB, boo
             expect["filesystems"].append(dict(root_fs, device=device, role="/"))
         elif role == "swap":
             expect["swap"].append({"device": device, "size": swap_size})
+    expect["covered"] = table.pop("covered")
+    expect["sfdisk_free"] = table.pop("sfdisk_free")
     expect["partitions"] = table
     return disk, expect
 
@@ -480,6 +548,12 @@ def convert(disk, out, index):
         run("qemu-img", "convert", "-f", "raw", "-O", fmt, *opts, disk, dst)
         made[fmt] = dst
     return made
+
+
+def virtual_sizes(images):
+    """The virtual size of each image, as qemu-img reports it (VHD rounds up to a geometry)."""
+    return {fmt: json.loads(run("qemu-img", "info", "--output=json", "-f", fmt, path))["virtual-size"]
+            for fmt, path in images.items()}
 
 
 # ----------------------------------------------------------------- debian
@@ -532,7 +606,9 @@ def main():
             root_fs = make_ext(root_img, g["fs"], tree, 64 * MIB, "/", fs_uuid(g["name"], "root"))
             disk, layout = layout_disk(g["name"], g["layout"], root_img, root_fs, out, tmp, boot=boot)
             expect.update(layout)
-            guests.append({"name": g["name"], "images": convert(disk, out, i), "expect": expect})
+            images = convert(disk, out, i)
+            guests.append({"name": g["name"], "images": images, "virtual_sizes": virtual_sizes(images),
+                           "expect": expect})
         if not synthetic_only:
             cache = os.environ.get("VMREPO_GUEST_CACHE", out)
             for arch, bits, builds in [("amd64", 64, [("deb-ext4-mbr", "ext4", "mbr"), ("deb-ext3-gpt", "ext3", "gpt"),
@@ -561,7 +637,9 @@ def main():
                         # Identified, not read: nothing of the guest's files is known.
                         expect = {"files_not_read": True}
                     expect.update(lay)
-                    guests.append({"name": name, "images": convert(disk, out, len(guests)), "expect": expect})
+                    images = convert(disk, out, len(guests))
+                    guests.append({"name": name, "images": images, "virtual_sizes": virtual_sizes(images),
+                                   "expect": expect})
                     os.remove(img)
                 shutil.rmtree(root)
     json.dump({"stamp": stamp, "guests": guests}, open(manifest + ".tmp", "w"), indent=1)

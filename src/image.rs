@@ -302,6 +302,7 @@ pub fn inspect(ctx: &Ctx<'_>, a: &ImageArgs, max_size: Option<&str>) -> Result<O
 }
 
 fn print_report(r: &vmrepo_inspect::Report) -> Result<()> {
+    use vmrepo_inspect::kernel::Verdict;
     let dash = || "-".to_string();
     line(format_args!("Partitions       {} ({})", r.partitions.scheme, r.partitions.partitions.len()))?;
     for p in &r.partitions.partitions {
@@ -359,20 +360,25 @@ fn print_report(r: &vmrepo_inspect::Report) -> Result<()> {
         }
         None => line("Architecture     unknown")?,
     }
+    let kernels = match (&r.boot.kernels[..], &r.boot.module_trees[..], r.boot.verdict) {
+        (_, _, Verdict::Unknown) => "unknown".to_string(),
+        ([], [], _) => "none".to_string(),
+        ([], trees, _) => format!("none in /boot (modules for {})", trees.join(", ")),
+        (ks, _, _) => ks.iter().map(|k| k.version.as_str()).collect::<Vec<_>>().join(", "),
+    };
     line(format_args!(
-        "Kernels          {}{}",
-        if r.boot.kernels.is_empty() {
-            if r.boot.xen_paravirtual.is_none() { "unknown".to_string() } else { "none".to_string() }
-        } else {
-            r.boot.kernels.iter().map(|k| k.version.clone()).collect::<Vec<_>>().join(", ")
-        },
-        match r.boot.xen_paravirtual {
-            Some(true) =>
-                " -- a Xen paravirtual guest: no kernel of its own, it will not boot on VirtualBox, VMware or KVM",
-            Some(false) => "",
-            None => " (unknown: /boot could not be read)",
+        "Kernels          {kernels}{}",
+        match r.boot.verdict {
+            Verdict::OwnKernel => "",
+            Verdict::XenParavirtual =>
+                " -- a Xen paravirtual guest: it will not boot on VirtualBox, VMware or KVM",
+            Verdict::NoKernel => " -- no kernel: not bootable on its own",
+            Verdict::Unknown => " (/boot could not be read)",
         }
     ))?;
+    if !r.boot.xen_evidence.is_empty() {
+        line(format_args!("Xen evidence     {}", r.boot.xen_evidence.join("; ")))?;
+    }
     for k in &r.boot.kernels {
         line(format_args!(
             "  {} {}{}{}",
@@ -419,14 +425,15 @@ fn print_report(r: &vmrepo_inspect::Report) -> Result<()> {
     }
     let b = &r.budget;
     line(format_args!(
-        "Budget           OS {} + swap {} + STAR {} = {} of {} maximum: {} left for data ({} free in the filesystems){}",
+        "Budget           OS {} + swap {} + STAR {} = {} of {} maximum: {} left for data (free in the \
+         writable filesystems), {} unpartitioned{}",
         size(Some(b.os)),
         size(Some(b.swap)),
         size(Some(b.star_software)),
         size(Some(b.committed)),
         size(Some(b.max_size)),
         size(Some(b.left_for_data)),
-        size(Some(b.data_room)),
+        size(Some(b.unpartitioned)),
         if b.fits { "" } else { " -- OVER BUDGET" }
     ))?;
     for w in &r.warnings {

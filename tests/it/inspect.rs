@@ -1,6 +1,7 @@
 //! `vmrepo inspect` against guests built by scripts/build-test-guests.py with
 //! real tools: the expected answers are what the script put in and what
-//! sfdisk, dumpe2fs, xfs_db and btrfs report, never the inspector's output.
+//! sfdisk, dumpe2fs, xfs_db, btrfs and qemu-img report, never the inspector's
+//! output.
 
 use std::path::PathBuf;
 
@@ -45,7 +46,38 @@ fn same_type(sfdisk: &str, ours: &str) -> bool {
     ours.eq_ignore_ascii_case(sfdisk.trim_start_matches('0'))
 }
 
-fn check(name: &str, image: &str, e: &serde_json::Value, r: &serde_json::Value) {
+/// The budget (issue 7, item 17): what is left for data is the free space
+/// of the filesystems as dumpe2fs, xfs_db and btrfs count it, and what no
+/// partition covers is the virtual size (qemu-img's) less what sfdisk's
+/// partitions (or the bare filesystem) cover, at least sfdisk's own free space.
+fn check_budget(what: &str, virtual_size: u64, e: &serde_json::Value, r: &serde_json::Value) {
+    let free: u64 = e["filesystems"].as_array().unwrap().iter().map(|f| f["free"].as_u64().unwrap()).sum();
+    assert_eq!(r["budget"]["left_for_data"], free, "{what}: left for data is the filesystems' free space");
+    assert_eq!(r["budget"]["data_room"], free, "{what}: data_room");
+    let covered = e["covered"].as_u64().unwrap();
+    let unpartitioned =
+        r["budget"]["unpartitioned"].as_u64().unwrap_or_else(|| panic!("{what}: {}", r["budget"]));
+    assert_eq!(unpartitioned, virtual_size - covered, "{what}: unpartitioned");
+    assert!(unpartitioned >= e["sfdisk_free"].as_u64().unwrap(), "{what}: less than sfdisk --list-free");
+}
+
+/// How the guest boots (issue 7, item 12): Xen paravirtual only with evidence.
+fn check_boot(what: &str, e: &serde_json::Value, r: &serde_json::Value) {
+    let boot = &r["boot"];
+    assert_eq!(boot["verdict"], e["verdict"], "{what}: verdict ({boot})");
+    assert_eq!(boot["xen_paravirtual"], e["verdict"] == "xen_paravirtual", "{what}: xen_paravirtual");
+    assert_eq!(boot["module_trees"], e["module_trees"], "{what}: module trees");
+    let evidence: Vec<&str> =
+        boot["xen_evidence"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    let want = e["xen_evidence"].as_array().unwrap();
+    assert_eq!(evidence.len(), want.len(), "{what}: Xen evidence {evidence:?}, the builder put in {want:?}");
+    for w in want {
+        let w = w.as_str().unwrap();
+        assert!(evidence.iter().any(|x| x.contains(w)), "{what}: no evidence names {w}: {evidence:?}");
+    }
+}
+
+fn check(name: &str, image: &str, virtual_size: u64, e: &serde_json::Value, r: &serde_json::Value) {
     let what = format!("{name} ({image})");
     // Partitions, as sfdisk made them.
     let scheme = e["partitions"]["scheme"].as_str().unwrap();
@@ -104,8 +136,10 @@ fn check(name: &str, image: &str, e: &serde_json::Value, r: &serde_json::Value) 
             .unwrap_or_else(|| panic!("{what}: swap {}", s["device"]));
         assert_eq!(ours["size"], s["size"], "{what}: swap size");
     }
+    check_budget(&what, virtual_size, e, r);
     if e.get("files_not_read").is_some() {
         assert!(r["os"].is_null(), "{what}: xfs and btrfs are identified, not read");
+        assert_eq!(r["boot"]["verdict"], "unknown", "{what}");
         assert!(r["boot"]["xen_paravirtual"].is_null(), "{what}: nothing is known of /boot");
         assert!(
             r["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("not read")),
@@ -128,7 +162,7 @@ fn check(name: &str, image: &str, e: &serde_json::Value, r: &serde_json::Value) 
         assert!(k["initrd"].is_string(), "{what}: initrd");
         assert_eq!(k["modules"], true, "{what}: modules");
     }
-    assert_eq!(r["boot"]["xen_paravirtual"], e["xen_paravirtual"], "{what}: xen");
+    check_boot(&what, e, r);
     assert_eq!(r["arch"]["isa"], e["arch"]["isa"], "{what}: isa");
     assert_eq!(r["arch"]["bits"], e["arch"]["bits"], "{what}: bits");
     let libs: Vec<&str> =
@@ -138,7 +172,17 @@ fn check(name: &str, image: &str, e: &serde_json::Value, r: &serde_json::Value) 
     assert_eq!(libs, want, "{what}: STAR libraries");
     assert_eq!(r["budget"]["star_software"], e["star"]["bytes"], "{what}: STAR bytes");
     assert_eq!(r["star"]["account"], e["star"]["account"], "{what}: star account");
-    assert_eq!(r["star"]["startup_scripts"], e["star"]["startup_scripts"], "{what}: start-up scripts");
+    let sorted = |v: &serde_json::Value| {
+        let mut v: Vec<String> =
+            v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(&r["star"]["startup_scripts"]),
+        sorted(&e["star"]["startup_scripts"]),
+        "{what}: start-up scripts"
+    );
     assert_eq!(r["accounts"]["root_password"], e["accounts"]["root_password"], "{what}: root password");
     assert_eq!(r["accounts"]["star_account"], e["accounts"]["star_account"], "{what}");
     assert_eq!(r["accounts"]["authorized_keys"], e["accounts"]["authorized_keys"], "{what}: authorized_keys");
@@ -152,14 +196,14 @@ fn every_guest_in_every_format_as_the_builder_made_it() {
     let mut seen = 0;
     for guest in g["guests"].as_array().unwrap() {
         let name = guest["name"].as_str().unwrap();
-        for (_, image) in guest["images"].as_object().unwrap() {
+        for (fmt, image) in guest["images"].as_object().unwrap() {
             let image = image.as_str().unwrap();
             let r = inspect(image);
-            check(name, image, &guest["expect"], &r);
+            check(name, image, guest["virtual_sizes"][fmt].as_u64().unwrap(), &guest["expect"], &r);
             seen += 1;
         }
     }
-    assert!(seen >= 21, "only {seen} images inspected");
+    assert!(seen >= 24, "only {seen} images inspected");
 }
 
 /// The images of one guest, by qemu format name.
@@ -265,4 +309,79 @@ fn add_of_guests_that_cannot_name_themselves() {
     let file = out["image"]["file"].as_str().unwrap().replace(".img", ".txt");
     let txt = std::fs::read_to_string(r.vm_dir("xen").join(file)).unwrap();
     assert!(txt.contains("Boots on its own: no: a Xen paravirtual guest"), "{txt}");
+}
+
+/// The guests of one kind, by the name the builder gave them.
+fn named<'a>(
+    g: &'a serde_json::Value,
+    pred: impl Fn(&str) -> bool + 'a,
+) -> impl Iterator<Item = &'a serde_json::Value> {
+    g["guests"].as_array().unwrap().iter().filter(move |x| pred(x["name"].as_str().unwrap()))
+}
+
+#[test]
+fn issue_7_item_12_xen_paravirtual_only_with_evidence() {
+    let Some(g) = guests() else { return };
+    // A debootstrap root has no kernel and nothing of Xen: it is no Xen guest.
+    let debian: Vec<_> =
+        named(&g, |n| n.starts_with("deb")).filter(|x| x["expect"].get("os").is_some()).collect();
+    for guest in debian {
+        let image = guest["images"]["raw"].as_str().unwrap();
+        let r = inspect(image);
+        assert_eq!(r["boot"]["xen_paravirtual"], false, "{image}: {}", r["boot"]);
+        assert_eq!(r["boot"]["verdict"], "no_kernel", "{image}");
+        let (code, out, err) = vmrepo(&["inspect", image]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("no kernel: not bootable on its own") && !out.contains("Xen paravirtual"),
+            "{out}"
+        );
+    }
+    // Nothing in /boot, a Xen module tree and /dev/xvda1 in fstab: Xen paravirtual,
+    // with the kernel version its modules give.
+    let guest = images_of(&g, "sl5-xenmod");
+    let tree = guest["expect"]["module_trees"][0].as_str().unwrap();
+    assert!(tree.ends_with("xen"), "{tree}");
+    let r = inspect(guest["images"]["raw"].as_str().unwrap());
+    assert_eq!(r["boot"]["xen_paravirtual"], true, "{}", r["boot"]);
+    let repo = crate::util::Repo::new();
+    let out =
+        repo.json(&["add", guest["images"]["raw"].as_str().unwrap(), "--vm", "xen", "--detail", "xenpv"]);
+    let file = out["image"]["file"].as_str().unwrap().replace(".img", ".txt");
+    let txt = std::fs::read_to_string(repo.vm_dir("xen").join(file)).unwrap();
+    for want in [
+        format!("Kernel version: {tree}"),
+        "Boots on its own: no: a Xen paravirtual guest (Xen module tree /lib/modules/".to_string(),
+        "/etc/fstab mounts /dev/xvda1".to_string(),
+    ] {
+        assert!(txt.contains(&want), "missing {want:?} in:\n{txt}");
+    }
+}
+
+#[test]
+fn issue_7_item_17_budget_counts_free_space_and_unpartitioned_room_apart() {
+    let Some(g) = guests() else { return };
+    // A bare filesystem 8 MiB shorter than its disk, an LVM guest with room
+    // left in its volume group, logical partitions in an extended one.
+    for name in ["sl5.3-xen", "sl5.3", "ubuntu9.10"] {
+        let guest = images_of(&g, name);
+        let image = guest["images"]["raw"].as_str().unwrap();
+        let r = inspect(image);
+        let size = guest["virtual_sizes"]["raw"].as_u64().unwrap();
+        check_budget(&format!("{name} ({image})"), size, &guest["expect"], &r);
+        assert!(r["budget"]["unpartitioned"].as_u64().unwrap() > 0, "{name}: {}", r["budget"]);
+    }
+}
+
+#[test]
+fn issue_7_item_18_star_start_up_in_any_login_file() {
+    let Some(g) = guests() else { return };
+    // `.cshrc`: source $GROUP_DIR/star_cshrc.csh, starver SL08e.
+    let r = inspect(images_of(&g, "sl5.3")["images"]["raw"].as_str().unwrap());
+    assert_eq!(r["star"]["startup_scripts"], serde_json::json!(["/home/star/.cshrc"]), "{}", r["star"]);
+    // System-wide: /etc/csh.login; a .cshrc with its STAR line commented out is none.
+    let r = inspect(images_of(&g, "centos5")["images"]["raw"].as_str().unwrap());
+    assert_eq!(r["star"]["startup_scripts"], serde_json::json!(["/etc/csh.login"]), "{}", r["star"]);
+    let r = inspect(images_of(&g, "sl6")["images"]["raw"].as_str().unwrap());
+    assert_eq!(r["star"]["startup_scripts"], serde_json::json!(["/home/star/.login"]), "{}", r["star"]);
 }

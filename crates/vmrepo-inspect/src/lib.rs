@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+mod conf;
 pub mod elf;
 mod error;
 pub mod fs;
@@ -78,38 +79,85 @@ pub struct Budget {
     pub os: u64,
     pub swap: u64,
     pub star_software: u64,
-    /// Free space on the filesystems: what is left for data.
+    /// Free space on the writable filesystems (the same as `left_for_data`,
+    /// kept for the readers that know this name).
     pub data_room: u64,
     /// The maximum size it is checked against.
     pub max_size: u64,
     /// os + swap + star_software.
     pub committed: u64,
-    /// max_size - committed (0 when over).
+    /// What a job can write: the free space of the writable filesystems
+    /// (every one but ISO 9660 and FAT), not the maximum size less what is
+    /// committed (partition tables, filesystem metadata, space no filesystem
+    /// covers are no room for data).
     pub left_for_data: u64,
+    /// Bytes of the disk no partition covers (on a disk with no partition
+    /// table: that the filesystem, swap area or physical volume on the whole
+    /// disk does not cover): room an admin can give the guest by growing a
+    /// partition or a filesystem, not room a job can write to.
+    pub unpartitioned: u64,
     /// committed < max_size.
     pub fits: bool,
 }
 
 impl Budget {
-    /// The budget of a guest's parts against a maximum size.
-    pub fn new(os: u64, swap: u64, star_software: u64, data_room: u64, max_size: u64) -> Budget {
+    /// The budget of a guest's parts against a maximum size: `free` is the
+    /// free space of its writable filesystems, `unpartitioned` the bytes of
+    /// the disk no partition covers.
+    pub fn new(
+        os: u64,
+        swap: u64,
+        star_software: u64,
+        free: u64,
+        unpartitioned: u64,
+        max_size: u64,
+    ) -> Budget {
         let committed = os.saturating_add(swap).saturating_add(star_software);
         Budget {
             os,
             swap,
             star_software,
-            data_room,
+            data_room: free,
             max_size,
             committed,
-            left_for_data: max_size.saturating_sub(committed),
+            left_for_data: free,
+            unpartitioned,
             fits: committed < max_size,
         }
     }
 
     /// The same parts against another maximum size.
     pub fn against(&self, max_size: u64) -> Budget {
-        Budget::new(self.os, self.swap, self.star_software, self.data_room, max_size)
+        Budget::new(self.os, self.swap, self.star_software, self.left_for_data, self.unpartitioned, max_size)
     }
+}
+
+/// Bytes of a disk of `size` bytes that no partition of `table` covers
+/// (extended partitions are containers: the space between their logical
+/// partitions is not covered); `whole` is what a device found on the whole
+/// disk covers when there is no partition.
+fn unpartitioned(size: u64, table: &partition::Table, whole: u64) -> u64 {
+    let mut spans: Vec<(u64, u64)> = table
+        .partitions
+        .iter()
+        .filter(|p| p.kind != "extended" && p.size > 0 && p.start < size)
+        .map(|p| (p.start, p.start.saturating_add(p.size).min(size)))
+        .collect();
+    if spans.is_empty() {
+        return size.saturating_sub(whole);
+    }
+    // Partitions may overlap in a hostile table: each byte is counted once.
+    spans.sort_unstable();
+    let mut covered = 0u64;
+    let mut reach = 0u64;
+    for (start, end) in spans {
+        let from = start.max(reach);
+        if end > from {
+            covered = covered.saturating_add(end - from);
+            reach = end;
+        }
+    }
+    size.saturating_sub(covered)
 }
 
 /// Everything the inspector found.
@@ -145,6 +193,10 @@ impl Report {
         self.filesystems.iter().find(|v| v.role.as_deref() == Some("/"))
     }
 }
+
+/// The device name of the whole disk, when it has no partition table (or
+/// is an isohybrid ISO).
+pub const WHOLE_DISK: &str = "disk";
 
 /// A device found on the disk, with its name.
 struct Found {
@@ -193,13 +245,13 @@ pub fn inspect(disk: Arc<dyn Disk>, opts: &Options) -> Report {
     });
     let mut devices: Vec<Found> = Vec::new();
     if table.scheme == "none" || table.partitions.is_empty() {
-        devices.push(Found { name: "disk".into(), dev: Arc::clone(&whole) });
+        devices.push(Found { name: WHOLE_DISK.into(), dev: Arc::clone(&whole) });
     } else {
         // An isohybrid image: the ISO filesystem spans the whole disk too.
         if let Ok(Probe::Fs(f)) = fs::probe(whole.as_ref())
             && f.kind == "iso9660"
         {
-            devices.push(Found { name: "disk".into(), dev: Arc::clone(&whole) });
+            devices.push(Found { name: WHOLE_DISK.into(), dev: Arc::clone(&whole) });
         }
         for p in &table.partitions {
             if p.kind == "extended" || p.size == 0 || p.start >= whole.len() {
@@ -223,8 +275,11 @@ pub fn inspect(disk: Arc<dyn Disk>, opts: &Options) -> Report {
         Item::Pv(l, d) => pvs.push((l, d)),
         Item::Nothing => {}
     };
+    let mut whole_disk_pv = false;
     for f in &devices {
-        place(probe_device(f, &mut warnings), &mut volumes, &mut pvs);
+        let item = probe_device(f, &mut warnings);
+        whole_disk_pv |= f.name == WHOLE_DISK && matches!(item, Item::Pv(..));
+        place(item, &mut volumes, &mut pvs);
     }
     let mut lv_report = Vec::new();
     let lvs = lvm::logical_volumes(&pvs, &mut warnings);
@@ -287,23 +342,43 @@ pub fn inspect(disk: Arc<dyn Disk>, opts: &Options) -> Report {
         }
         None => (None, None, None, None, star::Star::default(), None),
     };
-    let boot = kernel::detect(root.as_ref(), boot_fs.as_ref());
+    let bare_disk = volumes.iter().any(|(v, _)| v.device == WHOLE_DISK && v.role.as_deref() == Some("/"));
+    let boot = kernel::detect(root.as_ref(), boot_fs.as_ref(), bare_disk);
 
-    let linux = |k: &str| !matches!(k, "iso9660" | "vfat");
+    // The filesystems a job writes to: not an ISO 9660 (read-only), nor a FAT
+    // one (the firmware's EFI partition, or a medium to carry files).
+    let writable = |k: &str| !matches!(k, "iso9660" | "vfat");
     let used: u64 = volumes
         .iter()
-        .filter(|(v, _)| linux(&v.fs.kind))
+        .filter(|(v, _)| writable(&v.fs.kind))
         .filter_map(|(v, _)| v.fs.used)
         .fold(0, u64::saturating_add);
     let free: u64 = volumes
         .iter()
-        .filter(|(v, _)| linux(&v.fs.kind))
+        .filter(|(v, _)| writable(&v.fs.kind))
         .filter_map(|(v, _)| v.fs.free)
         .fold(0, u64::saturating_add);
     let swap_total: u64 = swaps.iter().map(|s| s.swap.size).fold(0, u64::saturating_add);
     let star_bytes = star_info.size();
     let os_bytes = used.saturating_sub(star_bytes);
-    let budget = Budget::new(os_bytes, swap_total, star_bytes, free, opts.max_size.unwrap_or(disk.size()));
+    // What lies on the whole disk when it has no partition: a filesystem, a
+    // swap area, or a physical volume (which spans it).
+    let on_whole_disk = volumes
+        .iter()
+        .filter(|(v, _)| v.device == WHOLE_DISK)
+        .map(|(v, _)| v.fs.size)
+        .chain(swaps.iter().filter(|s| s.device == WHOLE_DISK).map(|s| s.swap.size))
+        .chain(whole_disk_pv.then_some(disk.size()))
+        .max()
+        .unwrap_or(0);
+    let budget = Budget::new(
+        os_bytes,
+        swap_total,
+        star_bytes,
+        free,
+        unpartitioned(disk.size(), &table, on_whole_disk),
+        opts.max_size.unwrap_or(disk.size()),
+    );
     let mut all_warnings = warnings;
     all_warnings.extend(table.warnings.iter().cloned());
     Report {
@@ -322,5 +397,46 @@ pub fn inspect(disk: Arc<dyn Disk>, opts: &Options) -> Report {
         budget,
         bytes_read: counter.load(Ordering::Relaxed),
         warnings: all_warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(number: u32, start: u64, size: u64, kind: &str) -> partition::Partition {
+        partition::Partition {
+            number,
+            start,
+            size,
+            kind: kind.into(),
+            type_id: String::new(),
+            bootable: false,
+            name: None,
+        }
+    }
+
+    #[test]
+    fn unpartitioned_space() {
+        const MIB: u64 = 1 << 20;
+        let table =
+            |parts| partition::Table { scheme: "mbr".into(), partitions: parts, warnings: Vec::new() };
+        // Logical partitions in an extended one: the container covers nothing itself.
+        let t = table(vec![
+            part(1, MIB, 32 * MIB, "Linux"),
+            part(2, 33 * MIB, 167 * MIB, "extended"),
+            part(5, 34 * MIB, 32 * MIB, "Linux swap"),
+            part(6, 67 * MIB, 64 * MIB, "Linux"),
+        ]);
+        assert_eq!(unpartitioned(200 * MIB, &t, 0), 72 * MIB);
+        // Overlapping partitions count once; one past the end is cut there.
+        let t = table(vec![part(1, MIB, 10 * MIB, "Linux"), part(2, 5 * MIB, 10 * MIB, "Linux")]);
+        assert_eq!(unpartitioned(20 * MIB, &t, 0), 6 * MIB);
+        let t = table(vec![part(1, MIB, u64::MAX, "Linux"), part(2, 30 * MIB, MIB, "Linux")]);
+        assert_eq!(unpartitioned(20 * MIB, &t, 0), MIB);
+        // No partition: what the whole disk's filesystem leaves.
+        let t = partition::Table { scheme: "none".into(), ..Default::default() };
+        assert_eq!(unpartitioned(72 * MIB, &t, 64 * MIB), 8 * MIB);
+        assert_eq!(unpartitioned(72 * MIB, &t, 80 * MIB), 0);
     }
 }

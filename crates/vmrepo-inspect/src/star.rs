@@ -50,13 +50,36 @@ pub struct Star {
     pub account: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub home: Option<String>,
-    /// Start-up files of the star account, or system ones, that set STAR up.
+    /// The start-up files that set STAR up: the star account's own, then the
+    /// system-wide ones (`/etc/csh.login`, `/etc/profile.d/*` ...).
     pub startup_scripts: Vec<String>,
 }
 
-/// What makes a start-up file a STAR one.
-const STAR_MARKERS: [&str; 4] = ["group_env", "STAR_LEVEL", "star_login", "STAR/"];
+/// What makes a start-up file a STAR one, in a line that is not a comment:
+/// STAR's group files (`$GROUP_DIR/group_env.csh`, `star_login.csh`,
+/// `star_cshrc.csh`), the variables they set, and `starver`, which picks a
+/// library version (`starver SL08e`).
+const STAR_MARKERS: [&str; 7] =
+    ["group_env", "star_login", "star_cshrc", "starver", "GROUP_DIR", "STAR_LEVEL", "STAR/"];
+/// The star account's own start-up files, as csh, tcsh, bash and sh read them.
+const HOME_STARTUP: [&str; 6] = [".cshrc", ".login", ".tcshrc", ".bashrc", ".bash_profile", ".profile"];
+/// The system-wide start-up files of csh and tcsh (`/etc/csh.*`), bash and sh;
+/// `/etc/profile.d` is read besides.
+const SYSTEM_STARTUP: [&str; 5] =
+    ["/etc/csh.login", "/etc/csh.cshrc", "/etc/profile", "/etc/bashrc", "/etc/bash.bashrc"];
+/// The folder of start-up snippets the system-wide files source.
+const PROFILE_D: &str = "/etc/profile.d";
+/// Files of `/etc/profile.d` read at most (each at most
+/// [`crate::guest::MAX_SMALL_FILE`]).
+const MAX_PROFILE_D: usize = 64;
 
+/// Whether a start-up file sets STAR up: a marker outside its comments.
+pub fn sets_up_star(text: &str) -> bool {
+    crate::conf::lines(text).any(|l| STAR_MARKERS.iter().any(|m| l.contains(m)))
+}
+
+/// Finds the STAR libraries, the `star` account and the start-up files that
+/// set STAR up (the account's own, then the system-wide ones).
 pub fn detect(root: &ExtFs, passwd: &Passwd) -> Star {
     let mut s = Star::default();
     for r in ROOTS {
@@ -82,21 +105,24 @@ pub fn detect(root: &ExtFs, passwd: &Passwd) -> Star {
         }
     }
     s.libraries.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut candidates: Vec<String> = Vec::new();
     if let Some(star) = passwd.users.iter().find(|u| u.name == "star") {
         s.account = true;
         s.home = Some(star.home.clone());
-        for f in [".cshrc", ".login", ".tcshrc", ".bashrc", ".bash_profile", ".profile"] {
-            let p = format!("{}/{f}", star.home.trim_end_matches('/'));
-            if let Some(t) = root.read_text(&p)
-                && STAR_MARKERS.iter().any(|m| t.contains(m))
-            {
-                s.startup_scripts.push(p);
-            }
-        }
+        let home = star.home.trim_end_matches('/');
+        candidates.extend(HOME_STARTUP.iter().map(|f| format!("{home}/{f}")));
     }
-    for (name, kind) in root.list("/etc/profile.d") {
-        if kind == Kind::File && name.to_ascii_lowercase().contains("star") {
-            s.startup_scripts.push(format!("/etc/profile.d/{name}"));
+    candidates.extend(SYSTEM_STARTUP.iter().map(|f| f.to_string()));
+    candidates.extend(
+        root.list(PROFILE_D)
+            .into_iter()
+            .filter(|(_, kind)| matches!(kind, Kind::File | Kind::Link))
+            .take(MAX_PROFILE_D)
+            .map(|(name, _)| format!("{PROFILE_D}/{name}")),
+    );
+    for p in candidates {
+        if root.read_text(&p).is_some_and(|t| sets_up_star(&t)) && !s.startup_scripts.contains(&p) {
+            s.startup_scripts.push(p);
         }
     }
     s
@@ -106,5 +132,24 @@ impl Star {
     /// Bytes of every library.
     pub fn size(&self) -> u64 {
         self.libraries.iter().map(|l| l.size).fold(0, u64::saturating_add)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sets_up_star;
+
+    #[test]
+    fn star_start_up_in_every_form() {
+        // The `.cshrc` of issue 7, item 18.
+        assert!(sets_up_star("source $GROUP_DIR/star_cshrc.csh\nstarver SL08e\n"));
+        assert!(sets_up_star("setenv GROUP_DIR /usr/local/star/group\nsource $GROUP_DIR/group_env.csh\n"));
+        assert!(sets_up_star("source /afs/rhic.bnl.gov/rhstar/group/star_login.csh\n"));
+        assert!(sets_up_star("export STAR_LEVEL=SL08e\n"));
+        assert!(sets_up_star("starver SL10k # the library of the 2010 production\n"));
+        // Comments and unrelated files are not a STAR set-up.
+        assert!(!sets_up_star("# nothing STAR here\n"));
+        assert!(!sets_up_star("# source $GROUP_DIR/star_cshrc.csh\n#starver SL08e\n"));
+        assert!(!sets_up_star("alias ll 'ls -l'\nset prompt='%m:%~> '\n"));
     }
 }

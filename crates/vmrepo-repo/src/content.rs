@@ -10,6 +10,7 @@ use vmrepo_format::{Format, Info, OpenOptions};
 use vmrepo_name::{Extension, ImageName, MaxSize};
 
 use vmrepo_inspect::Report;
+use vmrepo_inspect::kernel::Verdict;
 
 use crate::description::{Facts, Storage, human_bytes, keys};
 use crate::error::{Error, ErrorKind, Result};
@@ -272,26 +273,25 @@ fn guest_facts(r: &Report, max_size: u64) -> (Option<String>, Vec<(&'static str,
         );
     }
     put(keys::HOSTNAME, r.hostname.iter().cloned().collect());
-    let kernels: Vec<String> = r.boot.kernels.iter().filter(|k| !k.xen).map(|k| k.version.clone()).collect();
-    let xen: Vec<String> = r.boot.kernels.iter().filter(|k| k.xen).map(|k| k.version.clone()).collect();
-    let all: Vec<String> = r.boot.kernels.iter().map(|k| k.version.clone()).collect();
-    let kernel = (!all.is_empty()).then(|| all.join(", "));
+    let own: Vec<&str> = r.boot.kernels.iter().filter(|k| !k.xen).map(|k| k.version.as_str()).collect();
+    // An empty /boot (a Xen guest's) still names its kernel in /lib/modules.
+    let versions = r.boot.kernel_versions();
+    let kernel = (!versions.is_empty()).then(|| versions.join(", "));
+    let xen_also = if r.boot.xen_evidence.is_empty() {
+        String::new()
+    } else {
+        format!("; set up for Xen too: {}", r.boot.xen_evidence.join("; "))
+    };
     put(
         keys::BOOTS,
-        vec![match (r.boot.own_kernel, r.boot.xen_paravirtual) {
-            (_, Some(true)) => {
-                let which = if xen.is_empty() {
-                    "no kernel of its own".to_string()
-                } else {
-                    format!("only Xen kernels: {}", xen.join(", "))
-                };
-                format!(
-                    "no: a Xen paravirtual guest ({which}); it will not boot on VirtualBox, VMware or KVM"
-                )
-            }
-            (Some(true), _) => format!("yes (kernel {})", kernels.join(", ")),
-            (Some(false), _) => "no: no bootable kernel in /boot".to_string(),
-            (None, _) => "unknown: /boot could not be read".to_string(),
+        vec![match r.boot.verdict {
+            Verdict::OwnKernel => format!("yes (kernel {}){xen_also}", own.join(", ")),
+            Verdict::XenParavirtual => format!(
+                "no: a Xen paravirtual guest ({}); it will not boot on VirtualBox, VMware or KVM",
+                r.boot.xen_evidence.join("; ")
+            ),
+            Verdict::NoKernel => "no kernel: not bootable on its own".to_string(),
+            Verdict::Unknown => "unknown: /boot could not be read".to_string(),
         }],
     );
     put(
@@ -359,17 +359,18 @@ fn guest_facts(r: &Report, max_size: u64) -> (Option<String>, Vec<(&'static str,
         put(
             keys::BUDGET,
             vec![format!(
-                "OS {} + swap {} + STAR {} = {} of {}: {}",
+                "OS {} + swap {} + STAR {} = {} of {}: {}; {} unpartitioned",
                 human_bytes(b.os),
                 human_bytes(b.swap),
                 human_bytes(b.star_software),
                 human_bytes(b.committed),
                 human_bytes(b.max_size),
                 if b.fits {
-                    format!("{} left for data", human_bytes(b.left_for_data))
+                    format!("{} left for data in the filesystems", human_bytes(b.left_for_data))
                 } else {
                     "over the maximum size, no room for data".to_string()
-                }
+                },
+                human_bytes(b.unpartitioned)
             )],
         );
     }
