@@ -98,6 +98,17 @@ Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo f
         /// The image: NAME, FILE, VM/NAME or a path.
         name: String,
     },
+    /// Rename an image (or move it to another VM folder) with its sidecars:
+    /// the .checksum rewritten, the .txt's own lines kept.
+    Mv {
+        /// The image: NAME, FILE, VM/NAME or a path.
+        from: String,
+        /// The new name: NAME or VM/NAME (a file keeps its extension if none is given).
+        to: String,
+        /// Rename even where the new name disagrees with the image's content.
+        #[arg(long)]
+        force: bool,
+    },
     /// Rebuild the index from the files.
     Reindex,
     /// What an image file says of itself: format, sizes, allocation, backing

@@ -39,6 +39,7 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
         Command::Inventory => inventory(&ctx),
         Command::Lint => lint(&ctx),
         Command::Rm { name } => rm(&ctx, name),
+        Command::Mv { from, to, force } => mv(&ctx, from, to, *force),
         Command::Reindex => reindex(&ctx),
         Command::Demo { dir } => demo(&ctx, dir.as_deref()),
         Command::Info(a) => crate::image::info(&ctx, a),
@@ -474,8 +475,9 @@ fn show(ctx: &Ctx<'_>, spec: &str) -> Result<Outcome> {
     let catalog = open_catalog(ctx)?;
     let rec = catalog.resolve(spec)?;
     let dir = catalog.repo().vm_root().join(&rec.folder);
+    let sidecars = vmrepo_repo::layout::Sidecars::of(&dir, &rec.file, &rec.name, rec.image_kind());
     let description = vmrepo_repo::catalog::read_capped(
-        &dir.join(format!("{}.txt", rec.name)),
+        &sidecars.description,
         vmrepo_repo::description::MAX_DESCRIPTION_FILE,
     )
     .ok()
@@ -644,8 +646,25 @@ fn rm(ctx: &Ctx<'_>, spec: &str) -> Result<Outcome> {
     Ok(Outcome::Clean)
 }
 
+fn mv(ctx: &Ctx<'_>, from: &str, to: &str, force: bool) -> Result<Outcome> {
+    let mut catalog = open_catalog(ctx)?;
+    let bar = Bar::new(ctx.cli.quiet);
+    let out = vmrepo_repo::rename(
+        &mut catalog,
+        vmrepo_repo::RenameRequest { from, to, force, progress: &bar, cancel: ctx.cancel },
+    )?;
+    if ctx.cli.json {
+        output::json(&out)?;
+    } else if !ctx.cli.quiet {
+        line(format_args!("renamed {} to {}", out.from, out.image.path))?;
+    }
+    Ok(Outcome::Clean)
+}
+
 fn reindex(ctx: &Ctx<'_>) -> Result<Outcome> {
     let mut catalog = open_catalog(ctx)?;
+    // Rebuilding a copy in memory would rebuild nothing.
+    catalog.require_written()?;
     let stats = catalog.rebuild()?;
     let images = catalog.find(&Query::all())?.len();
     if ctx.cli.json {

@@ -409,3 +409,50 @@ fn killed_at_every_file_operation() {
     }
     eprintln!("{runs} runs");
 }
+
+/// `mv` killed at every rename, link, unlink and fsync: afterwards exactly
+/// one of the two names holds the whole image, whose sidecars md5sum checks.
+#[test]
+fn mv_killed_at_every_file_operation() {
+    if !have("strace", "strace") || !have("md5sum", "coreutils") {
+        return;
+    }
+    const NEW: &str = "sl5.3_x86_64_sl08e_8GB_renamed";
+    for calls in FATAL_CALLS {
+        for n in 1.. {
+            let r = Repo::new();
+            let src = r.scratch().join("a.img");
+            pattern_file(&src, 1 << 20, 3);
+            let sha = crate::util::sha256sum(&src);
+            r.ok(&add_args(&src).iter().map(String::as_str).collect::<Vec<_>>());
+            let args: Vec<String> = ["mv", &format!("kvm/{STEM}"), &format!("xen/{NEW}"), "--force"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let killed = killed_at(&r, &args, calls, n);
+            let what = format!("mv killed at call {n} of {calls}");
+            let listed = r.listed();
+            let journal = r.root.join(".vmrepo/journal");
+            assert_eq!(tree(&journal), Vec::<String>::new(), "{what}");
+            let old_there = listed.contains(&format!("kvm/{STEM}.img"));
+            let new_there = listed.contains(&format!("xen/{NEW}.img"));
+            assert!(old_there != new_there, "{what}: {listed:?}");
+            let (dir, stem) = if new_there { (r.vm_dir("xen"), NEW) } else { (r.vm_dir("kvm"), STEM) };
+            let files: Vec<String> =
+                tree(&r.vm_dir("kvm")).into_iter().chain(tree(&r.vm_dir("xen"))).collect();
+            assert_eq!(
+                files,
+                [format!("{stem}.checksum"), format!("{stem}.img"), format!("{stem}.txt")],
+                "{what}"
+            );
+            sh(&dir, &format!("md5sum -c {stem}.checksum"));
+            assert_eq!(crate::util::sha256sum(&dir.join(format!("{stem}.img"))), sha, "{what}");
+            r.ok(&["verify", "--md5"]);
+            if !killed {
+                assert!(new_there, "{what}");
+                break;
+            }
+            assert!(n < 200, "{what}: never ran to its end");
+        }
+    }
+}

@@ -385,3 +385,80 @@ fn issue_7_item_18_star_start_up_in_any_login_file() {
     let r = inspect(images_of(&g, "sl6")["images"]["raw"].as_str().unwrap());
     assert_eq!(r["star"]["startup_scripts"], serde_json::json!(["/home/star/.login"]), "{}", r["star"]);
 }
+
+/// Issue 7, item 18: `lint` warns of what the specification recommends of
+/// every image's accounts and the guest lacks: root's password, the star
+/// account and its STAR start-up, as the builder made each guest.
+#[test]
+fn issue_7_item_18_lint_warns_of_missing_accounts_and_start_up() {
+    let Some(g) = guests() else { return };
+    let r = crate::util::Repo::new();
+    let mut expected: Vec<(String, Vec<&str>)> = Vec::new();
+    for (i, guest) in g["guests"].as_array().unwrap().iter().enumerate() {
+        let Some(image) = guest["images"]["qcow2"].as_str().or_else(|| guest["images"]["raw"].as_str())
+        else {
+            continue;
+        };
+        // Only a guest whose root filesystem vmrepo reads (ext) is judged.
+        let report = inspect(image);
+        let root_read = report["filesystems"].as_array().unwrap().iter().any(|f| f["role"] == "/");
+        let detail = format!("g{i}");
+        let out = r.json(&[
+            "add",
+            image,
+            "--force",
+            "--vm",
+            "kvm",
+            "--os",
+            "sl5.3",
+            "--arch",
+            "x86",
+            "--bits",
+            "64",
+            "--lib",
+            "sl08e",
+            "--max-size",
+            "8GB",
+            "--detail",
+            &detail,
+        ]);
+        let path = out["image"]["path"].as_str().unwrap().to_string();
+        let e = &guest["expect"];
+        let mut want = Vec::new();
+        if root_read {
+            match e["accounts"]["root_password"].as_str().unwrap() {
+                "empty" => want.push("root-password-empty"),
+                "locked" | "unknown" => want.push("root-no-password"),
+                _ => {}
+            }
+            if e["star"]["account"] == false {
+                want.push("no-star-account");
+            } else if e["star"]["startup_scripts"].as_array().is_none_or(|s| s.is_empty()) {
+                want.push("no-star-startup");
+            }
+        }
+        expected.push((path, want));
+    }
+    let out = r.run(&["--json", "lint"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let account_codes = ["root-password-empty", "root-no-password", "no-star-account", "no-star-startup"];
+    let mut judged = 0;
+    for (path, want) in &expected {
+        let mut got: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["path"] == path.as_str() && account_codes.contains(&f["code"].as_str().unwrap()))
+            .map(|f| {
+                assert_eq!(f["severity"], "warning", "{f}");
+                f["code"].as_str().unwrap()
+            })
+            .collect();
+        got.sort();
+        let mut want = want.clone();
+        want.sort();
+        assert_eq!(got, want, "{path}");
+        judged += usize::from(!want.is_empty());
+    }
+    assert!(judged >= 2, "the guests exercise few of the warnings: {expected:?}");
+}

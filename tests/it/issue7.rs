@@ -393,3 +393,294 @@ fn item21_a_replaced_image_never_disappears() {
     );
     intact(&r, &sha256sum(&src));
 }
+
+#[test]
+fn item07_nothing_is_written_or_deleted_through_a_linked_folder() {
+    let r = Repo::new();
+    let src = r.scratch().join("a.img");
+    pattern_file(&src, 1 << 20, 15);
+    // vm/kvm is a link to a folder elsewhere.
+    let elsewhere = r.scratch().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::remove_dir(r.vm_dir("kvm")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, r.vm_dir("kvm")).unwrap();
+    let err = r.fails(6, &add_args(src.to_str().unwrap()));
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(tree(&elsewhere), Vec::<String>::new(), "written through the link");
+    let out = r.run(&["--json", "lint"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"] == "vm/kvm" && f["code"] == "symlinked-folder" && f["severity"] == "error"),
+        "{v}"
+    );
+
+    // vm/ itself is a link: the images behind it are neither listed nor removed.
+    let r = Repo::new();
+    let sha = stored(&r, 16);
+    let real = r.root.join("vm-real");
+    std::fs::rename(r.root.join("vm"), &real).unwrap();
+    std::os::unix::fs::symlink("vm-real", r.root.join("vm")).unwrap();
+    assert_eq!(r.listed(), Vec::<String>::new());
+    r.fails(4, &["rm", &format!("kvm/{STEM}")]);
+    let err = r.fails(6, &add_args(src.to_str().unwrap()));
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(sha256sum(&real.join(format!("kvm/{STEM}.img"))), sha);
+    assert_eq!(tree(&real.join("kvm")).len(), 3, "{:?}", tree(&real.join("kvm")));
+    let v = serde_json::from_slice::<serde_json::Value>(&r.run(&["--json", "lint"]).stdout).unwrap();
+    assert!(
+        v.as_array().unwrap().iter().any(|f| f["path"] == "vm" && f["code"] == "symlinked-folder"),
+        "{v}"
+    );
+}
+
+#[test]
+fn item08_reading_commands_work_on_a_full_disk_and_keep_the_history() {
+    if !have("bash", "bash") || !crate::util::can_mount_tmpfs() {
+        return;
+    }
+    let r = Repo::new();
+    let mnt = r.tmp.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let src = r.scratch().join("a.img");
+    pattern_file(&src, 1 << 20, 17);
+    let b = bin();
+    let add = add_args(src.to_str().unwrap()).iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ");
+    let add3 = add.replace("'--detail' 't'", "'--detail' 't3'");
+    // In a private mount namespace: a 16 MiB filesystem, an image and its
+    // verification, a second image's files copied in by hand (so that the
+    // next command must write to the index), then the disk filled up.
+    let script = format!(
+        r#"set -u
+mount -t tmpfs -o size=16m tmpfs '{m}' || exit 99
+V='{b}'; R='{m}/repo'
+"$V" init "$R" >/dev/null && "$V" --repo "$R" {add} >/dev/null && "$V" --repo "$R" verify >/dev/null || exit 98
+cd "$R/vm/kvm" && cp {stem}.img x.tmp && mv x.tmp {stem}_2.img && cp {stem}.txt {stem}_2.txt && md5sum {stem}_2.img > {stem}_2.checksum
+sed -i 's/^Image: .*/Image: {stem}_2.img/' {stem}_2.txt
+cd /
+dd if=/dev/zero of='{m}/fill' bs=64k 2>/dev/null; dd if=/dev/zero of='{m}/fill2' bs=512 2>/dev/null
+for c in list "find os=sl5.3" "show kvm/{stem}" verify; do "$V" --repo "$R" --json $c > '{m}/../out' 2>'{m}/../err'; echo "$c=$?"; done
+"$V" --repo "$R" --json show kvm/{stem} 2>/dev/null | grep -c '"verified_at": "2'
+"$V" --repo "$R" {add3} >/dev/null 2>&1; echo "add=$?"
+"$V" --repo "$R" reindex >/dev/null 2>&1; echo "reindex=$?"
+rm '{m}/fill' '{m}/fill2'
+"$V" --repo "$R" --json show kvm/{stem} 2>/dev/null | grep -c '"verified_at": "2'
+"$V" --repo "$R" --json list | grep -c '"file"'
+"#,
+        m = mnt.display(),
+        stem = format!("{STEM}"),
+    );
+    let out = Command::new("unshare").args(["-m", "bash", "-c", &script]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "list=0",
+            "find os=sl5.3=0",
+            &format!("show kvm/{STEM}=0"),
+            "verify=0",
+            "1",
+            "add=8",
+            "reindex=8",
+            "1",
+            "2"
+        ],
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn item19_adopted_trees_keep_their_layouts() {
+    if !have("qemu-img", "qemu-utils") || !have("md5sum", "coreutils") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("APP");
+    let vmware = root.join("vm/vmware");
+    std::fs::create_dir_all(&vmware).unwrap();
+    // A split VMDK in a folder named by the convention, its .checksum made
+    // inside the folder (md5sum run there), its .txt beside it.
+    let stem = "sl5.3_x86_64_sl08e_4GB_split";
+    let inner = vmware.join(stem);
+    std::fs::create_dir(&inner).unwrap();
+    crate::util::run_in(
+        &inner,
+        "qemu-img",
+        &["create", "-q", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse", "disk.vmdk", "4G"],
+    );
+    sh(&inner, &format!("md5sum * > {stem}.checksum"));
+    std::fs::write(
+        vmware.join(format!("{stem}.txt")),
+        "Image: sl5.3_x86_64_sl08e_4GB_split\nNotes:\nfrom the old tree\n",
+    )
+    .unwrap();
+    // A folder named like a file (x.vmdk/), its sidecars beside it named by the stem.
+    let stem2 = "sl5.3_x86_64_sl08e_4GB_ext";
+    let folder2 = vmware.join(format!("{stem2}.vmdk"));
+    std::fs::create_dir(&folder2).unwrap();
+    crate::util::run_in(
+        &folder2,
+        "qemu-img",
+        &["create", "-q", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse", "disk.vmdk", "4G"],
+    );
+    sh(&vmware, &format!("md5sum {stem2}.vmdk/* > {stem2}.checksum"));
+    std::fs::write(vmware.join(format!("{stem2}.txt")), format!("Image: {stem2}.vmdk\n")).unwrap();
+
+    let (code, _, err) = crate::util::vmrepo(&["init", root.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let run = |args: &[&str]| Command::new(bin()).arg("--repo").arg(&root).args(args).output().unwrap();
+    let out = run(&["--json", "lint"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let codes: Vec<(String, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap().to_string(), f["code"].as_str().unwrap().to_string()))
+        .collect();
+    for bad in ["missing-checksum", "missing-description", "missing-image", "checksum-other-file", "bad-name"]
+    {
+        assert!(!codes.iter().any(|(_, c)| c == bad), "{bad}: {codes:?}");
+    }
+    let out = run(&["--json", "list"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files: Vec<&str> = v.as_array().unwrap().iter().map(|i| i["file"].as_str().unwrap()).collect();
+    assert_eq!(files, [format!("{stem2}.vmdk").as_str(), stem], "{v}");
+    for i in v.as_array().unwrap() {
+        assert_eq!(i["checksum"], "ok", "{i}");
+        assert_eq!(i["kind"], "folder", "{i}");
+    }
+    let out = run(&["verify", "--md5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // Tampering with a part is still caught through the inner .checksum.
+    sh(
+        &inner,
+        "chmod u+w disk-s001.vmdk && printf 'X' | dd of=disk-s001.vmdk bs=1 seek=600000 conv=notrunc status=none",
+    );
+    let out = run(&["--json", "verify", "--md5"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn item19_mv_renames_with_sidecars_and_keeps_the_administrators_lines() {
+    let r = Repo::new();
+    let sha = stored(&r, 18);
+    let kvm = r.vm_dir("kvm");
+    let txt = kvm.join(format!("{STEM}.txt"));
+    let mut text = std::fs::read_to_string(&txt).unwrap();
+    let admin = "Root password: date '+%y%m SEED=someLongString' | md5sum | base64 | sed 's|\\(...........\\).*|\\1|'";
+    text = text.replacen("Storage:", &format!("{admin}\nContact: jlauret\nStorage:"), 1);
+    std::fs::write(&txt, &text).unwrap();
+    const NEW: &str = "sl5.3_x86_64_sl08e_8GB_ec2";
+    let out = r.json(&["mv", &format!("kvm/{STEM}"), NEW, "--force"]);
+    assert_eq!(out["image"]["path"], format!("vm/kvm/{NEW}.img"), "{out}");
+    assert_eq!(tree(&kvm), [format!("{NEW}.checksum"), format!("{NEW}.img"), format!("{NEW}.txt")]);
+    if have("md5sum", "coreutils") {
+        sh(&kvm, &format!("md5sum -c {NEW}.checksum"));
+    }
+    assert_eq!(sha256sum(&kvm.join(format!("{NEW}.img"))), sha);
+    let new_text = std::fs::read_to_string(kvm.join(format!("{NEW}.txt"))).unwrap();
+    assert!(new_text.contains(&format!("{admin}\nContact: jlauret\n")), "{new_text}");
+    assert!(new_text.contains(&format!("Image: {NEW}.img\n")), "{new_text}");
+    assert!(!new_text.contains(STEM), "{new_text}");
+    r.ok(&["verify", "--md5"]);
+    // To another VM folder.
+    let out = r.json(&["mv", NEW, &format!("xen/{NEW}"), "--force"]);
+    assert_eq!(out["image"]["path"], format!("vm/xen/{NEW}.img"));
+    assert_eq!(tree(&kvm), Vec::<String>::new());
+    assert!(
+        std::fs::read_to_string(r.vm_dir("xen").join(format!("{NEW}.txt"))).unwrap().contains("VM: xen\n")
+    );
+    // Refusals: a taken name, the same name, no such image, a bad name.
+    stored(&r, 19);
+    r.fails(5, &["mv", &format!("kvm/{STEM}"), &format!("xen/{NEW}"), "--force"]);
+    r.fails(6, &["mv", &format!("kvm/{STEM}"), STEM, "--force"]);
+    r.fails(4, &["mv", "kvm/nothing_x86_64_sl08e_8GB", NEW]);
+    r.fails(6, &["mv", &format!("kvm/{STEM}"), "sl5.3_x86_33_sl08e_8GB"]);
+    // The name must agree with the content unless forced (1 MiB is not 8GB).
+    r.fails(11, &["mv", &format!("kvm/{STEM}"), "sl5.3_x86_64_sl08e_8GB_other"]);
+    r.ok(&["verify", "--md5"]);
+}
+
+#[test]
+fn item20_errors_say_the_true_cause() {
+    let r = Repo::new();
+    stored(&r, 20);
+    // A path outside the repository is not a VM name.
+    let err = r.fails(4, &["show", "/etc/passwd"]);
+    assert!(err.contains("not inside the repository"), "{err}");
+    // An image whose file is gone: shown, and exit 4.
+    std::fs::remove_file(image(&r)).unwrap();
+    let out = r.run(&["show", &format!("kvm/{STEM}")]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(STEM));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
+    // An empty file is not "between 1 byte and 8EB".
+    let empty = r.scratch().join("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    let out = r.run(&add_args(empty.to_str().unwrap()));
+    assert_eq!(out.status.code(), Some(11), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --ext is echoed as typed.
+    let src = r.scratch().join("x.img");
+    pattern_file(&src, 4096, 1);
+    let mut args = add_args(src.to_str().unwrap());
+    args.extend(["--ext", "../img"]);
+    let err = r.fails(6, &args);
+    assert!(err.contains("\"../img\""), "{err}");
+    // Dates that do not exist.
+    for q in ["added>=2026-13-45", "added=2026-02-30", "verified<2026-11-26T25:00"] {
+        let err = r.fails(6, &["find", q]);
+        assert!(err.contains("takes a date"), "{q}: {err}");
+    }
+}
+
+/// Runs vmrepo as the unprivileged user `nobody` (setpriv, util-linux).
+fn as_nobody(args: &[&str], home: &str) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin())
+        .args(args)
+        .env("HOME", home)
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("VMREPO_REPO")
+        .env_remove("VMREPO_INDEX")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn item20_permission_denied_is_not_missing() {
+    if !have("setpriv", "util-linux") || !vmrepo_testkit::root("a test runs vmrepo as nobody") {
+        return;
+    }
+    let r = Repo::new();
+    stored(&r, 21);
+    // Let nobody reach the repository, but not read the image, nor write .vmrepo.
+    sh(r.tmp.path(), "chmod 755 . repo");
+    std::fs::set_permissions(image(&r), std::fs::Permissions::from_mode(0o400)).unwrap();
+    let repo = r.root.to_str().unwrap();
+    // No writable home and a read-only .vmrepo: the index is kept in memory.
+    let out = as_nobody(&["--repo", repo, "--json", "list"], "/nonexistent");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    let out = as_nobody(&["--repo", repo, "--json", "verify"], "/nonexistent");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = v["results"][0]["problems"].to_string();
+    assert!(problems.contains("ermission denied"), "{problems}");
+    assert!(!problems.contains("vanished") && !problems.contains("missing"), "{problems}");
+    // A repository nobody may not enter is not "not a repository".
+    sh(r.tmp.path(), "chmod 700 repo");
+    let out = as_nobody(&["--repo", repo, "list"], "/nonexistent");
+    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ermission denied"));
+}

@@ -289,3 +289,21 @@ fn data_regions(f: &std::fs::File, len: u64) -> Vec<(u64, u64)> {
     }
     out
 }
+
+/// Whether a tmpfs can be mounted in a private mount namespace (`unshare
+/// -m`, as root): the full-disk tests use one. Under CI a failure, elsewhere
+/// a notice and a skip.
+pub fn can_mount_tmpfs() -> bool {
+    let ok = have("unshare", "util-linux")
+        && Command::new("unshare")
+            .args(["-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("this test mounts a small tmpfs in a private mount namespace: it needs root (unshare -m)");
+        }
+        eprintln!("SKIPPED: cannot mount a tmpfs here (unshare -m needs root)");
+    }
+    ok
+}

@@ -45,7 +45,10 @@ impl Extension {
     /// # Errors
     /// As [`Extension::parse`].
     pub fn from_user(s: &str) -> Result<Extension, NameError> {
+        // Errors name what the person typed, not what was made of it.
+        check_safe(Field::Ext, s)?;
         Extension::parse(&s.strip_prefix('.').unwrap_or(s).to_ascii_lowercase())
+            .map_err(|e| NameError::new(Field::Ext, s, e.problem().to_string()))
     }
 
     /// The extension without its dot.

@@ -166,7 +166,8 @@ impl ImageRecord {
     pub fn image_name(&self) -> Option<ImageName> {
         match self.image_kind() {
             ImageKind::File => ImageName::parse_file(&self.file).ok(),
-            _ => ImageName::parse_stem(&self.file).ok(),
+            ImageKind::Folder => ImageName::parse(&self.file).ok(),
+            ImageKind::Missing => ImageName::parse_stem(&self.file).ok(),
         }
     }
 }
@@ -213,7 +214,7 @@ pub struct Catalog {
     repo: Repository,
     conn: Connection,
     /// Why the index is a copy in memory, if it is (see [`crate::index`]).
-    in_memory: Option<String>,
+    in_memory: Option<Error>,
 }
 
 impl Catalog {
@@ -232,7 +233,7 @@ impl Catalog {
         cat.recover_crashed(cancel)?;
         match cat.refresh() {
             Err(e) if cat.in_memory.is_none() && e.index_unwritable() => {
-                cat.switch_to_memory(&e.to_string())?;
+                cat.switch_to_memory(e)?;
                 cat.refresh()?;
             }
             r => {
@@ -244,14 +245,27 @@ impl Catalog {
 
     /// Why the index is only a copy in memory for this command (its file
     /// cannot be written), or `None` when changes to it are kept.
-    pub fn in_memory(&self) -> Option<&str> {
-        self.in_memory.as_deref()
+    pub fn in_memory(&self) -> Option<String> {
+        self.in_memory.as_ref().map(ToString::to_string)
+    }
+
+    /// Fails, for a command whose purpose is to change the index, when the
+    /// index is only a copy in memory: with the reason (a full disk is
+    /// [`ErrorKind::NoSpace`]).
+    ///
+    /// # Errors
+    /// As said.
+    pub fn require_written(&self) -> Result<()> {
+        match &self.in_memory {
+            None => Ok(()),
+            Some(e) => Err(Error::new(e.kind(), e.to_string())),
+        }
     }
 
     /// Goes on with a copy of the index in memory after a write failed.
-    fn switch_to_memory(&mut self, why: &str) -> Result<()> {
+    fn switch_to_memory(&mut self, why: Error) -> Result<()> {
         let mem = crate::index::copy_to_memory(&self.conn)?;
-        let why = format!("index {} cannot be written ({why})", self.repo.index_path().display());
+        let why = crate::index::full_disk_or(self.repo.index_path(), why);
         tracing::warn!("{why}: working from a copy in memory; verification results are not recorded");
         self.conn = mem;
         self.in_memory = Some(why);
@@ -722,15 +736,16 @@ pub(crate) fn read_from_disk(dir: &Path, img: &FoundImage) -> DiskState {
         ImageKind::Missing => (None, None, None, None, None),
     };
     let stem = img.name.stem();
+    let sidecars = layout::Sidecars::of(dir, &img.file, &stem, img.kind);
     let (checksum_state, md5) = match img.checksum_ino {
         None => ("missing".to_string(), None),
-        Some(_) => match read_capped(&dir.join(format!("{stem}.checksum")), checksum::MAX_CHECKSUM_FILE) {
+        Some(_) => match read_capped(&sidecars.checksum, checksum::MAX_CHECKSUM_FILE) {
             Err(_) => ("unreadable".to_string(), None),
             Ok(bytes) => match std::str::from_utf8(&bytes).ok().map(checksum::parse) {
                 Some(Ok(lines)) => match img.kind {
                     ImageKind::Folder => {
                         let prefix = format!("{}/", img.file);
-                        if lines.iter().all(|l| l.path.starts_with(&prefix)) {
+                        if lines.iter().all(|l| sidecars.part_key(&img.file, &l.path).starts_with(&prefix)) {
                             ("ok".to_string(), None)
                         } else {
                             ("other-file".to_string(), None)
@@ -750,18 +765,16 @@ pub(crate) fn read_from_disk(dir: &Path, img: &FoundImage) -> DiskState {
     };
     let (description_state, facts) = match img.description_ino {
         None => ("missing".to_string(), Facts::default()),
-        Some(_) => {
-            match read_capped(&dir.join(format!("{stem}.txt")), crate::description::MAX_DESCRIPTION_FILE) {
+        Some(_) => match read_capped(&sidecars.description, crate::description::MAX_DESCRIPTION_FILE) {
+            Err(_) => ("unreadable".to_string(), Facts::default()),
+            Ok(bytes) => match Description::parse(&bytes) {
                 Err(_) => ("unreadable".to_string(), Facts::default()),
-                Ok(bytes) => match Description::parse(&bytes) {
-                    Err(_) => ("unreadable".to_string(), Facts::default()),
-                    Ok(d) => {
-                        let (facts, problems) = d.facts();
-                        (if problems.is_empty() { "ok" } else { "problems" }.to_string(), facts)
-                    }
-                },
-            }
-        }
+                Ok(d) => {
+                    let (facts, problems) = d.facts();
+                    (if problems.is_empty() { "ok" } else { "problems" }.to_string(), facts)
+                }
+            },
+        },
     };
     DiskState {
         size,

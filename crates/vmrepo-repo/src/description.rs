@@ -257,6 +257,16 @@ impl Description {
         d
     }
 
+    /// Renames the image in the title line vmrepo wrote (`# old.img: ...`),
+    /// if the first line is that title.
+    pub fn retitle(&mut self, old: &str, new: &str) {
+        if let Some(first) = self.header.first_mut()
+            && let Some(rest) = first.strip_prefix(&format!("# {old}:"))
+        {
+            *first = format!("# {new}:{rest}");
+        }
+    }
+
     /// Reads a description from the bytes of a `.txt` file.
     ///
     /// # Errors

@@ -35,6 +35,9 @@ const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 const APPLICATION_ID_OFFSET: usize = 68;
 /// The header's length.
 const HEADER_LEN: usize = 100;
+/// Free bytes under which a failed write to the index is taken for a full
+/// disk: less than a few SQLite pages and its shared-memory block.
+const NEARLY_FULL: u64 = 256 * 1024;
 /// How long a command waits for another one's write to the index.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -179,7 +182,7 @@ fn made_by_first_vmrepo(path: &Path) -> bool {
 pub(crate) struct Opened {
     pub conn: Connection,
     /// Why the index is a copy in memory (its file cannot be written).
-    pub in_memory: Option<String>,
+    pub in_memory: Option<Error>,
 }
 
 /// Opens the index at `path`, creating it if needed; `chosen` says the user
@@ -203,10 +206,10 @@ pub(crate) fn open(path: &Path, chosen: bool) -> Result<Opened> {
             remove_index_files(path);
             match open_on_disk(path) {
                 Ok(conn) => Ok(Opened { conn, in_memory: None }),
-                Err(e) => in_memory(path, &e.to_string()),
+                Err(e) => in_memory(path, e),
             }
         }
-        Err(e) => in_memory(path, &e.to_string()),
+        Err(e) => in_memory(path, e),
     }
 }
 
@@ -296,14 +299,14 @@ pub(crate) fn ensure_schema(conn: &Connection) -> rusqlite::Result<()> {
 /// written: the file's rows where it can be read (so that the verification
 /// history shows), else an empty index; either way brought up to date from
 /// the files by the caller.
-fn in_memory(path: &Path, why: &str) -> Result<Opened> {
+fn in_memory(path: &Path, cause: rusqlite::Error) -> Result<Opened> {
     let mut mem = Connection::open_in_memory().map_err(|e| Error::index("open an index in memory", e))?;
     if path.exists() && copy_from(path, &mut mem).is_err() {
         // Unreadable too: start from an empty index, filled from the files.
         mem = Connection::open_in_memory().map_err(|e| Error::index("open an index in memory", e))?;
     }
     ensure_schema(&mem).map_err(|e| Error::index("open an index in memory", e))?;
-    let why = format!("index {} cannot be written ({why})", path.display());
+    let why = full_disk_or(path, Error::index(&format!("write {}", path.display()), cause));
     tracing::warn!("{why}: working from a copy in memory; verification results are not recorded");
     Ok(Opened { conn: mem, in_memory: Some(why) })
 }
@@ -329,6 +332,18 @@ fn uri_path(path: &Path) -> String {
         }
     }
     out
+}
+
+/// Why the index at `path` cannot be written: `err`, or a full disk when the
+/// filesystem holding it has next to no room left (SQLite reports a full disk
+/// met while sizing its shared-memory file as an I/O error).
+pub(crate) fn full_disk_or(path: &Path, err: Error) -> Error {
+    if err.kind() != ErrorKind::NoSpace
+        && crate::fsutil::free_space(crate::fsutil::parent(path)).is_ok_and(|f| f < NEARLY_FULL)
+    {
+        return Error::new(ErrorKind::NoSpace, format!("{err} (the disk is full)"));
+    }
+    err
 }
 
 /// A copy in memory of an open index, when a write to it has just failed

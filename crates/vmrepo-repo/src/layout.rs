@@ -29,6 +29,8 @@ pub const VM_DIR: &str = "vm";
 pub const STAGING_PREFIX: &str = ".vmrepo-staging.";
 /// The marker's content; the number is the layout version.
 pub const MARKER_TEXT: &str = "vmrepo repository\nlayout: 1\n";
+/// The largest marker file read.
+const MAX_MARKER: u64 = 4096;
 /// Environment variable naming the repository.
 pub const REPO_ENV: &str = "VMREPO_REPO";
 /// Environment variable naming the index file.
@@ -101,29 +103,44 @@ impl Repository {
     /// [`ErrorKind::NotARepository`] if `root` holds no `.vmrepo/repository`.
     pub fn open(root: &Path) -> Result<Repository> {
         let root = root.canonicalize().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                return Error::io("open the repository", root, e);
+            }
             Error::new(
                 ErrorKind::NotARepository,
                 format!("{} is not a vmrepo repository ({e})", root.display()),
             )
         })?;
         let marker = root.join(META_DIR).join(MARKER_FILE);
-        match fs::read_to_string(&marker) {
-            Ok(text) if text.starts_with("vmrepo repository") => {}
+        match crate::catalog::read_capped(&marker, MAX_MARKER) {
+            Ok(text) if text.starts_with(b"vmrepo repository") => {}
             Ok(_) => {
                 return Err(Error::new(
                     ErrorKind::NotARepository,
                     format!("{} is not a vmrepo marker file", marker.display()),
                 ));
             }
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::NotARepository,
-                    format!(
-                        "{} is not a vmrepo repository (no {META_DIR}/{MARKER_FILE}; run vmrepo init)",
-                        root.display()
-                    ),
-                ));
-            }
+            Err(why) => match fs::symlink_metadata(&marker) {
+                // Not allowed to look: say so, not "not a repository".
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(Error::io("open the repository", &root, e));
+                }
+                Ok(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!("cannot read {}: {why}", marker.display()),
+                    ));
+                }
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::NotARepository,
+                        format!(
+                            "{} is not a vmrepo repository (no {META_DIR}/{MARKER_FILE}; run vmrepo init)",
+                            root.display()
+                        ),
+                    ));
+                }
+            },
         }
         let network_fs = crate::fsutil::network_fs(&root);
         let (index_path, index_chosen) = match std::env::var_os(INDEX_ENV).filter(|p| !p.is_empty()) {
@@ -142,8 +159,13 @@ impl Repository {
         let start = start.canonicalize().map_err(|e| Error::io("resolve", start, e))?;
         let mut dir: &Path = &start;
         loop {
-            if dir.join(META_DIR).join(MARKER_FILE).is_file() {
-                return Repository::open(dir);
+            match fs::symlink_metadata(dir.join(META_DIR).join(MARKER_FILE)) {
+                Ok(md) if md.is_file() => return Repository::open(dir),
+                // A folder that cannot be looked into may be the repository.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(Error::io("look for a repository in", dir, e));
+                }
+                _ => {}
             }
             match dir.parent() {
                 Some(p) => dir = p,
@@ -452,7 +474,9 @@ pub fn scan_folder(dir: &Path) -> Result<FolderScan> {
                 Err(e) => scan.strays.push(Stray { file: name, problem: e.to_string(), code: "bad-name" }),
             }
         } else if ft.is_dir() {
-            match ImageName::parse_stem(&name) {
+            // A folder named like a file (`x.vmdk/`), as some trees keep a
+            // split VMDK, is that image: its sidecars are `x.checksum`, `x.txt`.
+            match ImageName::parse(&name) {
                 Ok(n) => images.push(FoundImage {
                     file: name,
                     name: n,
@@ -478,6 +502,17 @@ pub fn scan_folder(dir: &Path) -> Result<FolderScan> {
         if let Some(&(c, d)) = sidecars.get(&stem) {
             img.checksum_ino = c;
             img.description_ino = d;
+        }
+        if img.kind == ImageKind::Folder {
+            // Sidecars made inside the folder, as found in adopted trees.
+            let inner = |suffix: &str| {
+                fs::symlink_metadata(dir.join(&img.file).join(format!("{stem}{suffix}")))
+                    .ok()
+                    .filter(fs::Metadata::is_file)
+                    .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            };
+            img.checksum_ino = img.checksum_ino.or_else(|| inner(".checksum"));
+            img.description_ino = img.description_ino.or_else(|| inner(".txt"));
         }
         if !claimed.insert(stem.clone()) {
             scan.strays.push(Stray {
@@ -518,16 +553,64 @@ pub fn scan_folder(dir: &Path) -> Result<FolderScan> {
     Ok(scan)
 }
 
-/// The parts of an image folder: its regular files, sorted. Sub-folders and
-/// links are reported, not followed.
+/// Where an image's sidecars are: beside it, as the convention keeps them,
+/// or, in a tree adopted as it was found, inside an image folder (made by
+/// `md5sum * > x.checksum` run in the folder, so its lines name the parts
+/// without the folder).
+#[derive(Clone, Debug)]
+pub struct Sidecars {
+    pub checksum: PathBuf,
+    /// The `.checksum` is inside the folder: its lines name bare parts.
+    pub checksum_inside: bool,
+    pub description: PathBuf,
+}
+
+impl Sidecars {
+    /// The sidecars of the image `file` (named `stem`, of `kind`) in the VM
+    /// folder `dir`: beside it when there, else inside an image folder when
+    /// there, else where they should be.
+    pub fn of(dir: &Path, file: &str, stem: &str, kind: ImageKind) -> Sidecars {
+        let place = |suffix: &str| {
+            let beside = dir.join(format!("{stem}{suffix}"));
+            let inside = dir.join(file).join(format!("{stem}{suffix}"));
+            if kind == ImageKind::Folder
+                && fs::symlink_metadata(&beside).is_err()
+                && fs::symlink_metadata(&inside).is_ok_and(|m| m.is_file())
+            {
+                (inside, true)
+            } else {
+                (beside, false)
+            }
+        };
+        let (checksum, checksum_inside) = place(".checksum");
+        let (description, _) = place(".txt");
+        Sidecars { checksum, checksum_inside, description }
+    }
+
+    /// The name a `.checksum` line gives a part, as a path from the VM folder
+    /// (`x/part.vmdk`), whichever layout it was written in.
+    pub fn part_key(&self, file: &str, line_path: &str) -> String {
+        if self.checksum_inside { format!("{file}/{line_path}") } else { line_path.to_string() }
+    }
+}
+
+/// The parts of an image folder: its regular files, sorted, but for the
+/// sidecars kept inside it (named like the folder). Sub-folders and links
+/// are reported, not followed.
 pub fn folder_parts(dir: &Path) -> Result<(Vec<PartFile>, Vec<String>)> {
     /// A folder image holds a handful of extents; refuse to list absurd counts.
     const MAX_PARTS: usize = 4096;
+    let folder = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = ImageName::parse(&folder).map(|n| n.stem()).unwrap_or(folder);
+    let sidecar_names = [format!("{stem}.checksum"), format!("{stem}.txt")];
     let mut parts = Vec::new();
     let mut problems = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
         let entry = entry.map_err(|e| Error::io("list", dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
+        if sidecar_names.contains(&name) {
+            continue;
+        }
         let md = entry.metadata().map_err(|e| Error::io("inspect", &entry.path(), e))?;
         if md.is_file() && !name.contains(['\n', '\\']) {
             parts.push((name, md));

@@ -47,6 +47,7 @@ pub mod lock;
 pub mod progress;
 pub mod query;
 pub mod remove;
+pub mod rename;
 pub mod txn;
 pub mod verify;
 
@@ -59,4 +60,5 @@ pub use lint::{Finding, Severity, lint};
 pub use progress::{NoProgress, Progress};
 pub use query::Query;
 pub use remove::{RemoveOutcome, remove};
+pub use rename::{RenameOutcome, RenameRequest, rename};
 pub use verify::{VerifyOptions, VerifyReport, VerifyResult, verify};

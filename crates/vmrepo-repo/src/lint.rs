@@ -130,9 +130,12 @@ fn lint_image(dir: &Path, vm: Vm, folder: &str, img: &FoundImage, out: &mut Vec<
             format!("no {stem}.txt beside the image"),
         );
     }
+    let sidecars = layout::Sidecars::of(dir, &img.file, &stem, img.kind);
+    let in_folder =
+        |p: &Path| p.strip_prefix(dir).map_or_else(|_| p.display().to_string(), |r| r.display().to_string());
     if img.checksum_ino.is_some() {
-        let name = format!("{stem}.checksum");
-        match read_capped(&dir.join(&name), MAX_CHECKSUM_FILE) {
+        let name = in_folder(&sidecars.checksum);
+        match read_capped(&sidecars.checksum, MAX_CHECKSUM_FILE) {
             Err(e) => push(rel(&name), "checksum-format", Severity::Error, e),
             Ok(bytes) => match std::str::from_utf8(&bytes) {
                 Err(_) => push(
@@ -168,7 +171,8 @@ fn lint_image(dir: &Path, vm: Vm, folder: &str, img: &FoundImage, out: &mut Vec<
                                 .unwrap_or_default();
                             let mut want: Vec<String> =
                                 parts.iter().map(|(n, _)| format!("{}/{n}", img.file)).collect();
-                            let mut have: Vec<String> = lines.iter().map(|l| l.path.clone()).collect();
+                            let mut have: Vec<String> =
+                                lines.iter().map(|l| sidecars.part_key(&img.file, &l.path)).collect();
                             want.sort();
                             have.sort();
                             if want != have {
@@ -198,6 +202,11 @@ fn lint_image(dir: &Path, vm: Vm, folder: &str, img: &FoundImage, out: &mut Vec<
                     };
                     push(rel(&img.file), d.code, severity, d.message);
                 }
+                if let Some(g) = &c.guest {
+                    for (code, message) in guest_warnings(g) {
+                        push(rel(&img.file), code, Severity::Warning, message);
+                    }
+                }
                 Some(c)
             }
             Err(e) => {
@@ -219,8 +228,8 @@ fn lint_image(dir: &Path, vm: Vm, folder: &str, img: &FoundImage, out: &mut Vec<
         }
     }
     if img.description_ino.is_some() {
-        let name = format!("{stem}.txt");
-        let d = match read_capped(&dir.join(&name), MAX_DESCRIPTION_FILE) {
+        let name = in_folder(&sidecars.description);
+        let d = match read_capped(&sidecars.description, MAX_DESCRIPTION_FILE) {
             Err(e) => {
                 push(rel(&name), "description-unreadable", Severity::Error, e);
                 return;
@@ -312,4 +321,41 @@ fn lint_image(dir: &Path, vm: Vm, folder: &str, img: &FoundImage, out: &mut Vec<
             }
         }
     }
+}
+
+/// What the specification recommends of every image's accounts and that the
+/// guest does not have: a `root` with a password, a `star` account, and the
+/// STAR environment set up for it. Said only of a guest whose files were read.
+fn guest_warnings(g: &vmrepo_inspect::Report) -> Vec<(&'static str, String)> {
+    use vmrepo_inspect::accounts::Password;
+    let mut out = Vec::new();
+    if g.root().is_none() {
+        return out;
+    }
+    if let Some(a) = &g.accounts {
+        match a.root_password {
+            Password::Empty => out.push((
+                "root-password-empty",
+                "root has an empty password: anyone logs in as root without one".to_string(),
+            )),
+            Password::Locked | Password::Unknown => out.push((
+                "root-no-password",
+                "root has no password (the specification wants a root account with a hard password)"
+                    .to_string(),
+            )),
+            Password::Set => {}
+        }
+    }
+    if !g.star.account {
+        out.push(("no-star-account", "no star account: the specification's jobs run as star".to_string()));
+    } else if g.star.startup_scripts.is_empty() {
+        out.push((
+            "no-star-startup",
+            format!(
+                "the star account ({}) has no STAR start-up script: its login files do not set the STAR environment",
+                g.star.home.as_deref().unwrap_or("no home")
+            ),
+        ));
+    }
+    out
 }

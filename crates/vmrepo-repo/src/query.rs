@@ -141,11 +141,9 @@ impl Query {
                         Value::Integer(i64::try_from(bytes).map_err(|_| bad("size too large".into()))?)
                     }
                     Kind::Date => {
-                        if !value.bytes().all(|b| b.is_ascii_digit() || b"-:TZ.+".contains(&b))
-                            || value.is_empty()
-                        {
+                        if !is_date(value) {
                             return Err(bad(format!(
-                                "{name} takes a date like 2026-11-26 or 2026-11-26T06:47:19Z"
+                                "{name} takes a date like 2026, 2026-11, 2026-11-26 or 2026-11-26T06:47:19Z"
                             )));
                         }
                         if op == "=" || op == "!=" {
@@ -189,6 +187,44 @@ fn canonical_text(field: &str, value: &str) -> String {
     canon.unwrap_or_else(|| value.to_string())
 }
 
+/// Whether `v` is a year, a month, a day or a time that exists, written as
+/// the catalog stores times (`2026-11-26T06:47:19Z`) or a prefix of it.
+fn is_date(v: &str) -> bool {
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let parts: Vec<&str> = v.splitn(3, '-').collect();
+    match parts.as_slice() {
+        [y] => digits(y, 4),
+        [y, m] => digits(y, 4) && digits(m, 2) && (1..=12).contains(&m.parse::<u8>().unwrap_or(0)),
+        [y, m, rest] => {
+            let (d, time) = rest.split_once('T').map_or((*rest, None), |(d, t)| (d, Some(t)));
+            if !(digits(y, 4) && digits(m, 2) && digits(d, 2)) {
+                return false;
+            }
+            let (Ok(y), Ok(m), Ok(d)) = (y.parse::<i16>(), m.parse::<i8>(), d.parse::<i8>()) else {
+                return false;
+            };
+            if jiff::civil::Date::new(y, m, d).is_err() {
+                return false;
+            }
+            match time {
+                None => true,
+                Some(t) => {
+                    let t = t.strip_suffix('Z').unwrap_or(t);
+                    let f: Vec<&str> = t.split(':').collect();
+                    let ok = |s: &str, max: u8| digits(s, 2) && s.parse::<u8>().is_ok_and(|n| n <= max);
+                    match f.as_slice() {
+                        [h] => ok(h, 23),
+                        [h, mi] => ok(h, 23) && ok(mi, 59),
+                        [h, mi, sec] => ok(h, 23) && ok(mi, 59) && ok(sec, 60),
+                        _ => false,
+                    }
+                }
+            }
+        }
+        _ => false,
+    }
+}
+
 fn glob_escape(s: &str) -> String {
     let mut out = String::new();
     for c in s.chars() {
@@ -223,8 +259,32 @@ mod tests {
 
     #[test]
     fn rejects_nonsense() {
-        for bad in ["colour=red", "bits=sixty", "os<sl5", "maxsize>=lots", "=x", "added>yesterday"] {
+        for bad in [
+            "colour=red",
+            "bits=sixty",
+            "os<sl5",
+            "maxsize>=lots",
+            "=x",
+            "added>yesterday",
+            "added>=2026-13-45",
+            "added=2026-02-30",
+            "added<2026-11-26T25:00:00Z",
+            "verified=26-11",
+        ] {
             assert!(Query::parse(&[bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn real_dates_and_their_prefixes() {
+        for good in [
+            "added=2026",
+            "added>=2026-11",
+            "added<2026-02-28",
+            "added>2024-02-29T23:59:60Z",
+            "verified=2026-11-26T06",
+        ] {
+            assert!(Query::parse(&[good]).is_ok(), "{good}");
         }
     }
 

@@ -131,6 +131,12 @@ pub fn verify(catalog: &Catalog, opts: &VerifyOptions<'_>) -> Result<VerifyRepor
 /// One image's result and the identity of the bytes hashed.
 type Verified = (VerifyResult, Option<Identity>);
 
+/// Whether nothing is at `path` (and not merely unreadable: a permission
+/// problem is not a missing file).
+fn is_absent(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_err_and(|e| crate::fsutil::is_not_found(&e))
+}
+
 /// The identity of an image's bytes for `--quick`. For a folder: the sum of
 /// the parts' sizes, the newest of their times (and of the folder's, which
 /// changes when a part is added, removed or renamed), and the folder's inode.
@@ -167,25 +173,26 @@ fn verify_one(vm_root: &Path, rec: &ImageRecord, opts: &VerifyOptions<'_>) -> Ve
     let mut bytes = 0;
     let mut status = "ok";
 
-    // Sidecars, read fresh.
-    let txt = format!("{}.txt", rec.name);
-    let sum = format!("{}.checksum", rec.name);
+    // Sidecars, read fresh, wherever the tree keeps them.
+    let sidecars = layout::Sidecars::of(&dir, &rec.file, &rec.name, kind);
+    let shown = |p: &Path| {
+        p.strip_prefix(vm_root)
+            .map_or_else(|_| p.display().to_string(), |r| format!("{}/{}", layout::VM_DIR, r.display()))
+    };
+    let txt = shown(&sidecars.description);
+    let sum = shown(&sidecars.checksum);
     let mut expected_sha: BTreeMap<String, [u8; 32]> = BTreeMap::new();
-    match read_capped(&dir.join(&txt), MAX_DESCRIPTION_FILE) {
-        Err(e) if !dir.join(&txt).exists() => {
-            let _ = e;
-            problem("missing-description", format!("{} is missing", rel(&txt)));
+    match read_capped(&sidecars.description, MAX_DESCRIPTION_FILE) {
+        Err(_) if is_absent(&sidecars.description) => {
+            problem("missing-description", format!("{txt} is missing"));
         }
-        Err(e) => problem("description-unreadable", format!("{}: {e}", rel(&txt))),
+        Err(e) => problem("description-unreadable", format!("{txt}: {e}")),
         Ok(b) => match Description::parse(&b) {
-            Err(e) => problem("description-unreadable", format!("{}: {e}", rel(&txt))),
+            Err(e) => problem("description-unreadable", format!("{txt}: {e}")),
             Ok(d) => {
                 let (facts, field_problems) = d.facts();
                 for p in field_problems {
-                    problem(
-                        "description-field",
-                        format!("{} line {}: {}: {}", rel(&txt), p.line, p.key, p.problem),
-                    );
+                    problem("description-field", format!("{txt} line {}: {}: {}", p.line, p.key, p.problem));
                 }
                 for digest in facts.sha256 {
                     let key = digest.part.unwrap_or_else(|| rec.file.clone());
@@ -195,19 +202,17 @@ fn verify_one(vm_root: &Path, rec: &ImageRecord, opts: &VerifyOptions<'_>) -> Ve
         },
     }
     let mut expected_md5: BTreeMap<String, [u8; 16]> = BTreeMap::new();
-    match read_capped(&dir.join(&sum), MAX_CHECKSUM_FILE) {
-        Err(_) if !dir.join(&sum).exists() => {
-            problem("missing-checksum", format!("{} is missing", rel(&sum)))
-        }
-        Err(e) => problem("checksum-format", format!("{}: {e}", rel(&sum))),
+    match read_capped(&sidecars.checksum, MAX_CHECKSUM_FILE) {
+        Err(_) if is_absent(&sidecars.checksum) => problem("missing-checksum", format!("{sum} is missing")),
+        Err(e) => problem("checksum-format", format!("{sum}: {e}")),
         Ok(b) => match std::str::from_utf8(&b)
             .map_err(|_| "not UTF-8 text".to_string())
             .and_then(|t| checksum::parse(t).map_err(|e| e.to_string()))
         {
-            Err(e) => problem("checksum-format", format!("{}: not in md5sum's format: {e}", rel(&sum))),
+            Err(e) => problem("checksum-format", format!("{sum}: not in md5sum's format: {e}")),
             Ok(lines) => {
                 for l in lines {
-                    expected_md5.insert(l.path, l.md5);
+                    expected_md5.insert(sidecars.part_key(&rec.file, &l.path), l.md5);
                 }
             }
         },
@@ -219,14 +224,17 @@ fn verify_one(vm_root: &Path, rec: &ImageRecord, opts: &VerifyOptions<'_>) -> Ve
             problem("missing-image", format!("{} is missing; only its sidecars remain", rel(&rec.file)));
             Vec::new()
         }
-        ImageKind::File => {
-            if fs::symlink_metadata(&image_path).is_err() {
+        ImageKind::File => match fs::symlink_metadata(&image_path) {
+            Ok(_) => vec![(image_path.clone(), rec.file.clone())],
+            Err(e) if crate::fsutil::is_not_found(&e) => {
                 problem("missing-image", format!("{} has vanished", rel(&rec.file)));
                 Vec::new()
-            } else {
-                vec![(image_path.clone(), rec.file.clone())]
             }
-        }
+            Err(e) => {
+                problem("unreadable", format!("{}: {e}", rel(&rec.file)));
+                Vec::new()
+            }
+        },
         ImageKind::Folder => match layout::folder_parts(&image_path) {
             Err(e) => {
                 problem("missing-image", format!("{}: {e}", rel(&rec.file)));
@@ -249,7 +257,7 @@ fn verify_one(vm_root: &Path, rec: &ImageRecord, opts: &VerifyOptions<'_>) -> Ve
             }
         }
     } else if kind == ImageKind::File && !expected_md5.is_empty() && !expected_md5.contains_key(&rec.file) {
-        problem("checksum-other-file", format!("{} does not name {}", rel(&sum), rec.file));
+        problem("checksum-other-file", format!("{sum} does not name {}", rec.file));
     }
 
     let stat = identity(&image_path, kind);
