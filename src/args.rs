@@ -178,7 +178,7 @@ pub struct NameFields {
 pub struct AddArgs {
     /// The image file, or a folder holding the files of one image.
     pub file: PathBuf,
-    /// VM software: xen, kvm, virtualBox, vmware (any case).
+    /// VM software: xen, kvm, virtualBox, vmware (any case), or another like ec2.
     #[arg(long)]
     pub vm: String,
     #[command(flatten)]

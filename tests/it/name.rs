@@ -1,6 +1,8 @@
 //! `vmrepo name`.
 
-use crate::util::Repo;
+use std::path::Path;
+
+use crate::util::{Repo, pattern_file};
 
 #[test]
 fn check_says_which_field_and_what_was_expected() {
@@ -110,4 +112,87 @@ fn format_prints_the_name_in_the_convention_spelling() {
         ],
     );
     assert!(err.contains("unknown operating system"), "{err}");
+}
+
+/// `add FILE --vm VM` as an sl5.3 x86 64-bit sl08e image, without --force:
+/// the name must agree with the content.
+fn add_args<'a>(file: &'a Path, vm: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "add",
+        file.to_str().unwrap(),
+        "--vm",
+        vm,
+        "--os",
+        "sl5.3",
+        "--arch",
+        "x86",
+        "--bits",
+        "64",
+        "--lib",
+        "sl08e",
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+/// Issue 7, item 14: any VM name of the convention's characters.
+#[test]
+fn other_vm_software_is_a_folder_of_its_own() {
+    let r = Repo::new();
+    // init makes the four folders the specification names, and only those.
+    let mut made: Vec<String> = std::fs::read_dir(r.root.join("vm"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    made.sort();
+    assert_eq!(made, ["kvm", "virtualBox", "vmware", "xen"]);
+    let f = r.scratch().join("a.img");
+    pattern_file(&f, 1 << 20, 1);
+    let v: serde_json::Value =
+        serde_json::from_str(&r.ok(&[&["--json"][..], &add_args(&f, "EC2", &[])].concat())).unwrap();
+    assert_eq!(v["image"]["path"], "vm/ec2/sl5.3_x86_64_sl08e_1MB.img");
+    r.ok(&add_args(&f, "openstack", &[]));
+    // An image laid out by hand in vm/gce/ is cataloged.
+    let gce = r.root.join("vm/gce");
+    std::fs::create_dir(&gce).unwrap();
+    std::fs::copy(&f, gce.join("sl5.3_x86_64_sl08e_1MB.img")).unwrap();
+    crate::util::sh(&gce, "md5sum sl5.3_x86_64_sl08e_1MB.img > sl5.3_x86_64_sl08e_1MB.checksum");
+    std::fs::write(gce.join("sl5.3_x86_64_sl08e_1MB.txt"), "Image: sl5.3_x86_64_sl08e_1MB.img\n").unwrap();
+    let mut listed = r.listed();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            "ec2/sl5.3_x86_64_sl08e_1MB.img",
+            "gce/sl5.3_x86_64_sl08e_1MB.img",
+            "openstack/sl5.3_x86_64_sl08e_1MB.img"
+        ]
+    );
+    assert_eq!(r.json(&["find", "vm=EC2"]).as_array().unwrap().len(), 1);
+    r.ok(&["show", "ec2/sl5.3_x86_64_sl08e_1MB.img"]);
+    // vm/EC2/ is another spelling of ec2, as vm/KVM/ is of kvm; a folder
+    // whose name is not a VM name stays a stray.
+    std::fs::create_dir(r.root.join("vm/EC2")).unwrap();
+    std::fs::create_dir(r.root.join("vm/my images")).unwrap();
+    std::fs::create_dir(r.root.join("vm").join("x".repeat(33))).unwrap();
+    let out = r.run(&["--json", "lint"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Vec<(String, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap().to_string(), f["code"].as_str().unwrap().to_string()))
+        .collect();
+    for expected in [
+        ("vm/EC2".to_string(), "duplicate-vm-folder"),
+        ("vm/my images".to_string(), "not-a-vm-folder"),
+        (format!("vm/{}", "x".repeat(33)), "not-a-vm-folder"),
+    ] {
+        assert!(got.contains(&(expected.0.clone(), expected.1.to_string())), "{expected:?} not in {got:?}");
+    }
+    assert!(!got.iter().any(|(p, _)| p.starts_with("vm/ec2") || p.starts_with("vm/gce")), "{got:?}");
+    assert_eq!(r.listed().len(), 3);
+    // Still refused: what is not a VM name.
+    let err = r.fails(6, &add_args(&f, "my vms", &[]));
+    assert!(err.contains("VM software \"my vms\""), "{err}");
 }
