@@ -163,7 +163,7 @@ pub struct NameFields {
     /// STAR library: sl08e (or SL08e), pro, new, dev.
     #[arg(long)]
     pub lib: Option<String>,
-    /// Maximum size: 500MB, 8GB, 1.5TB (binary units; 8G and 8GiB also accepted).
+    /// Maximum size: 500MB, 8GB, 1536GB (8G, 8GiB, 1.5T also accepted; a unit is binary or decimal, whichever the disk is).
     #[arg(long = "max-size", value_name = "SIZE")]
     pub max_size: Option<String>,
     /// Additional detail: letters, digits, '-' and '.'.

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::util::{Repo, pattern_file};
+use crate::util::{Repo, have, pattern_file, qemu_info, run_in};
 
 #[test]
 fn check_says_which_field_and_what_was_expected() {
@@ -29,7 +29,7 @@ fn check_says_which_field_and_what_was_expected() {
 fn check_json_lists_every_bad_field() {
     let r = Repo::new();
     let out =
-        r.run(&["--json", "name", "check", "sl4_x87_33_sl08e_8GB.img", "sl5.3_x86_64_sl08e_1.5TB.qcow2"]);
+        r.run(&["--json", "name", "check", "sl4_x87_33_sl08e_8GB.img", "sl5.3_x86_64_sl08e_1536GB.qcow2"]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let fields: Vec<&str> =
@@ -133,6 +133,146 @@ fn add_args<'a>(file: &'a Path, vm: &'a str, extra: &[&'a str]) -> Vec<&'a str> 
     ];
     a.extend_from_slice(extra);
     a
+}
+
+/// Issue 7, item 15: a 10,000,000,000-byte disk is 10GB (the decimal
+/// reading), named so without --max-size and accepted with --max-size 10GB.
+#[test]
+fn a_decimal_size_is_named_in_its_unit() {
+    if !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let r = Repo::new();
+    let s = r.scratch();
+    run_in(&s, "qemu-img", &["create", "-q", "-f", "qcow2", "x.qcow2", "10000000000"]);
+    let img = s.join("x.qcow2");
+    assert_eq!(qemu_info(&img, "qcow2")["virtual-size"], 10_000_000_000u64);
+    let v: serde_json::Value =
+        serde_json::from_str(&r.ok(&[&["--json"][..], &add_args(&img, "kvm", &[])].concat())).unwrap();
+    assert_eq!(v["image"]["path"], "vm/kvm/sl5.3_x86_64_sl08e_10GB.qcow2");
+    let v: serde_json::Value = serde_json::from_str(&r.ok(
+        &[&["--json"][..], &add_args(&img, "kvm", &["--max-size", "10GB", "--detail", "asked"])].concat(),
+    ))
+    .unwrap();
+    assert_eq!(v["image"]["path"], "vm/kvm/sl5.3_x86_64_sl08e_10GB_asked.qcow2");
+    // The description gives the bytes of the reading the disk is in.
+    let txt = std::fs::read_to_string(r.vm_dir("kvm").join("sl5.3_x86_64_sl08e_10GB.txt")).unwrap();
+    assert!(txt.contains("Maximum size: 10GB (10000000000 bytes)\n"), "{txt}");
+    // A binary 10GB is the other reading of the same name; a byte more is neither.
+    run_in(&s, "qemu-img", &["create", "-q", "-f", "qcow2", "g.qcow2", "10G"]);
+    r.ok(&add_args(&s.join("g.qcow2"), "kvm", &["--max-size", "10GB", "--detail", "gib"]));
+    run_in(&s, "qemu-img", &["create", "-q", "-f", "qcow2", "odd.qcow2", "10000000512"]);
+    let err = r.fails(11, &add_args(&s.join("odd.qcow2"), "kvm", &["--max-size", "10GB"]));
+    assert!(err.contains("the name says 10GB but the virtual size is"), "{err}");
+    // The catalog compares the binary reading: maxsize=10GB finds both.
+    let v = r.json(&["find", "maxsize=10GB"]);
+    assert_eq!(v.as_array().unwrap().len(), 3, "{v}");
+    let v = r.json(&["find", "virtual_size=10000000000"]);
+    assert_eq!(v.as_array().unwrap().len(), 2, "a plain number is bytes, exactly: {v}");
+    assert_eq!(r.run(&["lint"]).status.code(), Some(0));
+}
+
+/// Issue 7, items 11 and 15: names take whole numbers; 1.5T from a person is 1536GB.
+#[test]
+fn a_maximum_size_is_a_whole_number_of_its_unit() {
+    let r = Repo::new();
+    let out = r.run(&["name", "check", "sl5.3_x86_64_sl08e_1.5TB.qcow2", "sl5.3_x86_64_sl08e_0.5GB.qcow2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("a whole number of its unit: 1536GB"), "{text}");
+    assert!(text.contains("a whole number of its unit: 512MB"), "{text}");
+    let out = r.ok(&[
+        "name",
+        "format",
+        "--os",
+        "sl5.3",
+        "--arch",
+        "x86",
+        "--bits",
+        "64",
+        "--lib",
+        "sl08e",
+        "--max-size",
+        "1.5T",
+    ]);
+    assert_eq!(out.trim(), "sl5.3_x86_64_sl08e_1536GB.img");
+    if !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let s = r.scratch();
+    run_in(&s, "qemu-img", &["create", "-q", "-f", "qcow2", "big.qcow2", "1536G"]);
+    let v: serde_json::Value = serde_json::from_str(
+        &r.ok(&[&["--json"][..], &add_args(&s.join("big.qcow2"), "kvm", &["--max-size", "1.5T"])].concat()),
+    )
+    .unwrap();
+    assert_eq!(v["image"]["path"], "vm/kvm/sl5.3_x86_64_sl08e_1536GB.qcow2");
+    // An image already named with a fraction is not cataloged, and lint says why.
+    let kvm = r.vm_dir("kvm");
+    std::fs::rename(kvm.join("sl5.3_x86_64_sl08e_1536GB.qcow2"), kvm.join("sl5.3_x86_64_sl08e_1.5TB.qcow2"))
+        .unwrap();
+    let out = r.run(&["lint"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("vm/kvm/sl5.3_x86_64_sl08e_1.5TB.qcow2: error:"), "{text}");
+    assert!(text.contains("1536GB"), "{text}");
+}
+
+/// `qemu-img create -f vpc` rounds a size up to a CHS geometry: the image is
+/// named by the size asked for, and that name is accepted; a size that no
+/// rounding explains is not.
+#[test]
+fn a_vhd_from_qemu_img_is_named_by_the_size_asked_for() {
+    if !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let r = Repo::new();
+    let s = r.scratch();
+    for (i, (asked, name)) in [
+        ("10G", "10GB"),
+        ("10000000000", "10GB"),
+        ("500M", "500MB"),
+        ("127G", "127GB"),
+        ("200G", "200GB"),
+        ("1000000000000", "1TB"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let file = format!("v{i}.vhd");
+        run_in(&s, "qemu-img", &["create", "-q", "-f", "vpc", &file, asked]);
+        let made = qemu_info(&s.join(&file), "vpc")["virtual-size"].as_u64().unwrap();
+        let detail = format!("v{i}");
+        let v: serde_json::Value = serde_json::from_str(
+            &r.ok(&[&["--json"][..], &add_args(&s.join(&file), "xen", &["--detail", &detail])].concat()),
+        )
+        .unwrap();
+        assert_eq!(
+            v["image"]["path"],
+            format!("vm/xen/sl5.3_x86_64_sl08e_{name}_{detail}.vhd"),
+            "asked {asked}, made {made}"
+        );
+        r.ok(&add_args(&s.join(&file), "xen", &["--max-size", asked, "--detail", &format!("{detail}m")]));
+    }
+    // Exactly the size asked for, as Hyper-V makes it, is a name too.
+    run_in(&s, "qemu-img", &["create", "-q", "-f", "vpc", "-o", "force_size=on", "exact.vhd", "10G"]);
+    assert_eq!(qemu_info(&s.join("exact.vhd"), "vpc")["virtual-size"], 10u64 << 30);
+    r.ok(&add_args(&s.join("exact.vhd"), "xen", &["--max-size", "10GB", "--detail", "exact"]));
+    // A MiB short of 10 GiB is not 10GB, whatever the geometry.
+    run_in(&s, "qemu-img", &["create", "-q", "-f", "vpc", "-o", "force_size=on", "short.vhd", "10239M"]);
+    let err = r.fails(11, &add_args(&s.join("short.vhd"), "xen", &["--max-size", "10GB"]));
+    assert!(err.contains("maximum size") || err.contains("the name says 10GB"), "{err}");
+    assert_eq!(r.run(&["lint"]).status.code(), Some(0));
+}
+
+/// Issue 7, item 20: an empty file is said to be empty.
+#[test]
+fn an_empty_image_is_said_to_be_empty() {
+    let r = Repo::new();
+    let f = r.scratch().join("empty.img");
+    std::fs::write(&f, b"").unwrap();
+    let err = r.fails(11, &add_args(&f, "kvm", &[]));
+    assert!(err.contains("the image is empty"), "{err}");
+    assert!(!err.contains("between 1 byte"), "{err}");
 }
 
 /// Issue 7, item 14: any VM name of the convention's characters.
