@@ -160,7 +160,7 @@ pub struct NameFields {
     /// Word size: 8, 16, 32, 64, 128 or 512 (implied by amd64, i686 ...).
     #[arg(long)]
     pub bits: Option<u16>,
-    /// STAR library: sl08e (or SL08e), pro, new, dev.
+    /// STAR library: sl08e (or SL08e); not pro, new, dev: name the version they point to.
     #[arg(long)]
     pub lib: Option<String>,
     /// Maximum size: 500MB, 8GB, 1536GB (8G, 8GiB, 1.5T also accepted; a unit is binary or decimal, whichever the disk is).

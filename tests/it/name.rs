@@ -70,12 +70,12 @@ fn format_prints_the_name_in_the_convention_spelling() {
         "--bits",
         "32",
         "--lib",
-        "pro",
+        "sl09A",
         "--max-size",
         "1536MiB",
         "--folder",
     ]);
-    assert_eq!(out.trim(), "centOS5_x86_32_pro_1536MB");
+    assert_eq!(out.trim(), "centOS5_x86_32_sl09a_1536MB");
     let err = r.fails(
         6,
         &[
@@ -335,4 +335,32 @@ fn other_vm_software_is_a_folder_of_its_own() {
     // Still refused: what is not a VM name.
     let err = r.fails(6, &add_args(&f, "my vms", &[]));
     assert!(err.contains("VM software \"my vms\""), "{err}");
+}
+
+/// Issue 7, item 15: pro, new and dev are links to a version, not versions.
+#[test]
+fn a_star_link_is_refused_with_the_version_to_name() {
+    let r = Repo::new();
+    let f = r.scratch().join("a.img");
+    pattern_file(&f, 1 << 20, 1);
+    for link in ["pro", "NEW", "dev"] {
+        let mut a = add_args(&f, "kvm", &[]);
+        let at = a.iter().position(|x| *x == "sl08e").unwrap();
+        a[at] = link;
+        let err = r.fails(6, &a);
+        assert!(
+            err.contains("is a link to a STAR library, not a version: name the version it points to"),
+            "{err}"
+        );
+    }
+    let out = r.run(&["name", "check", "sl5.3_x86_64_pro_8GB.img"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("name the version it points to"));
+    // In a guest whose pro links to SL08e (as scripts/build-test-guests.py
+    // makes sl5.3's), the error names it.
+    let Some(g) = crate::inspect::guests() else { return };
+    let guest = g["guests"].as_array().unwrap().iter().find(|x| x["name"] == "sl5.3").unwrap();
+    let raw = guest["images"]["raw"].as_str().unwrap();
+    let err = r.fails(6, &["add", raw, "--vm", "kvm", "--lib", "pro"]);
+    assert!(err.contains("in this image pro points to SL08e: --lib SL08e"), "{err}");
 }
