@@ -364,3 +364,30 @@ fn a_star_link_is_refused_with_the_version_to_name() {
     let err = r.fails(6, &["add", raw, "--vm", "kvm", "--lib", "pro"]);
     assert!(err.contains("in this image pro points to SL08e: --lib SL08e"), "{err}");
 }
+
+/// Issue 7, item 15: `name check` and `lint` read `sl53` alike, through the
+/// same parser: Scientific Linux has no release 53; sl5.3 is meant.
+#[test]
+fn check_and_lint_agree_on_sl53() {
+    let r = Repo::new();
+    let out = r.run(&["name", "check", "sl53_x86_64_sl08e_1MB.img"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Scientific Linux has no release 53: write sl5.3"), "{text}");
+    let kvm = r.vm_dir("kvm");
+    pattern_file(&kvm.join("sl53_x86_64_sl08e_1MB.img"), 1 << 20, 1);
+    let out = r.run(&["lint"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("vm/kvm/sl53_x86_64_sl08e_1MB.img: error: operating system \"sl53\": Scientific Linux has no release 53: write sl5.3"),
+        "{text}"
+    );
+    // And a person typing it is told the same.
+    let f = r.scratch().join("a.img");
+    pattern_file(&f, 1 << 20, 1);
+    let mut a = add_args(&f, "kvm", &[]);
+    a[5] = "sl53";
+    let err = r.fails(6, &a);
+    assert!(err.contains("write sl5.3"), "{err}");
+}

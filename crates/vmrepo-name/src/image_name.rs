@@ -311,6 +311,7 @@ mod tests {
             ("sl4_x86_32_sl08e_8G.img", Field::MaxSize),
             ("sl4_x86_32_sl08e_1.5TB.img", Field::MaxSize),
             ("sl4_x86_32_pro_8GB.img", Field::Lib),
+            ("sl53_x86_32_sl08e_8GB.img", Field::Os),
             ("sl4_x86_32_sl08e_8GB_e c2.img", Field::Name),
             ("sl4_x86_32_sl08e_8GB_ec2!.img", Field::Detail),
             ("sl4_x86_32_sl08e.img", Field::Name),
