@@ -177,10 +177,10 @@ pub struct NameFields {
     /// Word size: 8, 16, 32, 64, 128 or 512 (implied by amd64, i686 ...).
     #[arg(long)]
     pub bits: Option<u16>,
-    /// STAR library: sl08e (or SL08e), pro, new, dev.
+    /// STAR library: sl08e (or SL08e); not pro, new, dev: name the version they point to.
     #[arg(long)]
     pub lib: Option<String>,
-    /// Maximum size: 500MB, 8GB, 1.5TB (binary units; 8G and 8GiB also accepted).
+    /// Maximum size: 500MB, 8GB, 1536GB (8G, 8GiB, 1.5T also accepted; a unit is binary or decimal, whichever the disk is).
     #[arg(long = "max-size", value_name = "SIZE")]
     pub max_size: Option<String>,
     /// Additional detail: letters, digits, '-' and '.'.
@@ -195,7 +195,7 @@ pub struct NameFields {
 pub struct AddArgs {
     /// The image file, or a folder holding the files of one image.
     pub file: PathBuf,
-    /// VM software: xen, kvm, virtualBox, vmware (any case).
+    /// VM software: xen, kvm, virtualBox, vmware (any case), or another like ec2.
     #[arg(long)]
     pub vm: String,
     #[command(flatten)]

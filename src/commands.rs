@@ -255,7 +255,22 @@ fn build_name(f: &NameFields, source: Option<&SourceInfo<'_>>) -> Result<ImageNa
         },
     };
     let lib = match (&f.lib, guest) {
-        (Some(l), _) => StarLib::from_user(l)?,
+        (Some(l), _) => StarLib::from_user(l).map_err(|e| {
+            // A link (pro, new, dev) in this guest: say which version it is.
+            let target =
+                guest.and_then(|g| g.star.symbolic.iter().find(|(link, _)| link.eq_ignore_ascii_case(l)));
+            match target {
+                Some((link, to)) => {
+                    let version = to.trim_end_matches('/').rsplit('/').next().unwrap_or(to);
+                    let err = vmrepo_repo::Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("{e}; in this image {link} points to {version}: --lib {version}"),
+                    );
+                    anyhow::Error::from(err)
+                }
+                None => anyhow::Error::from(e),
+            }
+        })?,
         (None, Some(g)) => match g.star.libraries.as_slice() {
             [one] => {
                 tracing::info!("--lib {}: from {}", one.name, one.path);

@@ -192,7 +192,7 @@ fn bad_input_is_one_clear_line_and_a_documented_code() {
         ),
         (
             vec![
-                "add", s, "--vm", "hyperv", "--os", "sl5.3", "--arch", "x86", "--bits", "64", "--lib",
+                "add", s, "--vm", "hyper v", "--os", "sl5.3", "--arch", "x86", "--bits", "64", "--lib",
                 "sl08e",
             ],
             6,

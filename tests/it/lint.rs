@@ -26,7 +26,7 @@ fn reports_what_breaks_the_convention() {
         .replace("Word size: 64", "Word size: 32")
         .replace("Operating system: sl5.3", "Operating system: ubuntu9.10");
     std::fs::write(&txt, t).unwrap();
-    std::fs::create_dir(r.root.join("vm/hyperv")).unwrap();
+    std::fs::create_dir(r.root.join("vm/hyper v")).unwrap();
     let out = r.run(&["--json", "lint"]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -37,7 +37,7 @@ fn reports_what_breaks_the_convention() {
         .map(|f| (f["path"].as_str().unwrap().to_string(), f["code"].as_str().unwrap().to_string()))
         .collect();
     for expected in [
-        ("vm/hyperv", "not-a-vm-folder"),
+        ("vm/hyper v", "not-a-vm-folder"),
         ("vm/kvm/my image.img", "bad-name"),
         ("vm/kvm/sl4_x86_32_sl08e_8GB", "missing-image"),
         ("vm/kvm/sl5.3_x86_64_sl08e_1MB.checksum", "checksum-format"),

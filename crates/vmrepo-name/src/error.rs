@@ -7,7 +7,7 @@ use std::fmt;
 pub enum Field {
     /// The name as a whole (length, characters, number of fields).
     Name,
-    /// The VM software folder (`xen`, `kvm`, `virtualBox`, `vmware`).
+    /// The VM software folder (`xen`, `kvm`, `virtualBox`, `vmware`, `ec2` ...).
     Vm,
     /// The operating system (`sl5.3`).
     Os,

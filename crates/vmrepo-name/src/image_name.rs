@@ -273,12 +273,12 @@ mod tests {
     fn exact_round_trip() {
         for s in [
             "sl4_x86_32_sl08e_8GB_ec2.img",
-            "sl5.3_x86_64_sl10k_1.5TB.qcow2",
-            "ubuntu9.10_x86_64_dev_500MB_r1.2.vmdk",
-            "centOS5_PowerPC_32_pro_2GB.vdi",
-            "fedora12_ARM_64_new_1.125TB_a-b.vhdx",
+            "sl5.3_x86_64_sl10k_1536GB.qcow2",
+            "ubuntu9.10_x86_64_sl11d_500MB_r1.2.vmdk",
+            "centOS5_PowerPC_32_sl09a_2GB.vdi",
+            "fedora12_ARM_64_sl10k_1152GB_a-b.vhdx",
             "sl5.3_x86_64_sl08e_8GB_multi",
-            "sl5.3_x86_64_sl08e_1.5TB",
+            "sl5.3_x86_64_sl08e_1536GB",
             "sl5.3_x86_64_sl08e_8GB_r1.2",
         ] {
             assert_eq!(ImageName::parse(s).unwrap().to_string(), s);
@@ -292,8 +292,8 @@ mod tests {
         assert_eq!((f.detail().unwrap().as_str(), f.ext().unwrap().as_str()), ("ec2", "dsk"));
         let g = ImageName::parse("sl4_x86_32_sl08e_8GB_ec2.dsk").unwrap();
         assert_eq!((g.detail().unwrap().as_str(), g.ext()), ("ec2.dsk", None));
-        let f = ImageName::parse_file("sl4_x86_32_sl08e_1.5TB.img").unwrap();
-        assert_eq!(f.max_size().as_str(), "1.5TB");
+        let f = ImageName::parse_file("sl4_x86_32_sl08e_1536GB.img").unwrap();
+        assert_eq!(f.max_size().as_str(), "1536GB");
         assert!(ImageName::parse_file("sl4_x86_32_sl08e_8GB").is_err());
         assert_eq!(
             ImageName::parse_stem("sl4_x86_32_sl08e_8GB_ec2.v2").unwrap().detail().unwrap().as_str(),
@@ -309,6 +309,9 @@ mod tests {
             ("win7_x86_32_sl08e_8GB.img", Field::Os),
             ("sl4_x86_32_SL08e_8GB.img", Field::Lib),
             ("sl4_x86_32_sl08e_8G.img", Field::MaxSize),
+            ("sl4_x86_32_sl08e_1.5TB.img", Field::MaxSize),
+            ("sl4_x86_32_pro_8GB.img", Field::Lib),
+            ("sl53_x86_32_sl08e_8GB.img", Field::Os),
             ("sl4_x86_32_sl08e_8GB_e c2.img", Field::Name),
             ("sl4_x86_32_sl08e_8GB_ec2!.img", Field::Detail),
             ("sl4_x86_32_sl08e.img", Field::Name),

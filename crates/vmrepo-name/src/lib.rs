@@ -52,7 +52,7 @@ pub use isa::Isa;
 pub use max_size::{MAX_BYTES as MAX_SIZE_BYTES, MaxSize};
 pub use os::{Os, OsFamily};
 pub use star_lib::StarLib;
-pub use vm::Vm;
+pub use vm::{MAX_VM_LEN, OtherVm, Vm};
 pub use word_size::WordSize;
 
 /// Checks what every name and field must satisfy whatever its place: printable

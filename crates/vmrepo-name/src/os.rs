@@ -113,6 +113,16 @@ impl Os {
             },
         };
         check_version(s, version)?;
+        if let Some(dotted) = dotted_release(family, version) {
+            return Err(NameError::new(
+                Field::Os,
+                s,
+                format!(
+                    "{} has no release {version}: write {}{dotted} (the version with its dot)",
+                    family.display, family.token
+                ),
+            ));
+        }
         Ok(Os { family, version: version.to_string() })
     }
 
@@ -150,6 +160,19 @@ impl Os {
         }
         None
     }
+}
+
+/// The release a version written without its dot stands for: `53` of
+/// Scientific Linux is 5.3, as STAR writes it in its build folders
+/// (`.sl53_gcc432`). Only when libosinfo knows the dotted release and not the
+/// version as written, so that `fedora12` and `debian12` stay themselves.
+fn dotted_release(family: &OsFamily, version: &str) -> Option<String> {
+    let prefix = family.osinfo_prefix?;
+    let known = |v: &str| OSINFO_IDS.binary_search(&format!("{prefix}{v}").as_str()).is_ok();
+    if version.len() < 2 || !version.bytes().all(|b| b.is_ascii_digit()) || known(version) {
+        return None;
+    }
+    (1..version.len()).map(|i| format!("{}.{}", &version[..i], &version[i..])).find(|v| known(v))
 }
 
 fn check_version(whole: &str, version: &str) -> Result<(), NameError> {
@@ -225,6 +248,28 @@ mod tests {
         assert!(e.problem().contains("centOS5"), "{e}");
         assert_eq!(Os::from_user("CentOS5").unwrap().to_string(), "centOS5");
         assert_eq!(Os::from_user("SL5.3").unwrap().to_string(), "sl5.3");
+    }
+
+    #[test]
+    fn a_version_without_its_dot_is_refused_with_the_dotted_one() {
+        for (t, hint) in [
+            ("sl53", "write sl5.3"),
+            ("sl61", "write sl6.1"),
+            ("centOS55", "write centOS5.5"),
+            ("ubuntu910", "write ubuntu9.10"),
+            ("ubuntu2004", "write ubuntu20.04"),
+        ] {
+            for e in [Os::parse(t).unwrap_err(), Os::from_user(t).unwrap_err()] {
+                assert!(e.problem().contains(hint), "{t}: {e}");
+            }
+        }
+        assert!(Os::parse("sl53").unwrap_err().problem().starts_with("Scientific Linux has no release 53"));
+        // Releases libosinfo knows as written, and families or versions it
+        // does not know, are left alone.
+        for t in ["fedora12", "debian12", "debian10", "centOS5", "sl4", "sl7", "slc53", "fedora44", "rocky10"]
+        {
+            assert!(Os::parse(t).is_ok(), "{t}");
+        }
     }
 
     #[test]

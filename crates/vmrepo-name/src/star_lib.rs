@@ -3,39 +3,59 @@ use std::fmt;
 use crate::{Field, NameError, check_safe};
 
 /// A STAR library version: a release like `sl08e` (STAR writes `SL08e`; names
-/// use lower case) or one of STAR's symbolic versions `pro`, `new`, `dev`.
+/// use lower case).
+///
+/// STAR's `pro`, `new` and `dev` are not versions but links to one (the
+/// production, the next and the development release): they change what they
+/// point to, so a name that said `pro` would stop saying what the image
+/// holds. They are refused, with the advice to name the version they point to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StarLib(String);
 
 /// STAR's symbolic library names: the production, the next and the development version.
 const SYMBOLIC: [&str; 3] = ["pro", "new", "dev"];
 
-const EXPECTED: &str = "expected a STAR library like sl08e (sl, two digits, one letter) or pro, new, dev";
+const EXPECTED: &str = "expected a STAR library like sl08e (sl, two digits, one letter)";
 
 impl StarLib {
     /// Parses the field of a name: lower case only.
     ///
     /// # Errors
-    /// Anything not of the form `slNNx`, or `SL08e` written in STAR's own case.
+    /// Anything not of the form `slNNx`, `SL08e` written in STAR's own case,
+    /// or one of the links `pro`, `new`, `dev`.
     pub fn parse(s: &str) -> Result<StarLib, NameError> {
         check_safe(Field::Lib, s)?;
-        if SYMBOLIC.contains(&s) || is_release(s) {
+        if is_release(s) {
             return Ok(StarLib(s.to_string()));
         }
         let lower = s.to_ascii_lowercase();
-        if SYMBOLIC.contains(&lower.as_str()) || is_release(&lower) {
+        if StarLib::is_link_name(&lower) {
+            return Err(link_error(s, &lower));
+        }
+        if is_release(&lower) {
             return Err(NameError::new(Field::Lib, s, format!("names use lower case: {lower}")));
         }
         Err(NameError::new(Field::Lib, s, EXPECTED))
     }
 
-    /// Parses what a person typed, in any case (`SL08e`, `PRO`).
+    /// Parses what a person typed, in any case (`SL08e`, `sl08E`).
     ///
     /// # Errors
     /// As [`StarLib::parse`], without the case rule.
     pub fn from_user(s: &str) -> Result<StarLib, NameError> {
         check_safe(Field::Lib, s)?;
-        StarLib::parse(&s.to_ascii_lowercase()).map_err(|_| NameError::new(Field::Lib, s, EXPECTED))
+        let lower = s.to_ascii_lowercase();
+        if StarLib::is_link_name(&lower) {
+            return Err(link_error(s, &lower));
+        }
+        StarLib::parse(&lower).map_err(|_| NameError::new(Field::Lib, s, EXPECTED))
+    }
+
+    /// Whether `s` is, in any case, one of STAR's links `pro`, `new`, `dev`
+    /// rather than a release: what a guest's library folder lists beside the
+    /// releases.
+    pub fn is_link_name(s: &str) -> bool {
+        SYMBOLIC.iter().any(|l| l.eq_ignore_ascii_case(s))
     }
 
     /// The version as names write it (`sl08e`).
@@ -43,7 +63,7 @@ impl StarLib {
         &self.0
     }
 
-    /// The version as STAR writes it (`SL08e`; symbolic names unchanged).
+    /// The version as STAR writes it (`SL08e`).
     pub fn star_spelling(&self) -> String {
         match self.0.strip_prefix("sl") {
             Some(rest) => format!("SL{rest}"),
@@ -51,10 +71,22 @@ impl StarLib {
         }
     }
 
-    /// Whether this is `pro`, `new` or `dev` rather than a release.
+    /// Whether this is one of the links `pro`, `new`, `dev` rather than a
+    /// release. Never, since names refuse them; kept for the code that lists
+    /// a guest's libraries and skips the links (see [`StarLib::is_link_name`]).
     pub fn is_symbolic(&self) -> bool {
-        SYMBOLIC.contains(&self.0.as_str())
+        StarLib::is_link_name(&self.0)
     }
+}
+
+fn link_error(s: &str, lower: &str) -> NameError {
+    NameError::new(
+        Field::Lib,
+        s,
+        format!(
+            "{lower} is a link to a STAR library, not a version: name the version it points to (like sl08e)"
+        ),
+    )
 }
 
 fn is_release(s: &str) -> bool {
@@ -83,15 +115,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn releases_and_symbols() {
-        for t in ["sl08e", "sl05a", "sl10k", "pro", "new", "dev"] {
+    fn releases() {
+        for t in ["sl08e", "sl05a", "sl10k", "sl23d"] {
             assert_eq!(StarLib::parse(t).unwrap().as_str(), t);
+            assert!(!StarLib::parse(t).unwrap().is_symbolic());
         }
         assert_eq!(StarLib::parse("sl08e").unwrap().star_spelling(), "SL08e");
         assert!(StarLib::parse("SL08e").unwrap_err().problem().contains("sl08e"));
         assert_eq!(StarLib::from_user("SL08e").unwrap().as_str(), "sl08e");
-        for t in ["sl8e", "sl08", "sl08ee", "sl0xe", "prod", "", "sl08E"] {
+        for t in ["sl8e", "sl08", "sl08ee", "sl0xe", "prod", "", "sl08E", "sl53"] {
             assert!(StarLib::parse(t).is_err(), "{t:?}");
         }
+    }
+
+    #[test]
+    fn links_are_not_versions() {
+        for t in ["pro", "new", "dev", "PRO", "Dev"] {
+            for e in [StarLib::parse(t).unwrap_err(), StarLib::from_user(t).unwrap_err()] {
+                assert_eq!(e.field(), Field::Lib);
+                assert!(e.problem().contains("name the version it points to"), "{t}: {e}");
+            }
+            assert!(StarLib::is_link_name(t));
+        }
+        assert!(StarLib::from_user("pro").unwrap_err().problem().starts_with("pro is a link"));
+        assert!(!StarLib::is_link_name("sl08e"));
+        assert!(!StarLib::is_link_name("prod"));
     }
 }

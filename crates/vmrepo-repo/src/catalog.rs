@@ -501,7 +501,7 @@ impl Catalog {
         );
         let mut st = self.conn.prepare_cached(&sql).map_err(|e| Error::index("query", e))?;
         let rows = st
-            .query_map(params![name, vm.map(Vm::as_str)], ImageRecord::from_row)
+            .query_map(params![name, vm.as_ref().map(Vm::as_str)], ImageRecord::from_row)
             .map_err(|e| Error::index("query", e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| Error::index("query", e))
     }

@@ -123,21 +123,46 @@ impl Content {
     pub fn facts_for(&self, name: &ImageName) -> Facts {
         let mut f = self.facts();
         if let Some(r) = &self.guest {
-            let (kernel, guest) = guest_facts(r, name.max_size().bytes());
+            let (kernel, guest) = guest_facts(r, name.max_size().bytes_for(self.info.virtual_size));
             f.kernel = kernel;
             f.guest = guest;
         }
         f
     }
 
-    /// The maximum size a name should give this image: its virtual size.
+    /// The maximum size a name should give this image: its virtual size, in
+    /// the largest unit of which it is a whole number in either reading; for
+    /// a VHD, the size qemu-img was asked for when it rounded it up to a
+    /// geometry ([`qemu_vhd_size`]).
     ///
     /// # Errors
-    /// An empty disk, which no name can describe.
+    /// An empty disk, which no name can describe, or one past
+    /// [`vmrepo_name::MAX_SIZE_BYTES`].
     pub fn max_size(&self) -> Result<MaxSize> {
-        MaxSize::from_bytes(self.info.virtual_size).map_err(|e| {
+        let v = self.info.virtual_size;
+        if v == 0 {
+            return Err(Error::new(
+                ErrorKind::BadImage,
+                format!("{}: the image is empty: its virtual size is 0 bytes", self.entry.display()),
+            ));
+        }
+        let named = match self.info.format {
+            Format::Vhd => MaxSize::from_rounded(v, qemu_vhd_size),
+            _ => MaxSize::from_bytes(v),
+        };
+        named.map_err(|e| {
             Error::new(ErrorKind::BadImage, format!("{}: {}", self.entry.display(), e.problem()))
         })
+    }
+
+    /// Whether the name's maximum size is this image's virtual size: exactly,
+    /// in either reading of its unit, or for a VHD as qemu-img makes one of
+    /// that size (rounded up to a geometry).
+    pub fn max_size_fits(&self, max: &MaxSize) -> bool {
+        let v = self.info.virtual_size;
+        max.matches(v)
+            || self.info.format == Format::Vhd
+                && [max.bytes(), max.decimal_bytes()].into_iter().any(|asked| qemu_vhd_size(asked) == Some(v))
     }
 
     /// Where `name` (and the image's own references) disagree with the content.
@@ -158,9 +183,7 @@ impl Content {
             );
         }
         let v = self.info.virtual_size;
-        let max = name.max_size().bytes();
-        // VHD sizes are rounded to a disk geometry: a hundredth is close enough.
-        if v > max || v < max - max / 100 {
+        if !self.max_size_fits(name.max_size()) {
             say(
                 "maxsize-mismatch",
                 format!(
@@ -389,6 +412,56 @@ impl std::fmt::Display for StarName<'_> {
     }
 }
 
+/// Bytes in a sector of a VHD's geometry.
+const VHD_SECTOR: u64 = 512;
+/// The largest geometry a VHD footer holds: 65535 cylinders, 16 heads, 255
+/// sectors per track.
+const VHD_MAX_GEOMETRY: u64 = 65535 * 16 * 255;
+/// The most sectors [`qemu_vhd_size`] adds looking for a geometry large
+/// enough: a geometry grows by at most one cylinder of 16 heads of 255
+/// sectors, so a few thousand are always enough.
+const VHD_MAX_GEOMETRY_STEPS: u64 = 16 * 255 * 4;
+
+/// The geometry the VHD specification (appendix "CHS calculation") gives a
+/// disk of `total` sectors, as (cylinders, heads, sectors per track).
+fn vhd_geometry(total: u64) -> (u64, u64, u64) {
+    let total = total.min(VHD_MAX_GEOMETRY);
+    let (sectors, heads, cylinders_times_heads) = if total >= 65535 * 16 * 63 {
+        (255, 16, total / 255)
+    } else {
+        let cth = total / 17;
+        let heads = cth.div_ceil(1024).max(4);
+        if cth >= heads * 1024 || heads > 16 {
+            let cth = total / 31;
+            if cth >= 16 * 1024 { (63, 16, total / 63) } else { (31, 16, cth) }
+        } else {
+            (17, heads, cth)
+        }
+    };
+    (cylinders_times_heads / heads, heads, sectors)
+}
+
+/// The virtual size `qemu-img create -f vpc` (and `qemu-img convert -O vpc`)
+/// gives a disk asked for `asked` bytes, without `-o force_size=on`: the
+/// smallest geometry that holds the whole sectors asked for, so 10 GiB
+/// becomes 10737893376 bytes; past the largest geometry (about 127 GiB) the
+/// whole sectors asked for. `None` when no geometry is found within a few
+/// thousand sectors more (never, for a size a VHD can hold).
+pub fn qemu_vhd_size(asked: u64) -> Option<u64> {
+    let total = asked / VHD_SECTOR;
+    for step in 0..VHD_MAX_GEOMETRY_STEPS {
+        let (c, h, s) = vhd_geometry(total.checked_add(step)?);
+        let sectors = c * h * s;
+        if sectors == VHD_MAX_GEOMETRY {
+            return total.checked_mul(VHD_SECTOR);
+        }
+        if sectors >= total {
+            return sectors.checked_mul(VHD_SECTOR);
+        }
+    }
+    None
+}
+
 /// Whether a name with this extension may hold this format.
 fn ext_fits(fmt: Format, ext: &Extension) -> bool {
     ext.as_str() == fmt.extension() || fmt == Format::Raw && RAW_EXTENSIONS.contains(&ext.as_str())
@@ -418,5 +491,40 @@ pub fn check_extension(content: &Content, ext: &Extension) -> Result<()> {
                 fmt.extension()
             ),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `qemu-img create -f vpc x SIZE` then `qemu-img info` (qemu-img 10.0.2):
+    /// (asked, virtual size). The integration tests compare with qemu-img live.
+    const QEMU_IMG_VPC: [(u64, u64); 11] = [
+        (10 << 30, 10_737_893_376),
+        (8 << 30, 8_590_417_920),
+        (1 << 30, 1_073_995_776),
+        (2 << 30, 2_147_991_552),
+        (10_000_000_000, 10_000_392_192),
+        (500 << 20, 524_353_536),
+        (127 << 30, 136_365_219_840),
+        (200 << 30, 200 << 30),
+        (1 << 40, 1 << 40),
+        (2040 << 30, 2040 << 30),
+        (0, 0),
+    ];
+
+    #[test]
+    fn vhd_sizes_as_qemu_img_rounds_them() {
+        for (asked, made) in QEMU_IMG_VPC {
+            assert_eq!(qemu_vhd_size(asked), Some(made), "asked {asked}");
+        }
+        // Every geometry holds what was asked, and is at most one cylinder more.
+        for asked in [1u64, 511, 512, 1000, 65535 * 16 * 63 * 512, 65535 * 16 * 255 * 512 - 1, u64::MAX / 2] {
+            let made = qemu_vhd_size(asked).unwrap();
+            assert!(made + VHD_SECTOR > asked && made <= (asked / 512 + 16 * 255) * 512, "{asked} -> {made}");
+        }
+        // Past the largest geometry, the whole sectors: no overflow at the top.
+        assert_eq!(qemu_vhd_size(u64::MAX), Some(u64::MAX / 512 * 512));
     }
 }

@@ -402,7 +402,11 @@ impl Description {
         self.set(keys::ISA, &or_unknown(&f.isa));
         self.set(keys::WORD_SIZE, &or_unknown(&f.word_size));
         self.set(keys::LIB, &or_unknown(&f.lib));
-        let max = f.max_size.as_ref().map(|m| format!("{m} ({} bytes)", m.bytes()));
+        // The bytes in the reading the disk is in: 10GB of a 10,000,000,000-byte disk is decimal.
+        let max = f
+            .max_size
+            .as_ref()
+            .map(|m| format!("{m} ({} bytes)", f.virtual_size.map_or(m.bytes(), |v| m.bytes_for(v))));
         self.set(keys::MAX_SIZE, &or_unknown(&max));
         self.set(keys::STORAGE, &or_unknown(&f.storage.map(Storage::describe)));
         self.set(keys::FORMAT, &or_unknown(&f.format));

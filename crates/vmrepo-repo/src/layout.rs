@@ -4,7 +4,7 @@
 //! ROOT/
 //!   .vmrepo/            repository marker, lock, import journals, and (on a
 //!                       local filesystem) the SQLite index
-//!   vm/<VM>/            one folder per VM software: xen, kvm, virtualBox, vmware
+//!   vm/<VM>/            one folder per VM software: xen, kvm, virtualBox, vmware, ec2 ...
 //!     <name>.<ext>      an image file
 //!     <name>/           an image of several files: a folder holding its parts
 //!     <name>.checksum   md5sum's output for the image
@@ -382,9 +382,14 @@ pub fn vm_folders(vm_root: &Path) -> Result<(Vec<VmFolder>, Vec<Stray>)> {
                 problem: "is a symbolic link to a folder elsewhere: vmrepo neither catalogs, writes nor deletes through it; make it a real folder".into(),
                 code: "symlinked-folder",
             }),
-            _ => strays.push(Stray {
+            Ok(_) => strays.push(Stray {
                 file: name,
-                problem: "is not a VM folder (xen, kvm, virtualBox, vmware)".into(),
+                problem: "is not a folder: vm/ holds one folder per VM software".into(),
+                code: "not-a-vm-folder",
+            }),
+            Err(e) => strays.push(Stray {
+                file: name,
+                problem: format!("is not a VM folder: {}", e.problem()),
                 code: "not-a-vm-folder",
             }),
         }

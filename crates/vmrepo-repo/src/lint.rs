@@ -74,7 +74,7 @@ pub fn lint(repo: &Repository) -> Result<Vec<Finding>> {
                 path: format!("{VM_DIR}/{folder}"),
                 code: "vm-folder-spelling",
                 severity: Severity::Warning,
-                message: format!("the specification spells this folder {}", vm.as_str()),
+                message: format!("the convention spells this folder {}", vm.as_str()),
             });
         }
         let dir = vm_root.join(&folder);

@@ -135,9 +135,15 @@ impl Query {
                         value.parse::<i64>().map_err(|_| bad(format!("{name} takes a number")))?,
                     ),
                     Kind::Size => {
-                        let bytes = MaxSize::from_user(value)
-                            .map_err(|e| bad(format!("{name} takes a size like 8GB: {}", e.problem())))?
-                            .bytes();
+                        // A plain number is bytes, exactly; a unit is read in binary, as
+                        // the catalog stores maximum sizes (maxsize>=10GB finds the
+                        // names 10GB and up, whichever reading their disks are in).
+                        let bytes = match value.parse::<u64>() {
+                            Ok(b) => b,
+                            Err(_) => MaxSize::from_user(value)
+                                .map_err(|e| bad(format!("{name} takes a size like 8GB: {}", e.problem())))?
+                                .bytes(),
+                        };
                         Value::Integer(i64::try_from(bytes).map_err(|_| bad("size too large".into()))?)
                     }
                     Kind::Date => {
