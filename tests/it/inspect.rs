@@ -462,3 +462,35 @@ fn issue_7_item_18_lint_warns_of_missing_accounts_and_start_up() {
     }
     assert!(judged >= 2, "the guests exercise few of the warnings: {expected:?}");
 }
+
+/// Issue 7, item 13: a Xen paravirtual guest goes into xen/ only; into
+/// another VM's folder it is refused (and reported by lint when forced).
+#[test]
+fn issue_7_item_13_a_xen_paravirtual_guest_needs_xen() {
+    let Some(g) = guests() else { return };
+    let guest = images_of(&g, "sl5.3-xen");
+    let image = guest["images"]["vdi"].as_str().or_else(|| guest["images"]["vmdk"].as_str());
+    let Some(image) = image else { panic!("no VirtualBox format among {}", guest["images"]) };
+    let r = crate::util::Repo::new();
+    let out = r.run(&["add", image, "--vm", "virtualBox"]);
+    assert_eq!(out.status.code(), Some(11), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Xen paravirtual") && err.contains("virtualBox"), "{err}");
+    let xen_image = guest["images"]["raw"].as_str().or_else(|| guest["images"]["qcow2"].as_str()).unwrap();
+    let out = r.run(&["add", xen_image, "--vm", "xen"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = r.run(&["add", image, "--vm", "virtualBox", "--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&r.run(&["--json", "lint"]).stdout).unwrap();
+    let codes: Vec<(&str, &str)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap(), f["code"].as_str().unwrap()))
+        .collect();
+    assert!(
+        codes.iter().any(|(p, c)| p.starts_with("vm/virtualBox/") && *c == "vm-needs-kernel"),
+        "{codes:?}"
+    );
+    assert!(!codes.iter().any(|(p, c)| p.starts_with("vm/xen/") && *c == "vm-needs-kernel"), "{codes:?}");
+}

@@ -684,3 +684,61 @@ fn item20_permission_denied_is_not_missing() {
     assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ermission denied"));
 }
+
+#[test]
+fn item13_the_vm_folder_and_the_format_agree() {
+    if !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let r = Repo::new();
+    let dir = r.scratch();
+    crate::util::run_in(&dir, "qemu-img", &["create", "-q", "-f", "qcow2", "d.qcow2", "8G"]);
+    crate::util::run_in(&dir, "qemu-img", &["create", "-q", "-f", "vmdk", "d.vmdk", "8G"]);
+    let add = |file: &str, vm: &str, force: bool| {
+        let p = dir.join(file);
+        let detail = format!("{}{}", file.replace('.', ""), if force { "f" } else { "" });
+        let mut a = vec![
+            "add",
+            p.to_str().unwrap(),
+            "--vm",
+            vm,
+            "--os",
+            "sl5.3",
+            "--arch",
+            "x86",
+            "--bits",
+            "64",
+            "--lib",
+            "sl08e",
+            "--detail",
+            &detail,
+        ];
+        if force {
+            a.push("--force");
+        }
+        r.run(&a)
+    };
+    for (file, vm) in [("d.qcow2", "vmware"), ("d.vmdk", "xen"), ("d.qcow2", "virtualBox")] {
+        let out = add(file, vm, false);
+        assert_eq!(out.status.code(), Some(11), "{file} in {vm}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("does not run"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (file, vm) in
+        [("d.qcow2", "kvm"), ("d.vmdk", "vmware"), ("d.vmdk", "virtualBox"), ("d.qcow2", "openstack")]
+    {
+        let out = add(file, vm, false);
+        assert!(out.status.success(), "{file} in {vm}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Forced in, then reported.
+    assert!(add("d.qcow2", "vmware", true).status.success());
+    let v: serde_json::Value = serde_json::from_slice(&r.run(&["--json", "lint"]).stdout).unwrap();
+    let found: Vec<&serde_json::Value> =
+        v.as_array().unwrap().iter().filter(|f| f["code"] == "vm-format-mismatch").collect();
+    assert_eq!(found.len(), 1, "{v}");
+    assert_eq!(found[0]["path"], "vm/vmware/sl5.3_x86_64_sl08e_8GB_dqcow2f.qcow2");
+    assert_eq!(found[0]["severity"], "error");
+}

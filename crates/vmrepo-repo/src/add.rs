@@ -261,7 +261,8 @@ fn check_shape(source: &Source, name: &ImageName) -> Result<()> {
 /// The name (and the VM folder) must agree with what the file is, unless forced.
 fn check_content(req: &AddRequest<'_>) -> Result<()> {
     let Some(c) = &req.content else { return Ok(()) };
-    let d = c.disagreements(&req.name);
+    let mut d = c.disagreements(&req.name);
+    d.extend(c.vm_disagreements(req.vm));
     if d.is_empty() || req.force {
         return Ok(());
     }

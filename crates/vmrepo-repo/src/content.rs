@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use vmrepo_format::{Format, Info, OpenOptions};
-use vmrepo_name::{Extension, ImageName, MaxSize};
+use vmrepo_name::{Extension, ImageName, MaxSize, Vm};
 
 use vmrepo_inspect::Report;
 use vmrepo_inspect::kernel::Verdict;
@@ -210,6 +210,42 @@ impl Content {
         }
         if let Some(r) = &self.guest {
             guest_disagreements(r, name, &mut say);
+        }
+        out
+    }
+}
+
+impl Content {
+    /// Where the VM folder disagrees with the image: a format the VM software
+    /// does not run as it is stored, or a Xen paravirtual guest (no kernel of
+    /// its own that the disk boots) in the folder of a VM software that needs
+    /// one. A VM software the table does not know says nothing (see
+    /// [`Vm::runs`]).
+    pub fn vm_disagreements(&self, vm: Vm) -> Vec<Disagreement> {
+        let mut out = Vec::new();
+        let fmt = self.info.format.name();
+        if vm.runs(fmt) == Some(false) {
+            out.push(Disagreement {
+                code: "vm-format-mismatch",
+                message: format!(
+                    "{} does not run {} images as they are stored (vmrepo convert, or another VM folder)",
+                    vm.as_str(),
+                    describe(&self.info)
+                ),
+            });
+        }
+        if let Some(r) = &self.guest
+            && r.boot.verdict == vmrepo_inspect::kernel::Verdict::XenParavirtual
+            && vm.boots_xen_paravirtual() == Some(false)
+        {
+            out.push(Disagreement {
+                code: "vm-needs-kernel",
+                message: format!(
+                    "a Xen paravirtual guest ({}) has no kernel of its own that {} could boot",
+                    r.boot.xen_evidence.join("; "),
+                    vm.as_str()
+                ),
+            });
         }
         out
     }

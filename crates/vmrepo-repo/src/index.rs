@@ -101,7 +101,16 @@ CREATE INDEX IF NOT EXISTS images_added ON images (added);
 
 /// Migrations from older schemas that keep the rows (and so the
 /// verification history): (from, SQL).
-const MIGRATIONS: &[(&str, &str)] = &[("2", "ALTER TABLE images ADD COLUMN verified_ctime_ns INTEGER;")];
+/// Schema 3 came with names the first vmrepo did not accept (any VM folder,
+/// two readings of a size) or that it accepted and no longer does: every
+/// folder is listed again by the next scan (images whose files did not
+/// change keep their rows and history; rows whose names no longer parse go).
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "2",
+    "ALTER TABLE images ADD COLUMN verified_ctime_ns INTEGER;
+     UPDATE folders SET mtime_ns = NULL;
+     DELETE FROM meta WHERE key = 'vm_mtime_ns';",
+)];
 
 /// What is at the index's path.
 #[derive(Debug, PartialEq, Eq)]

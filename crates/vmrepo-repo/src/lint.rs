@@ -195,7 +195,7 @@ fn lint_image(dir: &Path, vm: Vm, folder: &str, img: &FoundImage, out: &mut Vec<
         ImageKind::Missing => None,
         _ => match crate::content::read(&dir.join(&img.file)) {
             Ok(c) => {
-                for d in c.disagreements(&img.name) {
+                for d in c.disagreements(&img.name).into_iter().chain(c.vm_disagreements(vm)) {
                     let severity = match d.code {
                         "has-backing-file" | "has-data-file" | "has-parent" => Severity::Warning,
                         _ => Severity::Error,

@@ -72,7 +72,8 @@ pub fn rename(catalog: &mut Catalog, req: RenameRequest<'_>) -> Result<RenameOut
     let old_dir = repo.vm_root().join(&rec.folder);
     if !req.force {
         let content = crate::content::read(&old_dir.join(&rec.file))?;
-        let d = content.disagreements(&new_name);
+        let mut d = content.disagreements(&new_name);
+        d.extend(content.vm_disagreements(vm));
         if !d.is_empty() {
             let all: Vec<&str> = d.iter().map(|x| x.message.as_str()).collect();
             return Err(Error::new(
