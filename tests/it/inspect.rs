@@ -220,7 +220,7 @@ fn add_names_an_image_from_what_the_guest_holds() {
     let virtual_size = crate::util::qemu_info(image, "vmdk")["virtual-size"].as_u64().unwrap();
     assert_eq!(virtual_size % (1 << 20), 0, "the builder makes whole MiB disks");
     let r = crate::util::Repo::new();
-    let out = r.json(&["add", image.to_str().unwrap(), "--vm", "kvm"]);
+    let out = r.json(&["add", image.to_str().unwrap(), "--vm", "vmware"]);
     let expected = format!(
         "{}_{}_{}_{}_{}MB.vmdk",
         e["os"]["token"].as_str().unwrap(),
@@ -230,7 +230,7 @@ fn add_names_an_image_from_what_the_guest_holds() {
         virtual_size >> 20
     );
     assert_eq!(out["image"]["file"], expected.as_str(), "{out}");
-    let txt = std::fs::read_to_string(r.vm_dir("kvm").join(expected.replace(".vmdk", ".txt"))).unwrap();
+    let txt = std::fs::read_to_string(r.vm_dir("vmware").join(expected.replace(".vmdk", ".txt"))).unwrap();
     for want in [
         format!(
             "Guest OS: {} ({})",
@@ -275,7 +275,7 @@ fn add_refuses_a_name_the_guest_contradicts_and_lint_reports_it() {
             "SL09a but the guest has no such STAR library (installed: sl08e)",
         ),
     ] {
-        let mut args = vec!["add", image.as_str(), "--vm", "kvm"];
+        let mut args = vec!["add", image.as_str(), "--vm", "vmware"];
         args.extend_from_slice(flags);
         let err = r.fails(11, &args);
         assert!(err.contains(says) && err.contains("--force"), "{flags:?}: {err}");
@@ -292,7 +292,7 @@ fn add_refuses_a_name_the_guest_contradicts_and_lint_reports_it() {
     }
     assert!(r.listed().is_empty());
     // A shorter version of the same system is no disagreement.
-    r.ok(&["add", image.as_str(), "--vm", "kvm", "--os", "sl5"]);
+    r.ok(&["add", image.as_str(), "--vm", "vmware", "--os", "sl5"]);
 }
 
 #[test]

@@ -742,3 +742,32 @@ fn item13_the_vm_folder_and_the_format_agree() {
     assert_eq!(found[0]["path"], "vm/vmware/sl5.3_x86_64_sl08e_8GB_dqcow2f.qcow2");
     assert_eq!(found[0]["severity"], "error");
 }
+
+#[test]
+fn item04_a_journal_naming_paths_outside_the_repository_is_set_aside() {
+    let r = Repo::new();
+    let sha = stored(&r, 22);
+    let outside = r.scratch().join("precious");
+    std::fs::write(&outside, "keep me").unwrap();
+    let journal = r.root.join(".vmrepo/journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    let hostile = [
+        serde_json::json!({"version": 2, "phase": "commit", "staging": "vm/kvm/.vmrepo-staging.a",
+            "steps": [{"kind": "rename", "from": "vm/kvm/../../../scratch/precious", "to": format!("vm/kvm/{STEM}.img"), "ino": 1}]}),
+        serde_json::json!({"version": 1, "phase": "commit", "staging": format!("{}/vm/kvm/.vmrepo-staging.b", r.root.display()),
+            "steps": [{"from": outside, "to": format!("{}/vm/kvm/{STEM}.img", r.root.display())}], "done": 0}),
+        serde_json::json!({"version": 2, "phase": "prepare", "staging": "/etc"}),
+    ];
+    for (id, j) in ["a", "b", "c"].iter().zip(&hostile) {
+        std::fs::write(journal.join(format!("{id}.json")), serde_json::to_vec(j).unwrap()).unwrap();
+        std::fs::write(journal.join(format!("{id}.lock")), b"").unwrap();
+    }
+    let out = r.run(&["list"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me");
+    assert!(std::path::Path::new("/etc/passwd").exists());
+    intact(&r, &sha);
+    let v: serde_json::Value = serde_json::from_slice(&r.run(&["--json", "lint"]).stdout).unwrap();
+    let q = v.as_array().unwrap().iter().filter(|f| f["code"] == "quarantined-journal").count();
+    assert_eq!(q, 3, "{v}");
+}

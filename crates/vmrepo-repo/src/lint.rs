@@ -39,6 +39,7 @@ pub struct Finding {
 /// The tree cannot be listed.
 pub fn lint(repo: &Repository) -> Result<Vec<Finding>> {
     let mut out = Vec::new();
+    quarantined(repo, &mut out);
     let vm_root = repo.vm_root();
     if std::fs::symlink_metadata(&vm_root).is_ok_and(|m| m.file_type().is_symlink()) {
         out.push(Finding {
@@ -106,6 +107,20 @@ fn lint_image(dir: &Path, vm: Vm, folder: &str, img: &FoundImage, out: &mut Vec<
     let mut push = |path: String, code: &'static str, severity: Severity, message: String| {
         out.push(Finding { path, code, severity, message });
     };
+    if img.kind == ImageKind::File
+        && let Ok(md) = std::fs::symlink_metadata(dir.join(&img.file))
+        && std::os::unix::fs::MetadataExt::nlink(&md) > 1
+    {
+        push(
+            rel(&img.file),
+            "hard-linked",
+            Severity::Warning,
+            format!(
+                "the image has {} names: writing to another changes the stored image (an import by --move that was killed after it was stored leaves its source so; remove the source)",
+                std::os::unix::fs::MetadataExt::nlink(&md)
+            ),
+        );
+    }
     if img.kind == ImageKind::Missing {
         push(
             rel(&stem),
@@ -358,4 +373,28 @@ fn guest_warnings(g: &vmrepo_inspect::Report) -> Vec<(&'static str, String)> {
         ));
     }
     out
+}
+
+/// Journals recovery set aside because they could not be used safely.
+fn quarantined(repo: &Repository, out: &mut Vec<Finding>) {
+    let q = repo.meta_dir().join(crate::txn::QUARANTINE_DIR);
+    let Ok(entries) = std::fs::read_dir(&q) else { return };
+    let mut names: Vec<String> =
+        entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    for name in names {
+        let Some(id) = name.strip_suffix(".json") else { continue };
+        let why = read_capped(&q.join(format!("{id}.why")), 64 * 1024)
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .unwrap_or_default();
+        out.push(Finding {
+            path: format!("{}/{}/{name}", crate::layout::META_DIR, crate::txn::QUARANTINE_DIR),
+            code: "quarantined-journal",
+            severity: Severity::Error,
+            message: format!(
+                "an interrupted change vmrepo did not finish or undo ({why}); its staging folder vm/*/{}{id} is kept: look, then remove both",
+                crate::layout::STAGING_PREFIX
+            ),
+        });
+    }
 }
