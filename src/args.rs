@@ -11,13 +11,15 @@ Exit codes:
   2    usage error
   3    not a vmrepo repository
   4    no such image, or a file that vanished
-  5    the name is already taken (add without --replace)
-  6    invalid input: a bad name, field, query or ambiguous name
+  5    the name is already taken (add without --replace, mv), or cat -o to an existing file
+  6    invalid input: a bad name, field, query or setting, an ambiguous name, a FIFO
+       or device where a file is wanted, a symbolic link in the way
   7    I/O error
   8    no space left on the device
   9    the repository is locked by another command
-  10   the SQLite index failed
-  11   the image file is malformed, of an unsupported format, or larger than vmrepo reads
+  10   the SQLite index failed, or --index names a file vmrepo did not make
+  11   the image file is malformed, empty, of an unsupported format, disagrees with its
+       name or VM folder (add, mv), or is larger than vmrepo reads
   12   reading the image needs a file it references: pass --follow
   130  interrupted (nothing half-done is left behind)";
 
