@@ -771,3 +771,48 @@ fn item04_a_journal_naming_paths_outside_the_repository_is_set_aside() {
     let q = v.as_array().unwrap().iter().filter(|f| f["code"] == "quarantined-journal").count();
     assert_eq!(q, 3, "{v}");
 }
+
+#[test]
+fn item11_add_refuses_what_vmrepo_itself_cannot_read() {
+    if !have("qemu-img", "qemu-utils") || !have("qemu-io", "qemu-utils") {
+        return;
+    }
+    let r = Repo::new();
+    let dir = r.scratch();
+    // A qcow2 whose L1 table lies past the end of the file.
+    crate::util::run_in(&dir, "qemu-img", &["create", "-q", "-f", "qcow2", "l1.qcow2", "64M"]);
+    crate::util::run_in(&dir, "qemu-io", &["-c", "write -P 1 0 1M", "l1.qcow2"]);
+    sh(&dir, "printf '\\000\\000\\000\\000\\020\\000\\000\\000' | dd of=l1.qcow2 bs=1 seek=40 conv=notrunc status=none");
+    // VMDKs whose only extent is outside their folder, or a device.
+    for (name, extent) in [("abs.vmdk", "/etc/passwd"), ("rel.vmdk", "../../etc/passwd"), ("dev.vmdk", "/dev/zero")] {
+        std::fs::write(
+            dir.join(name),
+            format!("# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\nRW 97656250 FLAT \"{extent}\" 0\n\nddb.virtualHWVersion = \"4\"\n"),
+        )
+        .unwrap();
+    }
+    let fields = ["--os", "sl5.3", "--arch", "x86", "--bits", "64", "--lib", "sl08e"];
+    for (file, vm) in [("l1.qcow2", "kvm"), ("abs.vmdk", "vmware"), ("rel.vmdk", "vmware"), ("dev.vmdk", "vmware")] {
+        let p = dir.join(file);
+        let mut args = vec!["add", p.to_str().unwrap(), "--vm", vm];
+        args.extend(fields);
+        let err = r.fails(11, &args);
+        assert!(err.contains("--force"), "{file}: {err}");
+        // vmrepo's own reading agrees: check finds the problem.
+        let out = r.run(&["check", p.to_str().unwrap()]);
+        assert_ne!(out.status.code(), Some(0), "{file}");
+    }
+    assert_eq!(r.listed(), Vec::<String>::new());
+    // Forced in, lint reports it; and no size is a fraction of a unit.
+    let p = dir.join("abs.vmdk");
+    let mut args = vec!["--json", "add", p.to_str().unwrap(), "--vm", "vmware", "--force"];
+    args.extend(fields);
+    let out = r.json(&args[1..]);
+    let maxsize = out["image"]["maxsize"].as_str().unwrap();
+    assert_eq!(maxsize, "50GB", "97656250 sectors are 50 * 10^9 bytes");
+    let v: serde_json::Value = serde_json::from_slice(&r.run(&["--json", "lint"]).stdout).unwrap();
+    assert!(
+        v.as_array().unwrap().iter().any(|f| f["code"] == "check-failed" || f["code"] == "unreadable-disk"),
+        "{v}"
+    );
+}

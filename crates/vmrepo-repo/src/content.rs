@@ -28,7 +28,14 @@ pub struct Content {
     /// What the guest holds; `None` when the disk could not be opened for
     /// reading (an image that reads through a file not stored with it).
     pub guest: Option<Report>,
+    /// What the structural check (`vmrepo check`) finds wrong.
+    pub structure: Vec<String>,
+    /// Why the guest's bytes cannot be read, when they cannot.
+    pub unreadable: Option<String>,
 }
+
+/// Problems of the structural check quoted in a message at most.
+const QUOTED_PROBLEMS: usize = 3;
 
 /// One way a name disagrees with the image's content.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -76,14 +83,19 @@ pub fn read(path: &Path) -> Result<Content> {
     let entry = if is_dir { folder_entry(path)? } else { path.to_path_buf() };
     let image = vmrepo_format::open(&entry, &OpenOptions { follow: is_dir, format: None })?;
     let info = image.info.clone();
-    let guest = match image.into_disk() {
-        Ok(disk) => Some(vmrepo_inspect::inspect(disk, &vmrepo_inspect::Options::default())),
+    // What vmrepo cannot read through is not stored as if it could.
+    let structure = match vmrepo_format::check::check(&image) {
+        Ok(report) => report.problems,
+        Err(e) => vec![e.to_string()],
+    };
+    let (guest, unreadable) = match image.into_disk() {
+        Ok(disk) => (Some(vmrepo_inspect::inspect(disk, &vmrepo_inspect::Options::default())), None),
         Err(e) => {
             tracing::debug!("{}: the guest is not inspected: {e}", entry.display());
-            None
+            (None, Some(e.to_string()))
         }
     };
-    Ok(Content { entry, info, guest })
+    Ok(Content { entry, info, guest, structure, unreadable })
 }
 
 /// Whether two OS tokens may name the same system: equal, or one a
@@ -207,6 +219,28 @@ impl Content {
         }
         if self.info.corrupt {
             say("corrupt", "the image is marked corrupt".into());
+        }
+        if !self.structure.is_empty() {
+            let shown: Vec<&str> = self.structure.iter().take(QUOTED_PROBLEMS).map(String::as_str).collect();
+            say(
+                "check-failed",
+                format!(
+                    "vmrepo check finds {} problem(s) in its structure: {}{}",
+                    self.structure.len(),
+                    shown.join("; "),
+                    if self.structure.len() > QUOTED_PROBLEMS { "; ..." } else { "" }
+                ),
+            );
+        }
+        // An image that reads through a backing, data or parent file is said
+        // so above; any other reason its bytes cannot be read is said here.
+        if let Some(why) = &self.unreadable
+            && !self.structure.contains(why)
+            && self.info.backing_filename.is_none()
+            && self.info.data_file.is_none()
+            && self.info.parent.is_none()
+        {
+            say("unreadable-disk", format!("its guest bytes cannot be read: {why}"));
         }
         if let Some(r) = &self.guest {
             guest_disagreements(r, name, &mut say);
