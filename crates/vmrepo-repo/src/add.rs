@@ -20,7 +20,7 @@ use crate::description::{Description, Facts, MAX_DESCRIPTION_FILE, PartDigest};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::{self, fsync_dir};
 use crate::hashing::{self, Endpoint, Want};
-use crate::layout::{self, Repository};
+use crate::layout::{self, Occupant, Repository, occupants};
 use crate::lock::RepoLock;
 use crate::progress::Progress;
 use crate::txn::{self, Step, Txn};
@@ -472,14 +472,6 @@ fn describe(req: &AddRequest<'_>, target_dir: &Path, facts: &Facts) -> Descripti
     }
 }
 
-/// An entry that belongs to a name: an image file with any extension, an
-/// image folder, and the two sidecars.
-#[derive(Clone, Debug)]
-struct Occupant {
-    name: String,
-    is_dir: bool,
-}
-
 fn already(folder: &str, taken: &[Occupant]) -> Error {
     let names: Vec<&str> = taken.iter().map(|o| o.name.as_str()).collect();
     Error::new(
@@ -490,25 +482,6 @@ fn already(folder: &str, taken: &[Occupant]) -> Error {
             names.join(", ")
         ),
     )
-}
-
-/// The entries of `dir` that belong to the name `stem`.
-fn occupants(dir: &Path, stem: &str) -> Result<Vec<Occupant>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
-        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(rest) = name.strip_prefix(stem) else { continue };
-        let ours = rest.is_empty()
-            || rest.strip_prefix('.').is_some_and(|ext| !ext.is_empty() && !ext.contains('.'));
-        if ours {
-            let is_dir = entry.file_type().map_err(|e| Error::io("inspect", &entry.path(), e))?.is_dir();
-            out.push(Occupant { name: name.to_string(), is_dir });
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
 }
 
 /// The steps that publish the staged entries `new` (in order: the image

@@ -558,6 +558,36 @@ pub fn scan_folder(dir: &Path) -> Result<FolderScan> {
     Ok(scan)
 }
 
+/// An entry of a VM folder that belongs to an image's name: an image file
+/// with any extension, an image folder, and the two sidecars.
+#[derive(Clone, Debug)]
+pub struct Occupant {
+    pub name: String,
+    pub is_dir: bool,
+}
+
+/// The entries of the VM folder `dir` that belong to the name `stem`, sorted.
+///
+/// # Errors
+/// The folder cannot be listed.
+pub fn occupants(dir: &Path, stem: &str) -> Result<Vec<Occupant>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix(stem) else { continue };
+        let ours = rest.is_empty()
+            || rest.strip_prefix('.').is_some_and(|ext| !ext.is_empty() && !ext.contains('.'));
+        if ours {
+            let is_dir = entry.file_type().map_err(|e| Error::io("inspect", &entry.path(), e))?.is_dir();
+            out.push(Occupant { name: name.to_string(), is_dir });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
 /// Where an image's sidecars are: beside it, as the convention keeps them,
 /// or, in a tree adopted as it was found, inside an image folder (made by
 /// `md5sum * > x.checksum` run in the folder, so its lines name the parts

@@ -4,7 +4,6 @@
 //! every line an administrator wrote, with the name's fields updated.
 
 use std::fs;
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use vmrepo_name::{ImageName, Vm};
@@ -13,7 +12,7 @@ use crate::catalog::{Catalog, ImageRecord, read_capped};
 use crate::checksum::{self, ChecksumLine, MAX_CHECKSUM_FILE};
 use crate::description::{Description, MAX_DESCRIPTION_FILE, keys};
 use crate::error::{Error, ErrorKind, Result};
-use crate::layout::{ImageKind, Sidecars, VM_DIR};
+use crate::layout::{self, ImageKind, Sidecars, VM_DIR};
 use crate::lock::RepoLock;
 use crate::progress::Progress;
 use crate::txn::{self, Step, Txn};
@@ -104,8 +103,9 @@ pub fn rename(catalog: &mut Catalog, req: RenameRequest<'_>) -> Result<RenameOut
     crate::fsutil::real_folder(repo.root(), &new_dir)?;
     let new_stem = new_name.stem();
     let same_stem = new_rel == old_rel && new_stem == rec.name;
-    let taken: Vec<String> = occupants(&new_dir, &new_stem)?
+    let taken: Vec<String> = layout::occupants(&new_dir, &new_stem)?
         .into_iter()
+        .map(|o| o.name)
         .filter(|n| !(same_stem && (n == &rec.file || is_sidecar_of(n, &rec.name))))
         .collect();
     if !taken.is_empty() {
@@ -148,21 +148,6 @@ fn new_name_of(to: &str, old_vm: Vm, old: &ImageName, kind: ImageKind) -> Result
 
 fn is_sidecar_of(entry: &str, stem: &str) -> bool {
     entry == format!("{stem}.checksum") || entry == format!("{stem}.txt")
-}
-
-/// The entries of `dir` that belong to the name `stem`.
-fn occupants(dir: &Path, stem: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
-        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
-        let Some(rest) = name.strip_prefix(stem) else { continue };
-        if rest.is_empty() || rest.strip_prefix('.').is_some_and(|e| !e.is_empty() && !e.contains('.')) {
-            out.push(name);
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// Writes the new `.txt` and `.checksum` into the staging folder.
