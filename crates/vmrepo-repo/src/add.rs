@@ -512,7 +512,7 @@ fn plan(
         let target = target_dir.join(&o.name);
         match same {
             Some((_, new_is_dir)) if !o.is_dir && !new_is_dir && !is_dir_nofollow(&target) => {
-                steps.push(Step::link(in_folder(&o.name), format!("{replaced}/{}", o.name)));
+                steps.push(txn::keep_aside(txn, in_folder(&o.name), format!("{replaced}/{}", o.name)));
             }
             Some(_) => steps.push(Step::rename(in_folder(&o.name), format!("{replaced}/{}", o.name))),
             None => later.push(Step::rename(in_folder(&o.name), format!("{replaced}/{}", o.name))),

@@ -245,7 +245,7 @@ fn plan(
                 // Inside the image folder: it moves with the folder, then out.
                 later.push(Step::rename(format!("{new_rel}/{new_file}/{old_name}"), aside));
             } else if same_stem {
-                steps.push(Step::link(format!("{old_rel}/{old_name}"), aside));
+                steps.push(txn::keep_aside(txn, format!("{old_rel}/{old_name}"), aside));
             } else {
                 later.push(Step::rename(format!("{old_rel}/{old_name}"), aside));
             }

@@ -756,6 +756,25 @@ fn quarantine(repo: &Repository, dir: &Path, id: &str, why: &str) {
     let _ = fs::write(q.join(format!("{id}.why")), format!("{why}\n"));
 }
 
+/// The step that keeps the file at `from` (a path relative to the root) as
+/// `to` in the staging folder, so that a later step may rename a new file
+/// over `from` and the change can still be undone: a hard link, made now
+/// (harmless: only the staging folder gains a name), or, on a filesystem
+/// without hard links, a rename done by the commit (readers then see no file
+/// at `from` until the next step).
+pub fn keep_aside(txn: &Txn, from: String, to: String) -> Step {
+    let (Ok(f), Ok(t)) = (resolve(&txn.root, &from), resolve(&txn.root, &to)) else {
+        return Step::rename(from, to);
+    };
+    match fs::hard_link(&f, &t) {
+        Ok(()) => Step::link(from, to),
+        Err(e) => {
+            tracing::debug!("{}: no hard link ({e}); renamed aside instead", f.display());
+            Step::rename(from, to)
+        }
+    }
+}
+
 /// Writes a small file into the staging folder, durably.
 ///
 /// # Errors
