@@ -362,3 +362,81 @@ fn differencing_images_are_reported_not_read() {
     let (code, _, _) = vmrepo(&["cat", vdi.to_str().unwrap(), "-o", "/dev/null"]);
     assert_eq!(code, 11);
 }
+
+/// Runs vmrepo, killing it if it has not ended after far longer than any of
+/// these commands takes: a command that waits forever fails the test instead
+/// of hanging it. Returns (exit code, stderr).
+fn vmrepo_unless_blocked(args: &[&str]) -> (i32, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(crate::util::bin())
+        .args(args)
+        .env_remove("VMREPO_REPO")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vmrepo {args:?} blocked");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
+fn mkfifo(path: &Path) {
+    run("mkfifo", &[path.to_str().unwrap()]);
+}
+
+/// Issue 7, item 9: a FIFO given to a command blocked it forever in `open`.
+#[test]
+fn a_fifo_or_a_character_device_is_refused_before_any_read() {
+    let r = crate::util::Repo::new();
+    let fifo = r.scratch().join("sl5.3_x86_64_sl08e_8GB.img");
+    mkfifo(&fifo);
+    let f = fifo.to_str().unwrap();
+    for cmd in [&["info", f][..], &["map", f], &["check", f], &["cat", f, "-o", "/dev/null"], &["inspect", f]]
+    {
+        let (code, err) = vmrepo_unless_blocked(cmd);
+        assert_eq!(code, 6, "{cmd:?}: {err}");
+        assert!(err.contains("is a FIFO, not a disk image file"), "{cmd:?}: {err}");
+    }
+    for dev in ["/dev/zero", "/dev/null"] {
+        let (code, err) = vmrepo_unless_blocked(&["info", dev]);
+        assert_eq!(code, 6, "{dev}: {err}");
+        assert!(err.contains("character device"), "{dev}: {err}");
+    }
+    let repo = r.root.to_str().unwrap();
+    for src in [f, "/dev/zero"] {
+        let args = ["--repo", repo, "add", src, "--vm", "kvm", "--os", "sl5.3", "--arch", "x86"];
+        let (code, err) = vmrepo_unless_blocked(&[&args[..], &["--bits", "64", "--lib", "sl08e"]].concat());
+        assert_eq!(code, 6, "add {src}: {err}");
+        assert!(err.contains("not a disk image file"), "add {src}: {err}");
+    }
+    assert!(r.listed().is_empty(), "nothing was added");
+}
+
+/// Issue 7, item 9: an extent that is a FIFO in the image's own folder is
+/// refused as one, with --follow, without waiting.
+#[test]
+fn a_referenced_fifo_is_refused_without_waiting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("disk.vmdk");
+    std::fs::write(&d, "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"disk-flat.vmdk\" 0\n").unwrap();
+    mkfifo(&tmp.path().join("disk-flat.vmdk"));
+    let p = d.to_str().unwrap();
+    for cmd in [&["check", "--follow", p][..], &["cat", "--follow", p, "-o", "/dev/null"]] {
+        let (code, err) = vmrepo_unless_blocked(cmd);
+        assert_eq!(code, 11, "{cmd:?}: {err}");
+        assert!(err.contains("\"disk-flat.vmdk\" is a FIFO, not a regular file"), "{cmd:?}: {err}");
+    }
+}
