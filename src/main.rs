@@ -81,6 +81,9 @@ fn format_exit_code(kind: vmrepo_format::ErrorKind) -> (u8, &'static str) {
     match kind {
         F::Io => (7, "io"),
         F::NeedsReferenced => (12, "needs-referenced-file"),
+        // A FIFO, a socket, a character device or a folder named as an image:
+        // not an image file at all, so the argument is wrong, not an image.
+        F::NotAFile => (6, "invalid-input"),
         _ => (11, "bad-image"),
     }
 }

@@ -362,3 +362,222 @@ fn differencing_images_are_reported_not_read() {
     let (code, _, _) = vmrepo(&["cat", vdi.to_str().unwrap(), "-o", "/dev/null"]);
     assert_eq!(code, 11);
 }
+
+/// Runs vmrepo, killing it if it has not ended after far longer than any of
+/// these commands takes: a command that waits forever fails the test instead
+/// of hanging it. Returns (exit code, stderr).
+fn vmrepo_unless_blocked(args: &[&str]) -> (i32, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(crate::util::bin())
+        .args(args)
+        .env_remove("VMREPO_REPO")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vmrepo {args:?} blocked");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
+fn mkfifo(path: &Path) {
+    run("mkfifo", &[path.to_str().unwrap()]);
+}
+
+/// Issue 7, item 9: a FIFO given to a command blocked it forever in `open`.
+#[test]
+fn a_fifo_or_a_character_device_is_refused_before_any_read() {
+    let r = crate::util::Repo::new();
+    let fifo = r.scratch().join("sl5.3_x86_64_sl08e_8GB.img");
+    mkfifo(&fifo);
+    let f = fifo.to_str().unwrap();
+    for cmd in [&["info", f][..], &["map", f], &["check", f], &["cat", f, "-o", "/dev/null"], &["inspect", f]]
+    {
+        let (code, err) = vmrepo_unless_blocked(cmd);
+        assert_eq!(code, 6, "{cmd:?}: {err}");
+        assert!(err.contains("is a FIFO, not a disk image file"), "{cmd:?}: {err}");
+    }
+    for dev in ["/dev/zero", "/dev/null"] {
+        let (code, err) = vmrepo_unless_blocked(&["info", dev]);
+        assert_eq!(code, 6, "{dev}: {err}");
+        assert!(err.contains("character device"), "{dev}: {err}");
+    }
+    let repo = r.root.to_str().unwrap();
+    for src in [f, "/dev/zero"] {
+        let args = ["--repo", repo, "add", src, "--vm", "kvm", "--os", "sl5.3", "--arch", "x86"];
+        let (code, err) = vmrepo_unless_blocked(&[&args[..], &["--bits", "64", "--lib", "sl08e"]].concat());
+        assert_eq!(code, 6, "add {src}: {err}");
+        assert!(err.contains("not a disk image file"), "add {src}: {err}");
+    }
+    assert!(r.listed().is_empty(), "nothing was added");
+}
+
+/// Issue 7, item 9: an extent that is a FIFO in the image's own folder is
+/// refused as one, with --follow, without waiting.
+#[test]
+fn a_referenced_fifo_is_refused_without_waiting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("disk.vmdk");
+    std::fs::write(&d, "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"disk-flat.vmdk\" 0\n").unwrap();
+    mkfifo(&tmp.path().join("disk-flat.vmdk"));
+    let p = d.to_str().unwrap();
+    for cmd in [&["check", "--follow", p][..], &["cat", "--follow", p, "-o", "/dev/null"]] {
+        let (code, err) = vmrepo_unless_blocked(cmd);
+        assert_eq!(code, 11, "{cmd:?}: {err}");
+        assert!(err.contains("\"disk-flat.vmdk\" is a FIFO, not a regular file"), "{cmd:?}: {err}");
+    }
+}
+
+/// `qemu-img check`'s exit code (0 clean, 2 corrupt, 3 leaks only) and its
+/// count of leaked clusters.
+fn qemu_check(path: &Path) -> (i32, u64) {
+    let out = std::process::Command::new("qemu-img")
+        .args(["check", "-f", "qcow2", "--output=json", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), v["leaks"].as_u64().unwrap_or(0))
+}
+
+fn read_be64(path: &Path, at: u64) -> u64 {
+    let mut b = [0u8; 8];
+    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(path).unwrap(), &mut b, at).unwrap();
+    u64::from_be_bytes(b)
+}
+
+/// A qcow2 of 64 KiB clusters holding 1 MiB of data from 0 and 64 KiB at 40
+/// MiB, made by qemu-img; with the offsets of its first L2 entry, of the
+/// refcount block entry of the first data cluster, and the data cluster's offset.
+fn small_qcow2(dir: &Path, name: &str) -> (PathBuf, u64, u64, u64) {
+    let img = dir.join(name);
+    let p = img.to_str().unwrap();
+    run("qemu-img", &["create", "-q", "-f", "qcow2", p, "64M"]);
+    run("qemu-io", &["-c", "write -P 0x11 0 1M", "-c", "write -P 0x22 40M 64k", p]);
+    const OFFSET: u64 = 0x00ff_ffff_ffff_fe00;
+    let l2 = read_be64(&img, read_be64(&img, 40)) & OFFSET;
+    let data = read_be64(&img, l2) & OFFSET;
+    let block = read_be64(&img, read_be64(&img, 48)) & OFFSET;
+    // 16-bit refcounts: two bytes per cluster.
+    (img, l2, block + 2 * (data >> 16), data)
+}
+
+/// Issue 7, item 11: a qcow2 whose L1 table lies past the end of the file is
+/// described by `info` with a warning, and `check` cannot pass it.
+#[test]
+fn a_qcow2_whose_l1_table_lies_past_the_end_fails_check() {
+    if !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, ..) = small_qcow2(tmp.path(), "l1.qcow2");
+    poke(&img, 40, &(1u64 << 30).to_be_bytes());
+    assert_eq!(qemu_check(&img).0, 2, "qemu-img check calls it corrupt");
+    let p = img.to_str().unwrap();
+    let (code, _, err) = vmrepo(&["check", p]);
+    assert_eq!(code, 11, "{err}");
+    assert!(err.contains("the L1 table at offset 1073741824") && err.contains("past the end"), "{err}");
+    let (code, v, err) = info_json(&img);
+    assert_eq!(code, 0, "{err}");
+    assert!(v["warnings"].to_string().contains("the L1 table"), "{v}");
+}
+
+/// Issue 7, item 11: what `qemu-img check` calls corrupt, `vmrepo check`
+/// does not pass (exit 1, or 11 when it cannot even read the tables); leaks
+/// alone are no error to either, and are counted alike.
+#[test]
+fn check_fails_what_qemu_img_check_calls_corrupt() {
+    if !have("qemu-img", "qemu-utils") || !have("qemu-io", "qemu-utils") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, l2, refcount, data) = small_qcow2(tmp.path(), "base.qcow2");
+    let cases: &[(&str, u64, Vec<u8>, i32)] = &[
+        // The data cluster in use with a refcount of 0.
+        ("refcount 0", refcount, vec![0, 0], 2),
+        // Its COPIED flag cleared while its refcount is 1.
+        ("COPIED clear", l2, data.to_be_bytes().to_vec(), 2),
+        // Two guest clusters sharing one host cluster of refcount 1.
+        ("shared cluster", l2 + 8, ((1u64 << 63) | data).to_be_bytes().to_vec(), 2),
+        // A refcount of 2 where one reference is all (and COPIED still set).
+        ("refcount 2", refcount, vec![0, 2], 2),
+    ];
+    for (what, at, bytes, want) in cases {
+        let img = tmp.path().join("case.qcow2");
+        std::fs::copy(&base, &img).unwrap();
+        poke(&img, *at, bytes);
+        let (q, _) = qemu_check(&img);
+        assert_eq!(q, *want, "{what}: qemu-img check");
+        let (code, out, err) = vmrepo(&["check", img.to_str().unwrap()]);
+        assert!(code == 1 || code == 11, "{what}: vmrepo check exits {code}: {out}{err}");
+        assert!(out.contains("PROBLEMS FOUND") || code == 11, "{what}: {out}{err}");
+    }
+    // Leaks only: a cluster past the data with a refcount nothing accounts for.
+    let img = tmp.path().join("leak.qcow2");
+    std::fs::copy(&base, &img).unwrap();
+    let len = std::fs::metadata(&img).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(len + (1 << 16)).unwrap();
+    let last = refcount - 2 * (data >> 16) + 2 * (len >> 16);
+    poke(&img, last, &[0, 1]);
+    let (q, leaks) = qemu_check(&img);
+    assert_eq!((q, leaks), (3, 1), "qemu-img check: one leak");
+    let (code, out, err) = vmrepo(&["--json", "check", img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["leaked_clusters"], leaks, "{v}");
+}
+
+/// Issue 7, item 11: a VMDK descriptor whose extent is a file outside its
+/// folder, a device or a link, or a file shorter than the descriptor says,
+/// never passes `check`, with or without --follow; `info` still describes it.
+#[test]
+fn a_vmdk_whose_extent_is_not_its_own_file_fails_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sl5.3_x86_64_sl08e_8GB");
+    std::fs::create_dir(&dir).unwrap();
+    let desc = |extent: &str| {
+        format!(
+            "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 97656249999999 FLAT \"{extent}\" 0\n"
+        )
+    };
+    let d = dir.join("disk.vmdk");
+    let p = d.to_str().unwrap();
+    for extent in ["/etc/passwd", "../../etc/passwd", "/dev/zero"] {
+        std::fs::write(&d, desc(extent)).unwrap();
+        for follow in [&[][..], &["--follow"]] {
+            let (code, _, err) = vmrepo(&[&["check", p][..], follow].concat());
+            assert_eq!(code, 11, "{extent} {follow:?}: {err}");
+            assert!(err.contains("not a file in the image's own folder"), "{extent} {follow:?}: {err}");
+        }
+        let (code, v, err) = info_json(&d);
+        assert_eq!(code, 0, "{extent}: {err}");
+        assert_eq!(v["virtual-size"], 97656249999999u64 * 512);
+    }
+    // A link in the folder to a file outside it.
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd")).unwrap();
+    std::fs::write(&d, desc("passwd")).unwrap();
+    let (code, _, err) = vmrepo(&["check", "--follow", p]);
+    assert_eq!(code, 11, "{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    // A file of the folder, far shorter than the descriptor says.
+    std::fs::write(dir.join("disk-flat.vmdk"), vec![0x5a; 4096]).unwrap();
+    std::fs::write(&d, desc("disk-flat.vmdk")).unwrap();
+    let (code, out, err) = vmrepo(&["check", "--follow", p]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("holds 4096 of the 49999999999999488 bytes declared"), "{out}");
+    // Without --follow the extent is not read, and the check says so.
+    let (code, _, err) = vmrepo(&["check", p]);
+    assert_eq!(code, 12, "{err}");
+}

@@ -1,6 +1,9 @@
 //! `vmrepo check`: the structural consistency of an image, where its format
 //! defines one: tables inside the file, entries aligned, no cluster used
-//! twice or overlapping the metadata.
+//! twice or overlapping the metadata; for qcow2, every cluster's references
+//! counted against its refcount as `qemu-img check` counts them; for a fixed
+//! container (a flat VMDK extent, a fixed VHD), a file that holds every byte
+//! the image declares.
 
 use serde::Serialize;
 
@@ -14,9 +17,11 @@ pub struct CheckReport {
     pub problems: Vec<String>,
     /// Guest bytes the tables allocate.
     pub allocated: u64,
-    /// Host clusters counted as in use by nothing (qcow2 leaks): not an error.
+    /// Host clusters with a refcount that nothing accounts for (qcow2 leaks,
+    /// counted as qemu-img check counts them): wasted space, not an error.
     pub leaked_clusters: u64,
-    /// What was checked: `tables` or `nothing` (raw images have no structure).
+    /// What was checked: `tables`, `size` (a fixed container's file holds its
+    /// declared size) or `nothing` (raw images have no structure).
     pub checked: &'static str,
 }
 
@@ -67,10 +72,26 @@ pub(crate) fn overlaps(mut used: Vec<Used>, report: &mut CheckReport) {
     }
 }
 
-/// Checks an image's structure.
+/// Checks an image's structure. An image passes only with `Ok` and no
+/// problems: a caller that admits images (`add`) refuses both an error and a
+/// problem.
 ///
 /// # Errors
-/// The image cannot be read at all (its disk is unavailable: see [`Image::disk`]).
+/// Whenever the image's disk cannot be opened ([`Image::disk`] is `Err`, with
+/// its kind): [`ErrorKind::Malformed`] for a table the disk cannot be read
+/// without (a qcow2 L1 table past the end of the file), [`ErrorKind::Refused`]
+/// for a referenced file outside the image's folder, a link, or not a regular
+/// file (a VMDK extent `/etc/passwd`, `../x` or `/dev/zero`, with or without
+/// following), [`ErrorKind::NeedsReferenced`] for a referenced file that was
+/// not opened ([`crate::OpenOptions::follow`] off), [`ErrorKind::Unsupported`]
+/// for an encrypted or differencing image; and [`ErrorKind::Io`] when a table
+/// cannot be read.
+///
+/// [`ErrorKind::Malformed`]: crate::ErrorKind::Malformed
+/// [`ErrorKind::Refused`]: crate::ErrorKind::Refused
+/// [`ErrorKind::NeedsReferenced`]: crate::ErrorKind::NeedsReferenced
+/// [`ErrorKind::Unsupported`]: crate::ErrorKind::Unsupported
+/// [`ErrorKind::Io`]: crate::ErrorKind::Io
 pub fn check(image: &Image) -> Result<CheckReport> {
     image.disk()?.check()
 }

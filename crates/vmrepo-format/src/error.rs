@@ -21,8 +21,13 @@ pub enum ErrorKind {
     /// Reading needs a file this one references (extent, data file, backing
     /// file), which is only opened when asked (`OpenOptions::follow`).
     NeedsReferenced,
-    /// A referenced file outside the image's own folder, or a link.
+    /// A referenced file outside the image's own folder, a link, or a
+    /// referenced file that is not a regular file.
     Refused,
+    /// The path names something that is not a disk image file: a FIFO, a
+    /// socket, a character device (`/dev/zero`) or a folder. Only regular
+    /// files and block devices are opened, and a FIFO is never waited on.
+    NotAFile,
 }
 
 /// A format error.

@@ -83,31 +83,103 @@ pub struct FileSource {
     file: File,
     len: u64,
     allocated: u64,
+    /// A regular file (not a block device): only these are opened as files an
+    /// image references.
+    regular: bool,
     name: String,
 }
 
+/// What a file is when it is not one vmrepo opens as an image, for messages;
+/// `None` for a regular file or a block device.
+fn not_an_image_file(ft: std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_file() || ft.is_block_device() {
+        None
+    } else if ft.is_dir() {
+        Some("a folder")
+    } else if ft.is_fifo() {
+        Some("a FIFO")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else if ft.is_char_device() {
+        Some("a character device")
+    } else if ft.is_symlink() {
+        Some("a symbolic link")
+    } else {
+        Some("neither a regular file nor a block device")
+    }
+}
+
+fn symlink_refused(path: &Path) -> Error {
+    Error::new(ErrorKind::Refused, format!("{} is a symbolic link, not followed", path.display()))
+}
+
+/// Opens `path` read-only if it is a regular file or a block device, without
+/// following a symbolic link in its last component, and without ever waiting:
+/// a FIFO, a socket, a character device or a folder is refused before any read.
+/// The file returned is in blocking mode.
+///
+/// # Errors
+/// [`ErrorKind::NotAFile`] for a FIFO, socket, character device or folder,
+/// [`ErrorKind::Refused`] for a symbolic link, [`ErrorKind::Io`] when the file
+/// cannot be opened.
+pub fn open_file(path: &Path) -> Result<File> {
+    open_checked(path, &|what| {
+        Error::new(
+            ErrorKind::NotAFile,
+            format!(
+                "{} is {what}, not a disk image file (vmrepo reads regular files and block devices)",
+                path.display()
+            ),
+        )
+    })
+}
+
+/// [`open_file`], with `refuse(what the file is)` as the error for a file of
+/// the wrong type.
+fn open_checked(path: &Path, refuse: &dyn Fn(&str) -> Error) -> Result<File> {
+    let cannot = |what: &str, e: io::Error| Error::io(format!("cannot {what} {}", path.display()), e);
+    // Looked at before it is opened: opening a FIFO waits for a writer, and
+    // opening a device can act (a tape rewinds, a watchdog arms).
+    let md = std::fs::symlink_metadata(path).map_err(|e| cannot("open", e))?;
+    if md.file_type().is_symlink() {
+        return Err(symlink_refused(path));
+    }
+    if let Some(what) = not_an_image_file(md.file_type()) {
+        return Err(refuse(what));
+    }
+    // Something else may have been put at the path since: O_NONBLOCK makes
+    // opening a FIFO return at once, O_NOCTTY keeps a terminal from becoming
+    // ours, and the type is checked again on what was opened.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) { symlink_refused(path) } else { cannot("open", e) }
+        })?;
+    let md = file.metadata().map_err(|e| cannot("read", e))?;
+    if let Some(what) = not_an_image_file(md.file_type()) {
+        return Err(refuse(what));
+    }
+    // Reads from a busy block device wait rather than fail with EAGAIN.
+    let flags = rustix::fs::fcntl_getfl(&file).map_err(|e| cannot("read the flags of", e.into()))?;
+    rustix::fs::fcntl_setfl(&file, flags.difference(rustix::fs::OFlags::NONBLOCK))
+        .map_err(|e| cannot("set the flags of", e.into()))?;
+    Ok(file)
+}
+
 impl FileSource {
-    /// Opens `path` read-only, without following a symbolic link in its last component.
+    /// Opens `path` read-only (see [`open_file`]): a regular file or a block device.
     ///
     /// # Errors
-    /// The file cannot be opened, is a link, or is not a regular file or block device.
+    /// As [`open_file`], or the size of a block device cannot be read.
     pub fn open(path: &Path) -> Result<FileSource> {
-        let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(
-            |e| {
-                if e.raw_os_error() == Some(libc::ELOOP) {
-                    Error::new(
-                        ErrorKind::Refused,
-                        format!("{} is a symbolic link, not followed", path.display()),
-                    )
-                } else {
-                    Error::io(format!("cannot open {}", path.display()), e)
-                }
-            },
-        )?;
+        FileSource::from_file(open_file(path)?, path)
+    }
+
+    fn from_file(file: File, path: &Path) -> Result<FileSource> {
         let md = file.metadata().map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-        if md.is_dir() {
-            return Err(Error::new(ErrorKind::Io, format!("{} is a folder", path.display())));
-        }
         let len = if md.is_file() {
             md.len()
         } else {
@@ -119,6 +191,7 @@ impl FileSource {
             file,
             len,
             allocated: md.blocks().saturating_mul(512),
+            regular: md.is_file(),
             name: path.display().to_string(),
         })
     }
@@ -280,7 +353,19 @@ impl Resolver for FolderResolver {
                 ),
             ));
         }
-        Ok(Arc::new(FileSource::open(&path)?))
+        // A referenced file is data of the image: a regular file, never a
+        // device or a FIFO put in the image's folder.
+        let refuse = |what: &str| {
+            Error::new(
+                ErrorKind::Refused,
+                format!("the {role} {name:?} is {what}, not a regular file; vmrepo does not open it"),
+            )
+        };
+        let src = FileSource::from_file(open_checked(&path, &refuse)?, &path)?;
+        if !src.regular {
+            return Err(refuse("a block device"));
+        }
+        Ok(Arc::new(src))
     }
 
     fn allocated(&self, name: &str) -> Option<u64> {
@@ -302,5 +387,88 @@ impl Resolver for FolderResolver {
         let mut chain = self.chain.clone();
         chain.push(name.to_string());
         Ok(Box::new(FolderResolver { dir: self.dir.clone(), follow: self.follow, chain }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// How long an open may take before the test calls it blocked: far more
+    /// than any open of a local file takes, so that only a hang fails.
+    const BLOCKED: Duration = Duration::from_secs(30);
+
+    fn mkfifo(path: &Path) {
+        rustix::fs::mknodat(rustix::fs::CWD, path, rustix::fs::FileType::Fifo, 0o600.into(), 0).unwrap();
+    }
+
+    /// Opens `path` on another thread, so that an open that waits fails the
+    /// test instead of hanging it.
+    fn open_bounded(path: &Path) -> Result<FileSource> {
+        let (tx, rx) = mpsc::channel();
+        let p = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(FileSource::open(&p));
+        });
+        rx.recv_timeout(BLOCKED).unwrap_or_else(|_| panic!("opening {} blocked", path.display()))
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("sl5.3_x86_64_sl08e_8GB.qcow2");
+        mkfifo(&fifo);
+        let e = open_bounded(&fifo).err().expect("a FIFO is not an image file");
+        assert_eq!(e.kind(), ErrorKind::NotAFile, "{e}");
+        assert!(e.to_string().contains("is a FIFO"), "{e}");
+        // With a writer holding it open, opening would not wait: still refused.
+        let _writer = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        assert_eq!(open_bounded(&fifo).err().map(|e| e.kind()), Some(ErrorKind::NotAFile));
+    }
+
+    #[test]
+    fn only_regular_files_and_block_devices_are_opened() {
+        for dev in ["/dev/zero", "/dev/null"] {
+            let e = open_bounded(Path::new(dev)).err().expect("a character device is not an image file");
+            assert_eq!(e.kind(), ErrorKind::NotAFile, "{dev}: {e}");
+            assert!(e.to_string().contains("character device"), "{e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(open_bounded(dir.path()).err().map(|e| e.kind()), Some(ErrorKind::NotAFile));
+        let file = dir.path().join("disk.img");
+        std::fs::write(&file, [7u8; 4096]).unwrap();
+        let link = dir.path().join("link.img");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert_eq!(open_bounded(&link).err().map(|e| e.kind()), Some(ErrorKind::Refused));
+        let src = open_bounded(&file).unwrap();
+        assert_eq!(src.len(), 4096);
+        // Opened without waiting, then put back in blocking mode for reading.
+        let flags = rustix::fs::fcntl_getfl(&src.file).unwrap();
+        assert!(!flags.contains(rustix::fs::OFlags::NONBLOCK), "{flags:?}");
+        let mut b = [0u8; 8];
+        src.read_exact_at(&mut b, 100).unwrap();
+        assert_eq!(b, [7u8; 8]);
+    }
+
+    #[test]
+    fn a_referenced_file_must_be_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.vmdk");
+        mkfifo(&dir.path().join("disk-flat.vmdk"));
+        let resolver = FolderResolver::new(&image, true);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(resolver.open("disk-flat.vmdk", "extent").map(|_| ()));
+        });
+        let e = rx.recv_timeout(BLOCKED).expect("opening the extent blocked").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+        assert!(e.to_string().contains("\"disk-flat.vmdk\" is a FIFO, not a regular file"), "{e}");
     }
 }

@@ -210,3 +210,48 @@ fn mutated_images_never_panic_hang_or_balloon() {
     );
     assert!(failures.is_empty(), "seed {seed}: {} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// A refcount table of a million entries, every one naming the same 2 MiB
+/// refcount block: `check` reads the block once, not a million times.
+#[test]
+fn a_refcount_table_naming_one_block_a_million_times_stays_small() {
+    if !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("guest.raw");
+    guest(&raw);
+    let img = tmp.path().join("big-clusters.qcow2");
+    qemu(&[
+        "convert",
+        "-q",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "-o",
+        "cluster_size=2M",
+        raw.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    let mut data = std::fs::read(&img).unwrap();
+    let be64 = |d: &[u8], at: usize| u64::from_be_bytes(d[at..at + 8].try_into().unwrap());
+    let cluster = 2u64 << 20;
+    let block = be64(&data, be64(&data, 48) as usize);
+    // The table goes at the end of the file: 4 clusters, 1 Mi entries.
+    let table = data.len().next_multiple_of(cluster as usize);
+    data.resize(table + 4 * cluster as usize, 0);
+    for e in data[table..].chunks_exact_mut(8) {
+        e.copy_from_slice(&block.to_be_bytes());
+    }
+    data[48..56].copy_from_slice(&(table as u64).to_be_bytes());
+    data[56..60].copy_from_slice(&4u32.to_be_bytes());
+    let before = Counting::reset_peak();
+    let src = Arc::new(MemSource::new(data, "hostile"));
+    let image =
+        open_source(src, &NoResolver, &OpenOptions { follow: false, format: Some(Format::Qcow2) }).unwrap();
+    let report = vmrepo_format::check::check(&image).unwrap();
+    let used = Counting::peak_since(before);
+    assert!(!report.problems.is_empty(), "a block counted a million times is corruption");
+    assert!(used < MEMORY_BOUND, "check used {} MiB", used >> 20);
+}

@@ -58,7 +58,8 @@ pub fn folder_entry(dir: &Path) -> Result<PathBuf> {
     }
     for (name, md) in &parts {
         if md.len() <= 64 * 1024 {
-            let head = std::fs::read(dir.join(name)).unwrap_or_default();
+            // Never waits on a FIFO swapped in since the listing.
+            let head = crate::catalog::read_capped(&dir.join(name), 64 * 1024).unwrap_or_default();
             if String::from_utf8_lossy(&head).contains("# Disk DescriptorFile") {
                 return Ok(dir.join(name));
             }

@@ -141,6 +141,7 @@ impl From<vmrepo_format::Error> for Error {
         let kind = match e.kind() {
             vmrepo_format::ErrorKind::Io => ErrorKind::Io,
             vmrepo_format::ErrorKind::NeedsReferenced => ErrorKind::NeedsReferenced,
+            vmrepo_format::ErrorKind::NotAFile => ErrorKind::InvalidInput,
             _ => ErrorKind::BadImage,
         };
         Error::new(kind, e.to_string())

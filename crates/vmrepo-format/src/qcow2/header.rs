@@ -82,7 +82,17 @@ pub struct Header {
     // From the extensions:
     pub backing_format: Option<String>,
     pub data_file: Option<String>,
-    pub has_bitmaps: bool,
+    /// The bitmaps extension: where the bitmap directory lies.
+    pub bitmaps: Option<BitmapDirectory>,
+}
+
+/// The bitmaps extension's fields (`nb_bitmaps`, `bitmap_directory_size`,
+/// `bitmap_directory_offset`).
+#[derive(Clone, Copy, Debug)]
+pub struct BitmapDirectory {
+    pub nb_bitmaps: u32,
+    pub size: u64,
+    pub offset: u64,
 }
 
 impl Header {
@@ -150,7 +160,7 @@ pub fn read(src: &dyn Source) -> Result<Header> {
         compression: Compression::Zlib,
         backing_format: None,
         data_file: None,
-        has_bitmaps: false,
+        bitmaps: None,
     };
     if version == 3 {
         ensure!(n >= V3_MIN_HEADER_LEN as usize, "the file is shorter than a qcow2 version 3 header");
@@ -264,7 +274,16 @@ fn read_extensions(src: &dyn Source, hdr: &mut Header, unknown: u64) -> Result<(
                 hdr.backing_format = Some(ext_string(src, data_off, len, "the backing format")?)
             }
             EXT_DATA_FILE => hdr.data_file = Some(ext_string(src, data_off, len, "the data file name")?),
-            EXT_BITMAPS => hdr.has_bitmaps = true,
+            EXT_BITMAPS => {
+                ensure!(len >= 24, "the bitmaps extension is {len} bytes long, not 24");
+                let mut b = [0u8; 24];
+                read_into(src, &mut b, data_off, "the bitmaps extension")?;
+                hdr.bitmaps = Some(BitmapDirectory {
+                    nb_bitmaps: be32(&b, 0),
+                    size: be64(&b, 8),
+                    offset: be64(&b, 16),
+                });
+            }
             EXT_FEATURE_TABLE if unknown != 0 => {
                 let table = read_vec(src, data_off, len, "the feature name table")?;
                 for entry in table.chunks_exact(48) {

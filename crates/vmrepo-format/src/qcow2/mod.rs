@@ -2,6 +2,7 @@
 //! entries (subclusters), zero clusters, snapshots, dirty and corrupt bits,
 //! backing and external data files.
 
+mod check;
 mod header;
 mod reader;
 mod snapshot;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::info::{Info, Storage};
 use crate::source::{Resolver, Source};
 use crate::{Format, OpenOptions, Opened};
@@ -88,6 +89,12 @@ pub(crate) fn open(src: Arc<dyn Source>, resolver: &dyn Resolver) -> Result<Open
         let disk = Qcow2Disk::new(src.clone(), data_src, &hdr, backing_disk)?;
         Ok(Box::new(disk))
     })();
+    // A disk that cannot be read for a malformed table is said in `info` too.
+    if let Err(e) = &disk
+        && matches!(e.kind(), ErrorKind::Malformed | ErrorKind::TooLarge)
+    {
+        info.warnings.push(e.to_string());
+    }
     // The allocation count reads every L2 table once; a table it cannot read
     // is reported by `check`, not here.
     if let Ok(d) = Qcow2Disk::new(src.clone(), src.clone(), &hdr, None) {

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use crate::bytes::be64;
-use crate::check::{CheckReport, Used};
+use crate::check::CheckReport;
 use crate::disk::{Disk, MapExtent, check_range};
 use crate::error::{Error, Result, ensure};
 use crate::source::{Source, read_vec};
@@ -12,26 +12,24 @@ use crate::source::{Source, read_vec};
 use super::header::{Compression, Header};
 
 /// Bits 9..=55 of an L1 entry: the L2 table's offset.
-const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+pub(super) const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 /// Bits 9..=55 of a standard L2 entry: the cluster's host offset.
-const L2E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+pub(super) const L2E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 /// L2 entry flag: the cluster is compressed.
-const OFLAG_COMPRESSED: u64 = 1 << 62;
+pub(super) const OFLAG_COMPRESSED: u64 = 1 << 62;
 /// L2 entry flag (version 3, standard entries): the cluster reads as zeros.
-const OFLAG_ZERO: u64 = 1;
+pub(super) const OFLAG_ZERO: u64 = 1;
 /// L2 entry flag: the cluster's refcount is one. With an external data file,
 /// where offset 0 is a valid offset, it tells cluster 0 from "unallocated" (as QEMU does).
-const OFLAG_COPIED: u64 = 1 << 63;
+pub(super) const OFLAG_COPIED: u64 = 1 << 63;
 /// Subclusters per cluster with extended L2 entries.
 const SUBCLUSTERS: u64 = 32;
 /// Compressed data is counted in sectors of this size.
 const COMPRESSED_SECTOR: u64 = 512;
 /// Reserved bits of an L1 entry (1..=8 and 56..=62).
-const L1E_RESERVED: u64 = 0x7f00_0000_0000_01fe;
+pub(super) const L1E_RESERVED: u64 = 0x7f00_0000_0000_01fe;
 /// Reserved bits of a standard uncompressed L2 entry (1..=8 and 56..=61).
-const L2E_RESERVED: u64 = 0x3f00_0000_0000_01fe;
-/// The largest refcount table read (QEMU's QCOW_MAX_REFTABLE_SIZE).
-const MAX_REFTABLE_BYTES: u64 = 8 << 20;
+pub(super) const L2E_RESERVED: u64 = 0x3f00_0000_0000_01fe;
 /// Memory the L2 table cache may hold.
 const L2_CACHE_BYTES: u64 = 16 << 20;
 
@@ -59,18 +57,18 @@ struct L2Cache {
 
 /// A qcow2 image as a virtual disk.
 pub(crate) struct Qcow2Disk {
-    src: Arc<dyn Source>,
-    data: Arc<dyn Source>,
-    size: u64,
+    pub(super) src: Arc<dyn Source>,
+    pub(super) data: Arc<dyn Source>,
+    pub(super) size: u64,
     cluster_bits: u32,
-    extended_l2: bool,
+    pub(super) extended_l2: bool,
     compression: Compression,
-    external_data: bool,
-    l1: Vec<u64>,
+    pub(super) external_data: bool,
+    pub(super) l1: Vec<u64>,
     cache: Mutex<L2Cache>,
     last_cluster: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     backing: Option<Box<dyn Disk>>,
-    hdr: Header,
+    pub(super) hdr: Header,
 }
 
 impl Qcow2Disk {
@@ -100,19 +98,19 @@ impl Qcow2Disk {
         })
     }
 
-    fn cluster_size(&self) -> u64 {
+    pub(super) fn cluster_size(&self) -> u64 {
         1 << self.cluster_bits
     }
-    fn entry_size(&self) -> u64 {
+    pub(super) fn entry_size(&self) -> u64 {
         if self.extended_l2 { 16 } else { 8 }
     }
-    fn l2_entries(&self) -> u64 {
+    pub(super) fn l2_entries(&self) -> u64 {
         self.cluster_size() / self.entry_size()
     }
     fn l1_coverage(&self) -> u64 {
         self.cluster_size() * self.l2_entries()
     }
-    fn subcluster_size(&self) -> u64 {
+    pub(super) fn subcluster_size(&self) -> u64 {
         if self.extended_l2 { self.cluster_size() / SUBCLUSTERS } else { self.cluster_size() }
     }
 
@@ -142,6 +140,16 @@ impl Qcow2Disk {
         Ok(table)
     }
 
+    /// Where a compressed cluster's data lies, from its L2 entry: the host
+    /// offset and the most bytes it may take (whole sectors from there).
+    pub(super) fn compressed_extent(&self, entry: u64) -> (u64, u64) {
+        let shift = 62 - (self.cluster_bits - 8);
+        let mask = (1u64 << (self.cluster_bits - 8)) - 1;
+        let host = entry & ((1u64 << shift) - 1);
+        let sectors = ((entry >> shift) & mask) + 1;
+        (host, (sectors * COMPRESSED_SECTOR).saturating_sub(host % COMPRESSED_SECTOR))
+    }
+
     /// Classifies unit `index` (a cluster, or a subcluster with extended L2)
     /// of an L2 table.
     fn classify(&self, table: &[u8], cluster: u64, sub: u64) -> Result<Run> {
@@ -150,11 +158,7 @@ impl Qcow2Disk {
         let entry = be64(table, at);
         if entry & OFLAG_COMPRESSED != 0 {
             ensure!(!self.external_data, "a compressed cluster in an image with an external data file");
-            let shift = 62 - (self.cluster_bits - 8);
-            let mask = (1u64 << (self.cluster_bits - 8)) - 1;
-            let host = entry & ((1u64 << shift) - 1);
-            let sectors = ((entry >> shift) & mask) + 1;
-            let size = (sectors * COMPRESSED_SECTOR).saturating_sub(host % COMPRESSED_SECTOR);
+            let (host, size) = self.compressed_extent(entry);
             return Ok(Run::Compressed(host, size));
         }
         let host = entry & L2E_OFFSET_MASK;
@@ -349,7 +353,7 @@ fn read_padded(src: &dyn Source, offset: u64, len: u64, what: &str) -> Result<Ve
 }
 
 /// Fills `out` from `offset`, zeros past the end of the file.
-fn read_into_padded(src: &dyn Source, out: &mut [u8], offset: u64, what: &str) -> Result<()> {
+pub(super) fn read_into_padded(src: &dyn Source, out: &mut [u8], offset: u64, what: &str) -> Result<()> {
     let avail = src.len().saturating_sub(offset).min(out.len() as u64);
     let m = usize::try_from(avail).unwrap_or(0);
     let (head, tail) = out.split_at_mut(m);
@@ -359,193 +363,6 @@ fn read_into_padded(src: &dyn Source, out: &mut [u8], offset: u64, what: &str) -
     }
     tail.fill(0);
     Ok(())
-}
-
-impl Qcow2Disk {
-    /// The structural check: see [`Disk::check`].
-    fn check_tables(&self) -> Result<CheckReport> {
-        let mut r = CheckReport { checked: "tables", ..Default::default() };
-        let cs = self.cluster_size();
-        let file_len = self.src.len();
-        let up = |n: u64| n.div_ceil(cs) * cs;
-        let mut used = vec![Used::new(0, cs, "header cluster", 0)];
-        if self.hdr.l1_size > 0 {
-            let l1 = self.hdr.l1_table_offset;
-            used.push(Used::new(l1, l1 + up(u64::from(self.hdr.l1_size) * 8), "L1 table", 0));
-        }
-        let rt_off = self.hdr.refcount_table_offset;
-        let rt_len = u64::from(self.hdr.refcount_table_clusters) * cs;
-        used.push(Used::new(rt_off, rt_off + rt_len, "refcount table", 0));
-        let mut data_used: Vec<Used> = Vec::new();
-        let mut seen_l2 = std::collections::HashSet::new();
-        for (i, &l1e) in self.l1.iter().enumerate() {
-            if l1e & L1E_RESERVED != 0 {
-                r.problem(format!("L1 entry {i} has reserved bits set ({l1e:#x})"));
-            }
-            let off = l1e & L1E_OFFSET_MASK;
-            if off == 0 {
-                continue;
-            }
-            if !off.is_multiple_of(cs) {
-                r.problem(format!("L1 entry {i}: the L2 table offset {off:#x} is not cluster-aligned"));
-                continue;
-            }
-            if off + cs > file_len {
-                r.problem(format!("L1 entry {i}: the L2 table at {off:#x} lies past the end of the file"));
-                continue;
-            }
-            if !seen_l2.insert(off) {
-                r.problem(format!("L1 entry {i}: the L2 table at {off:#x} is used by another L1 entry"));
-                continue;
-            }
-            used.push(Used::new(off, off + cs, "L2 table", i as u64));
-            let table = self.l2_table(off, i)?;
-            for c in 0..self.l2_entries() {
-                let guest_cluster = i as u64 * self.l2_entries() + c;
-                if guest_cluster * cs >= self.size {
-                    break;
-                }
-                let at = usize::try_from(c * self.entry_size()).unwrap_or(0);
-                let entry = be64(&table, at);
-                let bitmap = if self.extended_l2 { be64(&table, at + 8) } else { 0 };
-                if entry & OFLAG_COMPRESSED != 0 {
-                    if self.extended_l2 && bitmap != 0 {
-                        r.problem(format!("compressed cluster {guest_cluster} has a subcluster bitmap"));
-                    }
-                    let Ok((Run::Compressed(host, size), _)) = self.lookup(guest_cluster * cs, cs) else {
-                        continue;
-                    };
-                    r.allocated += cs;
-                    if host + size > file_len + 512 {
-                        r.problem(format!(
-                            "compressed cluster {guest_cluster} at {host:#x} runs past the end of the file"
-                        ));
-                    }
-                    // The size field rounds up to whole sectors, so compressed
-                    // clusters packed together seem to overlap: only the start counts.
-                    used.push(Used::new(host, host + 1, "compressed cluster", guest_cluster));
-                    continue;
-                }
-                let reserved = if self.extended_l2 { L2E_RESERVED | OFLAG_ZERO } else { L2E_RESERVED };
-                if entry & reserved != 0 {
-                    r.problem(format!(
-                        "L2 entry of cluster {guest_cluster} has reserved bits set ({entry:#x})"
-                    ));
-                }
-                let host = entry & L2E_OFFSET_MASK;
-                if self.extended_l2 {
-                    let alloc = bitmap & 0xffff_ffff;
-                    if alloc & (bitmap >> 32) != 0 {
-                        r.problem(format!("cluster {guest_cluster} has subclusters both allocated and zero"));
-                    }
-                    if alloc != 0 && host == 0 {
-                        r.problem(format!("cluster {guest_cluster} has allocated subclusters but no offset"));
-                    }
-                    r.allocated += u64::from(alloc.count_ones()) * self.subcluster_size();
-                } else if host != 0 && entry & OFLAG_ZERO == 0 {
-                    r.allocated += cs;
-                }
-                if host == 0 {
-                    continue;
-                }
-                if !host.is_multiple_of(cs) {
-                    r.problem(format!("cluster {guest_cluster}: offset {host:#x} is not cluster-aligned"));
-                    continue;
-                }
-                if host + cs > self.data.len() {
-                    r.problem(format!("cluster {guest_cluster} at {host:#x} lies past the end of the data"));
-                }
-                let target = if self.external_data { &mut data_used } else { &mut used };
-                // Contiguous data clusters make one stretch, to keep the list short.
-                match target.last_mut() {
-                    Some(last) if last.what == "data cluster" && last.end == host => last.end += cs,
-                    _ => target.push(Used::new(host, host + cs, "data cluster", guest_cluster)),
-                }
-            }
-        }
-        self.check_refcounts(&used, &mut r)?;
-        crate::check::overlaps(used, &mut r);
-        crate::check::overlaps(data_used, &mut r);
-        r.allocated = r.allocated.min(self.size);
-        Ok(r)
-    }
-
-    /// Every cluster in use must have a refcount; clusters with a refcount
-    /// that nothing uses are leaks (counted when there are no snapshots).
-    fn check_refcounts(&self, used: &[Used], r: &mut CheckReport) -> Result<()> {
-        let cs = self.cluster_size();
-        let rt_bytes = u64::from(self.hdr.refcount_table_clusters) * cs;
-        if rt_bytes > MAX_REFTABLE_BYTES {
-            r.problem(format!(
-                "the refcount table is {rt_bytes} bytes, more than the {MAX_REFTABLE_BYTES} vmrepo reads"
-            ));
-            return Ok(());
-        }
-        let rt =
-            match read_vec(self.src.as_ref(), self.hdr.refcount_table_offset, rt_bytes, "the refcount table")
-            {
-                Ok(t) => t,
-                Err(e) => {
-                    r.problem(e.to_string());
-                    return Ok(());
-                }
-            };
-        let bits = 1u64 << self.hdr.refcount_order;
-        let per_block = cs * 8 / bits;
-        let mut blocks: std::collections::HashMap<u64, Vec<u8>> = std::collections::HashMap::new();
-        let mut block_used = Vec::new();
-        for (i, e) in rt.chunks_exact(8).enumerate() {
-            let off = be64(e, 0) & !(cs - 1) & 0x00ff_ffff_ffff_ffff;
-            if off == 0 {
-                continue;
-            }
-            if off + cs > self.src.len() {
-                r.problem(format!("refcount block {i} at {off:#x} lies past the end of the file"));
-                continue;
-            }
-            block_used.push(Used::new(off, off + cs, "refcount block", i as u64));
-            if let Ok(b) = read_vec(self.src.as_ref(), off, cs, "a refcount block") {
-                blocks.insert(i as u64, b);
-            }
-        }
-        let refcount = |cluster: u64| -> u64 {
-            let Some(b) = blocks.get(&(cluster / per_block)) else { return 0 };
-            let idx = cluster % per_block;
-            let bit = idx * bits;
-            let byte = usize::try_from(bit / 8).unwrap_or(usize::MAX);
-            match bits {
-                64 => b.get(byte..byte + 8).map_or(0, |s| be64(s, 0)),
-                32 => b
-                    .get(byte..byte + 4)
-                    .map_or(0, |s| u64::from(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))),
-                16 => b.get(byte..byte + 2).map_or(0, |s| u64::from(u16::from_be_bytes([s[0], s[1]]))),
-                8 => b.get(byte).map_or(0, |&v| u64::from(v)),
-                // Narrower refcounts are packed from the least significant bit, as QEMU packs them.
-                _ => b.get(byte).map_or(0, |&v| u64::from(v >> (bit % 8) & ((1 << bits) - 1))),
-            }
-        };
-        let mut in_use = std::collections::HashSet::new();
-        for u in used.iter().chain(block_used.iter()) {
-            let mut c = u.start / cs;
-            while c * cs < u.end {
-                if in_use.insert(c) && refcount(c) == 0 && c * cs < self.src.len() {
-                    r.problem(format!(
-                        "cluster {:#x} ({} {}) is in use but its refcount is 0",
-                        c * cs,
-                        u.what,
-                        u.index
-                    ));
-                }
-                c += 1;
-            }
-        }
-        if self.hdr.nb_snapshots == 0 {
-            let clusters = self.src.len().div_ceil(cs);
-            r.leaked_clusters =
-                (0..clusters).filter(|c| !in_use.contains(c) && refcount(*c) > 0).count() as u64;
-        }
-        Ok(())
-    }
 }
 
 impl Disk for Qcow2Disk {
@@ -610,6 +427,6 @@ impl Disk for Qcow2Disk {
     }
 
     fn check(&self) -> Result<CheckReport> {
-        self.check_tables()
+        super::check::check(self)
     }
 }

@@ -14,8 +14,20 @@ const MAX_TABLE_BYTES: u64 = 64 << 20;
 /// Size of the fixed part of an entry.
 const ENTRY_HEADER: u64 = 40;
 
+/// A snapshot entry: what `info` reports, and where its L1 table lies.
+pub struct Entry {
+    pub snapshot: Snapshot,
+    pub l1_table_offset: u64,
+    pub l1_size: u32,
+}
+
 /// Reads every snapshot entry.
 pub fn read(src: &dyn Source, hdr: &Header) -> Result<Vec<Snapshot>> {
+    Ok(read_entries(src, hdr)?.0.into_iter().map(|e| e.snapshot).collect())
+}
+
+/// Reads every snapshot entry, and the bytes the table takes.
+pub fn read_entries(src: &dyn Source, hdr: &Header) -> Result<(Vec<Entry>, u64)> {
     let mut out = Vec::new();
     let mut off = hdr.snapshots_offset;
     let start = off;
@@ -42,7 +54,7 @@ pub fn read(src: &dyn Source, hdr: &Header) -> Result<Vec<Snapshot>> {
         }
         let disk_size = (extra.len() >= 16).then(|| be64(&extra, 8));
         let icount = (extra.len() >= 24).then(|| be64(&extra, 16)).filter(|&v| v != u64::MAX);
-        out.push(Snapshot {
+        let snapshot = Snapshot {
             id: String::from_utf8_lossy(&id).into_owned(),
             name: String::from_utf8_lossy(&name).into_owned(),
             vm_state_size: vm_state,
@@ -52,9 +64,10 @@ pub fn read(src: &dyn Source, hdr: &Header) -> Result<Vec<Snapshot>> {
             vm_clock_nsec: u32::try_from(vm_clock % 1_000_000_000).unwrap_or(0),
             icount,
             disk_size,
-        });
+        };
+        out.push(Entry { snapshot, l1_table_offset: be64(&e, 0), l1_size: be32(&e, 8) });
         let entry_len = ENTRY_HEADER + u64::from(extra_size) + id_size + name_size;
         off = off.saturating_add(entry_len.div_ceil(8) * 8);
     }
-    Ok(out)
+    Ok((out, off - start))
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::check::CheckReport;
 use crate::disk::{Disk, MapExtent, check_range};
 use crate::error::{Error, Result};
 use crate::info::{Info, Storage};
@@ -17,9 +18,12 @@ pub(crate) struct RawDisk {
     size: u64,
     /// Where the file's data stops (a VHD footer follows it).
     data_end: u64,
-    /// How holes of the host file are reported: a raw image passes them
-    /// through as unallocated (`data: false`), a container reports its own
-    /// allocated space that happens to be a hole as zero data, as qemu-img does.
+    /// Whether this is the data of a container (a fixed VHD, a flat VMDK
+    /// extent) rather than a raw image. Holes of the host file are reported as
+    /// a container's own allocated space that happens to be a hole (zero data),
+    /// as qemu-img does, where a raw image passes them through as unallocated
+    /// (`data: false`); and a container declares its size, which the file
+    /// must hold.
     holes_are_data: bool,
 }
 
@@ -80,6 +84,27 @@ impl Disk for RawDisk {
                 Ok(MapExtent::data(offset, len, Some(host)))
             }
         }
+    }
+
+    /// A container's data must all be in the file: a file shorter than the
+    /// size its container declares was cut short, or names the wrong file
+    /// (the bytes past its end read as zeros, as QEMU reads them).
+    fn check(&self) -> Result<CheckReport> {
+        let mut r = CheckReport { allocated: self.size, checked: "nothing", ..Default::default() };
+        if self.holes_are_data {
+            r.checked = "size";
+            let held = self.data_end.saturating_sub(self.base).min(self.size);
+            if held < self.size {
+                r.problem(format!(
+                    "{} holds {held} of the {} bytes declared from offset {}: it is {} bytes short",
+                    self.src.name(),
+                    self.size,
+                    self.base,
+                    self.size - held
+                ));
+            }
+        }
+        Ok(r)
     }
 }
 
