@@ -275,7 +275,7 @@ fn add_refuses_a_name_the_guest_contradicts_and_lint_reports_it() {
             "SL09a but the guest has no such STAR library (installed: sl08e)",
         ),
     ] {
-        let mut args = vec!["add", image.as_str(), "--vm", "vmware"];
+        let mut args = vec!["add", image.as_str(), "--vm", "kvm"];
         args.extend_from_slice(flags);
         let err = r.fails(11, &args);
         assert!(err.contains(says) && err.contains("--force"), "{flags:?}: {err}");
@@ -292,7 +292,7 @@ fn add_refuses_a_name_the_guest_contradicts_and_lint_reports_it() {
     }
     assert!(r.listed().is_empty());
     // A shorter version of the same system is no disagreement.
-    r.ok(&["add", image.as_str(), "--vm", "vmware", "--os", "sl5"]);
+    r.ok(&["add", image.as_str(), "--vm", "kvm", "--os", "sl5"]);
 }
 
 #[test]

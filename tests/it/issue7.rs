@@ -782,9 +782,14 @@ fn item11_add_refuses_what_vmrepo_itself_cannot_read() {
     // A qcow2 whose L1 table lies past the end of the file.
     crate::util::run_in(&dir, "qemu-img", &["create", "-q", "-f", "qcow2", "l1.qcow2", "64M"]);
     crate::util::run_in(&dir, "qemu-io", &["-c", "write -P 1 0 1M", "l1.qcow2"]);
-    sh(&dir, "printf '\\000\\000\\000\\000\\020\\000\\000\\000' | dd of=l1.qcow2 bs=1 seek=40 conv=notrunc status=none");
+    sh(
+        &dir,
+        "printf '\\000\\000\\000\\000\\020\\000\\000\\000' | dd of=l1.qcow2 bs=1 seek=40 conv=notrunc status=none",
+    );
     // VMDKs whose only extent is outside their folder, or a device.
-    for (name, extent) in [("abs.vmdk", "/etc/passwd"), ("rel.vmdk", "../../etc/passwd"), ("dev.vmdk", "/dev/zero")] {
+    for (name, extent) in
+        [("abs.vmdk", "/etc/passwd"), ("rel.vmdk", "../../etc/passwd"), ("dev.vmdk", "/dev/zero")]
+    {
         std::fs::write(
             dir.join(name),
             format!("# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\nRW 97656250 FLAT \"{extent}\" 0\n\nddb.virtualHWVersion = \"4\"\n"),
@@ -792,7 +797,9 @@ fn item11_add_refuses_what_vmrepo_itself_cannot_read() {
         .unwrap();
     }
     let fields = ["--os", "sl5.3", "--arch", "x86", "--bits", "64", "--lib", "sl08e"];
-    for (file, vm) in [("l1.qcow2", "kvm"), ("abs.vmdk", "vmware"), ("rel.vmdk", "vmware"), ("dev.vmdk", "vmware")] {
+    for (file, vm) in
+        [("l1.qcow2", "kvm"), ("abs.vmdk", "vmware"), ("rel.vmdk", "vmware"), ("dev.vmdk", "vmware")]
+    {
         let p = dir.join(file);
         let mut args = vec!["add", p.to_str().unwrap(), "--vm", vm];
         args.extend(fields);
@@ -815,4 +822,30 @@ fn item11_add_refuses_what_vmrepo_itself_cannot_read() {
         v.as_array().unwrap().iter().any(|f| f["code"] == "check-failed" || f["code"] == "unreadable-disk"),
         "{v}"
     );
+}
+
+#[test]
+fn item09_a_fifo_as_notes_is_refused_without_waiting() {
+    let r = Repo::new();
+    let dir = r.scratch();
+    sh(&dir, "mkfifo notes");
+    let src = dir.join("a.img");
+    pattern_file(&src, 4096, 23);
+    let notes = dir.join("notes");
+    let mut args = add_args(src.to_str().unwrap());
+    args.extend(["--notes-file", notes.to_str().unwrap()]);
+    let mut child = r.command(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("vmrepo waits on a FIFO given as --notes-file");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(6));
+    assert_eq!(r.listed(), Vec::<String>::new());
 }
