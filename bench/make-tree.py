@@ -9,8 +9,8 @@ import sys
 root, count = sys.argv[1], int(sys.argv[2])
 vms = ["xen", "kvm", "virtualBox", "vmware"]
 oses = ["sl4", "sl5.3", "sl5.4", "sl6.1", "ubuntu9.10", "fedora12", "centOS5", "debian12"]
-libs = ["sl08e", "sl09a", "sl10k", "sl11d", "pro", "dev"]
-sizes = ["500MB", "2GB", "8GB", "16GB", "1.5TB"]
+libs = ["sl08e", "sl09a", "sl10k", "sl11d", "sl12a", "sl13b"]
+sizes = ["500MB", "2GB", "8GB", "16GB", "2TB"]
 exts = ["img", "qcow2", "vmdk", "vdi"]
 empty_md5 = hashlib.md5(b"").hexdigest()
 empty_sha = hashlib.sha256(b"").hexdigest()

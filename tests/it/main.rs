@@ -10,6 +10,7 @@ mod formats;
 mod inspect;
 mod lint;
 mod name;
+mod output;
 mod repo;
 mod samples;
 mod verify;
