@@ -5,20 +5,21 @@
 //! wanted with anything else (SHA-256 or a copy), it gets a thread of its
 //! own, and the calling thread does all the rest: it reads each chunk into a
 //! pooled buffer, feeds it to SHA-256, writes it to the copy, and hands the
-//! buffer to the MD5 thread, which gives it back once hashed. Two threads and
-//! no more: on a two-core machine any other busy thread takes its time from
-//! MD5 (issue 7, item 23: four threads, spinning in `sched_yield` while they
-//! waited for each other, made an import twice as slow as `md5sum`). Neither
-//! thread spins: each sleeps on a condition variable and is woken only when
-//! it waits, the reader only once half the pool is free again, so that it
-//! reads several chunks per wake-up while the MD5 thread always has work
-//! queued.
+//! buffer to the MD5 thread, which gives it back once hashed. Two busy
+//! threads and no more: on a two-core machine any other busy thread takes its
+//! time from MD5 (issue 7, item 23: four threads, spinning in `sched_yield`
+//! while they waited for each other, made an import twice as slow as
+//! `md5sum`). Neither thread spins: each sleeps on a condition variable and
+//! is woken only when it waits, the reader only once half the pool is free
+//! again, so that it reads several chunks per wake-up while the MD5 thread
+//! always has work queued.
 //!
 //! Otherwise (SHA-256 alone, or MD5 alone without a copy) one thread reads
 //! and hashes each chunk while it is in the cache.
 //!
-//! The copy starts the destination's write-back as it goes, so that the
-//! final fsync has little left to do. Holes in the source (SEEK_HOLE) are
+//! The copy starts the destination's write-back as it goes, from a third
+//! thread that mostly sleeps in the disk's queue, so that the disk writes
+//! while the hashing goes on and the final fsync has little left to do. Holes in the source (SEEK_HOLE) are
 //! hashed as zeros and stay holes in the copy. Memory is bounded by
 //! [`POOL_BUFFERS`] x [`CHUNK`] whatever the image's size.
 
@@ -413,18 +414,52 @@ struct Copy<'a> {
     dst: Endpoint<'a>,
     /// Where the range not yet handed to write-back starts.
     writeback_from: u64,
+    /// The thread that starts write-back: on a busy disk `sync_file_range`
+    /// blocks for seconds, which must not stop the hashing (it mostly
+    /// sleeps, so it takes no time from MD5). `None` if it could not be
+    /// started: then the copy starts write-back itself.
+    writeback: Option<Writeback>,
+}
+
+/// The write-back thread of a [`Copy`].
+struct Writeback {
+    /// Ranges (offset, length) to start writing back.
+    ranges: mpsc::Sender<(u64, u64)>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl<'a> Copy<'a> {
     fn new(dst: Endpoint<'a>) -> Copy<'a> {
-        Copy { dst, writeback_from: 0 }
+        let writeback = dst.file.try_clone().ok().and_then(|file| {
+            let (ranges, to_start) = mpsc::channel::<(u64, u64)>();
+            let thread = std::thread::Builder::new().name("vmrepo-writeback".into()).spawn(move || {
+                while let Ok((mut offset, mut len)) = to_start.recv() {
+                    // Ranges that queued while the last call blocked go in one call.
+                    while let Ok((o, l)) = to_start.try_recv() {
+                        if o == offset + len {
+                            len += l;
+                        } else {
+                            start_writeback(&file, offset, len);
+                            (offset, len) = (o, l);
+                        }
+                    }
+                    start_writeback(&file, offset, len);
+                }
+            });
+            thread.ok().map(|thread| Writeback { ranges, thread })
+        });
+        Copy { dst, writeback_from: 0, writeback }
     }
 
     fn write(&mut self, bytes: &[u8], offset: u64) -> Result<()> {
         self.dst.file.write_all_at(bytes, offset).map_err(|e| Error::io("write", self.dst.path, e))?;
         let written_to = offset + bytes.len() as u64;
         if written_to.saturating_sub(self.writeback_from) >= WRITEBACK_STEP {
-            start_writeback(self.dst.file, self.writeback_from, written_to - self.writeback_from);
+            let range = (self.writeback_from, written_to - self.writeback_from);
+            // A failed send means the thread is gone: start write-back here.
+            if self.writeback.as_ref().is_none_or(|w| w.ranges.send(range).is_err()) {
+                start_writeback(self.dst.file, range.0, range.1);
+            }
             self.writeback_from = written_to;
         }
         Ok(())
@@ -433,7 +468,13 @@ impl<'a> Copy<'a> {
     /// Gives the copy the source's length (a final hole) and makes it durable.
     fn finish(self, len: u64) -> Result<()> {
         self.dst.file.set_len(len).map_err(|e| Error::io("set the length of", self.dst.path, e))?;
-        self.dst.file.sync_all().map_err(|e| Error::io("sync", self.dst.path, e))
+        let synced = self.dst.file.sync_all().map_err(|e| Error::io("sync", self.dst.path, e));
+        if let Some(w) = self.writeback {
+            // Write-back is advisory: the thread's end changes nothing but its exit.
+            drop(w.ranges);
+            let _ = w.thread.join();
+        }
+        synced
     }
 }
 
