@@ -38,7 +38,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use sha2::{Digest, Sha256};
 
 use self::md5::Md5;
-use self::sha256::{Sha256Lane, update_pair};
+use self::sha256::{Sha256Lane, update_many};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Bytes read at a time.
@@ -48,9 +48,11 @@ pub const POOL_BUFFERS: usize = 8;
 /// Pieces queued for the MD5 thread at most (holes need no buffer, so the
 /// pool alone does not bound them).
 const QUEUE_MAX: usize = 2 * POOL_BUFFERS;
-/// Bytes a [`Hasher`] thread reads at a time into each of its two files'
-/// buffers: both stay in the core's L2 cache between the read and the hash.
-const LANE_CHUNK: usize = 256 << 10;
+/// Files a [`Hasher`] thread hashes at once (see [`sha256`]).
+pub const LANES: usize = 4;
+/// Bytes a [`Hasher`] thread reads at a time into each of its files'
+/// buffers: all stay in the core's L2 cache between the read and the hash.
+const LANE_CHUNK: usize = 128 << 10;
 /// The copy starts write-back every this many bytes.
 const WRITEBACK_STEP: u64 = 8 << 20;
 /// A hole is handed on in pieces of at most this many bytes.
@@ -479,10 +481,10 @@ impl<'a> Copy<'a> {
 }
 
 /// Hashes files for several threads at once: one thread per core, each
-/// hashing two files at a time, their SHA-256 interleaved on its core (see
-/// [`sha256`]: 20% more a core than one file at a time). `verify` hands it
-/// every image file, from twice as many threads as it has, so that each of
-/// its threads has a pair to hash.
+/// hashing up to [`LANES`] files at a time, their SHA-256 interleaved on its
+/// core (see [`sha256`]: 1.6 times as fast a core as one file at a time).
+/// `verify` hands it every image file, from [`LANES`] times as many threads
+/// as it has, so that each of its threads has files enough.
 pub struct Hasher<'a> {
     requests: Mutex<Requests>,
     /// Where the hashing threads wait for requests.
@@ -570,13 +572,13 @@ impl<'a> Hasher<'a> {
         }
     }
 
-    /// A hashing thread: keeps two files going while there are two.
+    /// A hashing thread: keeps up to [`LANES`] files going.
     fn serve(&self) {
         let _exit = Exit(self);
-        let mut lanes: Vec<Lane> = Vec::with_capacity(2);
+        let mut lanes: Vec<Lane> = Vec::with_capacity(LANES);
         let mut spare: Vec<Vec<u8>> = Vec::new();
         loop {
-            while lanes.len() < 2 {
+            while lanes.len() < LANES {
                 let Some(req) = self.take(lanes.is_empty()) else { break };
                 match Lane::open(req, spare.pop()) {
                     Ok(lane) => lanes.push(lane),
@@ -595,11 +597,7 @@ impl<'a> Hasher<'a> {
                     done => spare.push(lanes.swap_remove(i).finish(done.map(|_| ()))),
                 }
             }
-            match lanes.as_mut_slice() {
-                [a, b] => Lane::hash_pair(a, b),
-                [a] => a.hash_all(),
-                _ => {}
-            }
+            Lane::hash_lanes(&mut lanes);
         }
     }
 }
@@ -734,26 +732,37 @@ impl Lane {
         self.consume(n);
     }
 
-    /// Hashes what two lanes hold, interleaved as far as both hold whole blocks.
-    fn hash_pair(a: &mut Lane, b: &mut Lane) {
-        let n = a.held_bytes().len().min(b.held_bytes().len()) / 64 * 64;
-        match (a.sha.as_mut(), b.sha.as_mut()) {
-            (Some(sa), Some(sb)) if n > 0 && sa.aligned() && sb.aligned() => {
-                let da = match a.held {
-                    Held::Data { from, .. } => &a.buf[from..from + n],
-                    Held::Zeros(_) => &ZEROS[..n],
-                };
-                let db = match b.held {
-                    Held::Data { from, .. } => &b.buf[from..from + n],
-                    Held::Zeros(_) => &ZEROS[..n],
-                };
-                update_pair(sa, da, sb, db);
-                a.consume(n);
-                b.consume(n);
+    /// Hashes what the lanes hold: SHA-256 interleaved over the lanes that
+    /// have whole blocks for it, as far as all of them have.
+    fn hash_lanes(lanes: &mut [Lane]) {
+        let ready = |l: &Lane| l.sha.as_ref().is_some_and(Sha256Lane::aligned) && l.held_bytes().len() >= 64;
+        let together = lanes.iter().filter(|l| ready(l)).count();
+        let n = lanes.iter().filter(|l| ready(l)).map(|l| l.held_bytes().len()).min().unwrap_or(0) / 64 * 64;
+        if together < 2 {
+            for lane in lanes.iter_mut() {
+                lane.hash_all();
             }
-            _ => {
-                a.hash_all();
-                b.hash_all();
+            return;
+        }
+        let mut group: Vec<(&mut Sha256Lane, &[u8])> = Vec::with_capacity(LANES);
+        for lane in lanes.iter_mut() {
+            if !ready(lane) {
+                continue;
+            }
+            let Lane { sha: Some(sha), held, buf, .. } = lane else { continue };
+            let bytes = match *held {
+                Held::Data { from, .. } => &buf[from..from + n],
+                Held::Zeros(_) => &ZEROS[..n],
+            };
+            group.push((sha, bytes));
+        }
+        update_many(&mut group);
+        for lane in lanes.iter_mut() {
+            if ready(lane) {
+                lane.consume(n);
+            } else {
+                // A tail shorter than a block, a partial block pending, or no SHA-256 wanted.
+                lane.hash_all();
             }
         }
     }
@@ -1138,11 +1147,11 @@ mod tests {
     }
 
     /// Files of every shape hashed by a [`Hasher`] from more threads than it
-    /// has, so that its threads pair them in every way (data and holes side
+    /// has lanes, so that its threads group them in every way (data and holes side
     /// by side, one file ending before the other, a file that cannot be
     /// opened), against md5sum and sha256sum.
     #[test]
-    fn hasher_pairs_agree_with_md5sum_and_sha256sum() {
+    fn hasher_groups_agree_with_md5sum_and_sha256sum() {
         if !have_tools() {
             return;
         }
@@ -1177,7 +1186,7 @@ mod tests {
             jobs.push((dir.path().join("link"), Want { md5: false, sha256: true }));
             jobs.push((dir.path().join("missing"), Want { md5: false, sha256: true }));
             std::thread::scope(|s| {
-                for _ in 0..5 {
+                for _ in 0..2 * LANES + 1 {
                     s.spawn(|| {
                         while let Some((p, want)) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
                             let r = hasher.hash_path(p, *want);

@@ -26,7 +26,7 @@ pub struct VerifyOptions<'a> {
     pub quick: bool,
     /// Also check the MD5 of the `.checksum`.
     pub md5: bool,
-    /// Threads hashing, each two images at once.
+    /// Threads hashing, each several images at once.
     pub jobs: usize,
     pub progress: &'a dyn Progress,
     pub cancel: &'a AtomicBool,
@@ -86,11 +86,11 @@ pub fn verify(catalog: &Catalog, opts: &VerifyOptions<'_>) -> Result<VerifyRepor
     let results: Mutex<Vec<Option<Verified>>> = Mutex::new(vec![None; records.len()]);
     let jobs = opts.jobs.clamp(1, 64).min(records.len().max(1));
     let advance = |n: u64| opts.progress.advance(n);
-    // Each hashing thread takes two images at once (hashing::Hasher): twice
-    // as many threads ask as hash.
+    // Each hashing thread takes several images at once (hashing::Hasher):
+    // as many more threads ask as each hashes at once.
     hashing::Hasher::scope(jobs, &advance, opts.cancel, |hasher| {
         std::thread::scope(|s| {
-            for _ in 0..(2 * jobs).min(records.len()) {
+            for _ in 0..(hashing::LANES * jobs).min(records.len()) {
                 s.spawn(|| {
                     loop {
                         if opts.cancel.load(Ordering::Relaxed) {

@@ -1,10 +1,10 @@
-//! SHA-256 (FIPS 180-4) of two files at once on one core.
+//! SHA-256 (FIPS 180-4) of up to four files at once on one core.
 //!
-//! On the CPU's SHA extensions, each of a block's 32 `sha256rnds2` waits for
-//! the one before: one file keeps the unit a fraction of the time busy. Two
-//! independent files, their instructions interleaved, fill those waits:
-//! 1.85 GB/s a core for the pair against 1.52 GB/s for one file (AMD EPYC,
-//! see docs/benchmarks.md). `verify` hashes two images at once on each core
+//! On the CPU's SHA extensions each of a block's 32 `sha256rnds2` waits for
+//! the one before: one file at a time keeps the unit busy a fraction of the
+//! time. Independent files, their instructions interleaved, fill those waits:
+//! on an AMD EPYC core one file hashes at 1.5 GB/s, two at 1.8, four at 2.5
+//! (see docs/benchmarks.md). `verify` hashes four images at once on each core
 //! this way ([`super::Hasher`]). Without the extensions (or off x86) the
 //! blocks go one file after the other to the sha2 crate's `compress256`.
 
@@ -32,7 +32,7 @@ impl Sha256Lane {
         Sha256Lane { state: INIT, pending: [0; BLOCK], pending_len: 0, len: 0 }
     }
 
-    /// Whether [`update_pair`] can take this lane's next bytes: no partial
+    /// Whether [`update_many`] can take this lane's next bytes: no partial
     /// block is waiting.
     pub(crate) fn aligned(&self) -> bool {
         self.pending_len == 0
@@ -77,25 +77,41 @@ impl Sha256Lane {
     }
 }
 
-/// Hashes `a_data` into `a` and `b_data` into `b`, interleaved: both lanes
-/// [`Sha256Lane::aligned`], both slices of the same length, a whole number
+/// Hashes each lane's bytes into it, interleaved when all lanes are
+/// [`Sha256Lane::aligned`] and their slices of one length, a whole number
 /// of blocks (else each goes on its own).
-pub(crate) fn update_pair(a: &mut Sha256Lane, a_data: &[u8], b: &mut Sha256Lane, b_data: &[u8]) {
-    if !(a.aligned() && b.aligned() && a_data.len() == b_data.len() && a_data.len().is_multiple_of(BLOCK)) {
-        a.update(a_data);
-        b.update(b_data);
+pub(crate) fn update_many(lanes: &mut [(&mut Sha256Lane, &[u8])]) {
+    let n = lanes.first().map_or(0, |(_, d)| d.len());
+    let together =
+        n.is_multiple_of(BLOCK) && lanes.iter().all(|(lane, data)| lane.aligned() && data.len() == n);
+    if !together || lanes.len() < 2 {
+        for (lane, data) in lanes.iter_mut() {
+            lane.update(data);
+        }
         return;
     }
-    a.len = a.len.wrapping_add(a_data.len() as u64);
-    b.len = b.len.wrapping_add(b_data.len() as u64);
+    for (lane, _) in lanes.iter_mut() {
+        lane.len = lane.len.wrapping_add(n as u64);
+    }
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
-        // SAFETY: the CPU has the features the function is compiled for.
-        unsafe { x86::compress2(&mut a.state, a_data, &mut b.state, b_data) };
+        for group in lanes.chunks_mut(x86::MAX_LANES) {
+            match group.len() {
+                2 => x86::compress_group::<2>(group),
+                3 => x86::compress_group::<3>(group),
+                4 => x86::compress_group::<4>(group),
+                _ => {
+                    for (lane, data) in group.iter_mut() {
+                        compress(&mut lane.state, data);
+                    }
+                }
+            }
+        }
         return;
     }
-    compress(&mut a.state, a_data);
-    compress(&mut b.state, b_data);
+    for (lane, data) in lanes.iter_mut() {
+        compress(&mut lane.state, data);
+    }
 }
 
 /// Hashes whole blocks (a multiple of [`BLOCK`] bytes) into `state`.
@@ -181,7 +197,7 @@ mod x86 {
         0xc671_78f2,
     ];
 
-    /// Whether the CPU has what [`compress2`] is compiled for.
+    /// Whether the CPU has what [`compress_n`] is compiled for.
     pub(super) fn available() -> bool {
         std::arch::is_x86_feature_detected!("sha")
             && std::arch::is_x86_feature_detected!("sse4.1")
@@ -220,54 +236,85 @@ mod x86 {
         _mm_sha256msg2_epu32(t, w3)
     }
 
-    /// Hashes the blocks of `a` into `sa` and those of `b` into `sb`, one
-    /// block of each at a time, their rounds interleaved. `a` and `b` have
-    /// the same length, a multiple of 64.
+    /// Files hashed together at most: past four the unit is busy and the
+    /// registers run out.
+    pub(super) const MAX_LANES: usize = 4;
+
+    /// Hashes `N` lanes' bytes (all of one length, a multiple of 64) interleaved.
+    pub(super) fn compress_group<const N: usize>(group: &mut [(&mut super::Sha256Lane, &[u8])]) {
+        let mut states = [[0u32; 8]; N];
+        let mut data: [&[u8]; N] = [&[]; N];
+        for (i, (lane, bytes)) in group.iter().enumerate().take(N) {
+            states[i] = lane.state;
+            data[i] = bytes;
+        }
+        // SAFETY: update_many calls this only when available() says the CPU
+        // has the features compress_n is compiled for.
+        unsafe { compress_n(&mut states, data) };
+        for (i, (lane, _)) in group.iter_mut().enumerate().take(N) {
+            lane.state = states[i];
+        }
+    }
+
+    /// Hashes the blocks of each `data[i]` into `states[i]`, one block of
+    /// each at a time, their rounds interleaved. All slices have the length
+    /// of the first, a multiple of 64.
     ///
     /// # Safety
     /// The CPU must have the SHA extensions, SSSE3 and SSE4.1 ([`available`]).
     #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
-    pub(super) unsafe fn compress2(sa: &mut [u32; 8], a: &[u8], sb: &mut [u32; 8], b: &[u8]) {
+    unsafe fn compress_n<const N: usize>(states: &mut [[u32; 8]; N], data: [&[u8]; N]) {
         // Message bytes are big-endian words: reverse each word's bytes.
         let swap = _mm_set_epi64x(0x0C0D_0E0F_0809_0A0B, 0x0405_0607_0001_0203);
-        let (mut abef_a, mut cdgh_a) = load_state(sa);
-        let (mut abef_b, mut cdgh_b) = load_state(sb);
-        for (block_a, block_b) in a.chunks_exact(64).zip(b.chunks_exact(64)) {
-            let saved = (abef_a, cdgh_a, abef_b, cdgh_b);
-            let mut wa = [swap; 4];
-            let mut wb = [swap; 4];
-            for i in 0..4 {
-                // SAFETY: 16 bytes at 16 i within 64-byte blocks, unaligned loads.
-                let (la, lb) = unsafe {
-                    (
-                        _mm_loadu_si128(block_a.as_ptr().add(16 * i).cast::<__m128i>()),
-                        _mm_loadu_si128(block_b.as_ptr().add(16 * i).cast::<__m128i>()),
-                    )
-                };
-                wa[i] = _mm_shuffle_epi8(la, swap);
-                wb[i] = _mm_shuffle_epi8(lb, swap);
+        let mut abef = [swap; N];
+        let mut cdgh = [swap; N];
+        for j in 0..N {
+            (abef[j], cdgh[j]) = load_state(&states[j]);
+        }
+        let blocks = data[0].len() / 64;
+        if data.iter().any(|d| d.len() < blocks * 64) {
+            return;
+        }
+        for block in 0..blocks {
+            let saved = (abef, cdgh);
+            let mut w = [[swap; 4]; N];
+            for j in 0..N {
+                for (i, word) in w[j].iter_mut().enumerate() {
+                    // SAFETY: 16 bytes at 64 block + 16 i, within data[j]
+                    // (checked above to hold `blocks` blocks), unaligned loads.
+                    let bytes = unsafe {
+                        _mm_loadu_si128(data[j].as_ptr().add(64 * block + 16 * i).cast::<__m128i>())
+                    };
+                    *word = _mm_shuffle_epi8(bytes, swap);
+                }
             }
             for r in 0..16 {
                 if r >= 4 {
-                    wa[r % 4] = schedule(wa[r % 4], wa[(r + 1) % 4], wa[(r + 2) % 4], wa[(r + 3) % 4]);
-                    wb[r % 4] = schedule(wb[r % 4], wb[(r + 1) % 4], wb[(r + 2) % 4], wb[(r + 3) % 4]);
+                    for wj in w.iter_mut() {
+                        wj[r % 4] = schedule(wj[r % 4], wj[(r + 1) % 4], wj[(r + 2) % 4], wj[(r + 3) % 4]);
+                    }
                 }
                 // SAFETY: 16 bytes at 16 r within the 256 bytes of K.
                 let k = unsafe { _mm_loadu_si128(K.as_ptr().add(4 * r).cast::<__m128i>()) };
-                let ka = _mm_add_epi32(wa[r % 4], k);
-                let kb = _mm_add_epi32(wb[r % 4], k);
-                cdgh_a = _mm_sha256rnds2_epu32(cdgh_a, abef_a, ka);
-                cdgh_b = _mm_sha256rnds2_epu32(cdgh_b, abef_b, kb);
-                abef_a = _mm_sha256rnds2_epu32(abef_a, cdgh_a, _mm_shuffle_epi32(ka, 0x0E));
-                abef_b = _mm_sha256rnds2_epu32(abef_b, cdgh_b, _mm_shuffle_epi32(kb, 0x0E));
+                let mut kw = [k; N];
+                for j in 0..N {
+                    kw[j] = _mm_add_epi32(w[j][r % 4], k);
+                }
+                for j in 0..N {
+                    cdgh[j] = _mm_sha256rnds2_epu32(cdgh[j], abef[j], kw[j]);
+                }
+                for j in 0..N {
+                    abef[j] = _mm_sha256rnds2_epu32(abef[j], cdgh[j], _mm_shuffle_epi32(kw[j], 0x0E));
+                }
             }
-            abef_a = _mm_add_epi32(abef_a, saved.0);
-            cdgh_a = _mm_add_epi32(cdgh_a, saved.1);
-            abef_b = _mm_add_epi32(abef_b, saved.2);
-            cdgh_b = _mm_add_epi32(cdgh_b, saved.3);
+            for j in 0..N {
+                abef[j] = _mm_add_epi32(abef[j], saved.0[j]);
+                cdgh[j] = _mm_add_epi32(cdgh[j], saved.1[j]);
+            }
         }
-        store_state(sa, abef_a, cdgh_a);
-        store_state(sb, abef_b, cdgh_b);
+        for j in 0..N {
+            store_state(&mut states[j], abef[j], cdgh[j]);
+        }
     }
 }
 
@@ -290,43 +337,56 @@ mod tests {
         assert_eq!(hex(h.finalize()), "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
     }
 
-    /// Pairs of every length mix against sha256sum, through every path:
-    /// paired blocks, lanes not aligned, slices of different lengths.
+    /// Groups of one to five files of every length mix against sha256sum,
+    /// through every path: interleaved blocks, lanes not aligned, slices of
+    /// different lengths.
     #[test]
-    fn pairs_agree_with_sha256sum() {
+    fn groups_agree_with_sha256sum() {
         if !vmrepo_testkit::have("sha256sum", "coreutils") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
-        let other: Vec<u8> = data.iter().rev().map(|b| b ^ 0x5a).collect();
+        let files: Vec<Vec<u8>> = (0..5u32)
+            .map(|f| (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761 + f) >> 11) as u8).collect())
+            .collect();
         let lengths = [0usize, 1, 55, 56, 63, 64, 65, 127, 128, 4096, 65_536, 100_000, 300_000];
         let mut expected = std::collections::HashMap::new();
-        for (name, bytes) in [("d", &data), ("o", &other)] {
+        for (f, bytes) in files.iter().enumerate() {
             for n in lengths {
-                let p = dir.path().join(format!("{name}{n}"));
+                let p = dir.path().join(format!("f{f}-{n}"));
                 std::fs::write(&p, &bytes[..n]).unwrap();
                 let out = std::process::Command::new("sha256sum").arg(&p).output().unwrap();
-                let text = String::from_utf8(out.stdout).unwrap();
-                expected.insert((name, n), text[..64].to_string());
+                expected.insert((f, n), String::from_utf8(out.stdout).unwrap()[..64].to_string());
             }
         }
-        for na in lengths {
-            for nb in lengths {
-                // Fed in pieces of 4096 and 1000 bytes: pairs where both
-                // have whole blocks, singles elsewhere.
+        for group in 1..=5 {
+            for (k, &first) in lengths.iter().enumerate() {
+                // Each file of the group a different length, the first in turn each of them.
+                let lens: Vec<usize> = (0..group).map(|f| lengths[(k + 3 * f) % lengths.len()]).collect();
+                assert_eq!(lens[0], first);
+                // Fed in pieces of 4096 and 1000 bytes: interleaved where all
+                // have whole blocks, one by one elsewhere.
                 for piece in [4096usize, 1000] {
-                    let (mut a, mut b) = (Sha256Lane::new(), Sha256Lane::new());
-                    let (mut ia, mut ib) = (0, 0);
-                    while ia < na || ib < nb {
-                        let sa = &data[ia..(ia + piece).min(na)];
-                        let sb = &other[ib..(ib + piece).min(nb)];
-                        update_pair(&mut a, sa, &mut b, sb);
-                        ia += sa.len();
-                        ib += sb.len();
+                    let mut lanes: Vec<Sha256Lane> = (0..group).map(|_| Sha256Lane::new()).collect();
+                    let mut at = vec![0usize; group];
+                    while at.iter().zip(&lens).any(|(a, n)| a < n) {
+                        let mut batch: Vec<(&mut Sha256Lane, &[u8])> = lanes
+                            .iter_mut()
+                            .enumerate()
+                            .map(|(f, lane)| (lane, &files[f][at[f]..(at[f] + piece).min(lens[f])]))
+                            .collect();
+                        update_many(&mut batch);
+                        for (f, (_, d)) in batch.iter().enumerate() {
+                            at[f] += d.len();
+                        }
                     }
-                    assert_eq!(hex(a.finalize()), expected[&("d", na)], "{na} and {nb} by {piece}");
-                    assert_eq!(hex(b.finalize()), expected[&("o", nb)], "{nb} and {na} by {piece}");
+                    for (f, lane) in lanes.into_iter().enumerate() {
+                        assert_eq!(
+                            hex(lane.finalize()),
+                            expected[&(f, lens[f])],
+                            "{lens:?} by {piece}, file {f}"
+                        );
+                    }
                 }
             }
         }
