@@ -499,6 +499,9 @@ struct Requests {
     closed: bool,
     /// Hashing threads running.
     threads: usize,
+    /// Hashing threads waiting with no file: a request is theirs first, so
+    /// that files spread over the cores before they share one.
+    idle: usize,
 }
 
 struct Request {
@@ -519,7 +522,7 @@ impl<'a> Hasher<'a> {
     ) -> R {
         let threads = threads.max(1);
         let hasher = Hasher {
-            requests: Mutex::new(Requests { waiting: VecDeque::new(), closed: false, threads }),
+            requests: Mutex::new(Requests { waiting: VecDeque::new(), closed: false, threads, idle: 0 }),
             arrived: Condvar::new(),
             progress,
             cancel,
@@ -558,9 +561,13 @@ impl<'a> Hasher<'a> {
     }
 
     /// The next request; with `wait`, waits for one. `None` when there is
-    /// none (or, with `wait`, when the hasher is closed).
+    /// none (or, with `wait`, when the hasher is closed); without `wait`,
+    /// also when another thread has no file (the request is for it).
     fn take(&self, wait: bool) -> Option<Request> {
         let mut r = self.lock();
+        if !wait && r.idle > 0 {
+            return None;
+        }
         loop {
             if let Some(req) = r.waiting.pop_front() {
                 return Some(req);
@@ -568,7 +575,9 @@ impl<'a> Hasher<'a> {
             if r.closed || !wait {
                 return None;
             }
+            r.idle += 1;
             r = self.arrived.wait(r).unwrap_or_else(PoisonError::into_inner);
+            r.idle -= 1;
         }
     }
 
