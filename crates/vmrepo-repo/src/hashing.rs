@@ -1,6 +1,6 @@
 //! One pass over an image's bytes: read once; copy, MD5 and SHA-256 as it goes.
 //!
-//! MD5 is the slowest step (about 650 MB/s on one core, see [`md5`]) and
+//! MD5 is the slowest step (about 650 MB/s on one core, see `hashing/md5.rs`) and
 //! cannot be split across cores, so the pass is built around it. When MD5 is
 //! wanted with anything else (SHA-256 or a copy), it gets a thread of its
 //! own, and the calling thread does all the rest: it reads each chunk into a
@@ -48,7 +48,7 @@ pub const POOL_BUFFERS: usize = 8;
 /// Pieces queued for the MD5 thread at most (holes need no buffer, so the
 /// pool alone does not bound them).
 const QUEUE_MAX: usize = 2 * POOL_BUFFERS;
-/// Files a [`Hasher`] thread hashes at once (see [`sha256`]).
+/// Files a [`Hasher`] thread hashes at once (see `hashing/sha256.rs`).
 pub const LANES: usize = 4;
 /// Bytes a [`Hasher`] thread reads at a time into each of its files'
 /// buffers: all stay in the core's L2 cache between the read and the hash.
@@ -482,7 +482,7 @@ impl<'a> Copy<'a> {
 
 /// Hashes files for several threads at once: one thread per core, each
 /// hashing up to [`LANES`] files at a time, their SHA-256 interleaved on its
-/// core (see [`sha256`]: 1.6 times as fast a core as one file at a time).
+/// core (see `hashing/sha256.rs`: 1.6 times as fast a core as one file at a time).
 /// `verify` hands it every image file, from [`LANES`] times as many threads
 /// as it has, so that each of its threads has files enough.
 pub struct Hasher<'a> {
