@@ -462,23 +462,24 @@ fn verify(ctx: &Ctx<'_>, v: &VerifyArgs) -> Result<Outcome> {
 fn find(ctx: &Ctx<'_>, exprs: &[String]) -> Result<Outcome> {
     let query = Query::parse(exprs)?;
     let catalog = open_catalog(ctx)?;
-    let images = catalog.find(&query)?;
     if ctx.cli.json {
-        output::json(&images)?;
+        // Printed as the index hands the records over, never all in memory.
+        output::json_array::<_, anyhow::Error>(|emit| catalog.find_each(&query, |i| emit(i)).map(|_| ()))?;
         return Ok(Outcome::Clean);
     }
     let mut t = Table::new(vec!["VM", "IMAGE", "SIZE", "MAX", "FORMAT", "ADDED"]).right_align(&[2, 3]);
-    for i in &images {
-        t.row(vec![
-            i.vm.clone(),
-            i.file.clone(),
-            size(i.size),
-            i.maxsize.clone(),
-            or_dash(i.format.as_deref()),
-            or_dash(i.added.as_deref().map(|a| a.get(..10).unwrap_or(a))),
+    catalog.find_each(&query, |i| {
+        t.row_of([
+            i.vm.as_str(),
+            &i.file,
+            &size(i.size),
+            &i.maxsize,
+            i.format.as_deref().unwrap_or("-"),
+            i.added.as_deref().map_or("-", |a| a.get(..10).unwrap_or(a)),
         ]);
-    }
-    if !images.is_empty() {
+        anyhow::Ok(())
+    })?;
+    if !t.is_empty() {
         t.print()?;
     } else if !ctx.cli.quiet {
         eprintln!("vmrepo: no image matches");

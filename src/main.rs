@@ -27,7 +27,13 @@ fn main() -> ExitCode {
     ui::init_logging(cli.verbose, cli.quiet);
     let cancel = ui::install_signal_handlers();
     let json = cli.json;
-    match commands::run(cli, &cancel) {
+    // What a command printed is buffered (src/output.rs): written out here,
+    // where a closed pipe is reported like any other write.
+    let result = commands::run(cli, &cancel).and_then(|outcome| {
+        output::flush()?;
+        Ok(outcome)
+    });
+    match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Problems) => ExitCode::from(1),
         Ok(Outcome::Missing) => ExitCode::from(4),
@@ -68,6 +74,9 @@ fn report(err: &anyhow::Error, json: bool) -> ExitCode {
         (7, "io")
     };
     let message = format!("{err:#}").replace('\n', " ");
+    // Lines printed before the failure come out first; if they cannot, the
+    // error below is still the one to report.
+    let _ = output::flush();
     if json {
         let v = serde_json::json!({ "error": { "kind": kind, "exit_code": code, "message": message } });
         let _ = writeln!(io::stdout(), "{v}");

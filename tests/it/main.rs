@@ -11,6 +11,7 @@ mod inspect;
 mod issue7;
 mod lint;
 mod name;
+mod output;
 mod repo;
 mod samples;
 mod verify;

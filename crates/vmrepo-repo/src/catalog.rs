@@ -38,7 +38,7 @@ pub(crate) const RECORD_COLUMNS: &str = "id, vm, folder, file, stem, kind, os, o
 
 /// One image as the catalog knows it. The `--json` output of `list`, `find`
 /// and `show` is this record; docs/json.md documents each field.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct ImageRecord {
     #[serde(skip)]
     pub id: i64,
@@ -106,55 +106,62 @@ pub struct Identity {
 
 impl ImageRecord {
     fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRecord> {
-        let vm: String = row.get(1)?;
-        let folder: String = row.get(2)?;
-        let file: String = row.get(3)?;
+        let mut rec = ImageRecord::default();
+        rec.fill(row)?;
+        Ok(rec)
+    }
+
+    /// Reads a row of [`RECORD_COLUMNS`] into this record, reusing the
+    /// buffers of its strings: [`Catalog::find_each`] fills one record for
+    /// every match, with no allocation once the first row is read.
+    fn fill(&mut self, row: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
         let u = |i: usize| -> rusqlite::Result<Option<u64>> {
             Ok(row.get::<_, Option<i64>>(i)?.and_then(|v| u64::try_from(v).ok()))
         };
-        let verified_stat =
+        self.id = row.get(0)?;
+        set_text(&mut self.vm, row, 1)?;
+        set_text(&mut self.folder, row, 2)?;
+        set_text(&mut self.file, row, 3)?;
+        self.path.clear();
+        for part in [layout::VM_DIR, "/", &self.folder, "/", &self.file] {
+            self.path.push_str(part);
+        }
+        set_text(&mut self.name, row, 4)?;
+        set_text(&mut self.kind, row, 5)?;
+        set_text(&mut self.os, row, 6)?;
+        set_opt_text(&mut self.osinfo, row, 7)?;
+        set_text(&mut self.arch, row, 8)?;
+        self.bits = row.get(9)?;
+        set_text(&mut self.lib, row, 10)?;
+        set_text(&mut self.maxsize, row, 11)?;
+        self.maxsize_bytes = u(12)?.unwrap_or(0);
+        set_opt_text(&mut self.detail, row, 13)?;
+        set_opt_text(&mut self.ext, row, 14)?;
+        self.size = u(15)?;
+        self.disk_usage = u(16)?;
+        self.mtime_ns = row.get(17)?;
+        self.ino = u(18)?;
+        self.parts = u(19)?;
+        set_text(&mut self.checksum, row, 20)?;
+        set_opt_text(&mut self.md5, row, 21)?;
+        set_text(&mut self.description, row, 22)?;
+        set_opt_text(&mut self.sha256, row, 23)?;
+        set_opt_text(&mut self.format, row, 24)?;
+        self.virtual_size = u(25)?;
+        set_opt_text(&mut self.storage, row, 26)?;
+        set_opt_text(&mut self.kernel, row, 27)?;
+        set_opt_text(&mut self.added, row, 28)?;
+        set_opt_text(&mut self.added_by, row, 29)?;
+        set_opt_text(&mut self.verified_at, row, 30)?;
+        self.verified_ok = row.get(31)?;
+        self.verified_stat =
             match (u(32)?, row.get::<_, Option<i64>>(33)?, u(34)?, row.get::<_, Option<i64>>(35)?) {
                 (Some(size), Some(mtime_ns), Some(ino), Some(ctime_ns)) => {
                     Some(Identity { size, mtime_ns, ino, ctime_ns })
                 }
                 _ => None,
             };
-        Ok(ImageRecord {
-            id: row.get(0)?,
-            path: format!("{}/{folder}/{file}", layout::VM_DIR),
-            vm,
-            folder,
-            file,
-            name: row.get(4)?,
-            kind: row.get(5)?,
-            os: row.get(6)?,
-            osinfo: row.get(7)?,
-            arch: row.get(8)?,
-            bits: row.get(9)?,
-            lib: row.get(10)?,
-            maxsize: row.get(11)?,
-            maxsize_bytes: u(12)?.unwrap_or(0),
-            detail: row.get(13)?,
-            ext: row.get(14)?,
-            size: u(15)?,
-            disk_usage: u(16)?,
-            mtime_ns: row.get(17)?,
-            ino: u(18)?,
-            parts: u(19)?,
-            checksum: row.get(20)?,
-            md5: row.get(21)?,
-            description: row.get(22)?,
-            sha256: row.get(23)?,
-            format: row.get(24)?,
-            virtual_size: u(25)?,
-            storage: row.get(26)?,
-            kernel: row.get(27)?,
-            added: row.get(28)?,
-            added_by: row.get(29)?,
-            verified_at: row.get(30)?,
-            verified_ok: row.get(31)?,
-            verified_stat,
-        })
+        Ok(())
     }
 
     /// The image's kind.
@@ -169,6 +176,42 @@ impl ImageRecord {
             ImageKind::Folder => ImageName::parse(&self.file).ok(),
             ImageKind::Missing => ImageName::parse_stem(&self.file).ok(),
         }
+    }
+}
+
+/// Copies text column `i` into `dst`, keeping `dst`'s buffer.
+fn set_text(dst: &mut String, row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<()> {
+    let text = row.get_ref(i)?.as_str().map_err(|e| column_error(row, i, e))?;
+    dst.clear();
+    dst.push_str(text);
+    Ok(())
+}
+
+/// Copies text or NULL column `i` into `dst`, keeping `dst`'s buffer.
+fn set_opt_text(dst: &mut Option<String>, row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<()> {
+    match row.get_ref(i)?.as_str_or_null().map_err(|e| column_error(row, i, e))? {
+        None => *dst = None,
+        Some(text) => match dst {
+            Some(d) => {
+                d.clear();
+                d.push_str(text);
+            }
+            None => *dst = Some(text.to_owned()),
+        },
+    }
+    Ok(())
+}
+
+/// The error [`rusqlite::Row::get`] gives for a value of the wrong type.
+#[cold]
+fn column_error(row: &rusqlite::Row<'_>, i: usize, e: rusqlite::types::FromSqlError) -> rusqlite::Error {
+    let found = row.get_ref(i).map_or(rusqlite::types::Type::Null, |v| v.data_type());
+    match e {
+        rusqlite::types::FromSqlError::InvalidType => {
+            let name = row.as_ref().column_name(i).unwrap_or("?").to_owned();
+            rusqlite::Error::InvalidColumnType(i, name, found)
+        }
+        e => rusqlite::Error::FromSqlConversionFailure(i, found, Box::new(e)),
     }
 }
 
@@ -423,15 +466,42 @@ impl Catalog {
     /// # Errors
     /// An index failure.
     pub fn find(&self, q: &Query) -> Result<Vec<ImageRecord>> {
+        let mut found = Vec::new();
+        self.find_each(q, |rec| {
+            found.push(rec.clone());
+            Ok::<(), Error>(())
+        })?;
+        Ok(found)
+    }
+
+    /// Calls `visit` on each image matching a query, sorted by VM and name,
+    /// and returns how many there were. One record is filled again for each
+    /// match: a query with thousands of hits neither holds them all in memory
+    /// nor allocates for each (`find` prints as it goes). An error from
+    /// `visit` stops the walk and is returned as it is.
+    ///
+    /// # Errors
+    /// An index failure, or `visit`'s error.
+    pub fn find_each<E: From<Error>>(
+        &self,
+        q: &Query,
+        mut visit: impl FnMut(&ImageRecord) -> std::result::Result<(), E>,
+    ) -> std::result::Result<u64, E> {
         let (clause, values) = q.to_sql();
         // The field indexes end in (vm, stem, file), so that for the common
         // queries rows come out of the index already in this order.
         let sql = format!("SELECT {RECORD_COLUMNS} FROM images WHERE {clause} ORDER BY vm, stem, file");
         let mut st = self.conn.prepare_cached(&sql).map_err(|e| Error::index("query", e))?;
-        let rows = st
-            .query_map(rusqlite::params_from_iter(values.iter()), ImageRecord::from_row)
-            .map_err(|e| Error::index("query", e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| Error::index("query", e))
+        let mut rows =
+            st.query(rusqlite::params_from_iter(values.iter())).map_err(|e| Error::index("query", e))?;
+        let mut rec = ImageRecord::default();
+        let mut n = 0u64;
+        while let Some(row) = rows.next().map_err(|e| Error::index("query", e))? {
+            rec.fill(row).map_err(|e| Error::index("query", e))?;
+            visit(&rec)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Every image, including those whose file is missing.

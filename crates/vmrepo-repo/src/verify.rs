@@ -28,7 +28,7 @@ pub struct VerifyOptions<'a> {
     pub quick: bool,
     /// Also check the MD5 of the `.checksum`.
     pub md5: bool,
-    /// Images hashed at once.
+    /// Threads hashing, each several images at once.
     pub jobs: usize,
     pub progress: &'a dyn Progress,
     pub cancel: &'a AtomicBool,
@@ -87,22 +87,27 @@ pub fn verify(catalog: &Catalog, opts: &VerifyOptions<'_>) -> Result<VerifyRepor
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Verified>>> = Mutex::new(vec![None; records.len()]);
     let jobs = opts.jobs.clamp(1, 64).min(records.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..jobs {
-            s.spawn(|| {
-                loop {
-                    if opts.cancel.load(Ordering::Relaxed) {
-                        break;
+    let advance = |n: u64| opts.progress.advance(n);
+    // Each hashing thread takes several images at once (hashing::Hasher):
+    // as many more threads ask as each hashes at once.
+    hashing::Hasher::scope(jobs, &advance, opts.cancel, |hasher| {
+        std::thread::scope(|s| {
+            for _ in 0..(hashing::LANES * jobs).min(records.len()) {
+                s.spawn(|| {
+                    loop {
+                        if opts.cancel.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(rec) = records.get(i) else { break };
+                        let r = verify_one(&vm_root, rec, opts, hasher);
+                        if let Ok(mut all) = results.lock() {
+                            all[i] = Some(r);
+                        }
                     }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(rec) = records.get(i) else { break };
-                    let r = verify_one(&vm_root, rec, opts);
-                    if let Ok(mut all) = results.lock() {
-                        all[i] = Some(r);
-                    }
-                }
-            });
-        }
+                });
+            }
+        });
     });
     opts.progress.finish();
     if opts.cancel.load(Ordering::Relaxed) {
@@ -163,7 +168,12 @@ fn unchanged(rec: &ImageRecord, vm_root: &Path) -> bool {
         && identity(&vm_root.join(&rec.folder).join(&rec.file), rec.image_kind()) == rec.verified_stat
 }
 
-fn verify_one(vm_root: &Path, rec: &ImageRecord, opts: &VerifyOptions<'_>) -> Verified {
+fn verify_one(
+    vm_root: &Path,
+    rec: &ImageRecord,
+    opts: &VerifyOptions<'_>,
+    hasher: &hashing::Hasher<'_>,
+) -> Verified {
     let dir = vm_root.join(&rec.folder);
     let mut problems = Vec::new();
     let mut problem = |code: &'static str, message: String| problems.push(Problem { code, message });
@@ -285,7 +295,7 @@ fn verify_one(vm_root: &Path, rec: &ImageRecord, opts: &VerifyOptions<'_>) -> Ve
                 );
                 continue;
             }
-            match hashing::hash_path(path, want, &|n| opts.progress.advance(n), opts.cancel) {
+            match hasher.hash_path(path, want) {
                 Ok(d) => {
                     bytes += d.bytes;
                     if let (Some(expected), Some(actual)) = (sha, d.sha256)
