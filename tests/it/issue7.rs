@@ -849,3 +849,118 @@ fn item09_a_fifo_as_notes_is_refused_without_waiting() {
     assert_eq!(status.code(), Some(6));
     assert_eq!(r.listed(), Vec::<String>::new());
 }
+
+#[test]
+fn item16_replace_keeps_the_administrators_lines() {
+    let r = Repo::new();
+    stored(&r, 24);
+    let txt = r.vm_dir("kvm").join(format!("{STEM}.txt"));
+    let admin = "Root password: date '+%y%m SEED=...' | md5sum | base64 | sed 's|\\(...........\\).*|\\1|'";
+    let text = std::fs::read_to_string(&txt).unwrap();
+    let text = text.replacen("Storage:", &format!("{admin}\nContact: STAR computing\nStorage:"), 1);
+    std::fs::write(&txt, &text).unwrap();
+    let before: Vec<String> = text.lines().map(str::to_string).collect();
+    let at = before.iter().position(|l| l == admin).unwrap();
+    let src = r.scratch().join("new.img");
+    pattern_file(&src, 1 << 20, 25);
+    let mut args = add_args(src.to_str().unwrap());
+    args.push("--replace");
+    r.ok(&args);
+    let after = std::fs::read_to_string(&txt).unwrap();
+    let lines: Vec<&str> = after.lines().collect();
+    assert_eq!(lines.get(at).copied(), Some(admin), "{after}");
+    assert_eq!(lines.get(at + 1).copied(), Some("Contact: STAR computing"), "{after}");
+    assert!(!after.contains("Root password: set"), "{after}");
+}
+
+#[test]
+fn item17_sizes_on_disk_are_allocated_blocks() {
+    let r = Repo::new();
+    let src = r.scratch().join("sparse.img");
+    // A 10 GiB disk holding 1.5 MiB of data.
+    let f = std::fs::File::create(&src).unwrap();
+    f.set_len(10 << 30).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&vec![7u8; 3 << 19], 1 << 30).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let out = r.json(&[
+        "add",
+        src.to_str().unwrap(),
+        "--vm",
+        "kvm",
+        "--os",
+        "sl5.3",
+        "--arch",
+        "x86",
+        "--bits",
+        "64",
+        "--lib",
+        "sl08e",
+    ]);
+    let path = r.root.join(out["image"]["path"].as_str().unwrap());
+    // The oracle: stat's count of 512-byte blocks.
+    let blocks: u64 = sh(&r.root, &format!("stat -c %b '{}'", path.display())).trim().parse().unwrap();
+    let txt = std::fs::read_to_string(path.with_extension("txt")).unwrap();
+    assert!(txt.contains(&format!("File size: {} bytes", 10u64 << 30)), "{txt}");
+    assert!(txt.contains(&format!("Bytes on disk: {} bytes", blocks * 512)), "{txt}");
+    assert!(blocks * 512 < 4 << 20, "the copy is sparse: {blocks} blocks");
+    let inv = r.json(&["inventory"]);
+    assert_eq!(inv["total"]["bytes"], 10u64 << 30, "{inv}");
+    assert_eq!(inv["total"]["disk_usage"], blocks * 512, "{inv}");
+    let text = r.ok(&["inventory"]);
+    assert!(text.contains("10 GiB in files") && text.contains("on disk"), "{text}");
+}
+
+#[test]
+fn item23_add_does_not_spin() {
+    if !have("strace", "strace") {
+        return;
+    }
+    let r = Repo::new();
+    let src = r.scratch().join("a.img");
+    pattern_file(&src, 64 << 20, 26);
+    let summary = r.tmp.path().join("strace.txt");
+    let out = Command::new("strace")
+        .args(["-f", "-c", "-o"])
+        .arg(&summary)
+        .arg(bin())
+        .arg("--repo")
+        .arg(&r.root)
+        .args(add_args(src.to_str().unwrap()))
+        .env_remove("VMREPO_REPO")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&summary).unwrap();
+    // strace -c: "% time seconds usecs/call calls errors syscall".
+    let calls = |name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.split_whitespace().last() == Some(name))
+            .and_then(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(3).and_then(|c| c.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    assert!(calls("sched_yield") < 10, "threads spin waiting for each other:\n{text}");
+}
+
+#[test]
+fn item26_the_build_names_no_target() {
+    // The binary is where people and scripts expect it: target/<profile>/vmrepo.
+    let bin = std::path::Path::new(bin());
+    let profile_dir = bin.parent().unwrap();
+    assert_eq!(profile_dir.parent().unwrap().file_name().unwrap(), "target", "{}", bin.display());
+    // And nothing in the build configuration names a target.
+    let top = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for cfg in [".cargo/config.toml", ".cargo/config"] {
+        if let Ok(text) = std::fs::read_to_string(top.join(cfg)) {
+            assert!(
+                !text.lines().any(|l| l.trim_start().starts_with("target")),
+                "{cfg} names a build target"
+            );
+            assert!(!text.contains("unknown-linux"), "{cfg} names a target triple");
+        }
+    }
+}
