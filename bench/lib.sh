@@ -12,6 +12,7 @@ need python3 python3
 # The statically linked build (scripts/build-static.sh): what a site would
 # install for the fastest start; NO_BUILD=1 takes an existing target/release/vmrepo.
 if [ "${NO_BUILD:-}" != 1 ]; then V=$("$top/scripts/build-static.sh"); else V=${V:-$top/target/release/vmrepo}; fi
+export V
 # mean seconds of command N (0-based) in a hyperfine JSON export
 mean() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['results'][int(sys.argv[2])]['mean'])" "$1" "$2"; }
 ratio() { python3 -c "import sys; print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$1" "$2"; }

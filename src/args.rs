@@ -123,9 +123,9 @@ Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo f
         #[command(flatten)]
         image: ImageArgs,
         /// Write here instead of standard output: a new file (written
-        /// under a temporary name, then renamed), or with --force an
-        /// existing file or device. Never the image itself, nor a file in a
-        /// repository's vm/ folder.
+        /// under a temporary name, then renamed; not synced, like qemu-img
+        /// convert's), or with --force an existing file or disk. Never the
+        /// image itself, nor a file in a repository's vm/ folder.
         #[arg(short, long, value_name = "OUT")]
         output: Option<PathBuf>,
         /// Overwrite OUT if it exists (a file is replaced, a device written).
