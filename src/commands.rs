@@ -338,17 +338,19 @@ fn build_name(f: &NameFields, source: Option<&SourceInfo<'_>>) -> Result<ImageNa
 
 fn add(ctx: &Ctx<'_>, a: &AddArgs) -> Result<Outcome> {
     let vm = Vm::from_user(&a.vm)?;
-    let md = std::fs::metadata(&a.file).map_err(|e| vmrepo_repo::Error::io("read", &a.file, e))?;
-    let content = match vmrepo_repo::content::read(&a.file) {
+    let source = source_path(&a.file, a.move_source)?;
+    let md = std::fs::metadata(&source).map_err(|e| vmrepo_repo::Error::io("read", &source, e))?;
+    let content = match vmrepo_repo::content::read(&source) {
         Ok(c) => Some(c),
-        Err(e) if a.force && e.kind() != ErrorKind::Io => {
+        // --force stores what vmrepo cannot read as an image, not what is no image file at all.
+        Err(e) if a.force && matches!(e.kind(), ErrorKind::BadImage | ErrorKind::NeedsReferenced) => {
             tracing::warn!("{e}; storing it as it is (--force)");
             None
         }
         Err(e) => return Err(e.into()),
     };
     let info =
-        SourceInfo { path: &a.file, is_folder: md.is_dir(), content: content.as_ref(), force: a.force };
+        SourceInfo { path: &source, is_folder: md.is_dir(), content: content.as_ref(), force: a.force };
     let name = build_name(&a.fields, Some(&info))?;
     let notes = match (&a.notes, &a.notes_file) {
         (Some(n), _) => Some(n.clone()),
@@ -365,7 +367,7 @@ fn add(ctx: &Ctx<'_>, a: &AddArgs) -> Result<Outcome> {
     let outcome = vmrepo_repo::add(
         &mut catalog,
         vmrepo_repo::AddRequest {
-            source: &a.file,
+            source: &source,
             vm,
             name,
             facts: Facts::default(),
@@ -405,6 +407,26 @@ fn add(ctx: &Ctx<'_>, a: &AddArgs) -> Result<Outcome> {
         }
     }
     Ok(Outcome::Clean)
+}
+
+/// The file to import: the path given, or, when it is a symbolic link the
+/// user named, the file it points to (copied; a link cannot be moved for its
+/// target, so `--move` of a link is refused).
+fn source_path(given: &Path, move_source: bool) -> Result<PathBuf> {
+    let lmd = std::fs::symlink_metadata(given).map_err(|e| vmrepo_repo::Error::io("read", given, e))?;
+    if !lmd.file_type().is_symlink() {
+        return Ok(given.to_path_buf());
+    }
+    if move_source {
+        bail!(vmrepo_repo::Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "{} is a symbolic link: --move moves a file, not a link; give the file it points to, or copy",
+                given.display()
+            ),
+        ));
+    }
+    Ok(given.canonicalize().map_err(|e| vmrepo_repo::Error::io("follow the link", given, e))?)
 }
 
 fn read_small(p: &Path, cap: u64) -> Result<Vec<u8>> {
