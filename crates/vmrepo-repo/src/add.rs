@@ -1,6 +1,6 @@
 //! `vmrepo add`: import an image under its convention name, crash-safely.
 //!
-//! The steps, each a function below: examine the source ([`Source`]), check
+//! The steps, each a function below: examine the source (`Source`), check
 //! the name against the content, find the target folder and what occupies
 //! the name there, stage the image (a copy, or for `--move` on the same
 //! filesystem a second hard link to the source's own file) and its sidecars
