@@ -1,8 +1,7 @@
 //! `vmrepo`: parses the command line, calls the library crates, prints.
 
 mod args;
-mod commands;
-mod image;
+mod cli;
 mod outfile;
 mod output;
 mod ui;
@@ -29,7 +28,7 @@ fn main() -> ExitCode {
     let json = cli.json;
     // What a command printed is buffered (src/output.rs): written out here,
     // where a closed pipe is reported like any other write.
-    let result = commands::run(cli, &cancel).and_then(|outcome| {
+    let result = cli::run(cli, &cancel).and_then(|outcome| {
         output::flush()?;
         Ok(outcome)
     });

@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 use vmrepo_format::{Format, Image, OpenOptions};
 use vmrepo_repo::{ErrorKind, ImageKind};
 
+use super::{Ctx, open_catalog};
 use crate::Outcome;
 use crate::args::ImageArgs;
-use crate::commands::{Ctx, open_catalog};
 use crate::output::{self, line, size};
 
 /// The file to open: the path given, or the cataloged image of that name;

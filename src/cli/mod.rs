@@ -1,0 +1,66 @@
+//! The commands: one file per family, each turning flags into library calls
+//! and printing the result. `repo` keeps the tree (init, add, verify, find,
+//! show, inventory, lint, rm, mv, reindex), `name` the naming convention,
+//! `image` reads one image file (info, map, cat, check, inspect), `demo` the
+//! demonstration.
+
+mod demo;
+mod image;
+mod name;
+mod repo;
+
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result};
+use vmrepo_repo::{Catalog, Repository};
+
+use crate::Outcome;
+use crate::args::{Cli, Command, NameCommand};
+
+pub(crate) struct Ctx<'a> {
+    pub cli: &'a Cli,
+    pub cancel: &'a AtomicBool,
+}
+
+pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
+    let ctx = Ctx { cli: &cli, cancel };
+    match &cli.command {
+        Command::Init { dir } => repo::init(&ctx, dir.as_deref()),
+        Command::Name(NameCommand::Check { names }) => name::name_check(&ctx, names),
+        Command::Name(NameCommand::Format { fields, folder }) => name::name_format(&ctx, fields, *folder),
+        Command::Add(a) => repo::add(&ctx, a),
+        Command::Verify(v) => repo::verify(&ctx, v),
+        Command::Find { exprs } => repo::find(&ctx, exprs),
+        Command::List => repo::find(&ctx, &[]),
+        Command::Show { name } => repo::show(&ctx, name),
+        Command::Inventory => repo::inventory(&ctx),
+        Command::Lint => repo::lint(&ctx),
+        Command::Rm { name } => repo::rm(&ctx, name),
+        Command::Mv { from, to, force } => repo::mv(&ctx, from, to, *force),
+        Command::Reindex => repo::reindex(&ctx),
+        Command::Demo { dir } => demo::demo(&ctx, dir.as_deref()),
+        Command::Info(a) => image::info(&ctx, a),
+        Command::Map(a) => image::map(&ctx, a),
+        Command::Cat { image, output, force } => image::cat(&ctx, image, output.as_deref(), *force),
+        Command::Check(a) => image::check(&ctx, a),
+        Command::Inspect { image, max_size } => image::inspect(&ctx, image, max_size.as_deref()),
+    }
+}
+
+pub(crate) fn open_repo(ctx: &Ctx<'_>) -> Result<Repository> {
+    // A wrong setting is said at once, not when a lock is first waited for.
+    vmrepo_repo::lock::lock_wait()?;
+    let repo = match &ctx.cli.repo {
+        Some(dir) => Repository::open(dir)?,
+        None => Repository::discover(&std::env::current_dir().context("cannot read the current folder")?)?,
+    };
+    Ok(match &ctx.cli.index {
+        Some(p) => repo.with_index_path(p.clone()),
+        None => repo,
+    })
+}
+
+pub(crate) fn open_catalog(ctx: &Ctx<'_>) -> Result<Catalog> {
+    let catalog = Catalog::open(open_repo(ctx)?, ctx.cancel)?;
+    Ok(catalog)
+}
