@@ -147,7 +147,32 @@ Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo f
     Demo {
         /// Where (default: ./vmrepo-demo).
         dir: Option<PathBuf>,
+        /// Then serve it (the web page and the API) until interrupted.
+        #[arg(long)]
+        serve: bool,
+        /// The address to serve the demonstration on.
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080", requires = "serve")]
+        listen: String,
     },
+    /// Serve the repository over HTTP: the web page, the JSON API, downloads
+    /// and, with a token, uploads (docs/serve.md).
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// The address and port to listen on (`[::]:8080` for every interface).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Refuse every write (uploads and deletions), whatever the token.
+    #[arg(long)]
+    pub read_only: bool,
+    /// PEM certificate chain: serve HTTPS (HTTP/2 and HTTP/1.1).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,6 +216,21 @@ pub struct NameFields {
     /// File extension (default: from the format; img for a raw image).
     #[arg(long)]
     pub ext: Option<String>,
+}
+
+impl NameFields {
+    /// The library's form of the same fields.
+    pub fn to_lib(&self) -> vmrepo_repo::naming::NameFields {
+        vmrepo_repo::naming::NameFields {
+            os: self.os.clone(),
+            arch: self.arch.clone(),
+            bits: self.bits,
+            lib: self.lib.clone(),
+            max_size: self.max_size.clone(),
+            detail: self.detail.clone(),
+            ext: self.ext.clone(),
+        }
+    }
 }
 
 #[derive(Args, Debug)]

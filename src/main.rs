@@ -97,17 +97,5 @@ fn format_exit_code(kind: vmrepo_format::ErrorKind) -> (u8, &'static str) {
 }
 
 fn exit_code(kind: ErrorKind) -> (u8, &'static str) {
-    match kind {
-        ErrorKind::NotARepository => (3, "not-a-repository"),
-        ErrorKind::NotFound => (4, "not-found"),
-        ErrorKind::AlreadyExists => (5, "already-exists"),
-        ErrorKind::InvalidInput | ErrorKind::Ambiguous | ErrorKind::BadSidecar => (6, "invalid-input"),
-        ErrorKind::NoSpace => (8, "no-space"),
-        ErrorKind::Locked => (9, "locked"),
-        ErrorKind::Index => (10, "index"),
-        ErrorKind::BadImage => (11, "bad-image"),
-        ErrorKind::NeedsReferenced => (12, "needs-referenced-file"),
-        ErrorKind::Interrupted => (130, "interrupted"),
-        _ => (7, "io"),
-    }
+    kind.code_and_name()
 }

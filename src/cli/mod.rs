@@ -1,13 +1,14 @@
 //! The commands: one file per family, each turning flags into library calls
 //! and printing the result. `repo` keeps the tree (init, add, verify, find,
 //! show, inventory, lint, rm, mv, reindex), `name` the naming convention,
-//! `image` reads one image file (info, map, cat, check, inspect), `demo` the
-//! demonstration.
+//! `image` reads one image file (info, map, cat, check, inspect), `serve` the
+//! HTTP service, `demo` the demonstration.
 
 mod demo;
 mod image;
 mod name;
 mod repo;
+mod serve;
 
 use std::sync::atomic::AtomicBool;
 
@@ -38,7 +39,16 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
         Command::Rm { name } => repo::rm(&ctx, name),
         Command::Mv { from, to, force } => repo::mv(&ctx, from, to, *force),
         Command::Reindex => repo::reindex(&ctx),
-        Command::Demo { dir } => demo::demo(&ctx, dir.as_deref()),
+        Command::Demo { dir, serve, listen } => {
+            let outcome = demo::demo(&ctx, dir.as_deref())?;
+            if !*serve {
+                return Ok(outcome);
+            }
+            let dir = dir.clone().unwrap_or_else(|| std::path::PathBuf::from("vmrepo-demo"));
+            let args = crate::args::ServeArgs { listen: listen.clone(), read_only: false, tls_cert: None, tls_key: None };
+            serve::serve_repo(&ctx, Repository::open(&dir)?, &args)
+        }
+        Command::Serve(a) => serve::serve(&ctx, a),
         Command::Info(a) => image::info(&ctx, a),
         Command::Map(a) => image::map(&ctx, a),
         Command::Cat { image, output, force } => image::cat(&ctx, image, output.as_deref(), *force),

@@ -5,12 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use vmrepo_name::Vm;
-use vmrepo_repo::{
-    Catalog, Description, ErrorKind, Facts, ImageKind, ImageRecord, Query, Repository, Severity,
-    VerifyOptions,
-};
+use vmrepo_repo::naming::{SourceInfo, build_name};
+use vmrepo_repo::{Catalog, ErrorKind, Facts, ImageRecord, Query, Repository, Severity, VerifyOptions};
 
-use super::name::{SourceInfo, build_name};
 use super::{Ctx, open_catalog, open_repo};
 use crate::Outcome;
 use crate::args::{AddArgs, VerifyArgs};
@@ -80,7 +77,7 @@ pub(crate) fn add(ctx: &Ctx<'_>, a: &AddArgs) -> Result<Outcome> {
     };
     let info =
         SourceInfo { path: &source, is_folder: md.is_dir(), content: content.as_ref(), force: a.force };
-    let name = build_name(&a.fields, Some(&info))?;
+    let name = build_name(&a.fields.to_lib(), Some(&info))?;
     let notes = match (&a.notes, &a.notes_file) {
         (Some(n), _) => Some(n.clone()),
         (None, Some(p)) => {
@@ -240,38 +237,25 @@ pub(crate) fn find(ctx: &Ctx<'_>, exprs: &[String]) -> Result<Outcome> {
 
 pub(crate) fn show(ctx: &Ctx<'_>, spec: &str) -> Result<Outcome> {
     let catalog = open_catalog(ctx)?;
-    let rec = catalog.resolve(spec)?;
-    let dir = catalog.repo().vm_root().join(&rec.folder);
-    let sidecars = vmrepo_repo::layout::Sidecars::of(&dir, &rec.file, &rec.name, rec.image_kind());
-    let description = vmrepo_repo::catalog::read_capped(
-        &sidecars.description,
-        vmrepo_repo::description::MAX_DESCRIPTION_FILE,
-    )
-    .ok()
-    .and_then(|b| Description::parse(&b).ok());
-    let (facts, problems) = description.as_ref().map(Description::facts).unwrap_or_default();
+    let shown = vmrepo_repo::show::show(&catalog, spec)?;
+    let rec = &shown.image;
     // What is known of an image whose file is gone is shown, and the exit
     // code says it is gone.
-    let outcome = if rec.image_kind() == ImageKind::Missing {
+    let outcome = if shown.missing() {
         eprintln!("vmrepo: {}/{}: the image is missing; only its sidecars remain", rec.vm, rec.file);
         Outcome::Missing
     } else {
         Outcome::Clean
     };
     if ctx.cli.json {
-        output::json(&serde_json::json!({
-            "image": rec,
-            "description": facts,
-            "description_problems": problems,
-            "notes": description.as_ref().and_then(Description::notes),
-        }))?;
+        output::json(&shown)?;
         return Ok(outcome);
     }
-    print_record(&rec, &facts)?;
-    for p in &problems {
+    print_record(rec, &shown.description)?;
+    for p in &shown.description_problems {
         line(format_args!("  ! {}.txt line {}: {}: {}", rec.name, p.line, p.key, p.problem))?;
     }
-    if let Some(notes) = description.as_ref().and_then(Description::notes).filter(|n| !n.trim().is_empty()) {
+    if let Some(notes) = shown.notes.as_deref().filter(|n| !n.trim().is_empty()) {
         line("Notes:")?;
         for l in notes.lines() {
             line(format_args!("  {l}"))?;

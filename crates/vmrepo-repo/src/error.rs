@@ -38,6 +38,26 @@ pub enum ErrorKind {
     Io,
 }
 
+impl ErrorKind {
+    /// The documented exit code (README, docs/json.md) and the name `--json`
+    /// and the HTTP API give the kind.
+    pub fn code_and_name(self) -> (u8, &'static str) {
+        match self {
+            ErrorKind::NotARepository => (3, "not-a-repository"),
+            ErrorKind::NotFound => (4, "not-found"),
+            ErrorKind::AlreadyExists => (5, "already-exists"),
+            ErrorKind::InvalidInput | ErrorKind::Ambiguous | ErrorKind::BadSidecar => (6, "invalid-input"),
+            ErrorKind::NoSpace => (8, "no-space"),
+            ErrorKind::Locked => (9, "locked"),
+            ErrorKind::Index => (10, "index"),
+            ErrorKind::BadImage => (11, "bad-image"),
+            ErrorKind::NeedsReferenced => (12, "needs-referenced-file"),
+            ErrorKind::Interrupted => (130, "interrupted"),
+            ErrorKind::Io => (7, "io"),
+        }
+    }
+}
+
 /// A repository error: see [`ErrorKind`].
 #[derive(Debug)]
 pub struct Error {

@@ -44,10 +44,12 @@ pub mod index;
 pub mod layout;
 pub mod lint;
 pub mod lock;
+pub mod naming;
 pub mod progress;
 pub mod query;
 pub mod remove;
 pub mod rename;
+pub mod show;
 pub mod txn;
 pub mod verify;
 

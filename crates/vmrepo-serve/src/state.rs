@@ -1,0 +1,115 @@
+//! What every request shares: the repository, a pool of open catalogs, the
+//! limits and the counters.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use vmrepo_repo::{Catalog, Repository};
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Limits on what a client may ask for.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Longest request target (path and query) accepted, in bytes.
+    pub max_uri: usize,
+    /// Most records in one page of `/api/v1/images`.
+    pub max_page: usize,
+    /// Records in a page when the client does not say.
+    pub default_page: usize,
+    /// Bytes read from the disk per chunk of a download, at most.
+    pub max_chunk: usize,
+    /// The read buffers of all downloads together stay under this, shrinking
+    /// each one's chunk when many run at once.
+    pub download_buffers: usize,
+    /// Time a client has to send its request headers (slowloris).
+    pub header_timeout: Duration,
+    /// Time in-flight downloads get to finish after SIGTERM.
+    pub grace: Duration,
+    /// Connections served at once; more wait in the listen queue.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_uri: 4096,
+            max_page: 10_000,
+            default_page: 1000,
+            max_chunk: 1 << 20,
+            download_buffers: 32 << 20,
+            header_timeout: Duration::from_secs(10),
+            grace: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// The state behind every handler.
+pub struct AppState {
+    pub repo: Repository,
+    pub read_only: bool,
+    pub limits: Limits,
+    pub metrics: Metrics,
+    /// Catalogs not in use by a request (each an SQLite connection).
+    pool: Mutex<Vec<Catalog>>,
+    /// Set at shutdown: a wait for the repository lock gives up.
+    pub stopping: AtomicBool,
+}
+
+/// Catalogs kept open between requests.
+const POOL_MAX: usize = 16;
+
+impl AppState {
+    pub fn new(repo: Repository, read_only: bool, limits: Limits) -> AppState {
+        AppState {
+            repo,
+            read_only,
+            limits,
+            metrics: Metrics::default(),
+            pool: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// Runs `f` on a catalog brought up to date with the files, on a thread
+    /// where blocking is allowed (SQLite and the file system block).
+    ///
+    /// # Errors
+    /// The catalog cannot be opened or refreshed, or `f`'s error.
+    pub async fn with_catalog<T: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        f: impl FnOnce(&mut Catalog) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut catalog = state.take_catalog()?;
+            let r = f(&mut catalog);
+            state.give_back(catalog);
+            r
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("a request's task failed: {e}")))?
+    }
+
+    fn take_catalog(&self) -> Result<Catalog, ApiError> {
+        let pooled = self.pool.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        match pooled {
+            Some(mut c) => {
+                // Cheap when nothing changed: a stat of vm/ and of each VM folder.
+                c.refresh()?;
+                Ok(c)
+            }
+            None => Ok(Catalog::open(self.repo.clone(), &self.stopping)?),
+        }
+    }
+
+    fn give_back(&self, catalog: Catalog) {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.len() < POOL_MAX {
+            pool.push(catalog);
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! `vmrepo serve`: the repository over HTTP (the vmrepo-serve crate).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use vmrepo_repo::{ErrorKind, Repository};
+use vmrepo_serve::{AppState, Limits, ServeOptions};
+
+use super::{Ctx, open_repo};
+use crate::Outcome;
+use crate::args::ServeArgs;
+use crate::output::{self, line};
+
+pub(crate) fn serve(ctx: &Ctx<'_>, a: &ServeArgs) -> Result<Outcome> {
+    serve_repo(ctx, open_repo(ctx)?, a)
+}
+
+pub(crate) fn serve_repo(ctx: &Ctx<'_>, repo: Repository, a: &ServeArgs) -> Result<Outcome> {
+    let addr: SocketAddr = a.listen.parse().map_err(|_| {
+        vmrepo_repo::Error::new(
+            ErrorKind::InvalidInput,
+            format!("--listen {}: ADDR:PORT is expected, like 127.0.0.1:8080 or [::]:8080", a.listen),
+        )
+    })?;
+    // Open the catalog once now: a repository that cannot be served is said at once.
+    vmrepo_repo::Catalog::open(repo.clone(), ctx.cancel)?;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => {
+            // Checked before listening, so that a bad file is a clear error, not a dead server.
+            vmrepo_serve::server::tls_config(c, k)
+                .map_err(|e| vmrepo_repo::Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+            Some((c.clone(), k.clone()))
+        }
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vmrepo-serve")
+        .build()
+        .context("cannot start the server's threads")?;
+    let state = Arc::new(AppState::new(repo, a.read_only, Limits::default()));
+    let cancel = ctx.cancel;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| vmrepo_repo::Error::new(ErrorKind::Io, format!("cannot listen on {addr}: {e}")))?;
+        let bound = listener.local_addr()?;
+        if ctx.cli.json {
+            output::json(&serde_json::json!({ "url": format!("{scheme}://{bound}/"), "root": state.repo.root() }))?;
+        } else if !ctx.cli.quiet {
+            line(format_args!(
+                "Serving {} at {scheme}://{bound}/{}  (Ctrl-C to stop)",
+                state.repo.root().display(),
+                if a.read_only { " read-only" } else { "" }
+            ))?;
+        }
+        output::flush()?;
+        // The first SIGINT or SIGTERM sets `cancel` (src/ui.rs): shut down
+        // gracefully; a second one ends the process at once.
+        let shutdown = async {
+            while !cancel.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        vmrepo_serve::run(listener, state, ServeOptions { tls }, shutdown)
+            .await
+            .map_err(|e| vmrepo_repo::Error::new(ErrorKind::Io, e.to_string()))?;
+        anyhow::Ok(())
+    })?;
+    Ok(Outcome::Clean)
+}
