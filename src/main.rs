@@ -23,7 +23,8 @@ pub enum Outcome {
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    ui::init_logging(cli.verbose, cli.quiet);
+    let serving = matches!(cli.command, args::Command::Serve(_) | args::Command::Demo { serve: true, .. });
+    ui::init_logging(cli.verbose, cli.quiet, serving);
     let cancel = ui::install_signal_handlers();
     let json = cli.json;
     // What a command printed is buffered (src/output.rs): written out here,

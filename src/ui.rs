@@ -7,23 +7,27 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub fn init_logging(verbose: u8, quiet: bool) {
+pub fn init_logging(verbose: u8, quiet: bool, serving: bool) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
         (false, 1) => "info",
         _ => "debug",
     };
+    // A server logs each request (the access log) unless told to be quiet.
+    let access = if serving && !quiet { "info" } else { level };
     let filter = tracing_subscriber::EnvFilter::try_from_env("VMREPO_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("vmrepo={level},vmrepo_repo={level}"))
+        tracing_subscriber::EnvFilter::new(format!(
+            "vmrepo={level},vmrepo_repo={level},vmrepo_serve={level},vmrepo_serve::access={access}"
+        ))
     });
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
-        .without_time()
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal());
+    // A server's log lines need their time; a command's do not.
+    let _ = if serving { fmt.try_init() } else { fmt.without_time().try_init() };
 }
 
 /// The flag set by SIGINT, SIGTERM and SIGHUP: long work checks it, undoes

@@ -33,7 +33,7 @@ pub(crate) fn demo_disk(path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn demo(ctx: &Ctx<'_>, dir: Option<&Path>) -> Result<Outcome> {
+pub(crate) fn demo(ctx: &Ctx<'_>, dir: Option<&Path>, serving: bool) -> Result<Outcome> {
     let dir = dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("vmrepo-demo"));
     let (repo, _) = Repository::init(&dir)?;
     let mut catalog = Catalog::open(repo, ctx.cancel)?;
@@ -105,6 +105,11 @@ pub(crate) fn demo(ctx: &Ctx<'_>, dir: Option<&Path>) -> Result<Outcome> {
             catalog.repo().root().display(),
             name.stem()
         ))?;
+        if !serving {
+            line(
+                "Browse it: cargo run --release -- demo --serve   (or vmrepo demo --serve: the web page and the API)",
+            )?;
+        }
     }
     Ok(if report.failed > 0 { Outcome::Problems } else { Outcome::Clean })
 }

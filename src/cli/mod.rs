@@ -40,7 +40,7 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
         Command::Mv { from, to, force } => repo::mv(&ctx, from, to, *force),
         Command::Reindex => repo::reindex(&ctx),
         Command::Demo { dir, serve, listen } => {
-            let outcome = demo::demo(&ctx, dir.as_deref())?;
+            let outcome = demo::demo(&ctx, dir.as_deref(), *serve)?;
             if !*serve {
                 return Ok(outcome);
             }

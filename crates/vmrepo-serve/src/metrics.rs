@@ -64,7 +64,12 @@ pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Nex
         method = %method,
         path = %shown,
         status = resp.status().as_u16(),
-        length = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        length = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .or_else(|| http_body::Body::size_hint(resp.body()).exact()),
         ms = format!("{:.3}", secs * 1e3),
     );
     resp
