@@ -57,10 +57,13 @@ pub struct AppState {
     pool: Mutex<Vec<Catalog>>,
     /// Set at shutdown: a wait for the repository lock gives up.
     pub stopping: AtomicBool,
+    /// Bounds the catalogs in use at once (each an SQLite connection and a
+    /// blocking thread): more requests wait their turn rather than open more.
+    busy: tokio::sync::Semaphore,
 }
 
-/// Catalogs kept open between requests.
-const POOL_MAX: usize = 16;
+/// Catalogs kept open between requests, and in use at once at most.
+const POOL_MAX: usize = 8;
 
 impl AppState {
     pub fn new(repo: Repository, read_only: bool, limits: Limits) -> AppState {
@@ -71,6 +74,7 @@ impl AppState {
             metrics: Metrics::default(),
             pool: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
+            busy: tokio::sync::Semaphore::new(POOL_MAX),
         }
     }
 
@@ -83,15 +87,18 @@ impl AppState {
         self: &std::sync::Arc<Self>,
         f: impl FnOnce(&mut Catalog) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
+        let permit = self.busy.acquire().await.map_err(|_| ApiError::internal("the server is stopping"))?;
         let state = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let r = tokio::task::spawn_blocking(move || {
             let mut catalog = state.take_catalog()?;
             let r = f(&mut catalog);
             state.give_back(catalog);
             r
         })
         .await
-        .map_err(|e| ApiError::internal(format!("a request's task failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("a request's task failed: {e}")))?;
+        drop(permit);
+        r
     }
 
     fn take_catalog(&self) -> Result<Catalog, ApiError> {
