@@ -8,8 +8,10 @@
 //! time), `Last-Modified`, `Repr-Digest` (RFC 9530) and `Content-MD5` for a
 //! whole image whose digests are recorded, and honour `If-None-Match`,
 //! `If-Modified-Since`, a single byte `Range` and `If-Range`: a range asked
-//! with a validator that no longer matches gets the whole new file, so that
-//! a download resumed across a `--replace` never splices two versions.
+//! with a validator that no longer matches (or with a date, which cannot
+//! tell two files written in the same second apart) gets the whole new
+//! file, so that a download resumed across a `--replace` never splices two
+//! versions.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -67,13 +69,16 @@ async fn download(
             .map(|(f, m, c)| ((f, c), m))?;
             Ok(serve_file(&state2, &method, &headers, file, &md, record.as_ref(), text))
         }
-        Target::Tar { record, members } => serve_tar(&state2, &method, &headers, &root, record, members).await,
+        Target::Tar { record, members } => {
+            serve_tar(&state2, &method, &headers, &root, record, members).await
+        }
     }
 }
 
 /// Finds what `segments` (`[vm, file]` or `[vm, folder, part]`) name in the catalog.
 fn locate(catalog: &mut vmrepo_repo::Catalog, segments: &[String]) -> Result<Target, ApiError> {
-    let vm = vmrepo_name::Vm::from_user(&segments[0]).map_err(|_| ApiError::not_found("no such VM folder"))?;
+    let vm =
+        vmrepo_name::Vm::from_user(&segments[0]).map_err(|_| ApiError::not_found("no such VM folder"))?;
     let folder = catalog.folder_of(vm)?.ok_or_else(|| ApiError::not_found("no such VM folder"))?;
     let by = |spec: &str| -> Result<Option<ImageRecord>, ApiError> {
         match catalog.resolve(&format!("{}/{spec}", vm.as_str())) {
@@ -83,7 +88,13 @@ fn locate(catalog: &mut vmrepo_repo::Catalog, segments: &[String]) -> Result<Tar
             Err(e) => Err(e.into()),
         }
     };
-    let not_found = || ApiError::not_found(format!("vm/{}/{}: no such image or sidecar", segments[0], segments[1..].join("/")));
+    let not_found = || {
+        ApiError::not_found(format!(
+            "vm/{}/{}: no such image or sidecar",
+            segments[0],
+            segments[1..].join("/")
+        ))
+    };
     let dir = catalog.repo().vm_root().join(&folder);
     let name = &segments[1];
     if segments.len() == 3 {
@@ -92,7 +103,9 @@ fn locate(catalog: &mut vmrepo_repo::Catalog, segments: &[String]) -> Result<Tar
         let part = &segments[2];
         let (parts, _) = vmrepo_repo::layout::folder_parts(&dir.join(&rec.file))?;
         let sidecars = vmrepo_repo::layout::Sidecars::of(&dir, &rec.file, &rec.name, rec.image_kind());
-        let inside = |p: &std::path::Path| p.parent() == Some(&dir.join(&rec.file)) && p.file_name().is_some_and(|f| f == part.as_str());
+        let inside = |p: &std::path::Path| {
+            p.parent() == Some(&dir.join(&rec.file)) && p.file_name().is_some_and(|f| f == part.as_str())
+        };
         let text = inside(&sidecars.checksum) || inside(&sidecars.description);
         if !text && !parts.iter().any(|p| p.0 == *part) {
             return Err(not_found());
@@ -101,19 +114,26 @@ fn locate(catalog: &mut vmrepo_repo::Catalog, segments: &[String]) -> Result<Tar
     }
     if let Some(rec) = by(name)?.filter(|r| r.file == *name) {
         return match rec.kind.as_str() {
-            "file" => Ok(Target::File { components: vec![folder, rec.file.clone()], record: Some(rec), text: false }),
+            "file" => Ok(Target::File {
+                components: vec![folder, rec.file.clone()],
+                record: Some(rec),
+                text: false,
+            }),
             "folder" => Err(ApiError::not_found(format!(
                 "vm/{}/{name} is an image of several files: its parts are under /vm/{}/{name}/, the whole at /vm/{}/{name}.tar",
                 segments[0], segments[0], segments[0]
             ))),
-            _ => Err(ApiError::not_found(format!("vm/{}/{name}: the image is missing; only its sidecars remain", segments[0]))),
+            _ => Err(ApiError::not_found(format!(
+                "vm/{}/{name}: the image is missing; only its sidecars remain",
+                segments[0]
+            ))),
         };
     }
-    if let Some(stem) = name.strip_suffix(".tar") {
-        if let Some(rec) = by(stem)?.filter(|r| r.file == stem && r.kind == "folder") {
-            let members = tar_members(&dir, &folder, &rec)?;
-            return Ok(Target::Tar { record: rec, members });
-        }
+    if let Some(stem) = name.strip_suffix(".tar")
+        && let Some(rec) = by(stem)?.filter(|r| r.file == stem && r.kind == "folder")
+    {
+        let members = tar_members(&dir, &folder, &rec)?;
+        return Ok(Target::Tar { record: rec, members });
     }
     for suffix in [".checksum", ".txt"] {
         if let Some(stem) = name.strip_suffix(suffix) {
@@ -131,7 +151,11 @@ fn locate(catalog: &mut vmrepo_repo::Catalog, segments: &[String]) -> Result<Tar
 }
 
 /// The members of a folder image's tar: `(name in the tar, components from vm/)`.
-fn tar_members(dir: &std::path::Path, folder: &str, rec: &ImageRecord) -> Result<Vec<(String, Vec<String>)>, ApiError> {
+fn tar_members(
+    dir: &std::path::Path,
+    folder: &str,
+    rec: &ImageRecord,
+) -> Result<Vec<(String, Vec<String>)>, ApiError> {
     let sidecars = vmrepo_repo::layout::Sidecars::of(dir, &rec.file, &rec.name, rec.image_kind());
     let mut members = Vec::new();
     for s in [&sidecars.checksum, &sidecars.description] {
@@ -157,12 +181,13 @@ fn tar_members(dir: &std::path::Path, folder: &str, rec: &ImageRecord) -> Result
 /// the one it was recorded for, else its inode, size and modification time.
 fn etag_of<'r>(md: &std::fs::Metadata, record: Option<&'r ImageRecord>) -> (String, Option<&'r str>) {
     let mtime_ns = md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec());
-    if let Some(r) = record {
-        if let Some(sha) = r.sha256.as_deref() {
-            if r.ino == Some(md.ino()) && r.size == Some(md.len()) && r.mtime_ns == Some(mtime_ns) {
-                return (format!("\"{sha}\""), Some(sha));
-            }
-        }
+    if let Some(r) = record
+        && let Some(sha) = r.sha256.as_deref()
+        && r.ino == Some(md.ino())
+        && r.size == Some(md.len())
+        && r.mtime_ns == Some(mtime_ns)
+    {
+        return (format!("\"{sha}\""), Some(sha));
     }
     (format!("\"{:x}-{:x}-{:x}\"", md.ino(), md.len(), mtime_ns), None)
 }
@@ -187,7 +212,11 @@ pub fn parse_range(value: &str, len: u64) -> RangeAsk {
     }
     let Some((a, b)) = spec.trim().split_once('-') else { return RangeAsk::Whole };
     let num = |s: &str| -> Option<u64> {
-        if s.is_empty() || s.len() > 20 || !s.bytes().all(|c| c.is_ascii_digit()) { None } else { s.parse().ok() }
+        if s.is_empty() || s.len() > 20 || !s.bytes().all(|c| c.is_ascii_digit()) {
+            None
+        } else {
+            s.parse().ok()
+        }
     };
     match (a.trim(), b.trim()) {
         ("", suffix) => match num(suffix) {
@@ -213,15 +242,19 @@ pub fn parse_range(value: &str, len: u64) -> RangeAsk {
     }
 }
 
-/// Whether `If-Range` lets the range apply: it must name the current
-/// validator exactly (a strong ETag, or the exact `Last-Modified` date).
-fn if_range_holds(headers: &HeaderMap, etag: &str, last_modified: &str) -> bool {
+/// Whether `If-Range` lets the range apply: it must name the current strong
+/// ETag exactly.
+///
+/// A date is never taken (RFC 9110 13.1.5 asks for a strong validator, and
+/// a `Last-Modified` date is strong only when the file cannot have changed
+/// within that second): a `vmrepo add --replace` in the same second as the
+/// import it replaces leaves the same date on other bytes, and a range
+/// honoured on it would splice the two. A client that resumes with a date
+/// gets the whole new file, which is always safe.
+fn if_range_holds(headers: &HeaderMap, etag: &str) -> bool {
     match headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
         None => true,
-        Some(v) => {
-            let v = v.trim();
-            if v.starts_with('"') { v == etag } else { v == last_modified }
-        }
+        Some(v) => v.trim() == etag,
     }
 }
 
@@ -295,7 +328,7 @@ fn serve_file(
     }
 
     let ask = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(v) if if_range_holds(headers, &etag, &last_modified) => parse_range(v, len),
+        Some(v) if if_range_holds(headers, &etag) => parse_range(v, len),
         _ => RangeAsk::Whole,
     };
     let (status, start, count) = match ask {
@@ -311,16 +344,19 @@ fn serve_file(
             return r;
         }
     };
-    if status == StatusCode::OK {
-        if let Some(m) = record.filter(|_| sha.is_some()).and_then(|r| r.md5.as_deref()).and_then(b64) {
-            put(&mut h, header::HeaderName::from_static("content-md5"), &m);
-        }
+    if status == StatusCode::OK
+        && let Some(m) = record.filter(|_| sha.is_some()).and_then(|r| r.md5.as_deref()).and_then(b64)
+    {
+        put(&mut h, header::HeaderName::from_static("content-md5"), &m);
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
-        Body::from_stream(file_stream(state.clone(), vec![Piece::File { file: Arc::new(file), start, len: count }]))
+        Body::from_stream(file_stream(
+            state.clone(),
+            vec![Piece::File { file: Arc::new(file), start, len: count }],
+        ))
     };
     let mut r = (status, body).into_response();
     r.headers_mut().extend(h);
@@ -332,6 +368,11 @@ enum Piece {
     File { file: Arc<File>, start: u64, len: u64 },
     Bytes(Bytes),
 }
+
+/// The smallest chunk read, however many downloads run: at the default
+/// budget it is reached only past [`crate::Limits::max_connections`]
+/// downloads, so that the budget holds.
+const MIN_CHUNK: usize = 16 * 1024;
 
 /// Counts a download while it runs (its share of the read buffers).
 struct Active(Arc<AppState>);
@@ -346,7 +387,7 @@ impl Active {
     fn chunk(&self) -> usize {
         let n = self.0.metrics.downloads_in_flight.load(Ordering::Relaxed).max(1);
         let share = self.0.limits.download_buffers / usize::try_from(n).unwrap_or(usize::MAX);
-        share.clamp(64 * 1024, self.0.limits.max_chunk.max(64 * 1024))
+        share.clamp(MIN_CHUNK, self.0.limits.max_chunk.max(MIN_CHUNK))
     }
 }
 
@@ -365,51 +406,57 @@ fn file_stream(
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
     let active = Active::new(state);
     let mut queue: std::collections::VecDeque<Piece> = pieces.into();
-    futures_util::stream::unfold((active, queue.pop_front(), queue), |(active, current, mut queue)| async move {
-        let mut current = current?;
-        loop {
-            match current {
-                Piece::Bytes(b) => return Some((Ok(b), (active, queue.pop_front(), queue))),
-                Piece::File { len: 0, .. } => match queue.pop_front() {
-                    Some(next) => current = next,
-                    None => return None,
-                },
-                Piece::File { file, start, len } => {
-                    let want = usize::try_from(len).unwrap_or(usize::MAX).min(active.chunk());
-                    let f = file.clone();
-                    let read = tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0u8; want];
-                        let mut got = 0;
-                        while got < want {
-                            match f.read_at(&mut buf[got..], start + got as u64) {
-                                Ok(0) => break,
-                                Ok(n) => got += n,
-                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                                Err(e) => return Err(e),
+    futures_util::stream::unfold(
+        (active, queue.pop_front(), queue),
+        |(active, current, mut queue)| async move {
+            let mut current = current?;
+            loop {
+                match current {
+                    Piece::Bytes(b) => return Some((Ok(b), (active, queue.pop_front(), queue))),
+                    Piece::File { len: 0, .. } => match queue.pop_front() {
+                        Some(next) => current = next,
+                        None => return None,
+                    },
+                    Piece::File { file, start, len } => {
+                        let want = usize::try_from(len).unwrap_or(usize::MAX).min(active.chunk());
+                        let f = file.clone();
+                        let read = tokio::task::spawn_blocking(move || {
+                            let mut buf = vec![0u8; want];
+                            let mut got = 0;
+                            while got < want {
+                                match f.read_at(&mut buf[got..], start + got as u64) {
+                                    Ok(0) => break,
+                                    Ok(n) => got += n,
+                                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                                    Err(e) => return Err(e),
+                                }
                             }
-                        }
-                        buf.truncate(got);
-                        Ok(buf)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-                    return match read {
-                        Ok(buf) if buf.is_empty() => Some((
-                            Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file shrank while it was sent")),
-                            (active, None, std::collections::VecDeque::new()),
-                        )),
-                        Ok(buf) => {
-                            let n = buf.len() as u64;
-                            active.0.metrics.bytes_sent.fetch_add(n, Ordering::Relaxed);
-                            let rest = Piece::File { file, start: start + n, len: len - n };
-                            Some((Ok(Bytes::from(buf)), (active, Some(rest), queue)))
-                        }
-                        Err(e) => Some((Err(e), (active, None, std::collections::VecDeque::new()))),
-                    };
+                            buf.truncate(got);
+                            Ok(buf)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+                        return match read {
+                            Ok(buf) if buf.is_empty() => Some((
+                                Err(std::io::Error::new(
+                                    std::io::ErrorKind::UnexpectedEof,
+                                    "the file shrank while it was sent",
+                                )),
+                                (active, None, std::collections::VecDeque::new()),
+                            )),
+                            Ok(buf) => {
+                                let n = buf.len() as u64;
+                                active.0.metrics.bytes_sent.fetch_add(n, Ordering::Relaxed);
+                                let rest = Piece::File { file, start: start + n, len: len - n };
+                                Some((Ok(Bytes::from(buf)), (active, Some(rest), queue)))
+                            }
+                            Err(e) => Some((Err(e), (active, None, std::collections::VecDeque::new()))),
+                        };
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 /// A ustar header for a member of `size` bytes (sizes of 8 GiB and more in

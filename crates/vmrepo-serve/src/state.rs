@@ -2,7 +2,7 @@
 //! limits and the counters.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use vmrepo_repo::{Catalog, Repository};
@@ -22,7 +22,8 @@ pub struct Limits {
     /// Bytes read from the disk per chunk of a download, at most.
     pub max_chunk: usize,
     /// The read buffers of all downloads together stay under this, shrinking
-    /// each one's chunk when many run at once.
+    /// each one's chunk when many run at once. A chunk lives until the
+    /// socket has taken it, so this is about the memory downloads hold.
     pub download_buffers: usize,
     /// Time a client has to send its request headers (slowloris).
     pub header_timeout: Duration,
@@ -39,7 +40,7 @@ impl Default for Limits {
             max_page: 10_000,
             default_page: 1000,
             max_chunk: 1 << 20,
-            download_buffers: 32 << 20,
+            download_buffers: 16 << 20,
             header_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(30),
             max_connections: 1024,
@@ -55,11 +56,16 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Catalogs not in use by a request (each an SQLite connection).
     pool: Mutex<Vec<Catalog>>,
+    /// One permit per catalog that may be in use at once: further requests
+    /// wait their turn here (in order) rather than each opening a catalog of
+    /// its own, which under a few hundred connections cost memory and time
+    /// enough for the last ones to wait seconds.
+    catalogs: Arc<tokio::sync::Semaphore>,
     /// Set at shutdown: a wait for the repository lock gives up.
     pub stopping: AtomicBool,
 }
 
-/// Catalogs kept open between requests.
+/// Catalogs kept open between requests, and in use at most at once.
 const POOL_MAX: usize = 16;
 
 impl AppState {
@@ -70,6 +76,7 @@ impl AppState {
             limits,
             metrics: Metrics::default(),
             pool: Mutex::new(Vec::new()),
+            catalogs: Arc::new(tokio::sync::Semaphore::new(POOL_MAX)),
             stopping: AtomicBool::new(false),
         }
     }
@@ -80,11 +87,20 @@ impl AppState {
     /// # Errors
     /// The catalog cannot be opened or refreshed, or `f`'s error.
     pub async fn with_catalog<T: Send + 'static>(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         f: impl FnOnce(&mut Catalog) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let state = self.clone();
+        let permit = self
+            .catalogs
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ApiError::internal(format!("the catalogs are closed: {e}")))?;
         tokio::task::spawn_blocking(move || {
+            // Held until the catalog is back in the pool, even when the
+            // request is dropped while this runs.
+            let _permit = permit;
             let mut catalog = state.take_catalog()?;
             let r = f(&mut catalog);
             state.give_back(catalog);
