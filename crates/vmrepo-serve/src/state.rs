@@ -3,7 +3,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmrepo_repo::{Catalog, Repository};
 
@@ -61,6 +61,11 @@ pub struct AppState {
     /// its own, which under a few hundred connections cost memory and time
     /// enough for the last ones to wait seconds.
     catalogs: Arc<tokio::sync::Semaphore>,
+    /// When the last refresh of the index started. Refreshes run one at a
+    /// time: each is an SQLite write transaction, and side by side they
+    /// would wait on SQLite's busy handler, which sleeps milliseconds at a
+    /// time. And they are shared: see [`AppState::take_catalog`].
+    refreshed: Mutex<Option<Instant>>,
     /// Set at shutdown: a wait for the repository lock gives up.
     pub stopping: AtomicBool,
 }
@@ -77,6 +82,7 @@ impl AppState {
             metrics: Metrics::default(),
             pool: Mutex::new(Vec::new()),
             catalogs: Arc::new(tokio::sync::Semaphore::new(POOL_MAX)),
+            refreshed: Mutex::new(None),
             stopping: AtomicBool::new(false),
         }
     }
@@ -91,6 +97,7 @@ impl AppState {
         f: impl FnOnce(&mut Catalog) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let state = self.clone();
+        let arrived = Instant::now();
         let permit = self
             .catalogs
             .clone()
@@ -101,7 +108,7 @@ impl AppState {
             // Held until the catalog is back in the pool, even when the
             // request is dropped while this runs.
             let _permit = permit;
-            let mut catalog = state.take_catalog()?;
+            let mut catalog = state.take_catalog(arrived)?;
             let r = f(&mut catalog);
             state.give_back(catalog);
             r
@@ -110,16 +117,25 @@ impl AppState {
         .map_err(|e| ApiError::internal(format!("a request's task failed: {e}")))?
     }
 
-    fn take_catalog(&self) -> Result<Catalog, ApiError> {
+    /// A catalog up to date with the files as they were when the request
+    /// `arrived`.
+    fn take_catalog(&self, arrived: Instant) -> Result<Catalog, ApiError> {
         let pooled = self.pool.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        match pooled {
-            Some(mut c) => {
-                // Cheap when nothing changed: a stat of vm/ and of each VM folder.
-                c.refresh()?;
-                Ok(c)
-            }
-            None => Ok(Catalog::open(self.repo.clone(), &self.stopping)?),
+        let Some(mut c) = pooled else {
+            // Opening refreshes.
+            return Ok(Catalog::open(self.repo.clone(), &self.stopping)?);
+        };
+        let mut last = self.refreshed.lock().unwrap_or_else(PoisonError::into_inner);
+        // A refresh that started after the request arrived, and has ended
+        // (the lock is ours), saw every change made before it: the index
+        // all catalogs share holds them.
+        if last.is_none_or(|started| started < arrived) {
+            let started = Instant::now();
+            // Cheap when nothing changed: a stat of vm/ and of each VM folder.
+            c.refresh()?;
+            *last = Some(started);
         }
+        Ok(c)
     }
 
     fn give_back(&self, catalog: Catalog) {
