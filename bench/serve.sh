@@ -23,13 +23,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts vmrepo serve on REPO, port 0; prints its URL (without the final slash).
+# Starts vmrepo serve on REPO, port 0, and sets url (without the final slash).
+# Not to be called in a subshell: the server's pid must reach cleanup.
 serve() {
   local repo=$1 out=$tmp/serve-$RANDOM.json
   "$V" --repo "$repo" --json serve --listen 127.0.0.1:0 > "$out" 2> "$tmp/serve.log" &
   pids+=($!)
   for _ in $(seq 100); do
-    python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['url'].rstrip('/'))" "$out" 2>/dev/null && return
+    url=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['url'].rstrip('/'))" "$out" 2>/dev/null) && return
     sleep 0.1
   done
   echo "bench: vmrepo serve did not start: $(cat "$tmp/serve.log")" >&2; exit 1
@@ -44,7 +45,7 @@ if [ ! -f "$repo/.vmrepo/repository" ]; then
   "$V" --repo "$repo" -q add "$src" --vm kvm --os sl5.3 --arch x86 --bits 64 --lib sl08e --max-size 1GB
 fi
 file=$(cd "$repo/vm/kvm" && ls -- *.img | head -1)
-url=$(serve "$repo")
+serve "$repo"
 port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 mkdir -p "$tmp/nginx/logs"
 cat > "$tmp/nginx/nginx.conf" <<EOF
@@ -97,7 +98,7 @@ if [ ! -f "$root/.vmrepo/repository" ]; then
   python3 "$here/make-tree.py" "$root" 20000
   "$V" init "$root" >/dev/null
 fi
-url=$(serve "$root")
+serve "$root"
 secs=${DURATION:-20}
 # /healthz first: what the machine and the HTTP stack give with no catalog work.
 for path in "/healthz" "/api/v1/images?q=vm=kvm+os=sl5.3+lib=sl10k+maxsize=16GB" \
