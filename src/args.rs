@@ -1,6 +1,7 @@
 //! Command-line flags, as parsed by clap. Validation into library types happens in `commands`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -173,6 +174,21 @@ pub struct ServeArgs {
     /// PEM private key of the certificate.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Seconds a client has to send its request headers (and to finish the
+    /// TLS handshake) before it is dropped [default: 10].
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    pub header_timeout: Option<Duration>,
+    /// Seconds the downloads in flight get to finish after SIGTERM or Ctrl-C [default: 30].
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    pub grace: Option<Duration>,
+}
+
+/// A duration in seconds, decimals allowed (`0.5`), up to a day.
+fn seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("{s}: a number of seconds above 0 and up to 86400 is expected")),
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -50,6 +50,8 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
                 read_only: false,
                 tls_cert: None,
                 tls_key: None,
+                header_timeout: None,
+                grace: None,
             };
             serve::serve_repo(&ctx, Repository::open(&dir)?, &args)
         }

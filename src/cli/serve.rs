@@ -42,7 +42,13 @@ pub(crate) fn serve_repo(ctx: &Ctx<'_>, repo: Repository, a: &ServeArgs) -> Resu
         .thread_name("vmrepo-serve")
         .build()
         .context("cannot start the server's threads")?;
-    let state = Arc::new(AppState::new(repo, a.read_only, Limits::default()));
+    let defaults = Limits::default();
+    let limits = Limits {
+        header_timeout: a.header_timeout.unwrap_or(defaults.header_timeout),
+        grace: a.grace.unwrap_or(defaults.grace),
+        ..defaults
+    };
+    let state = Arc::new(AppState::new(repo, a.read_only, limits));
     let cancel = ctx.cancel;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr)

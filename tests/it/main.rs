@@ -15,4 +15,5 @@ mod output;
 mod repo;
 mod samples;
 mod serve;
+mod serve_clients;
 mod verify;

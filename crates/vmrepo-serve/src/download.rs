@@ -8,8 +8,10 @@
 //! time), `Last-Modified`, `Repr-Digest` (RFC 9530) and `Content-MD5` for a
 //! whole image whose digests are recorded, and honour `If-None-Match`,
 //! `If-Modified-Since`, a single byte `Range` and `If-Range`: a range asked
-//! with a validator that no longer matches gets the whole new file, so that
-//! a download resumed across a `--replace` never splices two versions.
+//! with a validator that no longer matches (or with a date, which cannot
+//! tell two files written in the same second apart) gets the whole new
+//! file, so that a download resumed across a `--replace` never splices two
+//! versions.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -240,15 +242,19 @@ pub fn parse_range(value: &str, len: u64) -> RangeAsk {
     }
 }
 
-/// Whether `If-Range` lets the range apply: it must name the current
-/// validator exactly (a strong ETag, or the exact `Last-Modified` date).
-fn if_range_holds(headers: &HeaderMap, etag: &str, last_modified: &str) -> bool {
+/// Whether `If-Range` lets the range apply: it must name the current strong
+/// ETag exactly.
+///
+/// A date is never taken (RFC 9110 13.1.5 asks for a strong validator, and
+/// a `Last-Modified` date is strong only when the file cannot have changed
+/// within that second): a `vmrepo add --replace` in the same second as the
+/// import it replaces leaves the same date on other bytes, and a range
+/// honoured on it would splice the two. A client that resumes with a date
+/// gets the whole new file, which is always safe.
+fn if_range_holds(headers: &HeaderMap, etag: &str) -> bool {
     match headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
         None => true,
-        Some(v) => {
-            let v = v.trim();
-            if v.starts_with('"') { v == etag } else { v == last_modified }
-        }
+        Some(v) => v.trim() == etag,
     }
 }
 
@@ -322,7 +328,7 @@ fn serve_file(
     }
 
     let ask = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(v) if if_range_holds(headers, &etag, &last_modified) => parse_range(v, len),
+        Some(v) if if_range_holds(headers, &etag) => parse_range(v, len),
         _ => RangeAsk::Whole,
     };
     let (status, start, count) = match ask {
@@ -363,6 +369,11 @@ enum Piece {
     Bytes(Bytes),
 }
 
+/// The smallest chunk read, however many downloads run: at the default
+/// budget it is reached only past [`crate::Limits::max_connections`]
+/// downloads, so that the budget holds.
+const MIN_CHUNK: usize = 16 * 1024;
+
 /// Counts a download while it runs (its share of the read buffers).
 struct Active(Arc<AppState>);
 
@@ -376,7 +387,7 @@ impl Active {
     fn chunk(&self) -> usize {
         let n = self.0.metrics.downloads_in_flight.load(Ordering::Relaxed).max(1);
         let share = self.0.limits.download_buffers / usize::try_from(n).unwrap_or(usize::MAX);
-        share.clamp(64 * 1024, self.0.limits.max_chunk.max(64 * 1024))
+        share.clamp(MIN_CHUNK, self.0.limits.max_chunk.max(MIN_CHUNK))
     }
 }
 

@@ -3,6 +3,15 @@
 //! bounds header time, header size and connections, and shuts down
 //! gracefully: no new connection, in-flight answers get
 //! [`crate::Limits::grace`] to finish.
+//!
+//! Slow clients: a connection must say which protocol it speaks within
+//! [`crate::Limits::header_timeout`] (its first bytes in clear, the TLS
+//! handshake and ALPN otherwise), then an HTTP/1.1 request head must arrive
+//! whole within the same time (hyper's header read time-out, which also
+//! closes a keep-alive connection left idle that long). hyper-util's
+//! automatic choice of protocol is not used: it waits for the first bytes
+//! with no time limit, so a client that connects and sends nothing would
+//! hold a connection slot for ever.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -87,7 +96,8 @@ pub async fn run(
         .max_buf_size(64 * 1024)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(128).max_header_list_size(64 * 1024);
-    let builder = Arc::new(builder);
+    let h1 = Arc::new(builder.clone().http1_only());
+    let h2 = Arc::new(builder.http2_only());
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -112,7 +122,7 @@ pub async fn run(
             req
         });
         let svc = TowerToHyperService::new(svc);
-        let builder = builder.clone();
+        let (h1, h2) = (h1.clone(), h2.clone());
         let watcher = graceful.watcher();
         let tls = tls.clone();
         let header_timeout = state.limits.header_timeout;
@@ -120,7 +130,13 @@ pub async fn run(
             let _permit = permit;
             match tls {
                 None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    let http2 = match tokio::time::timeout(header_timeout, sniff(&stream)).await {
+                        Ok(Ok(Some(http2))) => http2,
+                        // Closed, failed or silent for too long.
+                        Ok(Ok(None) | Err(_)) | Err(_) => return,
+                    };
+                    let builder = if http2 { h2 } else { h1 };
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!("connection from {peer}: {e}");
                     }
@@ -134,7 +150,9 @@ pub async fn run(
                         }
                         Err(_) => return,
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                    let builder = if http2 { h2 } else { h1 };
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!("connection from {peer}: {e}");
                     }
@@ -150,4 +168,30 @@ pub async fn run(
         () = tokio::time::sleep(state.limits.grace) => tracing::warn!("grace period over: closing the connections left"),
     }
     Ok(())
+}
+
+/// What a connection in clear must start with to speak HTTP/2 (RFC 9113 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits for the first bytes of a connection in clear, without taking them
+/// from it: `Some(true)` for the HTTP/2 preface, `Some(false)` as soon as a
+/// byte differs from it (HTTP/1.1), `None` when the client closes first.
+/// The caller bounds the wait.
+async fn sniff(stream: &tokio::net::TcpStream) -> std::io::Result<Option<bool>> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Some(false));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(true));
+        }
+        // A part of the preface: peek would return the same bytes at once,
+        // so wait a little for the rest (clients send it in one packet).
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

@@ -2,8 +2,8 @@
 //! limits and the counters.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use vmrepo_repo::{Catalog, Repository};
 
@@ -22,7 +22,8 @@ pub struct Limits {
     /// Bytes read from the disk per chunk of a download, at most.
     pub max_chunk: usize,
     /// The read buffers of all downloads together stay under this, shrinking
-    /// each one's chunk when many run at once.
+    /// each one's chunk when many run at once. A chunk lives until the
+    /// socket has taken it, so this is about the memory downloads hold.
     pub download_buffers: usize,
     /// Time a client has to send its request headers (slowloris).
     pub header_timeout: Duration,
@@ -39,7 +40,7 @@ impl Default for Limits {
             max_page: 10_000,
             default_page: 1000,
             max_chunk: 1 << 20,
-            download_buffers: 32 << 20,
+            download_buffers: 16 << 20,
             header_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(30),
             max_connections: 1024,
@@ -55,15 +56,22 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Catalogs not in use by a request (each an SQLite connection).
     pool: Mutex<Vec<Catalog>>,
+    /// One permit per catalog that may be in use at once: further requests
+    /// wait their turn here (in order) rather than each opening a catalog of
+    /// its own, which under a few hundred connections cost memory and time
+    /// enough for the last ones to wait seconds.
+    catalogs: Arc<tokio::sync::Semaphore>,
+    /// When the last refresh of the index started. Refreshes run one at a
+    /// time: each is an SQLite write transaction, and side by side they
+    /// would wait on SQLite's busy handler, which sleeps milliseconds at a
+    /// time. And they are shared: see [`AppState::take_catalog`].
+    refreshed: Mutex<Option<Instant>>,
     /// Set at shutdown: a wait for the repository lock gives up.
     pub stopping: AtomicBool,
-    /// Bounds the catalogs in use at once (each an SQLite connection and a
-    /// blocking thread): more requests wait their turn rather than open more.
-    busy: tokio::sync::Semaphore,
 }
 
-/// Catalogs kept open between requests, and in use at once at most.
-const POOL_MAX: usize = 8;
+/// Catalogs kept open between requests, and in use at most at once.
+const POOL_MAX: usize = 16;
 
 impl AppState {
     pub fn new(repo: Repository, read_only: bool, limits: Limits) -> AppState {
@@ -73,8 +81,9 @@ impl AppState {
             limits,
             metrics: Metrics::default(),
             pool: Mutex::new(Vec::new()),
+            catalogs: Arc::new(tokio::sync::Semaphore::new(POOL_MAX)),
+            refreshed: Mutex::new(None),
             stopping: AtomicBool::new(false),
-            busy: tokio::sync::Semaphore::new(POOL_MAX),
         }
     }
 
@@ -84,33 +93,49 @@ impl AppState {
     /// # Errors
     /// The catalog cannot be opened or refreshed, or `f`'s error.
     pub async fn with_catalog<T: Send + 'static>(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         f: impl FnOnce(&mut Catalog) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let permit = self.busy.acquire().await.map_err(|_| ApiError::internal("the server is stopping"))?;
         let state = self.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let mut catalog = state.take_catalog()?;
+        let arrived = Instant::now();
+        let permit = self
+            .catalogs
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ApiError::internal(format!("the catalogs are closed: {e}")))?;
+        tokio::task::spawn_blocking(move || {
+            // Held until the catalog is back in the pool, even when the
+            // request is dropped while this runs.
+            let _permit = permit;
+            let mut catalog = state.take_catalog(arrived)?;
             let r = f(&mut catalog);
             state.give_back(catalog);
             r
         })
         .await
-        .map_err(|e| ApiError::internal(format!("a request's task failed: {e}")))?;
-        drop(permit);
-        r
+        .map_err(|e| ApiError::internal(format!("a request's task failed: {e}")))?
     }
 
-    fn take_catalog(&self) -> Result<Catalog, ApiError> {
+    /// A catalog up to date with the files as they were when the request
+    /// `arrived`.
+    fn take_catalog(&self, arrived: Instant) -> Result<Catalog, ApiError> {
         let pooled = self.pool.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        match pooled {
-            Some(mut c) => {
-                // Cheap when nothing changed: a stat of vm/ and of each VM folder.
-                c.refresh()?;
-                Ok(c)
-            }
-            None => Ok(Catalog::open(self.repo.clone(), &self.stopping)?),
+        let Some(mut c) = pooled else {
+            // Opening refreshes.
+            return Ok(Catalog::open(self.repo.clone(), &self.stopping)?);
+        };
+        let mut last = self.refreshed.lock().unwrap_or_else(PoisonError::into_inner);
+        // A refresh that started after the request arrived, and has ended
+        // (the lock is ours), saw every change made before it: the index
+        // all catalogs share holds them.
+        if last.is_none_or(|started| started < arrived) {
+            let started = Instant::now();
+            // Cheap when nothing changed: a stat of vm/ and of each VM folder.
+            c.refresh()?;
+            *last = Some(started);
         }
+        Ok(c)
     }
 
     fn give_back(&self, catalog: Catalog) {
