@@ -42,7 +42,9 @@ pub(crate) fn serve_repo(ctx: &Ctx<'_>, repo: Repository, a: &ServeArgs) -> Resu
         .thread_name("vmrepo-serve")
         .build()
         .context("cannot start the server's threads")?;
-    let state = Arc::new(AppState::new(repo, a.read_only, Limits::default()));
+    let mut state = AppState::new(repo, a.read_only, Limits::default());
+    state.scheme = scheme;
+    let state = Arc::new(state);
     let cancel = ctx.cancel;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -50,7 +52,9 @@ pub(crate) fn serve_repo(ctx: &Ctx<'_>, repo: Repository, a: &ServeArgs) -> Resu
             .map_err(|e| vmrepo_repo::Error::new(ErrorKind::Io, format!("cannot listen on {addr}: {e}")))?;
         let bound = listener.local_addr()?;
         if ctx.cli.json {
-            output::json(&serde_json::json!({ "url": format!("{scheme}://{bound}/"), "root": state.repo.root() }))?;
+            output::json(
+                &serde_json::json!({ "url": format!("{scheme}://{bound}/"), "root": state.repo.root() }),
+            )?;
         } else if !ctx.cli.quiet {
             line(format_args!(
                 "Serving {} at {scheme}://{bound}/{}  (Ctrl-C to stop)",

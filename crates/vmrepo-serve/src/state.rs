@@ -57,6 +57,13 @@ pub struct AppState {
     pool: Mutex<Vec<Catalog>>,
     /// Set at shutdown: a wait for the repository lock gives up.
     pub stopping: AtomicBool,
+    /// The URL people reach the server at, for the commands the web page
+    /// shows (`https://vm.example.org`); `None`: the host they asked.
+    pub public_url: Option<String>,
+    /// `http` or `https`, for the same commands when `public_url` is not set.
+    pub scheme: &'static str,
+    /// Inspections of images for their pages.
+    pub inspections: crate::web::inspection::Inspections,
 }
 
 /// Catalogs kept open between requests.
@@ -71,6 +78,9 @@ impl AppState {
             metrics: Metrics::default(),
             pool: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
+            public_url: None,
+            scheme: "http",
+            inspections: Default::default(),
         }
     }
 

@@ -1,0 +1,171 @@
+//! The inspection of an image for its page, computed once and kept.
+//!
+//! Reading an image and looking inside its guest ([`vmrepo_repo::content::read`])
+//! can take seconds on a large disk, and a hostile one may be made to take
+//! long. It runs on the blocking pool, at most [`RUNNING`] at once, and its
+//! result is kept in memory keyed by the file's identity (path, inode, size,
+//! modification time), so that a replaced image is read again. A page waits
+//! for it only [`BUDGET`]; past that it is shown without it, and a later
+//! visit finds the result in the cache. A panic in the inspector is an
+//! inspection that failed, never a page that does.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use vmrepo_inspect::Report;
+use vmrepo_name::ImageName;
+
+/// How long a page waits for an inspection before it is shown without it.
+pub const BUDGET: Duration = Duration::from_secs(4);
+
+/// Inspections running at once (the others wait for a turn).
+pub const RUNNING: usize = 2;
+
+/// Inspections kept, finished or running.
+pub const KEPT: usize = 256;
+
+/// What identifies the bytes inspected.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub path: PathBuf,
+    pub ino: Option<u64>,
+    pub size: Option<u64>,
+    pub mtime_ns: Option<i64>,
+}
+
+/// What the inspection found.
+#[derive(Debug)]
+pub struct Inspected {
+    /// The guest, as `vmrepo inspect` shows it; `None` when its bytes cannot be read.
+    pub report: Option<Report>,
+    /// The description's guest facts, as `add` would write them now.
+    pub facts: Vec<(&'static str, Vec<String>)>,
+    /// The budget against the name's maximum size.
+    pub budget: Option<vmrepo_inspect::Budget>,
+    /// Where the name or the VM folder disagrees with the content.
+    pub disagreements: Vec<String>,
+    /// Why the guest could not be read, when it could not.
+    pub unreadable: Option<String>,
+}
+
+/// An inspection's end: what it found, or why it failed.
+pub type Outcome = Result<Arc<Inspected>, String>;
+
+/// What a page gets.
+pub enum Lookup {
+    Done(Outcome),
+    /// Still running after the budget.
+    Running,
+    /// Too many inspections are running or queued to start one more.
+    Busy,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<Key, watch::Receiver<Option<Outcome>>>,
+    order: VecDeque<Key>,
+}
+
+/// The cache of inspections.
+pub struct Inspections {
+    inner: Mutex<Inner>,
+    turns: Arc<Semaphore>,
+}
+
+impl Default for Inspections {
+    fn default() -> Inspections {
+        Inspections { inner: Mutex::default(), turns: Arc::new(Semaphore::new(RUNNING)) }
+    }
+}
+
+impl Inspections {
+    /// The inspection of the image at `key.path` (of the VM `vm`, named
+    /// `name`), started if it is not known, waited for at most `budget`.
+    pub async fn get(
+        &self,
+        key: Key,
+        vm: Option<vmrepo_name::Vm>,
+        name: Option<ImageName>,
+        budget: Duration,
+    ) -> Lookup {
+        let mut rx = {
+            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            match inner.entries.get(&key) {
+                Some(rx) => rx.clone(),
+                None => {
+                    if !inner.evict() {
+                        return Lookup::Busy;
+                    }
+                    let (tx, rx) = watch::channel(None);
+                    inner.entries.insert(key.clone(), rx.clone());
+                    inner.order.push_back(key.clone());
+                    let turns = self.turns.clone();
+                    tokio::spawn(async move {
+                        // The semaphore is never closed: a turn always comes.
+                        let _turn = turns.acquire_owned().await;
+                        let path = key.path.clone();
+                        let outcome = tokio::task::spawn_blocking(move || inspect(&path, vm, name.as_ref()))
+                            .await
+                            .unwrap_or_else(|e| Err(format!("the inspection failed: {e}")));
+                        let _ = tx.send(Some(outcome));
+                    });
+                    rx
+                }
+            }
+        };
+        match tokio::time::timeout(budget, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(v)) => match v.as_ref() {
+                Some(o) => Lookup::Done(o.clone()),
+                None => Lookup::Running,
+            },
+            Ok(Err(_)) => Lookup::Done(Err("the inspection was abandoned".into())),
+            Err(_) => Lookup::Running,
+        }
+    }
+}
+
+impl Inner {
+    /// Makes room for one more entry, dropping the oldest finished ones;
+    /// false when every entry kept is still running.
+    fn evict(&mut self) -> bool {
+        let mut tries = self.order.len();
+        while self.entries.len() >= KEPT && tries > 0 {
+            tries -= 1;
+            let Some(k) = self.order.pop_front() else { break };
+            let done = self.entries.get(&k).is_none_or(|rx| rx.borrow().is_some());
+            if done {
+                self.entries.remove(&k);
+            } else {
+                self.order.push_back(k);
+            }
+        }
+        self.entries.len() < KEPT
+    }
+}
+
+/// Reads the image and looks inside it (blocking).
+fn inspect(path: &std::path::Path, vm: Option<vmrepo_name::Vm>, name: Option<&ImageName>) -> Outcome {
+    let content = vmrepo_repo::content::read(path).map_err(|e| e.to_string())?;
+    let mut disagreements: Vec<String> = Vec::new();
+    let (facts, budget) = match name {
+        Some(n) => {
+            disagreements.extend(content.disagreements(n).into_iter().map(|d| d.message));
+            let max = n.max_size().bytes_for(content.info.virtual_size);
+            (content.facts_for(n).guest, content.guest.as_ref().map(|r| r.budget.against(max)))
+        }
+        None => (Vec::new(), content.guest.as_ref().map(|r| r.budget.clone())),
+    };
+    if let Some(vm) = vm {
+        disagreements.extend(content.vm_disagreements(vm).into_iter().map(|d| d.message));
+    }
+    Ok(Arc::new(Inspected {
+        report: content.guest,
+        facts,
+        budget,
+        disagreements,
+        unreadable: content.unreadable,
+    }))
+}
