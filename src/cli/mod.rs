@@ -50,6 +50,7 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
                 read_only: false,
                 tls_cert: None,
                 tls_key: None,
+                public_url: None,
             };
             serve::serve_repo(&ctx, Repository::open(&dir)?, &args)
         }

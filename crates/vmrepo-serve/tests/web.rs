@@ -177,6 +177,8 @@ async fn an_image_page_shows_the_digests_and_commands_of_the_catalog() {
     assert!(html.contains("curl -C - -O http://vm.example.org:8080/vm/kvm/sl5.3_x86_64_sl08e_8MB_alpha.img"));
     assert!(html.contains("md5sum -c sl5.3_x86_64_sl08e_8MB_alpha.checksum"));
     assert!(html.contains("vmrepo pull http://vm.example.org:8080/ kvm/sl5.3_x86_64_sl08e_8MB_alpha"));
+    // The quotes of the shell are HTML-escaped, as every text is.
+    assert!(html.contains(&format!("echo &#39;{sha}  sl5.3_x86_64_sl08e_8MB_alpha.img&#39; | sha256sum -c")));
     // The inspection: the partition table of the small disk, and the budget.
     assert!(html.contains("<caption>Partitions</caption>"), "{html}");
     assert!(html.contains("0x83") || html.contains("83"), "{html}");
@@ -232,4 +234,18 @@ async fn static_files_are_cached_and_validated() {
     let req = Request::get(&css).header(header::IF_NONE_MATCH, &etag).body(Body::empty()).unwrap();
     let r = app(f.state.clone()).oneshot(req).await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+}
+
+#[tokio::test]
+async fn a_configured_public_url_is_what_the_commands_name() {
+    let f = fixture();
+    let mut state = AppState::new(f.state.repo.clone(), true, Limits::default());
+    state.public_url = Some("https://vm.example.org/star".into());
+    let state = Arc::new(state);
+    let (_, _, html) = get(&state, "/images/xen/sl5.3_x86_32_sl08e_8MB_beta").await;
+    assert!(
+        html.contains("curl -C - -O https://vm.example.org/star/vm/xen/sl5.3_x86_32_sl08e_8MB_beta.img"),
+        "{html}"
+    );
+    assert!(!html.contains("vm.example.org:8080"));
 }

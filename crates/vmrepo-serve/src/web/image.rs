@@ -381,6 +381,7 @@ fn password(p: Password) -> &'static str {
 fn tables(r: &Report) -> Vec<Table> {
     let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
     let o = |s: &Option<String>| s.clone().unwrap_or_default();
+    let dash = |s: String| if s.is_empty() { "—".to_string() } else { s };
     let mut t = Vec::new();
     let mut system = vec![];
     if let Some(os) = &r.os {
@@ -395,9 +396,9 @@ fn tables(r: &Report) -> Vec<Table> {
             format!("{} {}-bit ({}, from {})", a.isa, a.bits, a.machine, a.from),
         ]);
     }
-    system.push(vec!["Hostname".into(), o(&r.hostname)]);
-    system.push(vec!["Packages".into(), o(&r.package_format)]);
-    system.push(vec!["Bootloader".into(), r.boot.bootloader.join(", ")]);
+    system.push(vec!["Hostname".into(), dash(o(&r.hostname))]);
+    system.push(vec!["Packages".into(), dash(o(&r.package_format))]);
+    system.push(vec!["Bootloader".into(), dash(r.boot.bootloader.join(", "))]);
     system.push(vec![
         "Xen paravirtual".into(),
         r.boot.xen_paravirtual.map(yes).unwrap_or_else(|| "unknown".into()),
@@ -473,7 +474,7 @@ fn tables(r: &Report) -> Vec<Table> {
             .map(|p| {
                 vec![
                     p.number.to_string(),
-                    p.start.to_string(),
+                    human_bytes(p.start),
                     human_bytes(p.size),
                     p.kind.clone(),
                     p.type_id.clone(),

@@ -158,6 +158,10 @@ fn inspect(path: &std::path::Path, vm: Option<vmrepo_name::Vm>, name: Option<&Im
         }
         None => (Vec::new(), content.guest.as_ref().map(|r| r.budget.clone())),
     };
+    // With neither a root filesystem nor swap read, every part of the budget
+    // is an unknown, not a zero.
+    let budget =
+        budget.filter(|_| content.guest.as_ref().is_some_and(|r| r.root().is_some() || !r.swap.is_empty()));
     if let Some(vm) = vm {
         disagreements.extend(content.vm_disagreements(vm).into_iter().map(|d| d.message));
     }
