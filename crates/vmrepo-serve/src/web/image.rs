@@ -406,6 +406,12 @@ fn tables(r: &Report) -> Vec<Table> {
     if !r.boot.xen_evidence.is_empty() {
         system.push(vec!["Xen evidence".into(), r.boot.xen_evidence.join("; ")]);
     }
+    if r.star.account {
+        system.push(vec!["star's home".into(), dash(o(&r.star.home))]);
+        let scripts =
+            if r.star.startup_scripts.is_empty() { "none".into() } else { r.star.startup_scripts.join(", ") };
+        system.push(vec!["STAR start-up scripts".into(), scripts]);
+    }
     t.push(Table { caption: "System", headings: vec!["Fact", "Value"], rows: system });
     t.push(Table {
         caption: "Kernels",
@@ -457,11 +463,6 @@ fn tables(r: &Report) -> Vec<Table> {
         ]);
         accounts.push(vec!["users (login shells)".into(), a.users.to_string(), String::new()]);
         accounts.push(vec!["SSH authorized keys".into(), a.keys_summary(), String::new()]);
-    }
-    if r.star.account {
-        let scripts =
-            if r.star.startup_scripts.is_empty() { "none".into() } else { r.star.startup_scripts.join(", ") };
-        accounts.push(vec!["star start-up scripts".into(), scripts, o(&r.star.home)]);
     }
     t.push(Table { caption: "Accounts", headings: vec!["Account", "Present", "Password"], rows: accounts });
     t.push(Table {

@@ -173,3 +173,50 @@ fn inspect(path: &std::path::Path, vm: Option<vmrepo_name::Vm>, name: Option<&Im
         unreadable: content.unreadable,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(path: &std::path::Path) -> Key {
+        Key { path: path.to_path_buf(), ino: Some(1), size: Some(5), mtime_ns: Some(7) }
+    }
+
+    #[tokio::test]
+    async fn a_page_that_cannot_wait_gets_the_result_on_its_next_visit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("disk.img");
+        std::fs::write(&path, vec![0u8; 64 * 1024]).unwrap();
+        let cache = Inspections::default();
+        // No time at all: the inspection goes on without the page.
+        let first = cache.get(key(&path), None, None, Duration::ZERO).await;
+        assert!(matches!(first, Lookup::Running | Lookup::Done(_)));
+        match cache.get(key(&path), None, None, Duration::from_secs(30)).await {
+            Lookup::Done(Ok(i)) => assert!(i.report.is_some()),
+            Lookup::Done(Err(e)) => panic!("{e}"),
+            _ => panic!("the inspection did not finish"),
+        }
+        // Kept: the same identity is not read again, even once the file is gone.
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(cache.get(key(&path), None, None, Duration::ZERO).await, Lookup::Done(Ok(_))));
+        // A file that cannot be read is an inspection that failed, said as such.
+        let gone = tmp.path().join("gone.img");
+        assert!(matches!(
+            cache.get(key(&gone), None, None, Duration::from_secs(30)).await,
+            Lookup::Done(Err(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_cache_keeps_at_most_its_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Inspections::default();
+        for i in 0..KEPT + 10 {
+            let path = tmp.path().join(format!("{i}"));
+            let _ = cache.get(key(&path), None, None, Duration::from_secs(30)).await;
+        }
+        let inner = cache.inner.lock().unwrap();
+        assert!(inner.entries.len() <= KEPT);
+        assert_eq!(inner.entries.len(), inner.order.len());
+    }
+}
