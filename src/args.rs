@@ -173,7 +173,7 @@ pub struct ServeArgs {
     /// PEM private key of the certificate.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// The URL people reach the server at (behind a proxy: https://vm.example.org),
+    /// The URL people reach the server at (behind a proxy: `https://vm.example.org`),
     /// for the commands the web page shows; by default the host they asked for.
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
