@@ -174,6 +174,10 @@ pub struct ServeArgs {
     /// PEM private key of the certificate.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The URL people reach the server at (behind a proxy: `https://vm.example.org`),
+    /// for the commands the web page shows; by default the host they asked for.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
     /// Seconds a client has to send its request headers (and to finish the
     /// TLS handshake) before it is dropped [default: 10].
     #[arg(long, value_name = "SECS", value_parser = seconds)]

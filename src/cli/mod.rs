@@ -52,6 +52,7 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
                 tls_key: None,
                 header_timeout: None,
                 grace: None,
+                public_url: None,
             };
             serve::serve_repo(&ctx, Repository::open(&dir)?, &args)
         }

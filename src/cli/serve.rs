@@ -37,6 +37,7 @@ pub(crate) fn serve_repo(ctx: &Ctx<'_>, repo: Repository, a: &ServeArgs) -> Resu
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let public_url = a.public_url.as_deref().map(public_url).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("vmrepo-serve")
@@ -48,7 +49,10 @@ pub(crate) fn serve_repo(ctx: &Ctx<'_>, repo: Repository, a: &ServeArgs) -> Resu
         grace: a.grace.unwrap_or(defaults.grace),
         ..defaults
     };
-    let state = Arc::new(AppState::new(repo, a.read_only, limits));
+    let mut state = AppState::new(repo, a.read_only, limits);
+    state.scheme = scheme;
+    state.public_url = public_url;
+    let state = Arc::new(state);
     let cancel = ctx.cancel;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -79,4 +83,24 @@ pub(crate) fn serve_repo(ctx: &Ctx<'_>, repo: Repository, a: &ServeArgs) -> Resu
         anyhow::Ok(())
     })?;
     Ok(Outcome::Clean)
+}
+
+/// A `--public-url`: http or https, a host, perhaps a port and a path; no
+/// query, fragment, credentials, space or quote (it is shown in commands to copy).
+fn public_url(u: &str) -> Result<String> {
+    let bad = || {
+        vmrepo_repo::Error::new(
+            ErrorKind::InvalidInput,
+            format!("--public-url {u}: an http:// or https:// URL is expected, like https://vm.example.org"),
+        )
+    };
+    let rest = u.strip_prefix("https://").or_else(|| u.strip_prefix("http://")).ok_or_else(bad)?;
+    let host = rest.split('/').next().unwrap_or("");
+    let plain = |c: char| {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '~' | '/' | ':' | '[' | ']' | '%')
+    };
+    if host.is_empty() || host.contains('@') || !rest.chars().all(plain) {
+        return Err(bad().into());
+    }
+    Ok(u.trim_end_matches('/').to_string())
 }

@@ -16,4 +16,5 @@ mod repo;
 mod samples;
 mod serve;
 mod serve_clients;
+mod serve_web;
 mod verify;

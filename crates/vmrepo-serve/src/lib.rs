@@ -3,7 +3,8 @@
 //! This crate owns the axum application ([`app`]) and the server that runs it
 //! ([`server::run`]): the JSON API under `/api/v1/` (the same documents as the
 //! CLI's `--json`, docs/json.md), downloads of images and sidecars under
-//! `/vm/` (byte ranges, `If-Range`, digests), `/healthz` and `/metrics`.
+//! `/vm/` (byte ranges, `If-Range`, digests), a web page for people at `/`
+//! ([`web`]), `/healthz` and `/metrics`.
 //! Every answer comes from the same [`vmrepo_repo::Catalog`] the CLI uses,
 //! brought up to date on each request, so that what another process adds is
 //! seen at once. Nothing outside `vm/`, and nothing the catalog does not know
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod paths;
 pub mod server;
 pub mod state;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -34,6 +36,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics::prometheus))
         .merge(api::routes())
         .merge(download::routes())
+        .merge(web::routes())
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::observe))
         .with_state(state)

@@ -68,6 +68,13 @@ pub struct AppState {
     refreshed: Mutex<Option<Instant>>,
     /// Set at shutdown: a wait for the repository lock gives up.
     pub stopping: AtomicBool,
+    /// The URL people reach the server at, for the commands the web page
+    /// shows (`https://vm.example.org`); `None`: the host they asked.
+    pub public_url: Option<String>,
+    /// `http` or `https`, for the same commands when `public_url` is not set.
+    pub scheme: &'static str,
+    /// Inspections of images for their pages.
+    pub inspections: crate::web::inspection::Inspections,
 }
 
 /// Catalogs kept open between requests, and in use at most at once.
@@ -84,6 +91,9 @@ impl AppState {
             catalogs: Arc::new(tokio::sync::Semaphore::new(POOL_MAX)),
             refreshed: Mutex::new(None),
             stopping: AtomicBool::new(false),
+            public_url: None,
+            scheme: "http",
+            inspections: Default::default(),
         }
     }
 
