@@ -45,7 +45,12 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
                 return Ok(outcome);
             }
             let dir = dir.clone().unwrap_or_else(|| std::path::PathBuf::from("vmrepo-demo"));
-            let args = crate::args::ServeArgs { listen: listen.clone(), read_only: false, tls_cert: None, tls_key: None };
+            let args = crate::args::ServeArgs {
+                listen: listen.clone(),
+                read_only: false,
+                tls_cert: None,
+                tls_key: None,
+            };
             serve::serve_repo(&ctx, Repository::open(&dir)?, &args)
         }
         Command::Serve(a) => serve::serve(&ctx, a),

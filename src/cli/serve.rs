@@ -50,7 +50,9 @@ pub(crate) fn serve_repo(ctx: &Ctx<'_>, repo: Repository, a: &ServeArgs) -> Resu
             .map_err(|e| vmrepo_repo::Error::new(ErrorKind::Io, format!("cannot listen on {addr}: {e}")))?;
         let bound = listener.local_addr()?;
         if ctx.cli.json {
-            output::json(&serde_json::json!({ "url": format!("{scheme}://{bound}/"), "root": state.repo.root() }))?;
+            output::json(
+                &serde_json::json!({ "url": format!("{scheme}://{bound}/"), "root": state.repo.root() }),
+            )?;
         } else if !ctx.cli.quiet {
             line(format_args!(
                 "Serving {} at {scheme}://{bound}/{}  (Ctrl-C to stop)",

@@ -29,6 +29,31 @@ mod sha256;
 
 pub use self::hasher::{Hasher, LANES};
 
+/// MD5 over bytes that arrive a piece at a time (an upload), with this
+/// crate's fast implementation (see `hashing/md5.rs`).
+#[derive(Clone)]
+pub struct StreamMd5(Md5);
+
+impl StreamMd5 {
+    pub fn new() -> StreamMd5 {
+        StreamMd5(Md5::new())
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub fn finalize(self) -> [u8; 16] {
+        self.0.finalize()
+    }
+}
+
+impl Default for StreamMd5 {
+    fn default() -> StreamMd5 {
+        StreamMd5::new()
+    }
+}
+
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::AsFd;

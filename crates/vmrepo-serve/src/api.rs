@@ -123,11 +123,8 @@ async fn images(
             params.iter().filter(|(k, _)| k != "offset" && k != "limit").cloned().collect();
         next.push(("limit".into(), limit.to_string()));
         next.push(("offset".into(), (offset + limit).to_string()));
-        let qs = next
-            .iter()
-            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
+        let qs =
+            next.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&");
         if let Ok(v) = HeaderValue::from_str(&format!("</api/v1/images?{qs}>; rel=\"next\"")) {
             h.insert(header::LINK, v);
         }

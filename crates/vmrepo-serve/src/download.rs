@@ -67,13 +67,16 @@ async fn download(
             .map(|(f, m, c)| ((f, c), m))?;
             Ok(serve_file(&state2, &method, &headers, file, &md, record.as_ref(), text))
         }
-        Target::Tar { record, members } => serve_tar(&state2, &method, &headers, &root, record, members).await,
+        Target::Tar { record, members } => {
+            serve_tar(&state2, &method, &headers, &root, record, members).await
+        }
     }
 }
 
 /// Finds what `segments` (`[vm, file]` or `[vm, folder, part]`) name in the catalog.
 fn locate(catalog: &mut vmrepo_repo::Catalog, segments: &[String]) -> Result<Target, ApiError> {
-    let vm = vmrepo_name::Vm::from_user(&segments[0]).map_err(|_| ApiError::not_found("no such VM folder"))?;
+    let vm =
+        vmrepo_name::Vm::from_user(&segments[0]).map_err(|_| ApiError::not_found("no such VM folder"))?;
     let folder = catalog.folder_of(vm)?.ok_or_else(|| ApiError::not_found("no such VM folder"))?;
     let by = |spec: &str| -> Result<Option<ImageRecord>, ApiError> {
         match catalog.resolve(&format!("{}/{spec}", vm.as_str())) {
@@ -83,7 +86,13 @@ fn locate(catalog: &mut vmrepo_repo::Catalog, segments: &[String]) -> Result<Tar
             Err(e) => Err(e.into()),
         }
     };
-    let not_found = || ApiError::not_found(format!("vm/{}/{}: no such image or sidecar", segments[0], segments[1..].join("/")));
+    let not_found = || {
+        ApiError::not_found(format!(
+            "vm/{}/{}: no such image or sidecar",
+            segments[0],
+            segments[1..].join("/")
+        ))
+    };
     let dir = catalog.repo().vm_root().join(&folder);
     let name = &segments[1];
     if segments.len() == 3 {
@@ -92,7 +101,9 @@ fn locate(catalog: &mut vmrepo_repo::Catalog, segments: &[String]) -> Result<Tar
         let part = &segments[2];
         let (parts, _) = vmrepo_repo::layout::folder_parts(&dir.join(&rec.file))?;
         let sidecars = vmrepo_repo::layout::Sidecars::of(&dir, &rec.file, &rec.name, rec.image_kind());
-        let inside = |p: &std::path::Path| p.parent() == Some(&dir.join(&rec.file)) && p.file_name().is_some_and(|f| f == part.as_str());
+        let inside = |p: &std::path::Path| {
+            p.parent() == Some(&dir.join(&rec.file)) && p.file_name().is_some_and(|f| f == part.as_str())
+        };
         let text = inside(&sidecars.checksum) || inside(&sidecars.description);
         if !text && !parts.iter().any(|p| p.0 == *part) {
             return Err(not_found());
@@ -101,12 +112,19 @@ fn locate(catalog: &mut vmrepo_repo::Catalog, segments: &[String]) -> Result<Tar
     }
     if let Some(rec) = by(name)?.filter(|r| r.file == *name) {
         return match rec.kind.as_str() {
-            "file" => Ok(Target::File { components: vec![folder, rec.file.clone()], record: Some(rec), text: false }),
+            "file" => Ok(Target::File {
+                components: vec![folder, rec.file.clone()],
+                record: Some(rec),
+                text: false,
+            }),
             "folder" => Err(ApiError::not_found(format!(
                 "vm/{}/{name} is an image of several files: its parts are under /vm/{}/{name}/, the whole at /vm/{}/{name}.tar",
                 segments[0], segments[0], segments[0]
             ))),
-            _ => Err(ApiError::not_found(format!("vm/{}/{name}: the image is missing; only its sidecars remain", segments[0]))),
+            _ => Err(ApiError::not_found(format!(
+                "vm/{}/{name}: the image is missing; only its sidecars remain",
+                segments[0]
+            ))),
         };
     }
     if let Some(stem) = name.strip_suffix(".tar") {
@@ -131,7 +149,11 @@ fn locate(catalog: &mut vmrepo_repo::Catalog, segments: &[String]) -> Result<Tar
 }
 
 /// The members of a folder image's tar: `(name in the tar, components from vm/)`.
-fn tar_members(dir: &std::path::Path, folder: &str, rec: &ImageRecord) -> Result<Vec<(String, Vec<String>)>, ApiError> {
+fn tar_members(
+    dir: &std::path::Path,
+    folder: &str,
+    rec: &ImageRecord,
+) -> Result<Vec<(String, Vec<String>)>, ApiError> {
     let sidecars = vmrepo_repo::layout::Sidecars::of(dir, &rec.file, &rec.name, rec.image_kind());
     let mut members = Vec::new();
     for s in [&sidecars.checksum, &sidecars.description] {
@@ -187,7 +209,11 @@ pub fn parse_range(value: &str, len: u64) -> RangeAsk {
     }
     let Some((a, b)) = spec.trim().split_once('-') else { return RangeAsk::Whole };
     let num = |s: &str| -> Option<u64> {
-        if s.is_empty() || s.len() > 20 || !s.bytes().all(|c| c.is_ascii_digit()) { None } else { s.parse().ok() }
+        if s.is_empty() || s.len() > 20 || !s.bytes().all(|c| c.is_ascii_digit()) {
+            None
+        } else {
+            s.parse().ok()
+        }
     };
     match (a.trim(), b.trim()) {
         ("", suffix) => match num(suffix) {
@@ -320,7 +346,10 @@ fn serve_file(
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
-        Body::from_stream(file_stream(state.clone(), vec![Piece::File { file: Arc::new(file), start, len: count }]))
+        Body::from_stream(file_stream(
+            state.clone(),
+            vec![Piece::File { file: Arc::new(file), start, len: count }],
+        ))
     };
     let mut r = (status, body).into_response();
     r.headers_mut().extend(h);
@@ -365,51 +394,57 @@ fn file_stream(
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
     let active = Active::new(state);
     let mut queue: std::collections::VecDeque<Piece> = pieces.into();
-    futures_util::stream::unfold((active, queue.pop_front(), queue), |(active, current, mut queue)| async move {
-        let mut current = current?;
-        loop {
-            match current {
-                Piece::Bytes(b) => return Some((Ok(b), (active, queue.pop_front(), queue))),
-                Piece::File { len: 0, .. } => match queue.pop_front() {
-                    Some(next) => current = next,
-                    None => return None,
-                },
-                Piece::File { file, start, len } => {
-                    let want = usize::try_from(len).unwrap_or(usize::MAX).min(active.chunk());
-                    let f = file.clone();
-                    let read = tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0u8; want];
-                        let mut got = 0;
-                        while got < want {
-                            match f.read_at(&mut buf[got..], start + got as u64) {
-                                Ok(0) => break,
-                                Ok(n) => got += n,
-                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                                Err(e) => return Err(e),
+    futures_util::stream::unfold(
+        (active, queue.pop_front(), queue),
+        |(active, current, mut queue)| async move {
+            let mut current = current?;
+            loop {
+                match current {
+                    Piece::Bytes(b) => return Some((Ok(b), (active, queue.pop_front(), queue))),
+                    Piece::File { len: 0, .. } => match queue.pop_front() {
+                        Some(next) => current = next,
+                        None => return None,
+                    },
+                    Piece::File { file, start, len } => {
+                        let want = usize::try_from(len).unwrap_or(usize::MAX).min(active.chunk());
+                        let f = file.clone();
+                        let read = tokio::task::spawn_blocking(move || {
+                            let mut buf = vec![0u8; want];
+                            let mut got = 0;
+                            while got < want {
+                                match f.read_at(&mut buf[got..], start + got as u64) {
+                                    Ok(0) => break,
+                                    Ok(n) => got += n,
+                                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                                    Err(e) => return Err(e),
+                                }
                             }
-                        }
-                        buf.truncate(got);
-                        Ok(buf)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-                    return match read {
-                        Ok(buf) if buf.is_empty() => Some((
-                            Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file shrank while it was sent")),
-                            (active, None, std::collections::VecDeque::new()),
-                        )),
-                        Ok(buf) => {
-                            let n = buf.len() as u64;
-                            active.0.metrics.bytes_sent.fetch_add(n, Ordering::Relaxed);
-                            let rest = Piece::File { file, start: start + n, len: len - n };
-                            Some((Ok(Bytes::from(buf)), (active, Some(rest), queue)))
-                        }
-                        Err(e) => Some((Err(e), (active, None, std::collections::VecDeque::new()))),
-                    };
+                            buf.truncate(got);
+                            Ok(buf)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+                        return match read {
+                            Ok(buf) if buf.is_empty() => Some((
+                                Err(std::io::Error::new(
+                                    std::io::ErrorKind::UnexpectedEof,
+                                    "the file shrank while it was sent",
+                                )),
+                                (active, None, std::collections::VecDeque::new()),
+                            )),
+                            Ok(buf) => {
+                                let n = buf.len() as u64;
+                                active.0.metrics.bytes_sent.fetch_add(n, Ordering::Relaxed);
+                                let rest = Piece::File { file, start: start + n, len: len - n };
+                                Some((Ok(Bytes::from(buf)), (active, Some(rest), queue)))
+                            }
+                            Err(e) => Some((Err(e), (active, None, std::collections::VecDeque::new()))),
+                        };
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 /// A ustar header for a member of `size` bytes (sizes of 8 GiB and more in

@@ -16,7 +16,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, exit_code: u8, message: impl Into<String>) -> ApiError {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        exit_code: u8,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError { status, kind, exit_code, message: message.into() }
     }
 

@@ -101,7 +101,10 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
     ] {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
-    let _ = writeln!(s, "# HELP vmrepo_http_request_duration_seconds Time to answer (headers; a body may stream on).");
+    let _ = writeln!(
+        s,
+        "# HELP vmrepo_http_request_duration_seconds Time to answer (headers; a body may stream on)."
+    );
     let _ = writeln!(s, "# TYPE vmrepo_http_request_duration_seconds histogram");
     let mut cumulative = 0;
     for (i, c) in m.duration_buckets.iter().enumerate() {

@@ -28,7 +28,9 @@ pub fn vm_segments(raw_path: &str) -> Result<Vec<String>, ApiError> {
     let rest = raw_path.strip_prefix("/vm/").ok_or_else(|| ApiError::not_found("not under /vm/"))?;
     let segments: Vec<String> = rest.split('/').map(decode_segment).collect::<Result<_, _>>()?;
     if segments.len() < 2 || segments.len() > 3 {
-        return Err(ApiError::not_found(format!("{raw_path}: /vm/VM/FILE or /vm/VM/FOLDER/PART is expected")));
+        return Err(ApiError::not_found(format!(
+            "{raw_path}: /vm/VM/FILE or /vm/VM/FOLDER/PART is expected"
+        )));
     }
     Ok(segments)
 }
@@ -83,7 +85,8 @@ pub fn open_beneath(root: &Path, components: &[&str]) -> Result<(File, std::fs::
     )
     .map_err(|_| gone(&path.join("/")))?;
     let file = File::from(fd);
-    let md = file.metadata().map_err(|e| ApiError::internal(format!("cannot stat {}: {e}", path.join("/"))))?;
+    let md =
+        file.metadata().map_err(|e| ApiError::internal(format!("cannot stat {}: {e}", path.join("/"))))?;
     if !md.file_type().is_file() {
         return Err(gone(&path.join("/")));
     }
