@@ -42,6 +42,8 @@ pub(crate) fn serve_repo(ctx: &Ctx<'_>, repo: Repository, a: &ServeArgs) -> Resu
         .thread_name("vmrepo-serve")
         .build()
         .context("cannot start the server's threads")?;
+    // Files of uploads a crashed server was receiving.
+    vmrepo_serve::upload::remove_leftovers(&repo);
     let state = Arc::new(AppState::new(repo, a.read_only, Limits::default()));
     let cancel = ctx.cancel;
     runtime.block_on(async {

@@ -10,12 +10,15 @@
 //! as an image or a sidecar, is ever served. docs/serve.md documents the API.
 
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod download;
 pub mod error;
 pub mod metrics;
 pub mod paths;
 pub mod server;
 pub mod state;
+pub mod upload;
 
 use std::sync::Arc;
 
@@ -34,6 +37,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics::prometheus))
         .merge(api::routes())
         .merge(download::routes())
+        .merge(upload::routes())
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::observe))
         .with_state(state)

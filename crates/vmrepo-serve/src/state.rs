@@ -1,12 +1,13 @@
 //! What every request shares: the repository, a pool of open catalogs, the
 //! limits and the counters.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use vmrepo_repo::{Catalog, Repository};
 
+use crate::auth::TokenStore;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
@@ -30,6 +31,13 @@ pub struct Limits {
     pub grace: Duration,
     /// Connections served at once; more wait in the listen queue.
     pub max_connections: usize,
+    /// The largest upload accepted, in bytes (`413` above).
+    pub max_upload: u64,
+    /// Uploads received at once (`503` above).
+    pub max_uploads: usize,
+    /// Time an upload may go without a byte arriving (slowloris) before it
+    /// is rolled back.
+    pub body_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -43,6 +51,9 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(30),
             max_connections: 1024,
+            max_upload: 4 << 40,
+            max_uploads: 4,
+            body_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -55,8 +66,18 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Catalogs not in use by a request (each an SQLite connection).
     pool: Mutex<Vec<Catalog>>,
-    /// Set at shutdown: a wait for the repository lock gives up.
+    /// Set at shutdown: a wait for the repository lock gives up, an import
+    /// under way is undone.
     pub stopping: AtomicBool,
+    /// Told at shutdown, for uploads waiting on their client to give up.
+    pub stop: tokio::sync::watch::Sender<bool>,
+    /// Who may write.
+    pub tokens: TokenStore,
+    /// One permit per upload being received.
+    pub upload_slots: Arc<tokio::sync::Semaphore>,
+    /// Bytes announced by the uploads being received, not yet on the disk
+    /// in full: free space is counted without them.
+    pub reserved: AtomicU64,
 }
 
 /// Catalogs kept open between requests.
@@ -65,12 +86,16 @@ const POOL_MAX: usize = 16;
 impl AppState {
     pub fn new(repo: Repository, read_only: bool, limits: Limits) -> AppState {
         AppState {
+            pool: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
+            stop: tokio::sync::watch::Sender::new(false),
+            tokens: TokenStore::new(&repo),
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_uploads)),
+            reserved: AtomicU64::new(0),
             repo,
             read_only,
             limits,
             metrics: Metrics::default(),
-            pool: Mutex::new(Vec::new()),
-            stopping: AtomicBool::new(false),
         }
     }
 
@@ -80,7 +105,7 @@ impl AppState {
     /// # Errors
     /// The catalog cannot be opened or refreshed, or `f`'s error.
     pub async fn with_catalog<T: Send + 'static>(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         f: impl FnOnce(&mut Catalog) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let state = self.clone();
@@ -92,6 +117,13 @@ impl AppState {
         })
         .await
         .map_err(|e| ApiError::internal(format!("a request's task failed: {e}")))?
+    }
+
+    /// Begins the shutdown: imports under way are undone, uploads being
+    /// received are rolled back.
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop.send_replace(true);
     }
 
     fn take_catalog(&self) -> Result<Catalog, ApiError> {
