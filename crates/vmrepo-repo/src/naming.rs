@@ -118,8 +118,7 @@ pub fn build_name(f: &NameFields, source: Option<&SourceInfo<'_>>) -> Result<Ima
                     f.arch.as_deref().unwrap_or(""),
                     i.bits()
                 ),
-            )
-            .into());
+            ));
         }
         (Some(b), _) => WordSize::new(b)?,
         (None, Some(i)) => i,
@@ -142,11 +141,10 @@ pub fn build_name(f: &NameFields, source: Option<&SourceInfo<'_>>) -> Result<Ima
             match target {
                 Some((link, to)) => {
                     let version = to.trim_end_matches('/').rsplit('/').next().unwrap_or(to);
-                    let err = Error::new(
+                    Error::new(
                         ErrorKind::InvalidInput,
                         format!("{e}; in this image {link} points to {version}: --lib {version}"),
-                    );
-                    err
+                    )
                 }
                 None => Error::from(e),
             }
@@ -182,8 +180,7 @@ pub fn build_name(f: &NameFields, source: Option<&SourceInfo<'_>>) -> Result<Ima
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 "--max-size is required: the maximum size, like 8GB",
-            )
-            .into());
+            ));
         }
     };
     let detail = f.detail.as_deref().map(Detail::parse).transpose()?;

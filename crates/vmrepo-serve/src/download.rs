@@ -127,11 +127,11 @@ fn locate(catalog: &mut vmrepo_repo::Catalog, segments: &[String]) -> Result<Tar
             ))),
         };
     }
-    if let Some(stem) = name.strip_suffix(".tar") {
-        if let Some(rec) = by(stem)?.filter(|r| r.file == stem && r.kind == "folder") {
-            let members = tar_members(&dir, &folder, &rec)?;
-            return Ok(Target::Tar { record: rec, members });
-        }
+    if let Some(stem) = name.strip_suffix(".tar")
+        && let Some(rec) = by(stem)?.filter(|r| r.file == stem && r.kind == "folder")
+    {
+        let members = tar_members(&dir, &folder, &rec)?;
+        return Ok(Target::Tar { record: rec, members });
     }
     for suffix in [".checksum", ".txt"] {
         if let Some(stem) = name.strip_suffix(suffix) {
@@ -179,12 +179,13 @@ fn tar_members(
 /// the one it was recorded for, else its inode, size and modification time.
 fn etag_of<'r>(md: &std::fs::Metadata, record: Option<&'r ImageRecord>) -> (String, Option<&'r str>) {
     let mtime_ns = md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec());
-    if let Some(r) = record {
-        if let Some(sha) = r.sha256.as_deref() {
-            if r.ino == Some(md.ino()) && r.size == Some(md.len()) && r.mtime_ns == Some(mtime_ns) {
-                return (format!("\"{sha}\""), Some(sha));
-            }
-        }
+    if let Some(r) = record
+        && let Some(sha) = r.sha256.as_deref()
+        && r.ino == Some(md.ino())
+        && r.size == Some(md.len())
+        && r.mtime_ns == Some(mtime_ns)
+    {
+        return (format!("\"{sha}\""), Some(sha));
     }
     (format!("\"{:x}-{:x}-{:x}\"", md.ino(), md.len(), mtime_ns), None)
 }
@@ -337,10 +338,10 @@ fn serve_file(
             return r;
         }
     };
-    if status == StatusCode::OK {
-        if let Some(m) = record.filter(|_| sha.is_some()).and_then(|r| r.md5.as_deref()).and_then(b64) {
-            put(&mut h, header::HeaderName::from_static("content-md5"), &m);
-        }
+    if status == StatusCode::OK
+        && let Some(m) = record.filter(|_| sha.is_some()).and_then(|r| r.md5.as_deref()).and_then(b64)
+    {
+        put(&mut h, header::HeaderName::from_static("content-md5"), &m);
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     let body = if method == Method::HEAD {
