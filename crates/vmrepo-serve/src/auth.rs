@@ -335,8 +335,11 @@ struct FileKey {
 /// The server's view of the token file, read again whenever it changes.
 pub struct TokenStore {
     path: PathBuf,
-    cache: Mutex<Option<(Option<FileKey>, Arc<Vec<Known>>)>>,
+    cache: Mutex<Option<Cached>>,
 }
+
+/// The entries read, with the version of the file (`None`: there was none).
+type Cached = (Option<FileKey>, Arc<Vec<Known>>);
 
 /// Who a write is from: the token's name (for the audit log).
 #[derive(Clone, Debug)]
