@@ -14,4 +14,5 @@ mod name;
 mod output;
 mod repo;
 mod samples;
+mod serve_upload;
 mod verify;
