@@ -38,6 +38,9 @@ pub struct Limits {
     /// Time an upload may go without a byte arriving (slowloris) before it
     /// is rolled back.
     pub body_timeout: Duration,
+    /// Bytes a second an upload must average over each `body_timeout`
+    /// (a client trickling a byte at a time holds an upload slot otherwise).
+    pub min_rate: u64,
 }
 
 impl Default for Limits {
@@ -54,6 +57,7 @@ impl Default for Limits {
             max_upload: 4 << 40,
             max_uploads: 4,
             body_timeout: Duration::from_secs(60),
+            min_rate: 1024,
         }
     }
 }

@@ -38,7 +38,8 @@
 //! Rolled back, leaving nothing in `vm/` nor under `.vmrepo/`: a body that
 //! ends early or fails (the client went away), one over the limit, a body
 //! that sends nothing for [`crate::Limits::body_timeout`] (slowloris), a full
-//! disk (`507`), a digest mismatch, a content the import refuses, and the
+//! disk (`507`), a body slower on average than [`crate::Limits::min_rate`]
+//! over a period of `body_timeout`, a digest mismatch, a content the import refuses, and the
 //! server's shutdown (SIGTERM), which stops the receiving at once and undoes
 //! an import not yet committed. A guard removes the file on every path out,
 //! a panic included; files left by a crash are removed when the server
@@ -527,13 +528,17 @@ impl Drop for TempFile {
 pub fn remove_leftovers(repo: &vmrepo_repo::Repository) {
     let dir = repo.meta_dir().join(UPLOADS_DIR);
     let Ok(entries) = fs::read_dir(&dir) else { return };
+    let id = vmrepo_repo::fsutil::unique_id();
+    let host = id.split('-').next().unwrap_or("").to_string();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        // upload-<host hash>-<pid>-<nanos>-<counter>.part
-        let pid = name
-            .strip_prefix("upload-")
-            .and_then(|r| r.split('-').nth(1))
-            .and_then(|p| p.parse::<i32>().ok());
+        // upload-<host hash>-<pid>-<nanos>-<counter>.part: only this host's
+        // processes can be asked whether they live (the tree may be shared).
+        let mut fields = name.strip_prefix("upload-").unwrap_or("").split('-');
+        if fields.next() != Some(host.as_str()) {
+            continue;
+        }
+        let pid = fields.next().and_then(|p| p.parse::<i32>().ok());
         let alive = pid.is_some_and(|p| {
             p == std::process::id() as i32
                 || rustix::process::Pid::from_raw(p)
@@ -749,6 +754,11 @@ async fn stream_body(
     let idle = state.limits.body_timeout;
     let mut stop = state.stop.subscribe();
     let mut total: u64 = 0;
+    // Bytes since the current window of `idle` began: at least `min_rate`
+    // bytes a second on average over each, or the upload is a slowloris.
+    let mut window = (tokio::time::Instant::now(), 0u64);
+    let window_min = u64::try_from(u128::from(state.limits.min_rate).saturating_mul(idle.as_millis()) / 1000)
+        .unwrap_or(u64::MAX);
     let mut batch: Vec<Bytes> = Vec::new();
     let mut batch_len = 0usize;
     let gone = || ApiError::internal("the writer stopped");
@@ -786,6 +796,21 @@ async fn stream_body(
             return Err(ApiError::bad_request("the body is longer than its Content-Length"));
         }
         state.metrics.bytes_received.fetch_add(n, Ordering::Relaxed);
+        window.1 = window.1.saturating_add(n);
+        if window.0.elapsed() >= idle {
+            if window.1 < window_min {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "interrupted",
+                    130,
+                    format!(
+                        "the upload arrives at less than {} bytes a second: it was rolled back",
+                        state.limits.min_rate
+                    ),
+                ));
+            }
+            window = (tokio::time::Instant::now(), 0);
+        }
         batch_len = batch_len.saturating_add(data.len());
         batch.push(data);
         if batch_len >= BATCH {

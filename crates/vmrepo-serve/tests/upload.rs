@@ -482,3 +482,21 @@ async fn content_that_disagrees_with_the_name_is_refused() {
     assert!(!msg.contains("/.vmrepo/"), "an internal path is told: {msg}");
     assert_eq!(tree(&f.repo), f.baseline);
 }
+
+#[tokio::test]
+async fn a_trickling_body_is_cut_off() {
+    let f = fixture_with(
+        false,
+        Limits { body_timeout: Duration::from_millis(300), min_rate: 1 << 20, ..Limits::default() },
+    );
+    // A byte every 20 ms: never idle for the time-out, far below the rate.
+    let trickle = futures_util::stream::unfold(0u32, |i| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        (i < 1000).then(|| (Ok::<Bytes, std::io::Error>(Bytes::from_static(b"x")), i + 1))
+    });
+    let r =
+        send(&f.state, request(Method::PUT, &uri(), Some(&f.token), Body::from_stream(trickle), &[])).await;
+    assert_eq!(r.status, StatusCode::REQUEST_TIMEOUT, "{:?}", r.body);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("bytes a second"));
+    assert_eq!(tree(&f.repo), f.baseline);
+}
