@@ -29,7 +29,7 @@
 //! the body is complete the file is fsynced and the digests are checked
 //! against `Repr-Digest` or `Content-Digest` (`sha-256=:base64:`, RFC 9530)
 //! and `Content-MD5` when the client sent them (a mismatch is `400`). The
-//! import is then `vmrepo add --move` of that file ([`vmrepo_repo::add`]):
+//! import is then `vmrepo add --move` of that file ([`vmrepo_repo::add()`]):
 //! the content is read and must agree with the name, the file is linked into
 //! the transaction's staging folder, and the digests computed on arrival are
 //! handed over ([`vmrepo_repo::Prehashed`]) so that the bytes are not read a
