@@ -663,7 +663,7 @@ fn for_zeros(mut n: u64, f: &mut dyn FnMut(&[u8])) {
 /// Asks the kernel to start writing a range back now rather than at the final
 /// fsync, so that disk writes overlap hashing. Advisory: failures are ignored.
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) {
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
     // SAFETY: sync_file_range only reads its integer arguments; the descriptor
@@ -674,7 +674,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+pub fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 #[cfg(test)]
 mod tests {

@@ -83,6 +83,8 @@ pub const UPLOADS_DIR: &str = "uploads";
 pub const BATCH: usize = 1 << 20;
 /// Batches queued for each thread at most.
 pub const QUEUE: usize = 8;
+/// The upload's file starts write-back every this many bytes.
+const WRITEBACK_STEP: u64 = 8 << 20;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -665,15 +667,30 @@ async fn receive(state: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Resu
     let (to_writer, mut writer_rx) = tokio::sync::mpsc::channel::<Arc<Vec<Bytes>>>(QUEUE);
     let (to_md5, mut md5_rx) = tokio::sync::mpsc::channel::<Arc<Vec<Bytes>>>(QUEUE);
     let stop_writing = aborted.clone();
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(File, [u8; 32])> {
-        let mut file = file;
+    // Write-back is started as the file grows, from a thread of its own (on
+    // a busy disk the call blocks), so that the final fsync has little left.
+    let (to_writeback, writeback_rx) = std::sync::mpsc::channel::<(Arc<File>, u64, u64)>();
+    tokio::task::spawn_blocking(move || {
+        while let Ok((f, offset, len)) = writeback_rx.recv() {
+            vmrepo_repo::hashing::start_writeback(&f, offset, len);
+        }
+    });
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(Arc<File>, [u8; 32])> {
+        let file = Arc::new(file);
         let mut sha = Sha256::new();
+        let (mut written, mut flushed) = (0u64, 0u64);
         while let Some(batch) = writer_rx.blocking_recv() {
             for b in batch.iter() {
-                file.write_all(b)?;
+                (&*file).write_all(b)?;
                 sha.update(b);
+                written = written.saturating_add(u64::try_from(b.len()).unwrap_or(u64::MAX));
+            }
+            if written - flushed >= WRITEBACK_STEP {
+                let _ = to_writeback.send((file.clone(), flushed, written - flushed));
+                flushed = written;
             }
         }
+        drop(to_writeback);
         if !stop_writing.load(Ordering::Relaxed) {
             file.sync_all()?;
         }
