@@ -182,10 +182,23 @@ async fn authorize(
 
 /// `PUT /vm/<VM>/<file>`.
 async fn put_file(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let mut audit = Audit::new("put", &parts);
-    let result = put_inner(&state, &parts, body, &mut audit).await;
-    answer(state, &parts, audit, result).await
+    detached(async move {
+        let (parts, body) = req.into_parts();
+        let mut audit = Audit::new("put", &parts);
+        let result = put_inner(&state, &parts, body, &mut audit).await;
+        answer(state, &parts, audit, result).await
+    })
+    .await
+}
+
+/// Runs a write in a task of its own: a client that goes away drops the
+/// request's future, not the write, which ends (rolled back or committed)
+/// and writes its audit line all the same.
+async fn detached(write: impl std::future::Future<Output = Response> + Send + 'static) -> Response {
+    match tokio::spawn(write).await {
+        Ok(r) => r,
+        Err(e) => ApiError::internal(format!("a write's task failed: {e}")).into_response(),
+    }
 }
 
 async fn put_inner(
@@ -242,10 +255,13 @@ async fn refuse_taken(state: &Arc<AppState>, vm: Vm, name: &ImageName) -> Result
 
 /// `POST /api/v1/images?vm=..&os=..`: named from the fields and the content.
 async fn post_image(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let mut audit = Audit::new("post", &parts);
-    let result = post_inner(&state, &parts, body, &mut audit).await;
-    answer(state, &parts, audit, result).await
+    detached(async move {
+        let (parts, body) = req.into_parts();
+        let mut audit = Audit::new("post", &parts);
+        let result = post_inner(&state, &parts, body, &mut audit).await;
+        answer(state, &parts, audit, result).await
+    })
+    .await
 }
 
 async fn post_inner(
@@ -369,21 +385,24 @@ const LOCATION_SET: &percent_encoding::AsciiSet =
 
 /// `DELETE /vm/<VM>/<file>`: the image whose file that is.
 async fn delete_file(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let (parts, _body) = req.into_parts();
-    let mut audit = Audit::new("delete", &parts);
-    let result = async {
-        if state.read_only {
-            return Err(read_only());
+    detached(async move {
+        let (parts, _body) = req.into_parts();
+        let mut audit = Audit::new("delete", &parts);
+        let result = async {
+            if state.read_only {
+                return Err(read_only());
+            }
+            let segments = paths::vm_segments(parts.uri.path())?;
+            let [vm, file] = segments.as_slice() else {
+                return Err(ApiError::bad_request("DELETE /vm/VM/FILE is expected"));
+            };
+            let vm = Vm::from_user(vm)?;
+            delete_inner(&state, &parts, vm, file.clone(), true, &mut audit).await
         }
-        let segments = paths::vm_segments(parts.uri.path())?;
-        let [vm, file] = segments.as_slice() else {
-            return Err(ApiError::bad_request("DELETE /vm/VM/FILE is expected"));
-        };
-        let vm = Vm::from_user(vm)?;
-        delete_inner(&state, &parts, vm, file.clone(), true, &mut audit).await
-    }
-    .await;
-    answer(state, &parts, audit, result).await
+        .await;
+        answer(state, &parts, audit, result).await
+    })
+    .await
 }
 
 /// `DELETE /api/v1/images/<VM>/<name>`: as `vmrepo rm VM/NAME`.
@@ -392,20 +411,23 @@ async fn delete_image(
     UrlPath((vm, name)): UrlPath<(String, String)>,
     req: Request,
 ) -> Response {
-    let (parts, _body) = req.into_parts();
-    let mut audit = Audit::new("delete", &parts);
-    let result = async {
-        if state.read_only {
-            return Err(read_only());
+    detached(async move {
+        let (parts, _body) = req.into_parts();
+        let mut audit = Audit::new("delete", &parts);
+        let result = async {
+            if state.read_only {
+                return Err(read_only());
+            }
+            if vm.contains('/') || name.contains('/') || vm.starts_with('.') || name.starts_with('.') {
+                return Err(ApiError::bad_request("a VM and an image name are expected"));
+            }
+            let vm = Vm::from_user(&vm)?;
+            delete_inner(&state, &parts, vm, name.clone(), false, &mut audit).await
         }
-        if vm.contains('/') || name.contains('/') || vm.starts_with('.') || name.starts_with('.') {
-            return Err(ApiError::bad_request("a VM and an image name are expected"));
-        }
-        let vm = Vm::from_user(&vm)?;
-        delete_inner(&state, &parts, vm, name.clone(), false, &mut audit).await
-    }
-    .await;
-    answer(state, &parts, audit, result).await
+        .await;
+        answer(state, &parts, audit, result).await
+    })
+    .await
 }
 
 async fn delete_inner(
