@@ -3,7 +3,9 @@
 //! This crate owns the axum application ([`app`]) and the server that runs it
 //! ([`server::run`]): the JSON API under `/api/v1/` (the same documents as the
 //! CLI's `--json`, docs/json.md), downloads of images and sidecars under
-//! `/vm/` (byte ranges, `If-Range`, digests), `/healthz` and `/metrics`.
+//! `/vm/` (byte ranges, `If-Range`, digests), `/healthz` and `/metrics`;
+//! and, with a token ([`auth`]), uploads and deletions ([`upload`]), each
+//! recorded in the audit log ([`audit`]).
 //! Every answer comes from the same [`vmrepo_repo::Catalog`] the CLI uses,
 //! brought up to date on each request, so that what another process adds is
 //! seen at once. Nothing outside `vm/`, and nothing the catalog does not know

@@ -224,9 +224,7 @@ async fn put_inner(
     if replace == Replace::No {
         refuse_taken(state, vm, &name).await?;
     }
-    let received = receive(state, &parts.headers, body).await?;
-    audit.sha256 = Some(hex(&received.prehashed.sha256));
-    audit.bytes = Some(received.prehashed.len);
+    let received = receive(state, &parts.headers, body, audit).await?;
     let out = import(state, received, vm, Naming::Given(name), replace).await?;
     Ok(created(&out))
 }
@@ -277,9 +275,7 @@ async fn post_inner(
     audit.path = format!("vm/{}/", vm.as_str());
     authorize(state, &parts.headers, vm, audit).await?;
     let replace = replace_asked(parts)?;
-    let received = receive(state, &parts.headers, body).await?;
-    audit.sha256 = Some(hex(&received.prehashed.sha256));
-    audit.bytes = Some(received.prehashed.len);
+    let received = receive(state, &parts.headers, body, audit).await?;
     let out = import(state, received, vm, Naming::Fields(Box::new(fields)), replace).await?;
     audit.path = out.image.path.clone();
     Ok(created(&out))
@@ -628,7 +624,12 @@ fn write_failed(e: &std::io::Error) -> ApiError {
 
 /// Receives the body into a file under `.vmrepo/uploads/`, hashing it as it
 /// arrives, and checks it against the digests the client sent.
-async fn receive(state: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Result<Received, ApiError> {
+async fn receive(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: Body,
+    audit: &mut Audit,
+) -> Result<Received, ApiError> {
     if let Some(ce) = headers.get(header::CONTENT_ENCODING)
         && !ce.as_bytes().eq_ignore_ascii_case(b"identity")
     {
@@ -748,6 +749,9 @@ async fn receive(state: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Resu
     };
     let (file, sha256) = written?.map_err(|e| write_failed(&e))?;
     let md5 = md5?;
+    // What arrived, in the audit line whether or not it is stored.
+    audit.sha256 = Some(hex(&sha256));
+    audit.bytes = Some(total);
     if let Some(want) = expected.sha256
         && want != sha256
     {

@@ -302,6 +302,12 @@ async fn digest_mismatch_leaves_nothing() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{h}: {:?}", r.body);
         assert_eq!(tree(&f.repo), f.baseline, "{h}");
     }
+    // The audit line says what arrived, though it was refused.
+    let lines = audit_lines(&f.repo);
+    assert_eq!(lines.len(), 3);
+    assert!(
+        lines.iter().all(|l| l["status"] == 400 && l["sha256"] == format!("{:x}", Sha256::digest(&image)))
+    );
     // The right digests are accepted.
     let mut md5 = vmrepo_repo::hashing::StreamMd5::new();
     md5.update(&image);
