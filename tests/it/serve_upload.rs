@@ -177,3 +177,36 @@ fn sigterm_rolls_back_an_upload_in_progress() {
     assert_eq!(files(&repo), Vec::<String>::new(), "the upload was not rolled back");
     assert!(repo.listed().is_empty());
 }
+
+#[test]
+fn token_commands() {
+    let repo = Repo::new();
+    let made =
+        repo.json(&["token", "add", "builder", "--vm", "kvm", "--vm", "xen", "--expires", "2999-06-30"]);
+    let token = made["token"].as_str().unwrap();
+    assert!(token.starts_with("vmrepo_") && token.len() == 7 + 43, "{token}");
+    assert_eq!(made["vms"], serde_json::json!(["kvm", "xen"]));
+    assert_eq!(made["expires"], "2999-07-01T00:00:00Z");
+    // Only the hash is kept, readable by its owner only.
+    let path = repo.root.join(".vmrepo/tokens.json");
+    let kept = std::fs::read_to_string(&path).unwrap();
+    assert!(!kept.contains(&token[7..]), "the token itself is stored");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+
+    repo.fails(5, &["token", "add", "builder"]);
+    repo.fails(6, &["token", "add", "a/b"]);
+    repo.fails(6, &["token", "add", "late", "--expires", "2001-01-01"]);
+    repo.fails(6, &["token", "add", "odd", "--expires", "soon"]);
+    repo.fails(6, &["token", "add", "vm", "--vm", "no/such"]);
+    repo.ok(&["token", "revoke", "builder"]);
+    repo.fails(4, &["token", "revoke", "builder"]);
+    repo.fails(4, &["token", "revoke", "nobody"]);
+    let listed = repo.json(&["token", "list"]);
+    assert_eq!(listed[0]["name"], "builder");
+    assert_eq!(listed[0]["state"], "revoked");
+    assert!(listed[0].get("sha256").is_none(), "{listed}");
+    // A revoked name may be given again.
+    repo.ok(&["token", "add", "builder"]);
+    assert_eq!(repo.json(&["token", "list"])[0]["state"], "active");
+}
