@@ -25,21 +25,23 @@ impl Drop for Server {
 }
 
 fn serve(repo: &Repo) -> Server {
-    let mut child = repo
+    let child = repo
         .command(&["--json", "serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // The guard first: a failure below still kills the server.
+    let mut server = Server { child, url: String::new() };
     // The document (pretty-printed) ends with a line that closes it.
     let mut doc = String::new();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut out = BufReader::new(server.child.stdout.take().unwrap());
     while !doc.ends_with("}\n") {
         assert!(out.read_line(&mut doc).unwrap() > 0, "the server printed no address: {doc:?}");
     }
     let v: serde_json::Value = serde_json::from_str(&doc).unwrap_or_else(|e| panic!("{e}: {doc:?}"));
-    let url = v["url"].as_str().unwrap().trim_end_matches('/').to_string();
-    Server { child, url }
+    server.url = v["url"].as_str().unwrap().trim_end_matches('/').to_string();
+    server
 }
 
 /// An 8 MiB raw disk with an MBR and a Linux partition (as `vmrepo demo` makes).
