@@ -22,6 +22,8 @@ Exit codes:
   11   the image file is malformed, empty, of an unsupported format, disagrees with its
        name or VM folder (add, mv), or is larger than vmrepo reads
   12   reading the image needs a file it references: pass --follow
+  13   (HTTP API only: 401) a write without a valid token
+  14   (HTTP API only: 403) a write the token or --read-only does not allow
   130  interrupted (nothing half-done is left behind)";
 
 /// Store, catalog and check STAR virtual machine images.
@@ -158,6 +160,28 @@ Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo f
     /// Serve the repository over HTTP: the web page, the JSON API, downloads
     /// and, with a token, uploads (docs/serve.md).
     Serve(ServeArgs),
+    /// Tokens that allow uploads and deletions through `vmrepo serve`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a token and print it, once: only its hash is kept.
+    Add {
+        /// A name for the token (who or what uses it): letters, digits, '.', '_', '@', '-'.
+        name: String,
+        /// A VM folder it may write to (repeat for several; none: all).
+        #[arg(long = "vm", value_name = "VM")]
+        vms: Vec<String>,
+        /// It is refused from then on: a date (the end of that day, UTC) or a UTC time.
+        #[arg(long, value_name = "DATE")]
+        expires: Option<String>,
+    },
+    /// List the tokens (never the tokens themselves).
+    List,
+    /// Refuse the token from now on (a running server notices at once).
+    Revoke { name: String },
 }
 
 #[derive(Args, Debug, Clone)]

@@ -64,6 +64,7 @@ pub(crate) fn demo(ctx: &Ctx<'_>, dir: Option<&Path>, serving: bool) -> Result<O
                 move_source: false,
                 content: vmrepo_repo::content::read(&tmp).ok(),
                 force: false,
+                prehashed: None,
                 progress: &bar,
                 cancel: ctx.cancel,
             },

@@ -2,13 +2,14 @@
 //! and printing the result. `repo` keeps the tree (init, add, verify, find,
 //! show, inventory, lint, rm, mv, reindex), `name` the naming convention,
 //! `image` reads one image file (info, map, cat, check, inspect), `serve` the
-//! HTTP service, `demo` the demonstration.
+//! HTTP service, `token` its write tokens, `demo` the demonstration.
 
 mod demo;
 mod image;
 mod name;
 mod repo;
 mod serve;
+mod token;
 
 use std::sync::atomic::AtomicBool;
 
@@ -16,7 +17,7 @@ use anyhow::{Context, Result};
 use vmrepo_repo::{Catalog, Repository};
 
 use crate::Outcome;
-use crate::args::{Cli, Command, NameCommand};
+use crate::args::{Cli, Command, NameCommand, TokenCommand};
 
 pub(crate) struct Ctx<'a> {
     pub cli: &'a Cli,
@@ -57,6 +58,11 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
             serve::serve_repo(&ctx, Repository::open(&dir)?, &args)
         }
         Command::Serve(a) => serve::serve(&ctx, a),
+        Command::Token(TokenCommand::Add { name, vms, expires }) => {
+            token::add(&ctx, name, vms, expires.as_deref())
+        }
+        Command::Token(TokenCommand::List) => token::list(&ctx),
+        Command::Token(TokenCommand::Revoke { name }) => token::revoke(&ctx, name),
         Command::Info(a) => image::info(&ctx, a),
         Command::Map(a) => image::map(&ctx, a),
         Command::Cat { image, output, force } => image::cat(&ctx, image, output.as_deref(), *force),

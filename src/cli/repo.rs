@@ -102,6 +102,7 @@ pub(crate) fn add(ctx: &Ctx<'_>, a: &AddArgs) -> Result<Outcome> {
             move_source: a.move_source,
             content,
             force: a.force,
+            prehashed: None,
             progress: &bar,
             cancel: ctx.cancel,
         },

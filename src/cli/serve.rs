@@ -43,6 +43,8 @@ pub(crate) fn serve_repo(ctx: &Ctx<'_>, repo: Repository, a: &ServeArgs) -> Resu
         .thread_name("vmrepo-serve")
         .build()
         .context("cannot start the server's threads")?;
+    // Files of uploads a crashed server was receiving.
+    vmrepo_serve::upload::remove_leftovers(&repo);
     let defaults = Limits::default();
     let limits = Limits {
         header_timeout: a.header_timeout.unwrap_or(defaults.header_timeout),

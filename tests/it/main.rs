@@ -16,5 +16,6 @@ mod repo;
 mod samples;
 mod serve;
 mod serve_clients;
+mod serve_upload;
 mod serve_web;
 mod verify;

@@ -56,8 +56,33 @@ pub struct AddRequest<'a> {
     pub content: Option<crate::content::Content>,
     /// Store the image even where its name disagrees with its content.
     pub force: bool,
+    /// Digests of a file source the caller computed while it wrote the file
+    /// (an upload hashed as it arrived). Used only where they cannot be
+    /// stale: for `move_source` on the same filesystem, when the linked file
+    /// is still the inode, length and modification time they were taken of;
+    /// a copy hashes its bytes as it goes anyway and must find the same
+    /// digests, or nothing is imported.
+    pub prehashed: Option<Prehashed>,
     pub progress: &'a dyn Progress,
     pub cancel: &'a AtomicBool,
+}
+
+/// Digests of a file source and the state of the file they describe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prehashed {
+    pub md5: [u8; 16],
+    pub sha256: [u8; 32],
+    /// The file's inode, length and modification time (ns) once written and fsynced.
+    pub ino: u64,
+    pub len: u64,
+    pub mtime_ns: i64,
+}
+
+impl Prehashed {
+    /// Whether `md` is the file these digests were taken of, unchanged.
+    fn describes(&self, md: &fs::Metadata) -> bool {
+        md.ino() == self.ino && md.len() == self.len && fsutil::mtime_ns(md) == self.mtime_ns
+    }
 }
 
 /// What `add` did.
@@ -338,7 +363,19 @@ fn stage_image(
     for part in &source.parts {
         let dst_path = txn.staging().join(&part.rel);
         let linked = link && stage_link(txn, part, &dst_path)?;
-        let digests = if linked {
+        // A prehashed file source linked in place: its digests are those of
+        // these very bytes, so it is not read again.
+        let known = match (&req.prehashed, source.is_folder) {
+            (Some(p), false) if linked => {
+                let md = fs::symlink_metadata(&dst_path).map_err(|e| Error::io("read", &dst_path, e))?;
+                p.describes(&md).then_some(*p)
+            }
+            _ => None,
+        };
+        let digests = if let Some(p) = known {
+            advance(p.len);
+            hashing::Digests { md5: Some(p.md5), sha256: Some(p.sha256), bytes: p.len }
+        } else if linked {
             let f = fsutil::open_regular(&dst_path, false)?;
             hashing::hash_file(Endpoint { file: &f, path: &dst_path }, None, want, &advance, req.cancel)?
         } else {
@@ -360,6 +397,14 @@ fn stage_image(
         let (Some(md5), Some(sha256)) = (digests.md5, digests.sha256) else {
             return Err(Error::new(ErrorKind::Io, "hashing returned no digest"));
         };
+        if let Some(p) = &req.prehashed
+            && (p.md5 != md5 || p.sha256 != sha256)
+        {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("{} changed after it was hashed; nothing was imported", part.src.display()),
+            ));
+        }
         let after = fs::symlink_metadata(&dst_path).map_err(|e| Error::io("read", &dst_path, e))?;
         let how = if linked { Staged::Linked } else { Staged::Copied };
         out.how.push((how, after.ino(), (after.len(), fsutil::mtime_ns(&after))));

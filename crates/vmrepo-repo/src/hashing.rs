@@ -29,6 +29,31 @@ mod sha256;
 
 pub use self::hasher::{Hasher, LANES};
 
+/// MD5 over bytes that arrive a piece at a time (an upload), with this
+/// crate's fast implementation (see `hashing/md5.rs`).
+#[derive(Clone)]
+pub struct StreamMd5(Md5);
+
+impl StreamMd5 {
+    pub fn new() -> StreamMd5 {
+        StreamMd5(Md5::new())
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub fn finalize(self) -> [u8; 16] {
+        self.0.finalize()
+    }
+}
+
+impl Default for StreamMd5 {
+    fn default() -> StreamMd5 {
+        StreamMd5::new()
+    }
+}
+
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -638,7 +663,7 @@ fn for_zeros(mut n: u64, f: &mut dyn FnMut(&[u8])) {
 /// Asks the kernel to start writing a range back now rather than at the final
 /// fsync, so that disk writes overlap hashing. Advisory: failures are ignored.
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) {
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
     // SAFETY: sync_file_range only reads its integer arguments; the descriptor
@@ -649,7 +674,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+pub fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 #[cfg(test)]
 mod tests {

@@ -53,7 +53,7 @@ pub mod show;
 pub mod txn;
 pub mod verify;
 
-pub use add::{AddOutcome, AddRequest, add};
+pub use add::{AddOutcome, AddRequest, Prehashed, add};
 pub use catalog::{Catalog, Identity, ImageRecord, Inventory, ScanStats, Totals};
 pub use description::{Description, Facts, Storage};
 pub use error::{Error, ErrorKind, Result};

@@ -4,19 +4,23 @@
 //! ([`server::run`]): the JSON API under `/api/v1/` (the same documents as the
 //! CLI's `--json`, docs/json.md), downloads of images and sidecars under
 //! `/vm/` (byte ranges, `If-Range`, digests), a web page for people at `/`
-//! ([`web`]), `/healthz` and `/metrics`.
+//! ([`web`]), `/healthz` and `/metrics`; and, with a token ([`auth`]),
+//! uploads and deletions ([`upload`]), each recorded in the audit log ([`audit`]).
 //! Every answer comes from the same [`vmrepo_repo::Catalog`] the CLI uses,
 //! brought up to date on each request, so that what another process adds is
 //! seen at once. Nothing outside `vm/`, and nothing the catalog does not know
 //! as an image or a sidecar, is ever served. docs/serve.md documents the API.
 
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod download;
 pub mod error;
 pub mod metrics;
 pub mod paths;
 pub mod server;
 pub mod state;
+pub mod upload;
 pub mod web;
 
 use std::sync::Arc;
@@ -37,6 +41,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .merge(api::routes())
         .merge(download::routes())
         .merge(web::routes())
+        .merge(upload::routes())
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::observe))
         .with_state(state)

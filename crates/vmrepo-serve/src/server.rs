@@ -16,7 +16,6 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -161,7 +160,7 @@ pub async fn run(
         });
     }
     drop(listener);
-    state.stopping.store(true, Ordering::SeqCst);
+    state.begin_stop();
     tracing::info!("shutting down: waiting up to {:?} for answers in flight", state.limits.grace);
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),

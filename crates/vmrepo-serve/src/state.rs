@@ -1,12 +1,13 @@
 //! What every request shares: the repository, a pool of open catalogs, the
 //! limits and the counters.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use vmrepo_repo::{Catalog, Repository};
 
+use crate::auth::TokenStore;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
@@ -31,6 +32,16 @@ pub struct Limits {
     pub grace: Duration,
     /// Connections served at once; more wait in the listen queue.
     pub max_connections: usize,
+    /// The largest upload accepted, in bytes (`413` above).
+    pub max_upload: u64,
+    /// Uploads received at once (`503` above).
+    pub max_uploads: usize,
+    /// Time an upload may go without a byte arriving (slowloris) before it
+    /// is rolled back.
+    pub body_timeout: Duration,
+    /// Bytes a second an upload must average over each `body_timeout`
+    /// (a client trickling a byte at a time holds an upload slot otherwise).
+    pub min_rate: u64,
 }
 
 impl Default for Limits {
@@ -44,6 +55,10 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(30),
             max_connections: 1024,
+            max_upload: 4 << 40,
+            max_uploads: 4,
+            body_timeout: Duration::from_secs(60),
+            min_rate: 1024,
         }
     }
 }
@@ -66,8 +81,6 @@ pub struct AppState {
     /// would wait on SQLite's busy handler, which sleeps milliseconds at a
     /// time. And they are shared: see [`AppState::take_catalog`].
     refreshed: Mutex<Option<Instant>>,
-    /// Set at shutdown: a wait for the repository lock gives up.
-    pub stopping: AtomicBool,
     /// The URL people reach the server at, for the commands the web page
     /// shows (`https://vm.example.org`); `None`: the host they asked.
     pub public_url: Option<String>,
@@ -75,6 +88,18 @@ pub struct AppState {
     pub scheme: &'static str,
     /// Inspections of images for their pages.
     pub inspections: crate::web::inspection::Inspections,
+    /// Set at shutdown: a wait for the repository lock gives up, an import
+    /// under way is undone.
+    pub stopping: AtomicBool,
+    /// Told at shutdown, for uploads waiting on their client to give up.
+    pub stop: tokio::sync::watch::Sender<bool>,
+    /// Who may write.
+    pub tokens: TokenStore,
+    /// One permit per upload being received.
+    pub upload_slots: Arc<tokio::sync::Semaphore>,
+    /// Bytes announced by the uploads being received, not yet on the disk
+    /// in full: free space is counted without them.
+    pub reserved: AtomicU64,
 }
 
 /// Catalogs kept open between requests, and in use at most at once.
@@ -83,14 +108,18 @@ const POOL_MAX: usize = 16;
 impl AppState {
     pub fn new(repo: Repository, read_only: bool, limits: Limits) -> AppState {
         AppState {
+            pool: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
+            stop: tokio::sync::watch::Sender::new(false),
+            tokens: TokenStore::new(&repo),
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_uploads)),
+            reserved: AtomicU64::new(0),
             repo,
             read_only,
             limits,
             metrics: Metrics::default(),
-            pool: Mutex::new(Vec::new()),
             catalogs: Arc::new(tokio::sync::Semaphore::new(POOL_MAX)),
             refreshed: Mutex::new(None),
-            stopping: AtomicBool::new(false),
             public_url: None,
             scheme: "http",
             inspections: Default::default(),
@@ -125,6 +154,13 @@ impl AppState {
         })
         .await
         .map_err(|e| ApiError::internal(format!("a request's task failed: {e}")))?
+    }
+
+    /// Begins the shutdown: imports under way are undone, uploads being
+    /// received are rolled back.
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop.send_replace(true);
     }
 
     /// A catalog up to date with the files as they were when the request

@@ -53,6 +53,7 @@ fn add(catalog: &mut Catalog, src: &Path, vm: Vm, name: &str, replace: bool) {
             force: true,
             progress: &NoProgress,
             cancel: &stop,
+            prehashed: None,
         },
     )
     .unwrap();

@@ -68,6 +68,7 @@ fn fixture() -> Fixture {
                 force: true,
                 progress: &NoProgress,
                 cancel: &stop,
+                prehashed: None,
             },
         )
         .unwrap();
