@@ -768,15 +768,17 @@ fn wrk(url: &str, secs: u32) -> Wrk {
     Wrk { requests, socket_errors: find("Socket errors:"), non_2xx: find("Non-2xx or 3xx responses:") }
 }
 
-/// 256 connections at once on a catalog query and on a small download: no
-/// socket error (connect, read, write or wrk's 2 s time-out), no answer
-/// other than 2xx, and the server's peak resident memory under 64 MiB.
-/// Each run lasts 10 s rather than 20 s to keep the suite's time down: the
-/// memory peak and the errors show in the first seconds, when all 256
-/// connections arrive together.
+/// 256 connections at once on a catalog query and on a small download,
+/// while another client uploads images one after the other: no socket error
+/// (connect, read, write or wrk's 2 s time-out), no answer other than 2xx,
+/// every upload stored (`201`, then listed with the SHA-256 `sha256sum`
+/// gives), and the server's peak resident memory under 64 MiB. Each run
+/// lasts 10 s rather than 20 s to keep the suite's time down: the memory
+/// peak and the errors show in the first seconds, when all 256 connections
+/// arrive together.
 #[test]
 fn load_256_connections() {
-    if !tools(&[("wrk", "wrk")]) {
+    if !tools(&[("wrk", "wrk"), ("curl", "curl")]) {
         return;
     }
     let r = Repo::new();
@@ -791,15 +793,59 @@ fn load_256_connections() {
         let v = r.json(&a);
         small = v["image"]["file"].as_str().unwrap().to_string();
     }
+    let token = r.ok(&["token", "add", "load"]).trim().to_string();
+    let upload_src = scratch.join("upload.img");
+    pattern_file(&upload_src, 4 << 20, 77);
+    let upload_sha = sha256sum(&upload_src);
     let server = Server::start(&r, 0, &[]);
-    for path in ["/api/v1/images?q=lib=sl08e", &format!("/vm/kvm/{small}")] {
+    let mut uploaded = Vec::new();
+    for (round, path) in ["/api/v1/images?q=lib=sl08e", &format!("/vm/kvm/{small}")].into_iter().enumerate() {
         let url = format!("{}{path}", server.url);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let uploader = {
+            let stop = stop.clone();
+            let (base, token, src) = (server.url.clone(), token.clone(), upload_src.clone());
+            std::thread::spawn(move || {
+                let mut done = Vec::new();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    n += 1;
+                    let name = format!("sl5.3_x86_64_sl08e_4MB_up{round}x{n}.img");
+                    let out = Command::new("curl")
+                        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "60", "-T"])
+                        .arg(&src)
+                        .args(["-H", &format!("Authorization: Bearer {token}")])
+                        .arg(format!("{base}/vm/kvm/{name}"))
+                        .output()
+                        .unwrap();
+                    done.push((name, String::from_utf8_lossy(&out.stdout).to_string()));
+                }
+                done
+            })
+        };
         let w = wrk(&url, 10);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let done = uploader.join().unwrap();
         assert!(w.socket_errors.is_none(), "{path}: {:?} ({} requests)", w.socket_errors, w.requests);
         assert!(w.non_2xx.is_none(), "{path}: {:?} ({} requests)", w.non_2xx, w.requests);
         assert!(w.requests > 256, "{path}: only {} requests", w.requests);
+        assert!(!done.is_empty());
+        for (name, code) in &done {
+            assert_eq!(code, "201", "{path}: the upload of {name} under load");
+        }
         let peak = server.peak_rss();
-        eprintln!("wrk -c256 -d10s {path}: {} requests, server peak resident {} KiB", w.requests, peak >> 10);
+        eprintln!(
+            "wrk -c256 -d10s {path}: {} requests, {} uploads, server peak resident {} KiB",
+            w.requests,
+            done.len(),
+            peak >> 10
+        );
         assert!(peak < 64 << 20, "{path}: the server's resident memory reached {} MiB", peak >> 20);
+        uploaded.extend(done.into_iter().map(|(name, _)| name));
     }
+    for name in &uploaded {
+        assert_eq!(sha256sum(&r.vm_dir("kvm").join(name)), upload_sha, "{name}");
+    }
+    let listed = r.listed();
+    assert!(uploaded.iter().all(|n| listed.contains(&format!("kvm/{n}"))), "{listed:?}");
 }
