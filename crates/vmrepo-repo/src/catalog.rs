@@ -504,6 +504,53 @@ impl Catalog {
         Ok(n)
     }
 
+    /// Calls `visit` on the images matching a query from the `offset`-th, at
+    /// most `limit` of them, sorted as [`Catalog::find_each`]; returns how
+    /// many match in all. Only the page's records are read: the total is
+    /// counted by the index.
+    ///
+    /// # Errors
+    /// An index failure, or `visit`'s error.
+    pub fn find_page<E: From<Error>>(
+        &self,
+        q: &Query,
+        offset: u64,
+        limit: u64,
+        mut visit: impl FnMut(&ImageRecord) -> std::result::Result<(), E>,
+    ) -> std::result::Result<u64, E> {
+        let (clause, values) = q.to_sql();
+        let count_sql = format!("SELECT COUNT(*) FROM images WHERE {clause}");
+        let total: i64 = self
+            .conn
+            .prepare_cached(&count_sql)
+            .and_then(|mut st| st.query_row(rusqlite::params_from_iter(values.iter()), |r| r.get(0)))
+            .map_err(|e| Error::index("count", e))?;
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM images WHERE {clause} ORDER BY vm, stem, file LIMIT {} OFFSET {}",
+            i64::try_from(limit).unwrap_or(i64::MAX),
+            i64::try_from(offset).unwrap_or(i64::MAX)
+        );
+        let mut st = self.conn.prepare(&sql).map_err(|e| Error::index("query", e))?;
+        let mut rows =
+            st.query(rusqlite::params_from_iter(values.iter())).map_err(|e| Error::index("query", e))?;
+        let mut rec = ImageRecord::default();
+        while let Some(row) = rows.next().map_err(|e| Error::index("query", e))? {
+            rec.fill(row).map_err(|e| Error::index("query", e))?;
+            visit(&rec)?;
+        }
+        Ok(u64::try_from(total).unwrap_or(0))
+    }
+
+    /// A number that changes whenever another connection commits a change
+    /// to the index (SQLite's `PRAGMA data_version`): the same value twice on
+    /// this catalog means nobody else changed the index in between.
+    ///
+    /// # Errors
+    /// An index failure.
+    pub fn data_version(&self) -> Result<i64> {
+        self.conn.pragma_query_value(None, "data_version", |r| r.get(0)).map_err(|e| Error::index("read", e))
+    }
+
     /// Every image, including those whose file is missing.
     ///
     /// # Errors

@@ -9,14 +9,16 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query as UrlQuery, State};
+use axum::extract::{Path, Query as UrlQuery, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use vmrepo_repo::Query;
 
+use crate::answers::Answer;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -84,6 +86,7 @@ fn number(params: &[(String, String)], key: &str) -> Result<Option<usize>, ApiEr
 async fn images(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    RawQuery(raw): RawQuery,
     UrlQuery(params): UrlQuery<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(&expressions(&params))?;
@@ -95,41 +98,86 @@ async fn images(
         )));
     }
     let offset = number(&params, "offset")?.unwrap_or(0);
-    let (body, total) = state
+    let key = format!("images?{}", raw.unwrap_or_default());
+    cached(&state, &headers, key, move |catalog| {
+        let mut page = Vec::with_capacity(16 * 1024);
+        page.push(b'[');
+        let total = catalog.find_page::<ApiError>(&query, offset as u64, limit as u64, |rec| {
+            if page.len() > 1 {
+                page.push(b',');
+            }
+            serde_json::to_writer(&mut page, rec)
+                .map_err(|e| ApiError::internal(format!("cannot write JSON: {e}")))
+        })?;
+        page.push(b']');
+        let total = usize::try_from(total).unwrap_or(usize::MAX);
+        let mut extra = vec![("x-total-count", total.to_string())];
+        if offset.saturating_add(limit) < total {
+            let mut next: Vec<(String, String)> =
+                params.iter().filter(|(k, _)| k != "offset" && k != "limit").cloned().collect();
+            next.push(("limit".into(), limit.to_string()));
+            next.push(("offset".into(), (offset + limit).to_string()));
+            let qs = next
+                .iter()
+                .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            extra.push(("link", format!("</api/v1/images?{qs}>; rel=\"next\"")));
+        }
+        Ok((page, extra))
+    })
+    .await
+}
+
+/// An answer computed by `compute` on an up-to-date catalog, or the one
+/// kept for `key` while nothing it depends on has changed ([`crate::answers`]).
+async fn cached(
+    state: &Arc<AppState>,
+    req: &HeaderMap,
+    key: String,
+    compute: impl FnOnce(&mut vmrepo_repo::Catalog) -> Result<(Vec<u8>, Vec<(&'static str, String)>), ApiError>
+    + Send
+    + 'static,
+) -> Result<Response, ApiError> {
+    // Witnesses first: a change after them makes what is kept look older.
+    let stamp = state.answers.stamp(&state.repo);
+    if let Some(s) = &stamp
+        && let Some(v) = state.answers.version(&state.repo, &state.stopping)
+        && let Some(a) = state.answers.get(&key, s, v)
+    {
+        state.metrics.answers_reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Ok(answer_response(req, a.body.clone(), &a.etag, &a.headers));
+    }
+    let st = state.clone();
+    let (body, extra, version) = state
         .with_catalog(move |catalog| {
-            let mut total = 0usize;
-            let mut page = Vec::with_capacity(64 * 1024);
-            page.push(b'[');
-            catalog.find_each::<ApiError>(&query, |rec| {
-                if total >= offset && total - offset < limit {
-                    if page.len() > 1 {
-                        page.push(b',');
-                    }
-                    serde_json::to_writer(&mut page, rec)
-                        .map_err(|e| ApiError::internal(format!("cannot write JSON: {e}")))?;
-                }
-                total += 1;
-                Ok(())
-            })?;
-            page.extend_from_slice(b"]");
-            Ok((page, total))
+            // After this request's refresh, before its query.
+            let version = st.answers.version(&st.repo, &st.stopping);
+            let (body, extra) = compute(catalog)?;
+            Ok((body, extra, version))
         })
         .await?;
-    let mut r = bytes_response(&headers, StatusCode::OK, body);
-    let h = r.headers_mut();
-    h.insert("x-total-count", HeaderValue::from(total));
-    if offset.saturating_add(limit) < total {
-        let mut next: Vec<(String, String)> =
-            params.iter().filter(|(k, _)| k != "offset" && k != "limit").cloned().collect();
-        next.push(("limit".into(), limit.to_string()));
-        next.push(("offset".into(), (offset + limit).to_string()));
-        let qs =
-            next.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&");
-        if let Ok(v) = HeaderValue::from_str(&format!("</api/v1/images?{qs}>; rel=\"next\"")) {
-            h.insert(header::LINK, v);
-        }
+    let body = Bytes::from(body);
+    let etag = etag_of(&body);
+    let r = answer_response(req, body.clone(), &etag, &extra);
+    if let (Some(stamp), Some(version)) = (stamp, version) {
+        state.answers.put(key, Answer { stamp, version, body, etag, headers: extra });
     }
     Ok(r)
+}
+
+fn etag_of(body: &[u8]) -> String {
+    format!("\"{}\"", hex(&Sha256::digest(body)[..16]))
+}
+
+fn answer_response(req: &HeaderMap, body: Bytes, etag: &str, extra: &[(&'static str, String)]) -> Response {
+    let mut r = bytes_response_with(req, StatusCode::OK, body, etag);
+    for (k, v) in extra {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            r.headers_mut().insert(*k, v);
+        }
+    }
+    r
 }
 
 fn encode(s: &str) -> String {
@@ -156,8 +204,13 @@ async fn show(
 
 /// `GET /api/v1/inventory`: `vmrepo inventory --json`.
 async fn inventory(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let inv = state.with_catalog(|catalog| Ok(catalog.inventory()?)).await?;
-    Ok(json_response(&headers, StatusCode::OK, &inv))
+    cached(&state, &headers, "inventory".into(), |catalog| {
+        let inv = catalog.inventory()?;
+        let body =
+            serde_json::to_vec(&inv).map_err(|e| ApiError::internal(format!("cannot write JSON: {e}")))?;
+        Ok((body, Vec::new()))
+    })
+    .await
 }
 
 /// `GET /api/v1/lint`: `vmrepo lint --json` (`200` whatever it finds: the
@@ -176,9 +229,12 @@ pub fn json_response<T: Serialize + ?Sized>(req: &HeaderMap, status: StatusCode,
 }
 
 fn bytes_response(req: &HeaderMap, status: StatusCode, body: Vec<u8>) -> Response {
-    let digest = Sha256::digest(&body);
-    let etag = format!("\"{}\"", hex(&digest[..16]));
-    let mut r = if status == StatusCode::OK && if_none_match(req, &etag) {
+    let etag = etag_of(&body);
+    bytes_response_with(req, status, Bytes::from(body), &etag)
+}
+
+fn bytes_response_with(req: &HeaderMap, status: StatusCode, body: Bytes, etag: &str) -> Response {
+    let mut r = if status == StatusCode::OK && if_none_match(req, etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut r = (status, body).into_response();
@@ -186,7 +242,7 @@ fn bytes_response(req: &HeaderMap, status: StatusCode, body: Vec<u8>) -> Respons
         r
     };
     let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&etag) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
         h.insert(header::ETAG, v);
     }
     // Clients may keep it, but must ask again before using it.

@@ -11,6 +11,7 @@
 //! seen at once. Nothing outside `vm/`, and nothing the catalog does not know
 //! as an image or a sidecar, is ever served. docs/serve.md documents the API.
 
+pub mod answers;
 pub mod api;
 pub mod audit;
 pub mod auth;

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub bytes_received: AtomicU64,
     pub downloads_in_flight: AtomicU64,
     pub uploads_in_flight: AtomicU64,
+    /// API answers given again from [`crate::answers`] without the index.
+    pub answers_reused: AtomicU64,
     /// Durations: counts per bucket (the last is +Inf), sum in microseconds.
     pub duration_buckets: [AtomicU64; BUCKETS.len() + 1],
     pub duration_sum_us: AtomicU64,
@@ -103,6 +105,12 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
         ("vmrepo_bytes_received_total", "Bytes of uploads received.", "counter", g(&m.bytes_received)),
         ("vmrepo_downloads_in_flight", "Downloads being sent.", "gauge", g(&m.downloads_in_flight)),
         ("vmrepo_uploads_in_flight", "Uploads being received.", "gauge", g(&m.uploads_in_flight)),
+        (
+            "vmrepo_api_answers_reused_total",
+            "API answers given again while the catalog was unchanged.",
+            "counter",
+            g(&m.answers_reused),
+        ),
     ] {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }

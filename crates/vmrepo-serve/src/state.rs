@@ -86,6 +86,8 @@ pub struct AppState {
     pub public_url: Option<String>,
     /// `http` or `https`, for the same commands when `public_url` is not set.
     pub scheme: &'static str,
+    /// Answers of the read API kept while nothing they depend on changes.
+    pub answers: crate::answers::Answers,
     /// Inspections of images for their pages.
     pub inspections: crate::web::inspection::Inspections,
     /// Set at shutdown: a wait for the repository lock gives up, an import
@@ -122,6 +124,7 @@ impl AppState {
             refreshed: Mutex::new(None),
             public_url: None,
             scheme: "http",
+            answers: Default::default(),
             inspections: Default::default(),
         }
     }

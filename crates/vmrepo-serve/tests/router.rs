@@ -382,3 +382,72 @@ async fn nothing_outside_the_images_is_ever_served() {
     let long = format!("/vm/kvm/{}.img", "a".repeat(300));
     assert!(get(&f, &long, &[]).await.status.is_client_error());
 }
+
+/// Sets the modification time of `vm/` and its folders an hour back, as a
+/// tree untouched for a while is.
+fn age_tree(f: &Fixture) {
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let vm = f.root.join("vm");
+    let mut dirs = vec![vm.clone()];
+    dirs.extend(std::fs::read_dir(&vm).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()));
+    for d in dirs {
+        std::fs::File::open(&d).unwrap().set_modified(old).unwrap();
+    }
+}
+
+fn reused(f: &Fixture) -> u64 {
+    f.state.metrics.answers_reused.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn kept_answers_are_given_again_only_while_nothing_changed() {
+    let f = fixture();
+    // A tree changed within the last seconds is not trusted: nothing kept.
+    get(&f, "/api/v1/images", &[]).await;
+    get(&f, "/api/v1/images", &[]).await;
+    assert_eq!(reused(&f), 0);
+
+    age_tree(&f);
+    let first = get(&f, "/api/v1/images?os=sl5.3", &[]).await;
+    let again = get(&f, "/api/v1/images?os=sl5.3", &[]).await;
+    assert_eq!(reused(&f), 1);
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.header("etag"), first.header("etag"));
+    assert_eq!(again.header("x-total-count"), first.header("x-total-count"));
+    assert!(first.json().as_array().unwrap().iter().all(|r| r["verified_at"].is_null()));
+
+    // A change to the index alone (verify records its results): answered anew.
+    let stop = AtomicBool::new(false);
+    let catalog = Catalog::open(f.state.repo.clone(), &stop).unwrap();
+    let opts = vmrepo_repo::VerifyOptions {
+        names: Vec::new(),
+        quick: false,
+        md5: false,
+        jobs: 1,
+        progress: &NoProgress,
+        cancel: &stop,
+    };
+    vmrepo_repo::verify(&catalog, &opts).unwrap();
+    let verified = get(&f, "/api/v1/images?os=sl5.3", &[]).await;
+    assert_eq!(reused(&f), 1);
+    assert!(
+        verified.json().as_array().unwrap().iter().all(|r| r["verified_ok"] == true),
+        "{}",
+        verified.json()
+    );
+    assert_eq!(verified.json(), catalog_json(&f, &["os=sl5.3"]));
+
+    // A file dropped into the tree by hand (the index knows nothing): the
+    // folder's time changed, so the answer is computed again.
+    age_tree(&f);
+    get(&f, "/api/v1/inventory", &[]).await;
+    get(&f, "/api/v1/inventory", &[]).await;
+    assert_eq!(reused(&f), 2);
+    let vm = f.root.join("vm/kvm");
+    std::fs::copy(vm.join(IMAGE), vm.join("sl5.3_x86_64_sl08e_8MB_copy.img")).unwrap();
+    std::fs::copy(vm.join("sl5.3_x86_64_sl08e_8MB_demo.txt"), vm.join("sl5.3_x86_64_sl08e_8MB_copy.txt"))
+        .unwrap();
+    let inv = get(&f, "/api/v1/inventory", &[]).await.json();
+    assert_eq!(reused(&f), 2);
+    assert_eq!(inv["total"]["images"], 4, "{inv}");
+}
