@@ -100,11 +100,17 @@ impl Answers {
     }
 
     /// The index's data version, or `None` when it cannot be read (the
-    /// index is only a copy in memory, or failed).
-    pub fn version(&self, repo: &Repository, stopping: &AtomicBool) -> Option<i64> {
+    /// index is only a copy in memory, or failed). The watching catalog is
+    /// opened (or opened again, when the index file was replaced) only when
+    /// `may_open`: opening may wait for the repository lock, which an async
+    /// task must not.
+    pub fn version(&self, repo: &Repository, stopping: &AtomicBool, may_open: bool) -> Option<i64> {
         let ino = std::fs::metadata(repo.index_path()).ok()?.ino();
         let mut w = self.watcher.lock().unwrap_or_else(PoisonError::into_inner);
         if w.as_ref().is_none_or(|(_, opened)| *opened != ino) {
+            if !may_open {
+                return None;
+            }
             let c = Catalog::open(repo.clone(), stopping).ok()?;
             if c.in_memory().is_some() {
                 return None;

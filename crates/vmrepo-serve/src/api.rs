@@ -142,7 +142,7 @@ async fn cached(
     // Witnesses first: a change after them makes what is kept look older.
     let stamp = state.answers.stamp(&state.repo);
     if let Some(s) = &stamp
-        && let Some(v) = state.answers.version(&state.repo, &state.stopping)
+        && let Some(v) = state.answers.version(&state.repo, &state.stopping, false)
         && let Some(a) = state.answers.get(&key, s, v)
     {
         state.metrics.answers_reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -152,7 +152,7 @@ async fn cached(
     let (body, extra, version) = state
         .with_catalog(move |catalog| {
             // After this request's refresh, before its query.
-            let version = st.answers.version(&st.repo, &st.stopping);
+            let version = st.answers.version(&st.repo, &st.stopping, true);
             let (body, extra) = compute(catalog)?;
             Ok((body, extra, version))
         })
