@@ -1,0 +1,375 @@
+//! `vmrepo publish DEST`: the selected images with their sidecars under
+//! `DEST/vm/<VM>/`, then `catalog.json` and its signature.
+//!
+//! The order keeps readers consistent (docs/distribution.md): every image
+//! is complete and fsynced under its name before a catalog naming it
+//! exists; then the new signature and the new catalog are written to
+//! temporary files and fsynced, and renamed: the signature first, the
+//! catalog last, so that whoever sees the new catalog finds its signature
+//! already there. Images no catalog names any more are left in place.
+
+use std::fs::{self, File};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use jiff::{SignedDuration, Timestamp, Unit};
+use serde::Serialize;
+use vmrepo_repo::checksum::{self, ChecksumLine, parse_hex};
+use vmrepo_repo::layout::{ImageKind, Sidecars};
+use vmrepo_repo::{Catalog, Error, ErrorKind, ImageRecord, Query, Result, fsutil};
+
+use crate::key;
+use crate::place::{self, Placed};
+use crate::schema::{self, CATALOG_FILE, CatalogDoc, CatalogImage, SIGNATURE_FILE};
+
+/// The lock file in DEST that keeps two publishes from choosing the same serial.
+const LOCK_FILE: &str = ".vmrepo-publish.lock";
+/// The largest previous catalog read (for its serial).
+const MAX_CATALOG_FILE: u64 = 1 << 30;
+
+/// What to publish, where, signed by what.
+#[derive(Clone, Debug)]
+pub struct PublishOptions {
+    pub dest: PathBuf,
+    pub query: Query,
+    pub base_url: Option<String>,
+    /// How long the catalog is to be trusted.
+    pub expires: SignedDuration,
+    /// The minisign secret key.
+    pub key: PathBuf,
+}
+
+/// What a publish did.
+#[derive(Clone, Debug, Serialize)]
+pub struct PublishReport {
+    pub dest: PathBuf,
+    pub serial: u64,
+    /// Images the catalog names.
+    pub images: usize,
+    pub copied: usize,
+    pub linked: usize,
+    /// Already there with the same size and SHA-256.
+    pub skipped: usize,
+    /// Selected images that cannot be published, with the reason.
+    pub left_out: Vec<LeftOut>,
+    pub generated: String,
+    pub expires: String,
+}
+
+/// A selected image that was not published.
+#[derive(Clone, Debug, Serialize)]
+pub struct LeftOut {
+    pub path: String,
+    pub reason: &'static str,
+}
+
+/// Publishes the images `opts.query` selects to the folder `opts.dest`.
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] for a destination inside a repository, a
+/// bad base URL or an unusable key; [`ErrorKind::Locked`] while another
+/// publish writes to the same folder; [`ErrorKind::BadSidecar`] when the
+/// catalog already there cannot be read for its serial; the errors of
+/// placing an image; an interruption.
+pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) -> Result<PublishReport> {
+    let (sk, pk) = key::load_secret_key(&opts.key)?;
+    let base_url = opts.base_url.as_deref().map(check_base_url).transpose()?;
+    let dest = prepare_dest(&opts.dest)?;
+    let _lock = lock_dest(&dest)?;
+    let serial = next_serial_at(&dest)?;
+    let generated = Timestamp::now().round(Unit::Second).map_err(time_error)?;
+    let expires = generated.checked_add(opts.expires).map_err(time_error)?;
+
+    let mut report = PublishReport {
+        dest: dest.clone(),
+        serial,
+        images: 0,
+        copied: 0,
+        linked: 0,
+        skipped: 0,
+        left_out: Vec::new(),
+        generated: generated.to_string(),
+        expires: expires.to_string(),
+    };
+    let mut images = Vec::new();
+    for rec in catalog.find(&opts.query)? {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::interrupted());
+        }
+        let Some((sha256, md5)) = publishable(&rec, &mut report) else { continue };
+        let (placed, image) = publish_one(catalog, &dest, rec, sha256, md5, cancel)?;
+        match placed {
+            Placed::Linked => report.linked += 1,
+            Placed::Copied => report.copied += 1,
+            Placed::Skipped => report.skipped += 1,
+        }
+        images.push(image);
+    }
+    report.images = images.len();
+    let doc = CatalogDoc {
+        format: schema::FORMAT.into(),
+        version: schema::VERSION,
+        serial,
+        generated: report.generated.clone(),
+        expires: report.expires.clone(),
+        base_url,
+        images,
+    };
+    write_signed_catalog(&dest, &doc, &sk, &pk)?;
+    Ok(report)
+}
+
+/// `30d`, `12h`, `2w`: how long a catalog is trusted (an hour to ten years).
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] naming the value.
+pub fn parse_expires(value: &str) -> Result<SignedDuration> {
+    let bad = || {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "--expires {value:?}: a number of hours, days or weeks is expected (12h, 30d, 2w), up to 10 years"
+            ),
+        )
+    };
+    let split = value.len().checked_sub(1).ok_or_else(bad)?;
+    let (n, unit) = (value.get(..split).ok_or_else(bad)?, value.get(split..).ok_or_else(bad)?);
+    let n: i64 = n.parse().map_err(|_| bad())?;
+    let hours = match unit {
+        "h" => Some(n),
+        "d" => n.checked_mul(24),
+        "w" => n.checked_mul(24 * 7),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    if !(1..=24 * 3653).contains(&hours) {
+        return Err(bad());
+    }
+    Ok(SignedDuration::from_hours(hours))
+}
+
+/// The recorded digests of an image that can be published, or `None` (and
+/// why, in the report) for one that cannot: a folder image, an image whose
+/// file is missing, or one without a recorded SHA-256 and MD5.
+fn publishable(rec: &ImageRecord, report: &mut PublishReport) -> Option<(String, String)> {
+    let reason = match (rec.image_kind(), &rec.sha256, &rec.md5, rec.size) {
+        (ImageKind::File, Some(s), Some(m), Some(_))
+            if parse_hex::<32>(s).is_some() && parse_hex::<16>(m).is_some() =>
+        {
+            return Some((s.to_ascii_lowercase(), m.to_ascii_lowercase()));
+        }
+        (ImageKind::Folder, ..) => "an image folder (several files): not published yet",
+        (ImageKind::Missing, ..) => "the image file is missing",
+        _ => "no well-formed recorded SHA-256 and MD5: run vmrepo verify",
+    };
+    report.left_out.push(LeftOut { path: rec.path.clone(), reason });
+    None
+}
+
+/// Places one image and its sidecars, and makes its catalog entry.
+fn publish_one(
+    catalog: &Catalog,
+    dest: &Path,
+    rec: ImageRecord,
+    sha256: String,
+    md5: String,
+    cancel: &AtomicBool,
+) -> Result<(Placed, CatalogImage)> {
+    for part in [&rec.folder, &rec.file] {
+        if part.is_empty() || part.contains('/') || part == "." || part == ".." {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{}: not a name vmrepo publishes", rec.path),
+            ));
+        }
+    }
+    let src_dir = catalog.repo().vm_root().join(&rec.folder);
+    let dest_dir = dest.join("vm").join(&rec.folder);
+    fs::create_dir_all(&dest_dir).map_err(|e| Error::io("create the folder", &dest_dir, e))?;
+    fsutil::real_folder(dest, &dest_dir)?;
+    let size = rec.size.unwrap_or(0);
+    let placed =
+        place::place_image(&src_dir.join(&rec.file), &dest_dir.join(&rec.file), size, &sha256, cancel)
+            .map_err(|e| e.context(format!("publish {}", rec.path)))?;
+    let sidecars = Sidecars::of(&src_dir, &rec.file, &rec.name, ImageKind::File);
+    // The .checksum is written anew from the record, as md5sum -c reads it.
+    let md5_bytes = parse_hex::<16>(&md5).ok_or_else(|| {
+        Error::new(ErrorKind::BadSidecar, format!("{}: a malformed recorded MD5", rec.path))
+    })?;
+    let checksum = checksum::format(&[ChecksumLine { md5: md5_bytes, path: rec.file.clone() }]);
+    place::place_small(&dest_dir.join(format!("{}.checksum", rec.name)), checksum.as_bytes())?;
+    if let Ok(txt) = vmrepo_repo::catalog::read_capped(
+        &sidecars.description,
+        vmrepo_repo::description::MAX_DESCRIPTION_FILE,
+    ) {
+        place::place_small(&dest_dir.join(format!("{}.txt", rec.name)), &txt)?;
+    }
+    let shown = vmrepo_repo::show::of_record(catalog, rec);
+    let description = serde_json::to_value(&shown.description)
+        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot encode the description: {e}")))?;
+    let r = shown.image;
+    let image = CatalogImage {
+        path: format!("vm/{}/{}", r.folder, r.file),
+        vm: r.vm,
+        name: r.name,
+        file: r.file,
+        size,
+        sha256,
+        md5,
+        format: r.format,
+        virtual_size: r.virtual_size,
+        storage: r.storage,
+        os: r.os,
+        osinfo: r.osinfo,
+        arch: r.arch,
+        bits: r.bits,
+        lib: r.lib,
+        maxsize: r.maxsize,
+        maxsize_bytes: r.maxsize_bytes,
+        detail: r.detail,
+        kernel: r.kernel,
+        added: r.added,
+        description,
+    };
+    Ok((placed, image))
+}
+
+/// Creates DEST if needed, refusing one inside a repository.
+fn prepare_dest(dest: &Path) -> Result<PathBuf> {
+    if let Some(root) = key::inside_repository(dest) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "{}: inside the repository {}: publish to a folder of its own",
+                dest.display(),
+                root.display()
+            ),
+        ));
+    }
+    fs::create_dir_all(dest).map_err(|e| Error::io("create the folder", dest, e))?;
+    let md = fs::metadata(dest).map_err(|e| Error::io("read", dest, e))?;
+    if !md.is_dir() {
+        return Err(Error::new(ErrorKind::InvalidInput, format!("{}: not a folder", dest.display())));
+    }
+    Ok(dest.to_path_buf())
+}
+
+/// Holds DEST's publish lock until dropped.
+fn lock_dest(dest: &Path) -> Result<File> {
+    let path = dest.join(LOCK_FILE);
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    rustix::fs::flock(f.as_fd(), rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        Error::new(ErrorKind::Locked, format!("{}: another vmrepo publish is writing there", dest.display()))
+    })?;
+    Ok(f)
+}
+
+/// One more than the serial of the catalog already in DEST, or 1.
+fn next_serial_at(dest: &Path) -> Result<u64> {
+    let path = dest.join(CATALOG_FILE);
+    let previous = match fs::symlink_metadata(&path) {
+        Err(e) if fsutil::is_not_found(&e) => None,
+        _ => {
+            let bytes = vmrepo_repo::catalog::read_capped(&path, MAX_CATALOG_FILE).map_err(|e| {
+                Error::new(ErrorKind::BadSidecar, format!("cannot read {}: {e}", path.display()))
+            })?;
+            let serial = schema::previous_serial(&bytes).map_err(|e| {
+                Error::new(
+                    ErrorKind::BadSidecar,
+                    format!(
+                        "{}: {e}; its serial cannot be known, so no new catalog is written",
+                        path.display()
+                    ),
+                )
+            })?;
+            Some(serial)
+        }
+    };
+    schema::next_serial(previous).ok_or_else(|| {
+        Error::new(ErrorKind::InvalidInput, format!("{}: the serial cannot grow any more", path.display()))
+    })
+}
+
+/// Writes catalog.json and catalog.json.minisig: both complete and fsynced
+/// under temporary names, then the signature renamed into place, then the
+/// catalog, then the folder fsynced.
+fn write_signed_catalog(
+    dest: &Path,
+    doc: &CatalogDoc,
+    sk: &minisign::SecretKey,
+    pk: &minisign::PublicKey,
+) -> Result<()> {
+    let mut json = serde_json::to_vec_pretty(doc)
+        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot encode the catalog: {e}")))?;
+    json.push(b'\n');
+    let comment = format!(
+        "vmrepo-catalog serial:{} generated:{} expires:{} file:{CATALOG_FILE}",
+        doc.serial, doc.generated, doc.expires
+    );
+    let sig = key::sign(sk, pk, &json, &comment)?;
+    let catalog = dest.join(CATALOG_FILE);
+    let signature = dest.join(SIGNATURE_FILE);
+    let catalog_tmp = fsutil::temp_sibling(&catalog);
+    let signature_tmp = fsutil::temp_sibling(&signature);
+    let result = (|| {
+        fsutil::write_new(&catalog_tmp, &json, 0o644)?;
+        fsutil::write_new(&signature_tmp, sig.as_bytes(), 0o644)?;
+        fs::rename(&signature_tmp, &signature).map_err(|e| Error::io("rename into place", &signature, e))?;
+        fs::rename(&catalog_tmp, &catalog).map_err(|e| Error::io("rename into place", &catalog, e))?;
+        fsutil::fsync_dir(dest)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&catalog_tmp);
+        let _ = fs::remove_file(&signature_tmp);
+    }
+    result
+}
+
+/// A base URL: `http://` or `https://`, printable ASCII without spaces;
+/// kept without its trailing `/`.
+fn check_base_url(url: &str) -> Result<String> {
+    let ok = (url.starts_with("https://") || url.starts_with("http://"))
+        && url.len() > "https://".len()
+        && url.len() <= 2048
+        && url.bytes().all(|b| b.is_ascii_graphic());
+    if !ok {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("--base-url {url:?}: an http:// or https:// URL without spaces is expected"),
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+fn time_error(e: jiff::Error) -> Error {
+    Error::new(ErrorKind::InvalidInput, format!("cannot compute the catalog's times: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_hours_days_or_weeks() {
+        assert_eq!(parse_expires("30d").unwrap(), SignedDuration::from_hours(720));
+        assert_eq!(parse_expires("12h").unwrap(), SignedDuration::from_hours(12));
+        assert_eq!(parse_expires("2w").unwrap(), SignedDuration::from_hours(336));
+        for bad in ["", "d", "0d", "-1d", "30", "30x", "1e3d", "99999999999999999w", "4000w", "30é"] {
+            assert_eq!(parse_expires(bad).unwrap_err().kind(), ErrorKind::InvalidInput, "{bad}");
+        }
+    }
+
+    #[test]
+    fn base_urls_are_http() {
+        assert_eq!(check_base_url("https://vm.example.org/star/").unwrap(), "https://vm.example.org/star");
+        for bad in ["ftp://x", "https://", "https://a b", "vm.example.org", "https://a\nb"] {
+            assert!(check_base_url(bad).is_err(), "{bad}");
+        }
+    }
+}

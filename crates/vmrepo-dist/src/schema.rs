@@ -1,0 +1,211 @@
+//! `catalog.json`: vmrepo's own catalog of published images, versioned, with
+//! a serial that only grows. Its JSON Schema is docs/catalog.schema.json and
+//! docs/distribution.md explains each field.
+
+use serde::{Deserialize, Serialize};
+
+/// The catalog's `format`.
+pub const FORMAT: &str = "vmrepo-catalog";
+/// The catalog's `version`: the schema this crate writes and reads.
+pub const VERSION: u32 = 1;
+/// The catalog's file name in the published tree.
+pub const CATALOG_FILE: &str = "catalog.json";
+/// Its minisign signature's file name.
+pub const SIGNATURE_FILE: &str = "catalog.json.minisig";
+/// The largest serial: the largest integer a JSON reader that holds numbers
+/// as doubles (JavaScript, jq) still reads exactly.
+pub const MAX_SERIAL: u64 = (1 << 53) - 1;
+
+/// The whole catalog.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogDoc {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Always [`VERSION`] when written by this crate.
+    pub version: u32,
+    /// One more than the previous catalog's at the same place; never smaller.
+    pub serial: u64,
+    /// When it was made (RFC 3339, UTC).
+    pub generated: String,
+    /// When readers stop trusting it (RFC 3339, UTC).
+    pub expires: String,
+    /// Where the published tree is served from; each image's `path` is relative to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    pub images: Vec<CatalogImage>,
+}
+
+/// One published image: the repository's record and its description's facts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogImage {
+    pub vm: String,
+    pub name: String,
+    pub file: String,
+    /// Relative to the catalog's folder (and to `base_url`): `vm/<VM>/<file>`.
+    pub path: String,
+    pub size: u64,
+    /// Lower-case hex.
+    pub sha256: String,
+    /// Lower-case hex, as in the image's `.checksum`.
+    pub md5: String,
+    pub format: Option<String>,
+    pub virtual_size: Option<u64>,
+    pub storage: Option<String>,
+    pub os: String,
+    pub osinfo: Option<String>,
+    pub arch: String,
+    pub bits: u16,
+    pub lib: String,
+    pub maxsize: String,
+    pub maxsize_bytes: u64,
+    pub detail: Option<String>,
+    pub kernel: Option<String>,
+    pub added: Option<String>,
+    /// The description's facts, as `vmrepo show --json` gives them.
+    pub description: serde_json::Value,
+}
+
+/// The fields of a previous catalog that publishing again needs.
+#[derive(Deserialize)]
+struct Head {
+    format: String,
+    version: u32,
+    serial: u64,
+}
+
+/// The serial of a catalog already published, read from its bytes.
+///
+/// # Errors
+/// A message (without the file's name) when the bytes are not JSON, not a
+/// vmrepo catalog, of a newer version, or have a serial out of range: the
+/// serial cannot be known, and publishing must not guess it.
+pub fn previous_serial(bytes: &[u8]) -> Result<u64, String> {
+    let head: Head = serde_json::from_slice(bytes).map_err(|e| format!("not a vmrepo catalog: {e}"))?;
+    if head.format != FORMAT {
+        return Err(format!("its format is {:?}, not {FORMAT:?}", head.format));
+    }
+    if head.version == 0 || head.version > VERSION {
+        return Err(format!("its version {} is not one this vmrepo reads (1 to {VERSION})", head.version));
+    }
+    if head.serial > MAX_SERIAL {
+        return Err(format!("its serial {} is above {MAX_SERIAL}", head.serial));
+    }
+    Ok(head.serial)
+}
+
+/// The serial of the next catalog: 1 for the first, else one more than the
+/// previous; `None` when the previous one is already the largest.
+pub fn next_serial(previous: Option<u64>) -> Option<u64> {
+    match previous {
+        None => Some(1),
+        Some(s) => s.checked_add(1).filter(|n| *n <= MAX_SERIAL),
+    }
+}
+
+/// The JSON Schema of the catalog (docs/catalog.schema.json), for tests
+/// and for tools that want it at hand.
+pub const JSON_SCHEMA: &str = include_str!("../../../docs/catalog.schema.json");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> CatalogImage {
+        CatalogImage {
+            vm: "kvm".into(),
+            name: "sl5.3_x86_64_sl08e_8GB".into(),
+            file: "sl5.3_x86_64_sl08e_8GB.img".into(),
+            path: "vm/kvm/sl5.3_x86_64_sl08e_8GB.img".into(),
+            size: 10,
+            sha256: "0".repeat(64),
+            md5: "0".repeat(32),
+            format: Some("raw".into()),
+            virtual_size: Some(10),
+            storage: None,
+            os: "sl5.3".into(),
+            osinfo: None,
+            arch: "x86".into(),
+            bits: 64,
+            lib: "sl08e".into(),
+            maxsize: "8GB".into(),
+            maxsize_bytes: 8_000_000_000,
+            detail: None,
+            kernel: None,
+            added: None,
+            description: serde_json::json!({}),
+        }
+    }
+
+    fn doc(serial: u64) -> CatalogDoc {
+        CatalogDoc {
+            format: FORMAT.into(),
+            version: VERSION,
+            serial,
+            generated: "2026-01-01T00:00:00Z".into(),
+            expires: "2026-01-31T00:00:00Z".into(),
+            base_url: None,
+            images: vec![image()],
+        }
+    }
+
+    #[test]
+    fn the_serial_only_grows() {
+        assert_eq!(next_serial(None), Some(1));
+        assert_eq!(next_serial(Some(1)), Some(2));
+        assert_eq!(next_serial(Some(41)), Some(42));
+        assert_eq!(next_serial(Some(MAX_SERIAL - 1)), Some(MAX_SERIAL));
+        assert_eq!(next_serial(Some(MAX_SERIAL)), None);
+        assert_eq!(next_serial(Some(u64::MAX)), None);
+    }
+
+    #[test]
+    fn the_previous_serial_is_read_or_refused() {
+        let bytes = serde_json::to_vec(&doc(7)).unwrap();
+        assert_eq!(previous_serial(&bytes), Ok(7));
+        // Only the head matters: a catalog with fields of a later minor change still gives its serial.
+        let loose = br#"{"format":"vmrepo-catalog","version":1,"serial":3,"extra":true}"#;
+        assert_eq!(previous_serial(loose), Ok(3));
+        for (bad, why) in [
+            (&b"{"[..], "not a vmrepo catalog"),
+            (br#"{"format":"other","version":1,"serial":3}"#, "format"),
+            (br#"{"format":"vmrepo-catalog","version":2,"serial":3}"#, "version 2"),
+            (br#"{"format":"vmrepo-catalog","version":1,"serial":-1}"#, "not a vmrepo catalog"),
+            (br#"{"format":"vmrepo-catalog","version":1,"serial":9007199254740992}"#, "above"),
+            (br#"{"format":"vmrepo-catalog","version":1}"#, "not a vmrepo catalog"),
+        ] {
+            let err = previous_serial(bad).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn fields_are_those_the_schema_requires() {
+        let schema: serde_json::Value = serde_json::from_str(JSON_SCHEMA).unwrap();
+        let v = serde_json::to_value(doc(1)).unwrap();
+        let names = |o: &serde_json::Value| {
+            let mut k: Vec<String> = o.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        let listed = |s: &serde_json::Value| {
+            let mut k: Vec<String> =
+                s["required"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
+            k.sort();
+            k
+        };
+        // Every field written is required by the schema (base_url is optional and absent here).
+        assert_eq!(names(&v), listed(&schema));
+        let item = &schema["$defs"]["image"];
+        assert_eq!(names(&v["images"][0]), listed(item));
+        assert_eq!(names(&schema["properties"]).len(), names(&v).len() + 1);
+        assert_eq!(names(&item["properties"]), names(&v["images"][0]));
+        assert_eq!(schema["properties"]["format"]["const"], FORMAT);
+        assert_eq!(schema["properties"]["version"]["const"], VERSION);
+        assert_eq!(schema["properties"]["serial"]["maximum"], MAX_SERIAL);
+        // And it reads back as written.
+        let back: CatalogDoc = serde_json::from_value(v).unwrap();
+        assert_eq!(back, doc(1));
+    }
+}
