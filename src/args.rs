@@ -163,6 +163,45 @@ Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo f
     /// Tokens that allow uploads and deletions through `vmrepo serve`.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Keys that sign published catalogs (minisign's format).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Publish images and a signed catalog.json to a folder a plain web
+    /// server can serve (docs/distribution.md).
+    Publish(PublishArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Make an Ed25519 key pair in minisign's format: NAME.key (mode 0600,
+    /// without a password unless VMREPO_KEY_PASSWORD holds one) and NAME.pub.
+    Generate {
+        /// The folder to write them in (default: the current folder); never inside a repository.
+        #[arg(short = 'o', long = "output-dir", value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+        /// The key's file name, without extension.
+        #[arg(long, default_value = "vmrepo")]
+        name: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// The folder to publish to (made if needed); never inside a repository.
+    pub dest: PathBuf,
+    /// Which images, as `vmrepo find` takes them (default: all).
+    #[arg(value_name = "EXPR")]
+    pub exprs: Vec<String>,
+    /// Where DEST is served from (`https://vm.example.org/star`), written in the catalog.
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+    /// How long readers trust the catalog: hours, days or weeks (12h, 30d, 2w).
+    #[arg(long, value_name = "DURATION", default_value = "30d")]
+    pub expires: String,
+    /// The minisign secret key that signs the catalog (`vmrepo key generate`);
+    /// an encrypted one is unlocked with VMREPO_KEY_PASSWORD.
+    #[arg(long, env = "VMREPO_KEY", value_name = "FILE")]
+    pub key: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]

@@ -2,9 +2,11 @@
 //! and printing the result. `repo` keeps the tree (init, add, verify, find,
 //! show, inventory, lint, rm, mv, reindex), `name` the naming convention,
 //! `image` reads one image file (info, map, cat, check, inspect), `serve` the
-//! HTTP service, `token` its write tokens, `demo` the demonstration.
+//! HTTP service, `token` its write tokens, `dist` the signed catalog and
+//! its keys (key generate, publish), `demo` the demonstration.
 
 mod demo;
+mod dist;
 mod image;
 mod name;
 mod repo;
@@ -17,7 +19,7 @@ use anyhow::{Context, Result};
 use vmrepo_repo::{Catalog, Repository};
 
 use crate::Outcome;
-use crate::args::{Cli, Command, NameCommand, TokenCommand};
+use crate::args::{Cli, Command, KeyCommand, NameCommand, TokenCommand};
 
 pub(crate) struct Ctx<'a> {
     pub cli: &'a Cli,
@@ -63,6 +65,10 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
         }
         Command::Token(TokenCommand::List) => token::list(&ctx),
         Command::Token(TokenCommand::Revoke { name }) => token::revoke(&ctx, name),
+        Command::Key(KeyCommand::Generate { output_dir, name }) => {
+            dist::key_generate(&ctx, output_dir.as_deref(), name)
+        }
+        Command::Publish(a) => dist::publish(&ctx, a),
         Command::Info(a) => image::info(&ctx, a),
         Command::Map(a) => image::map(&ctx, a),
         Command::Cat { image, output, force } => image::cat(&ctx, image, output.as_deref(), *force),
