@@ -12,6 +12,7 @@ mod issue7;
 mod lint;
 mod name;
 mod output;
+mod publish;
 mod repo;
 mod samples;
 mod serve;
