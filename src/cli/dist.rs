@@ -50,6 +50,7 @@ pub(crate) fn publish(ctx: &Ctx<'_>, a: &PublishArgs) -> Result<Outcome> {
         base_url: a.base_url.clone(),
         expires: publish::parse_expires(&a.expires)?,
         key: a.key.clone(),
+        key_password: std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
     };
     let catalog = open_catalog(ctx)?;
     let report = publish::publish(&catalog, &opts, ctx.cancel)?;

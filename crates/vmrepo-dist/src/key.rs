@@ -91,13 +91,14 @@ pub fn key_id(pk: &PublicKey) -> String {
     pk.keynum().iter().rev().map(|b| format!("{b:02X}")).collect()
 }
 
-/// Reads a secret key file, unlocking it with [`PASSWORD_ENV`] if it is encrypted.
+/// Reads a secret key file, unlocking it with `password` (the caller reads
+/// [`PASSWORD_ENV`]) if it is encrypted.
 ///
 /// # Errors
 /// [`ErrorKind::InvalidInput`] naming the file when it is not a minisign
 /// secret key, is encrypted and no password is set, or the password is wrong;
 /// an I/O error when it cannot be read.
-pub fn load_secret_key(path: &Path) -> Result<(SecretKey, PublicKey)> {
+pub fn load_secret_key(path: &Path, password: Option<String>) -> Result<(SecretKey, PublicKey)> {
     let bad = |why: String| Error::new(ErrorKind::InvalidInput, format!("{}: {why}", path.display()));
     let bytes = vmrepo_repo::catalog::read_capped(path, MAX_KEY_FILE).map_err(|e| {
         Error::new(ErrorKind::NotFound, format!("cannot read the key {}: {e}", path.display()))
@@ -110,14 +111,14 @@ pub fn load_secret_key(path: &Path) -> Result<(SecretKey, PublicKey)> {
         SecretKeyBox::from_string(&text).map_err(|e| bad(format!("not a minisign secret key: {e}")))?;
     let sk = match SecretKey::from_unencrypted_box(sk_box.clone()) {
         Ok(sk) => sk,
-        Err(plain) => match std::env::var(PASSWORD_ENV) {
-            Ok(pw) => {
+        Err(plain) => match password {
+            Some(pw) => {
                 SecretKey::from_box(sk_box, Some(pw)).map_err(|e| bad(format!("cannot unlock it: {e}")))?
             }
-            Err(_) if plain.to_string().contains("encrypted") => {
+            None if plain.to_string().contains("encrypted") => {
                 return Err(bad(format!("the key is encrypted: set {PASSWORD_ENV} to its password")));
             }
-            Err(_) => return Err(bad(format!("not a minisign secret key: {plain}"))),
+            None => return Err(bad(format!("not a minisign secret key: {plain}"))),
         },
     };
     let pk = PublicKey::from_secret_key(&sk).map_err(|e| bad(format!("unusable secret key: {e}")))?;
@@ -201,7 +202,7 @@ mod tests {
         let k = generate_key(dir.path(), "site", None).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(fs::metadata(&k.secret).unwrap().permissions().mode() & 0o777, 0o600);
-        let (sk, pk) = load_secret_key(&k.secret).unwrap();
+        let (sk, pk) = load_secret_key(&k.secret, None).unwrap();
         assert_eq!(pk.to_base64(), k.public_line);
         let sig = sign(&sk, &pk, b"catalog", "serial:1").unwrap();
         let sig_box = minisign::SignatureBox::from_string(&sig).unwrap();
@@ -224,9 +225,22 @@ mod tests {
         let p = dir.path().join("junk.key");
         for junk in [&b"\xff\xfe"[..], b"", b"untrusted comment: x\nAAAA\n", b"one line\n"] {
             fs::write(&p, junk).unwrap();
-            let err = load_secret_key(&p).unwrap_err();
+            let err = load_secret_key(&p, None).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
             assert!(err.to_string().contains("junk.key"), "{err}");
         }
+    }
+
+    #[test]
+    fn an_encrypted_key_needs_its_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = generate_key(dir.path(), "locked", Some("correct horse".into())).unwrap();
+        assert!(k.encrypted);
+        let err = load_secret_key(&k.secret, None).unwrap_err();
+        assert!(err.to_string().contains(PASSWORD_ENV), "{err}");
+        let err = load_secret_key(&k.secret, Some("wrong".into())).unwrap_err();
+        assert!(err.to_string().contains("locked.key: cannot unlock it"), "{err}");
+        let (_, pk) = load_secret_key(&k.secret, Some("correct horse".into())).unwrap();
+        assert_eq!(pk.to_base64(), k.public_line);
     }
 }

@@ -3,7 +3,7 @@
 //! This crate owns vmrepo's signed catalog: its schema ([`schema`], with the
 //! serial that only grows), the minisign keys that sign it ([`key`]) and
 //! publishing the selected images with the catalog into a folder that a
-//! plain web server can serve ([`publish`], writes in the order that keeps
+//! plain web server can serve ([`mod@publish`], writes in the order that keeps
 //! readers consistent: docs/distribution.md). The other exports (simplestreams,
 //! virt-builder, HEPiX), the S3 store and the `pull` client are to come, each
 //! in a file of its own.

@@ -38,6 +38,8 @@ pub struct PublishOptions {
     pub expires: SignedDuration,
     /// The minisign secret key.
     pub key: PathBuf,
+    /// Its password, if it is encrypted.
+    pub key_password: Option<String>,
 }
 
 /// What a publish did.
@@ -73,7 +75,7 @@ pub struct LeftOut {
 /// catalog already there cannot be read for its serial; the errors of
 /// placing an image; an interruption.
 pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) -> Result<PublishReport> {
-    let (sk, pk) = key::load_secret_key(&opts.key)?;
+    let (sk, pk) = key::load_secret_key(&opts.key, opts.key_password.clone())?;
     let base_url = opts.base_url.as_deref().map(check_base_url).transpose()?;
     let dest = prepare_dest(&opts.dest)?;
     let _lock = lock_dest(&dest)?;

@@ -18,7 +18,6 @@ pub const MAX_SERIAL: u64 = (1 << 53) - 1;
 
 /// The whole catalog.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct CatalogDoc {
     /// Always [`FORMAT`].
     pub format: String,
@@ -38,7 +37,6 @@ pub struct CatalogDoc {
 
 /// One published image: the repository's record and its description's facts.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct CatalogImage {
     pub vm: String,
     pub name: String,
