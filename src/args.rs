@@ -12,12 +12,14 @@ Exit codes:
   2    usage error
   3    not a vmrepo repository
   4    no such image, or a file that vanished
-  5    the name is already taken (add without --replace, mv), or cat -o to an existing file
+  5    the name is already taken (add without --replace, mv), cat -o to an existing file,
+       or key generate where the key's files exist
   6    invalid input: a bad name, field, query or setting, an ambiguous name, a FIFO
-       or device where a file is wanted, a symbolic link in the way
+       or device where a file is wanted, a symbolic link in the way, a key or publish
+       folder inside a repository
   7    I/O error
   8    no space left on the device
-  9    the repository is locked by another command
+  9    the repository is locked by another command, or another publish writes to DEST
   10   the SQLite index failed, or --index names a file vmrepo did not make
   11   the image file is malformed, empty, of an unsupported format, disagrees with its
        name or VM folder (add, mv), or is larger than vmrepo reads
