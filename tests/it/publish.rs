@@ -178,9 +178,13 @@ fn publishing_again_sends_nothing_and_the_serial_grows() {
     assert_eq!(std::fs::read(dest.join("catalog.json")).unwrap(), b"{\"format\": \"vmrepo-catalog\", \"ser");
 
     // On another filesystem the images are copied, then not again.
-    let Ok(other) = tempfile::tempdir_in("/dev/shm") else { return };
+    let Ok(other) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("SKIPPED: copying to another filesystem (no /dev/shm)");
+        return;
+    };
     use std::os::unix::fs::MetadataExt;
     if std::fs::metadata(other.path()).unwrap().dev() == std::fs::metadata(&r.root).unwrap().dev() {
+        eprintln!("SKIPPED: copying to another filesystem (/dev/shm is on the repository's)");
         return;
     }
     let dest = other.path().join("pub");
@@ -194,6 +198,27 @@ fn publishing_again_sends_nothing_and_the_serial_grows() {
         (again["copied"].as_u64(), again["skipped"].as_u64(), again["serial"].as_u64()),
         (Some(0), Some(3), Some(2))
     );
+
+    // An image changed in the repository behind its record is not published:
+    // exit 11, the catalog already there kept, nothing at the image's name.
+    let c = catalog(&dest);
+    let victim = c["images"][0].clone();
+    let src = r.root.join(victim["path"].as_str().unwrap());
+    let mut bytes = std::fs::read(&src).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&src, &bytes).unwrap();
+    let fresh = other.path().join("fresh");
+    let err = r.fails(11, &["publish", fresh.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+    assert!(err.contains(victim["file"].as_str().unwrap()) && err.contains("run vmrepo verify"), "{err}");
+    assert!(!fresh.join("catalog.json").exists());
+    let leftovers = sh(&fresh, "find . -type f ! -name .vmrepo-publish.lock | wc -l");
+    assert_eq!(leftovers.trim(), "0", "{}", sh(&fresh, "find . -type f"));
+    // Where the good copy is already published, it stays, and the catalog still names its bytes.
+    let again = publish(&r, &dest, &key, &[]);
+    assert_eq!((again["skipped"].as_u64(), again["serial"].as_u64()), (Some(3), Some(3)));
+    let published = dest.join(victim["path"].as_str().unwrap());
+    assert_eq!(sha256sum(&published), victim["sha256"].as_str().unwrap());
+    assert_eq!(catalog(&dest)["images"][0]["sha256"], victim["sha256"]);
 }
 
 #[test]
