@@ -406,6 +406,38 @@ fn curl_resumes_across_a_restart_of_the_server() {
 /// no server can tell their resume from a fresh ranged read, so they are
 /// not the subject here; the `.checksum` sidecar and `Repr-Digest` are
 /// what lets them check the result.
+/// aria2c resumes with a bare `Range` (no `If-Range`), so across a
+/// replacement of the same size it would join the old image's head to the
+/// new one's tail; but it sends `Want-Digest`, and checks the whole file
+/// against the `Digest` the server answers: the splice is reported as a
+/// checksum error (exit 32), never kept as a finished download.
+#[test]
+fn aria2c_catches_a_splice_across_a_replace_by_the_digest() {
+    if !tools(&[("aria2c", "aria2"), ("sha256sum", "coreutils")]) {
+        return;
+    }
+    let (r, file, stored) = repo_with_image(BIG, 85);
+    let server = Server::start(&r, 0, &[]);
+    let url = format!("{}/vm/kvm/{file}", server.url);
+    let out = r.scratch().join("aria2.out");
+    let mut first = start_client(&mut Client::Aria2.command(&url, &out, true));
+    wait_for_bytes(&out, PART, &mut first);
+    // Past a save of its control file.
+    std::thread::sleep(Duration::from_millis(1500));
+    first.kill();
+    let new = r.scratch().join("image.img");
+    pattern_file(&new, BIG, 86);
+    r.add(&new, "kvm", &["--max-size", "8GB", "--replace"]);
+    let new_sha = sha256sum(&stored);
+    let (status, _, err) = run_client(&mut Client::Aria2.command(&url, &out, false));
+    let got = sha256sum(&out);
+    assert!(
+        !status.success() || got == new_sha,
+        "aria2c reported success with a file that is not the image: {got} ({err})"
+    );
+    assert_eq!(status.code(), Some(32), "aria2c should report the checksum error: {err}");
+}
+
 #[test]
 fn a_resume_across_a_replace_is_never_spliced() {
     if !tools(&[("curl", "curl"), ("sha256sum", "coreutils")]) {

@@ -309,6 +309,14 @@ fn serve_file(
             digest.push_str(&format!(", md5=:{m}:"));
         }
         put(&mut h, header::HeaderName::from_static("repr-digest"), &digest);
+        // RFC 3230's instance digest, for clients that ask for it (aria2c sends
+        // `Want-Digest` and checks the whole file against it once it has it,
+        // so a resume spliced across a replacement is caught there too).
+        if headers.contains_key("want-digest")
+            && let Some(s) = b64(sha)
+        {
+            put(&mut h, header::HeaderName::from_static("digest"), &format!("SHA-256={s}"));
+        }
     }
 
     // Conditional requests (RFC 9110 13.2.2): If-None-Match, else If-Modified-Since.

@@ -234,6 +234,11 @@ async fn downloads_whole_ranged_conditional() {
     assert_eq!(whole.header("etag").unwrap(), format!("\"{}\"", hex(&sha)));
     assert_eq!(whole.header("repr-digest").unwrap(), format!("sha-256=:{}:, md5=:{}:", b64(&sha), b64(&md5)));
     assert_eq!(whole.header("content-md5").unwrap(), b64(&md5));
+    assert!(whole.header("digest").is_none(), "RFC 3230's Digest only when asked");
+    let asked =
+        get(&f, &url, &[("want-digest", "SHA-512;q=1, SHA-256;q=1, SHA;q=0.1"), ("range", "bytes=5-9")])
+            .await;
+    assert_eq!(asked.header("digest").unwrap(), format!("SHA-256={}", b64(&sha)));
     assert_eq!(whole.header("accept-ranges"), Some("bytes"));
     assert_eq!(whole.header("content-disposition").unwrap(), format!("attachment; filename=\"{IMAGE}\""));
     let etag = whole.header("etag").unwrap().to_string();
