@@ -645,7 +645,8 @@ mod tests {
     #[test]
     fn a_good_entry_passes_and_each_broken_field_is_refused() {
         assert_eq!(check_image(&image()), Ok(()));
-        let breaks: [(&str, fn(&mut CatalogImage)); 12] = [
+        type Break = (&'static str, fn(&mut CatalogImage));
+        let breaks: [Break; 12] = [
             ("dotdot", |i| i.path = "vm/../sl5.3_x86_64_sl08e_8GB.img".into()),
             ("absolute", |i| i.path = "/vm/kvm/sl5.3_x86_64_sl08e_8GB.img".into()),
             ("deeper", |i| i.path = "vm/kvm/x/sl5.3_x86_64_sl08e_8GB.img".into()),
