@@ -60,7 +60,10 @@ fn has_all_of(r: &Repo, p: &Published) {
     listed.sort();
     want.sort();
     assert_eq!(listed, want);
-    for vm in ["kvm", "xen"] {
+    let mut vms: Vec<&str> =
+        catalog["images"].as_array().unwrap().iter().map(|i| i["vm"].as_str().unwrap()).collect();
+    vms.dedup();
+    for vm in vms {
         let said = sh(&r.vm_dir(vm), "md5sum -c *.checksum");
         assert!(!said.is_empty() && !said.contains("FAILED"), "{said}");
     }
@@ -286,4 +289,127 @@ fn an_image_changed_after_publishing_is_refused() {
     assert!(err.contains("ended after 70000 of 71000"), "{err}");
     assert!(r.listed().is_empty());
     assert!(!r.root.join(".vmrepo/sources.json").exists());
+}
+
+/// A web server that serves `Range: bytes=N-` under `If-Range` with a
+/// strong ETag, as slowly as asked, and logs each answer's status and the
+/// bytes it sent.
+const RANGED_SERVER: &str = r#"
+import http.server, os, sys, time
+root, port, rate, log = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        path = os.path.join(root, self.path.lstrip('/'))
+        if not os.path.isfile(path):
+            self.send_error(404); return
+        st = os.stat(path)
+        etag = '"%x-%x"' % (st.st_mtime_ns, st.st_size)
+        start, rng, ifr = 0, self.headers.get('Range'), self.headers.get('If-Range')
+        if rng and rng.startswith('bytes=') and rng.endswith('-') and ifr == etag:
+            start = int(rng[6:-1])
+        self.send_response(206 if start else 200)
+        self.send_header('ETag', etag)
+        self.send_header('Content-Length', str(st.st_size - start))
+        if start:
+            self.send_header('Content-Range', 'bytes %d-%d/%d' % (start, st.st_size - 1, st.st_size))
+        self.end_headers()
+        sent = 0
+        try:
+            with open(path, 'rb') as f:
+                f.seek(start)
+                while True:
+                    b = f.read(16384)
+                    if not b: break
+                    self.wfile.write(b); self.wfile.flush(); sent += len(b)
+                    if self.path.startswith('/vm/'): time.sleep(len(b) / rate)
+        finally:
+            with open(log, 'a') as l: l.write('%s %d %d\n' % (self.path, 206 if start else 200, sent))
+http.server.ThreadingHTTPServer(('127.0.0.1', port), H).serve_forever()
+"#;
+
+/// Starts `vmrepo pull URL` in `r` and kills it (SIGKILL) once the partial
+/// file holds at least `at` bytes; returns its length then.
+fn kill_pull_at(r: &Repo, url: &str, partial: &Path, at: u64) -> u64 {
+    let mut child =
+        Guard(r.command(&["pull", url]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(partial).map_or(0, |m| m.len()) < at {
+        assert!(Instant::now() < deadline, "the pull did not get {at} bytes in time");
+        assert!(child.0.try_wait().unwrap().is_none(), "the pull ended before it was killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    std::fs::metadata(partial).unwrap().len()
+}
+
+#[test]
+fn a_killed_pull_resumes_where_it_stopped() {
+    if !have("python3", "python3") {
+        return;
+    }
+    const SIZE: usize = 3 << 20;
+    let p = published(&[SIZE]);
+    let c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.dest.join("catalog.json")).unwrap()).unwrap();
+    let sha = c["images"][0]["sha256"].as_str().unwrap();
+    let log = p.src.tmp.path().join("server.log");
+    let port = free_port();
+    let script = p.src.tmp.path().join("ranged.py");
+    std::fs::write(&script, RANGED_SERVER).unwrap();
+    let _server = Guard(
+        Command::new("python3")
+            .arg(&script)
+            .arg(&p.dest)
+            .args([port.to_string(), (1u32 << 20).to_string()])
+            .arg(&log)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(port);
+    let ranged = format!("http://127.0.0.1:{port}");
+
+    // Killed after a third: the second pull asks for the rest only.
+    let r = site(&p.public);
+    let partial = r.root.join(format!(".vmrepo/pull/{sha}.part"));
+    let kept = kill_pull_at(&r, &ranged, &partial, (SIZE / 3) as u64);
+    assert!(kept < SIZE as u64, "the whole image arrived before the kill");
+    assert!(r.listed().is_empty(), "nothing half-fetched is visible");
+    let out = r.json(&["pull", &ranged]);
+    assert_eq!(out["transferred"], SIZE as u64 - kept, "{out}");
+    // The server logs an answer once it is sent, which may be just after the client has it all.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let said = loop {
+        let said = std::fs::read_to_string(&log).unwrap();
+        if said.lines().filter(|l| l.starts_with("/vm/")).count() == 2 || Instant::now() > deadline {
+            break said;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let last = said.lines().rfind(|l| l.starts_with("/vm/")).unwrap();
+    assert!(last.ends_with(&format!(" 206 {}", SIZE as u64 - kept)), "{said}");
+    has_all_of(&r, &p);
+    assert!(!partial.exists());
+
+    // A server that does not do ranges (http.server) answers 200: the
+    // download starts again from zero, and the image is still whole.
+    let r = site(&p.public);
+    let partial = r.root.join(format!(".vmrepo/pull/{sha}.part"));
+    kill_pull_at(&r, &ranged, &partial, (SIZE / 3) as u64);
+    let plain = free_port();
+    let _plain = Guard(
+        Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &plain.to_string(), "--directory"])
+            .arg(&p.dest)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(plain);
+    let out = r.json(&["pull", &format!("http://127.0.0.1:{plain}")]);
+    assert_eq!(out["transferred"], SIZE as u64, "{out}");
+    has_all_of(&r, &p);
 }
