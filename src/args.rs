@@ -196,7 +196,7 @@ pub enum TrustCommand {
 
 #[derive(Args, Debug)]
 pub struct PullArgs {
-    /// The published tree: file:///path, http://host[:port][/prefix] or https://...
+    /// The published tree: `file:///path`, `http://host:port/prefix` or `https://...`
     pub source: String,
     /// Which images: FIELD=VALUE, FIELD!=VALUE, FIELD~GLOB, FIELD!~GLOB on the
     /// catalog's fields (vm, name, file, os, arch, bits, lib, maxsize, format,

@@ -8,7 +8,7 @@
 //! is used. The selected images not already present are downloaded into
 //! `.vmrepo/pull/<sha256>.part` (hashed as they arrive, resumable), each
 //! checked for its size and SHA-256; only when all are proved are they
-//! imported, each through [`vmrepo_repo::add`] (a hard link, not a copy).
+//! imported, each through [`vmrepo_repo::add()`] (a hard link, not a copy).
 //! The source's serial is written last, and only after a pull that succeeded.
 
 use std::collections::{BTreeMap, HashSet};
