@@ -171,6 +171,44 @@ Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo f
     /// Publish images and a signed catalog.json to a folder a plain web
     /// server can serve (docs/distribution.md).
     Publish(PublishArgs),
+    /// The minisign public keys whose catalogs `pull` accepts (.vmrepo/trusted/).
+    #[command(subcommand)]
+    Trust(TrustCommand),
+    /// Fetch a published catalog, check its signature, expiry and serial, and
+    /// import the images it lists that are not here yet (docs/distribution.md).
+    Pull(PullArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrustCommand {
+    /// Trust a minisign public key (the NAME.pub that `key generate` wrote, or its base64 line).
+    Add {
+        keyfile: PathBuf,
+        /// The name it is kept under (default: the file's name without .pub).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the trusted keys.
+    List,
+    /// No longer trust a key.
+    Rm { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// The published tree: `file:///path`, `http://host:port/prefix` or `https://...`
+    pub source: String,
+    /// Which images: FIELD=VALUE, FIELD!=VALUE, FIELD~GLOB, FIELD!~GLOB on the
+    /// catalog's fields (vm, name, file, os, arch, bits, lib, maxsize, format,
+    /// detail, sha256), or a word of the name (default: all).
+    #[arg(value_name = "EXPR")]
+    pub exprs: Vec<String>,
+    /// Check the catalog and say what would be fetched; fetch and record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Accept a catalog that no trusted key signed (images are still checked against it).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Subcommand, Debug)]

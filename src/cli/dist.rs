@@ -1,14 +1,18 @@
 //! `vmrepo key generate` and `vmrepo publish`: the signed catalog and the
-//! published tree (the library is vmrepo_dist; docs/distribution.md).
+//! published tree; `vmrepo trust` and `vmrepo pull`: the keys a repository
+//! trusts and fetching from a published tree (the library is vmrepo_dist;
+//! docs/distribution.md).
 
 use anyhow::Result;
 use vmrepo_dist::key::{self, PASSWORD_ENV};
 use vmrepo_dist::publish::{self, PublishOptions};
+use vmrepo_dist::pull::{PullOptions, Select};
+use vmrepo_dist::trust;
 use vmrepo_repo::Query;
 
-use super::{Ctx, open_catalog};
+use super::{Ctx, open_catalog, open_repo};
 use crate::Outcome;
-use crate::args::PublishArgs;
+use crate::args::{PublishArgs, PullArgs};
 use crate::output::{self, line};
 
 pub(crate) fn key_generate(ctx: &Ctx<'_>, dir: Option<&std::path::Path>, name: &str) -> Result<Outcome> {
@@ -71,6 +75,75 @@ pub(crate) fn publish(ctx: &Ctx<'_>, a: &PublishArgs) -> Result<Outcome> {
             report.copied,
             report.linked,
             report.skipped
+        ))?;
+    }
+    Ok(Outcome::Clean)
+}
+
+pub(crate) fn trust_add(ctx: &Ctx<'_>, keyfile: &std::path::Path, name: Option<&str>) -> Result<Outcome> {
+    let k = trust::add(&open_repo(ctx)?, keyfile, name)?;
+    if ctx.cli.json {
+        output::json(&k)?;
+    } else if !ctx.cli.quiet {
+        line(format_args!("trusted {} as {:?}", k.key_id, k.name))?;
+    }
+    Ok(Outcome::Clean)
+}
+
+pub(crate) fn trust_list(ctx: &Ctx<'_>) -> Result<Outcome> {
+    let keys = trust::list(&open_repo(ctx)?)?;
+    if ctx.cli.json {
+        output::json(&keys)?;
+    } else {
+        for k in &keys {
+            line(format_args!("{}\t{}\t{}", k.name, k.key_id, k.public_key))?;
+        }
+        if keys.is_empty() && !ctx.cli.quiet {
+            eprintln!("vmrepo: no key is trusted (vmrepo trust add KEYFILE)");
+        }
+    }
+    Ok(Outcome::Clean)
+}
+
+pub(crate) fn trust_rm(ctx: &Ctx<'_>, name: &str) -> Result<Outcome> {
+    let k = trust::remove(&open_repo(ctx)?, name)?;
+    if ctx.cli.json {
+        output::json(&k)?;
+    } else if !ctx.cli.quiet {
+        line(format_args!("no longer trusted: {} ({})", k.name, k.key_id))?;
+    }
+    Ok(Outcome::Clean)
+}
+
+pub(crate) fn pull(ctx: &Ctx<'_>, a: &PullArgs) -> Result<Outcome> {
+    let opts = PullOptions {
+        source: a.source.clone(),
+        select: Select::parse(&a.exprs)?,
+        dry_run: a.dry_run,
+        insecure: a.insecure,
+    };
+    let mut catalog = open_catalog(ctx)?;
+    let report = vmrepo_dist::pull(&mut catalog, &opts, ctx.cancel)?;
+    if report.signer.is_none() && !ctx.cli.quiet {
+        eprintln!(
+            "vmrepo: warning: {}: the catalog is not signed by a trusted key (--insecure)",
+            report.source
+        );
+    }
+    if ctx.cli.json {
+        output::json(&report)?;
+    } else if !ctx.cli.quiet {
+        for i in &report.images {
+            line(format_args!("{}\t{}", i.action, i.path))?;
+        }
+        let signer = report.signer.as_deref().unwrap_or("nobody");
+        line(format_args!(
+            "catalog serial {} from {} (signed by {signer}, expires {}): {} images selected, {} bytes transferred",
+            report.serial,
+            report.source,
+            report.expires,
+            report.images.len(),
+            report.transferred
         ))?;
     }
     Ok(Outcome::Clean)

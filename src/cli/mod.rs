@@ -3,7 +3,7 @@
 //! show, inventory, lint, rm, mv, reindex), `name` the naming convention,
 //! `image` reads one image file (info, map, cat, check, inspect), `serve` the
 //! HTTP service, `token` its write tokens, `dist` the signed catalog and
-//! its keys (key generate, publish), `demo` the demonstration.
+//! its keys (key generate, publish) and the other side (trust, pull), `demo` the demonstration.
 
 mod demo;
 mod dist;
@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use vmrepo_repo::{Catalog, Repository};
 
 use crate::Outcome;
-use crate::args::{Cli, Command, KeyCommand, NameCommand, TokenCommand};
+use crate::args::{Cli, Command, KeyCommand, NameCommand, TokenCommand, TrustCommand};
 
 pub(crate) struct Ctx<'a> {
     pub cli: &'a Cli,
@@ -69,6 +69,12 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
             dist::key_generate(&ctx, output_dir.as_deref(), name)
         }
         Command::Publish(a) => dist::publish(&ctx, a),
+        Command::Trust(TrustCommand::Add { keyfile, name }) => {
+            dist::trust_add(&ctx, keyfile, name.as_deref())
+        }
+        Command::Trust(TrustCommand::List) => dist::trust_list(&ctx),
+        Command::Trust(TrustCommand::Rm { name }) => dist::trust_rm(&ctx, name),
+        Command::Pull(a) => dist::pull(&ctx, a),
         Command::Info(a) => image::info(&ctx, a),
         Command::Map(a) => image::map(&ctx, a),
         Command::Cat { image, output, force } => image::cat(&ctx, image, output.as_deref(), *force),

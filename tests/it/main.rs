@@ -13,6 +13,7 @@ mod lint;
 mod name;
 mod output;
 mod publish;
+mod pull;
 mod repo;
 mod samples;
 mod serve;

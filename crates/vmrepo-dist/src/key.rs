@@ -141,7 +141,7 @@ pub fn sign(sk: &SecretKey, pk: &PublicKey, data: &[u8], trusted_comment: &str) 
 }
 
 /// Letters, digits, `.`, `_` and `-`, not starting with `.`, up to 64.
-fn check_key_name(name: &str) -> Result<()> {
+pub(crate) fn check_key_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
@@ -168,7 +168,7 @@ pub fn inside_repository(path: &Path) -> Option<PathBuf> {
 /// Writes a new file durably, never over an existing one: a temporary file
 /// beside it, fsynced, then hard-linked to its name (which fails if the name
 /// is taken), the temporary name removed and the folder fsynced.
-fn write_no_replace(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn write_no_replace(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let tmp = fsutil::temp_sibling(path);
     let result = (|| {
         let mut f = OpenOptions::new()

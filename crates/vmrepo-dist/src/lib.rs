@@ -4,18 +4,24 @@
 //! serial that only grows), the minisign keys that sign it ([`key`]) and
 //! publishing the selected images with the catalog into a folder that a
 //! plain web server can serve ([`mod@publish`], writes in the order that keeps
-//! readers consistent: docs/distribution.md). The other exports (simplestreams,
-//! virt-builder, HEPiX), the S3 store and the `pull` client are to come, each
-//! in a file of its own.
+//! readers consistent: docs/distribution.md). The other side is here too: the
+//! keys a repository trusts ([`trust`]) and `pull` ([`mod@pull`], over the
+//! sources in [`fetch`]), which fetches a catalog, proves it and imports its
+//! images. The other exports (simplestreams, virt-builder, HEPiX) and the S3
+//! store are to come, each in a file of its own.
 //!
 //! Errors are [`vmrepo_repo::Error`], so that the binary maps them to the
 //! same exit codes as every other command.
 
+pub mod fetch;
 pub mod key;
 pub mod place;
 pub mod publish;
+pub mod pull;
 pub mod schema;
+pub mod trust;
 
 pub use key::{GeneratedKey, generate_key};
 pub use publish::{PublishOptions, PublishReport, publish};
+pub use pull::{PullOptions, PullReport, Select, pull};
 pub use schema::{CatalogDoc, CatalogImage};

@@ -1,0 +1,707 @@
+//! `vmrepo pull SOURCE [FIND...]`: the images of a published catalog,
+//! fetched, proved and imported.
+//!
+//! In order: the catalog and its signature are fetched (each with a cap),
+//! the signature checked against the trusted keys ([`crate::trust`]), the
+//! catalog refused when it has expired or its serial is below the newest
+//! seen from that source; every entry is checked as hostile input before any
+//! is used. The selected images not already present are downloaded into
+//! `.vmrepo/pull/<sha256>.part` (hashed as they arrive, resumable), each
+//! checked for its size and SHA-256; only when all are proved are they
+//! imported, each through [`vmrepo_repo::add()`] (a hard link, not a copy).
+//! The source's serial is written last, and only after a pull that succeeded.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use jiff::Timestamp;
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use vmrepo_name::{ImageName, Vm};
+use vmrepo_repo::checksum::{hex, parse_hex};
+use vmrepo_repo::{Catalog, Error, ErrorKind, Facts, NoProgress, Prehashed, Result, fsutil};
+
+use crate::fetch::Remote;
+use crate::schema::{self, CATALOG_FILE, CatalogDoc, CatalogImage, SIGNATURE_FILE};
+use crate::trust::{self, TrustedKey};
+
+/// The largest catalog fetched.
+pub const MAX_CATALOG: u64 = 64 << 20;
+/// The largest signature fetched: minisign's is about 300 bytes.
+pub const MAX_SIGNATURE: u64 = 16 << 10;
+/// The largest image size a catalog may state (1 PiB).
+pub const MAX_IMAGE_SIZE: u64 = 1 << 50;
+/// The folder under `.vmrepo/` for downloads under way.
+pub const PULL_DIR: &str = "pull";
+/// The file under `.vmrepo/` with the newest serial seen per source.
+pub const SOURCES_FILE: &str = "sources.json";
+/// The read and write unit while downloading.
+const CHUNK: usize = 1 << 20;
+
+/// What to pull.
+#[derive(Clone, Debug)]
+pub struct PullOptions {
+    pub source: String,
+    pub select: Select,
+    /// Say what would be fetched, fetch no image and record nothing.
+    pub dry_run: bool,
+    /// Accept a catalog without a signature from a trusted key.
+    pub insecure: bool,
+}
+
+/// What a pull did.
+#[derive(Clone, Debug, Serialize)]
+pub struct PullReport {
+    pub source: String,
+    pub serial: u64,
+    pub expires: String,
+    /// The trusted key that signed the catalog (`None` with `--insecure`).
+    pub signer: Option<String>,
+    pub images: Vec<PulledImage>,
+    /// Bytes read from the source for images.
+    pub transferred: u64,
+}
+
+/// One selected image.
+#[derive(Clone, Debug, Serialize)]
+pub struct PulledImage {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    /// `pulled`, `present` (the same SHA-256 is stored) or `would-pull` (`--dry-run`).
+    pub action: &'static str,
+    /// Bytes read from the source for it (less than its size when resumed).
+    pub transferred: u64,
+}
+
+/// The newest serial seen per source (`.vmrepo/sources.json`).
+#[derive(Default, Serialize, Deserialize)]
+struct Sources {
+    sources: BTreeMap<String, SourceState>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SourceState {
+    serial: u64,
+    signer: Option<String>,
+    pulled: String,
+}
+
+/// Pulls from `opts.source` into the repository of `catalog`.
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] for a bad source, an unsigned or untrusted,
+/// expired, rolled-back or malformed catalog; [`ErrorKind::BadImage`] for an
+/// image whose bytes are not those the catalog states (nothing is imported);
+/// [`ErrorKind::AlreadyExists`] for an image stored with other bytes under
+/// the same name; [`ErrorKind::Locked`] while another pull runs; network,
+/// I/O and import errors; an interruption. Images are imported only when
+/// all selected ones were fetched and proved.
+pub fn pull(catalog: &mut Catalog, opts: &PullOptions, cancel: &AtomicBool) -> Result<PullReport> {
+    let repo = catalog.repo().clone();
+    let remote = Remote::parse(&opts.source)?;
+    let trusted = trust::list(&repo)?;
+    let bytes = remote.fetch_small(CATALOG_FILE, MAX_CATALOG)?.ok_or_else(|| {
+        Error::new(ErrorKind::NotFound, format!("{}: no catalog there", remote.location(CATALOG_FILE)))
+    })?;
+    let signature = remote.fetch_small(SIGNATURE_FILE, MAX_SIGNATURE)?;
+    let signer = check_signature(&remote, &bytes, signature.as_deref(), &trusted, opts.insecure)?;
+    let doc = check_catalog(&remote, &bytes, Timestamp::now())?;
+    let sources_path = repo.meta_dir().join(SOURCES_FILE);
+    let mut sources = read_sources(&sources_path)?;
+    if let Some(seen) = sources.sources.get(&remote.key())
+        && doc.serial < seen.serial
+    {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "{}: serial {} is older than serial {} already pulled from there: refused (a rollback)",
+                remote.location(CATALOG_FILE),
+                doc.serial,
+                seen.serial
+            ),
+        ));
+    }
+    let mut report = PullReport {
+        source: remote.key(),
+        serial: doc.serial,
+        expires: doc.expires.clone(),
+        signer: signer.as_ref().map(|k| k.name.clone()),
+        images: Vec::new(),
+        transferred: 0,
+    };
+    let selected: Vec<&CatalogImage> = doc.images.iter().filter(|i| opts.select.matches(i)).collect();
+    let pull_dir = repo.meta_dir().join(PULL_DIR);
+    fs::create_dir_all(&pull_dir).map_err(|e| Error::io("create the folder", &pull_dir, e))?;
+    let _lock = lock(&pull_dir)?;
+
+    let mut fetched = Vec::new();
+    for image in selected {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::interrupted());
+        }
+        let (vm, folder) = vm_of(image)?;
+        let present = match catalog.resolve(&format!("{folder}/{}", image.file)) {
+            Ok(r) => r.sha256.map(|s| s.to_ascii_lowercase()),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let mut entry = PulledImage {
+            path: image.path.clone(),
+            size: image.size,
+            sha256: image.sha256.clone(),
+            action: "pulled",
+            transferred: 0,
+        };
+        match present {
+            Some(s) if s == image.sha256 => entry.action = "present",
+            Some(_) => {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!(
+                        "{}: stored here with other bytes than {} has: not replaced, nothing imported",
+                        image.path,
+                        remote.location(&image.path)
+                    ),
+                ));
+            }
+            None if opts.dry_run => entry.action = "would-pull",
+            None => {
+                let (partial, transferred, prehashed) = download(&remote, image, &pull_dir, cancel)?;
+                entry.transferred = transferred;
+                report.transferred = report.transferred.saturating_add(transferred);
+                fetched.push((image, vm, partial, prehashed));
+            }
+        }
+        report.images.push(entry);
+    }
+    let signed_by =
+        signer.as_ref().map_or("nobody (--insecure)".to_string(), |k| format!("{} ({})", k.name, k.key_id));
+    for (image, vm, partial, prehashed) in fetched {
+        import(catalog, image, vm, &partial, prehashed, &remote, doc.serial, &signed_by, cancel)?;
+    }
+    if !opts.dry_run {
+        sources.sources.insert(
+            remote.key(),
+            SourceState {
+                serial: doc.serial,
+                signer: signer.map(|k| k.key_id),
+                pulled: Timestamp::now().to_string(),
+            },
+        );
+        let mut json = serde_json::to_vec_pretty(&sources)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot encode the sources: {e}")))?;
+        json.push(b'\n');
+        fsutil::write_atomic(&sources_path, &json, 0o644)?;
+    }
+    Ok(report)
+}
+
+/// The trusted key whose signature `bytes` carries; `None` with `insecure`
+/// when there is no good one.
+fn check_signature(
+    remote: &Remote,
+    bytes: &[u8],
+    signature: Option<&[u8]>,
+    trusted: &[TrustedKey],
+    insecure: bool,
+) -> Result<Option<TrustedKey>> {
+    let at = remote.location(SIGNATURE_FILE);
+    let refused = |why: String| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("{at}: {why}: the catalog is refused (--insecure accepts it)"),
+        )
+    };
+    let verdict = match signature {
+        None => Err("no signature".to_string()),
+        Some(sig) => match std::str::from_utf8(sig)
+            .ok()
+            .and_then(|t| minisign::SignatureBox::from_string(t).ok())
+        {
+            None => Err("not a minisign signature".to_string()),
+            Some(sig_box) => match trusted.iter().find(|k| k.key.keynum() == sig_box.keynum()) {
+                None if trusted.is_empty() => Err("no key is trusted here (vmrepo trust add KEYFILE)".into()),
+                None => Err("signed by a key that is not trusted here".into()),
+                Some(k) => {
+                    match minisign::verify(&k.key, &sig_box, std::io::Cursor::new(bytes), true, false, false)
+                    {
+                        Ok(()) => Ok(k.clone()),
+                        Err(_) => Err(format!(
+                            "the signature by {:?} does not match the catalog (tampered)",
+                            k.name
+                        )),
+                    }
+                }
+            },
+        },
+    };
+    match verdict {
+        Ok(k) => Ok(Some(k)),
+        Err(_) if insecure => Ok(None),
+        Err(why) => Err(refused(why)),
+    }
+}
+
+/// The catalog, read and checked: its format, times, and every entry.
+fn check_catalog(remote: &Remote, bytes: &[u8], now: Timestamp) -> Result<CatalogDoc> {
+    let at = remote.location(CATALOG_FILE);
+    let bad = |why: String| Error::new(ErrorKind::InvalidInput, format!("{at}: {why}"));
+    schema::previous_serial(bytes).map_err(&bad)?;
+    let doc: CatalogDoc =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("not a vmrepo catalog: {e}")))?;
+    let expires: Timestamp =
+        doc.expires.parse().map_err(|_| bad(format!("expires {:?}: not a time", doc.expires)))?;
+    if expires <= now {
+        return Err(bad(format!("expired at {expires}: refused (the publisher signs a new one)")));
+    }
+    let mut paths = HashSet::new();
+    for image in &doc.images {
+        check_image(image).map_err(|why| bad(format!("image {:?}: {why}", image.path)))?;
+        if !paths.insert(image.path.as_str()) {
+            return Err(bad(format!("image {:?} is listed twice", image.path)));
+        }
+    }
+    Ok(doc)
+}
+
+/// One entry, as hostile input: `vm/<VM>/<file>` with a convention name,
+/// well-formed sizes and digests.
+fn check_image(i: &CatalogImage) -> std::result::Result<(), String> {
+    let parts: Vec<&str> = i.path.split('/').collect();
+    let [top, folder, file] = parts.as_slice() else {
+        return Err("a path vm/<VM>/<file> is expected".into());
+    };
+    if *top != "vm" || *file != i.file {
+        return Err(format!("a path vm/<VM>/{} is expected", i.file));
+    }
+    let vm = Vm::from_user(folder).map_err(|e| e.to_string())?;
+    if vm.as_str() != *folder && !folder.eq_ignore_ascii_case(vm.as_str()) {
+        return Err(format!("{folder:?} is not a VM folder"));
+    }
+    let name = ImageName::parse_file(&i.file).map_err(|e| e.to_string())?;
+    if name.to_string() != i.file || name.stem() != i.name {
+        return Err(format!("{:?} is not a convention name with the stem {:?}", i.file, i.name));
+    }
+    if parse_hex::<32>(&i.sha256).is_none() || i.sha256.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err("sha256 is not 64 lower-case hex digits".into());
+    }
+    if parse_hex::<16>(&i.md5).is_none() || i.md5.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err("md5 is not 32 lower-case hex digits".into());
+    }
+    if i.size > MAX_IMAGE_SIZE {
+        return Err(format!("size {} is above {MAX_IMAGE_SIZE}", i.size));
+    }
+    Ok(())
+}
+
+/// The VM and the folder name of a checked entry.
+fn vm_of(i: &CatalogImage) -> Result<(Vm, String)> {
+    let folder = i.path.split('/').nth(1).unwrap_or_default();
+    let vm = Vm::from_user(folder).map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+    Ok((vm, folder.to_string()))
+}
+
+/// Downloads one image into `.vmrepo/pull/<sha256>.part`, resuming what a
+/// previous attempt left, and proves it: (the file, bytes transferred, its digests).
+fn download(
+    remote: &Remote,
+    image: &CatalogImage,
+    dir: &Path,
+    cancel: &AtomicBool,
+) -> Result<(PathBuf, u64, Prehashed)> {
+    let partial = dir.join(format!("{}.part", image.sha256));
+    let etag_path = dir.join(format!("{}.etag", image.sha256));
+    let at = remote.location(&image.path);
+    let have = match fs::symlink_metadata(&partial) {
+        Ok(md) if md.is_file() && md.len() <= image.size => md.len(),
+        _ => 0,
+    };
+    let etag = fs::read_to_string(&etag_path).ok().filter(|t| t.len() < 256 && t.starts_with('"'));
+    let opened = remote.open_from(&image.path, have, etag.as_deref().filter(|_| have > 0))?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&partial)
+        .map_err(|e| Error::io("open", &partial, e))?;
+    file.set_len(opened.start).map_err(|e| Error::io("truncate", &partial, e))?;
+    let mut sha = Sha256::new();
+    let mut md5 = Md5::new();
+    // What is kept is hashed again: the digests cover the whole file.
+    hash_prefix(&mut file, opened.start, &mut sha, &mut md5, &partial, cancel)?;
+    match &opened.etag {
+        Some(t) if opened.start == 0 => fsutil::write_atomic(&etag_path, t.as_bytes(), 0o644)?,
+        Some(_) => {}
+        None => {
+            let _ = fs::remove_file(&etag_path);
+        }
+    }
+    let mut body = opened.body;
+    let mut total = opened.start;
+    let mut transferred = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::interrupted());
+        }
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{at}: the transfer broke after {total} of {} bytes ({e}); pull again to resume",
+                        image.size
+                    ),
+                ));
+            }
+        };
+        let chunk = &buf[..n];
+        total = total.saturating_add(n as u64);
+        transferred = transferred.saturating_add(n as u64);
+        if total > image.size {
+            discard(&partial, &etag_path);
+            return Err(Error::new(
+                ErrorKind::BadImage,
+                format!(
+                    "{at}: longer than the {} bytes the catalog states: refused, nothing imported",
+                    image.size
+                ),
+            ));
+        }
+        sha.update(chunk);
+        md5.update(chunk);
+        file.write_all(chunk).map_err(|e| Error::io("write", &partial, e))?;
+    }
+    if total < image.size {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!("{at}: the transfer ended after {total} of {} bytes; pull again to resume", image.size),
+        ));
+    }
+    file.sync_all().map_err(|e| Error::io("sync", &partial, e))?;
+    let sha256: [u8; 32] = sha.finalize().into();
+    if hex(&sha256) != image.sha256 {
+        discard(&partial, &etag_path);
+        return Err(Error::new(
+            ErrorKind::BadImage,
+            format!(
+                "{at}: its SHA-256 is {}, the catalog states {}: refused, nothing imported",
+                hex(&sha256),
+                image.sha256
+            ),
+        ));
+    }
+    let md = file.metadata().map_err(|e| Error::io("read", &partial, e))?;
+    let prehashed = Prehashed {
+        md5: md5.finalize().into(),
+        sha256,
+        ino: md.ino(),
+        len: md.len(),
+        mtime_ns: fsutil::mtime_ns(&md),
+    };
+    Ok((partial, transferred, prehashed))
+}
+
+/// Hashes the first `len` bytes of `file` (what an earlier attempt kept),
+/// leaving the file positioned at `len`.
+fn hash_prefix(
+    file: &mut File,
+    len: u64,
+    sha: &mut Sha256,
+    md5: &mut Md5,
+    path: &Path,
+    cancel: &AtomicBool,
+) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    file.seek(SeekFrom::Start(0)).map_err(|e| Error::io("read", path, e))?;
+    let mut left = len;
+    let mut buf = vec![0u8; CHUNK];
+    while left > 0 {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::interrupted());
+        }
+        let want = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
+        let chunk = &mut buf[..want];
+        file.read_exact(chunk).map_err(|e| Error::io("read", path, e))?;
+        sha.update(&*chunk);
+        md5.update(&*chunk);
+        left = left.saturating_sub(want as u64);
+    }
+    file.seek(SeekFrom::Start(len)).map_err(|e| Error::io("read", path, e))?;
+    Ok(())
+}
+
+fn discard(partial: &Path, etag: &Path) {
+    let _ = fs::remove_file(partial);
+    let _ = fs::remove_file(etag);
+}
+
+/// `vmrepo add --move` of a proved download, named as the catalog says.
+#[allow(clippy::too_many_arguments)]
+fn import(
+    catalog: &mut Catalog,
+    image: &CatalogImage,
+    vm: Vm,
+    partial: &Path,
+    prehashed: Prehashed,
+    remote: &Remote,
+    serial: u64,
+    signed_by: &str,
+    cancel: &AtomicBool,
+) -> Result<()> {
+    let name =
+        ImageName::parse_file(&image.file).map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+    let content =
+        vmrepo_repo::content::read(partial).map_err(|e| e.context(format!("pull {}", image.path)))?;
+    let notes = format!(
+        "Pulled from {}/{} (catalog serial {serial}, signed by {signed_by}).",
+        remote.key(),
+        image.path
+    );
+    vmrepo_repo::add(
+        catalog,
+        vmrepo_repo::AddRequest {
+            source: partial,
+            vm,
+            name,
+            facts: Facts::default(),
+            notes: Some(notes),
+            replace: false,
+            move_source: true,
+            content: Some(content),
+            // The name is the publisher's, and so are the bytes (its SHA-256
+            // is the signed one): the copy here is stored as it is there, even
+            // where the publisher stored it with --force.
+            force: true,
+            prehashed: Some(prehashed),
+            progress: &NoProgress,
+            cancel,
+        },
+    )
+    .map_err(|e| e.context(format!("pull {}", image.path)))?;
+    let _ = fs::remove_file(partial);
+    let _ = fs::remove_file(partial.with_extension("etag"));
+    Ok(())
+}
+
+fn read_sources(path: &Path) -> Result<Sources> {
+    match fs::symlink_metadata(path) {
+        Err(e) if fsutil::is_not_found(&e) => Ok(Sources::default()),
+        _ => {
+            let bytes = vmrepo_repo::catalog::read_capped(path, MAX_CATALOG).map_err(|e| {
+                Error::new(ErrorKind::BadSidecar, format!("cannot read {}: {e}", path.display()))
+            })?;
+            serde_json::from_slice(&bytes)
+                .map_err(|e| Error::new(ErrorKind::BadSidecar, format!("{}: {e}", path.display())))
+        }
+    }
+}
+
+/// Holds the pull folder's lock until dropped: two pulls never write the same partial file.
+fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join(".lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    rustix::fs::flock(f.as_fd(), rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| Error::new(ErrorKind::Locked, "another vmrepo pull is running in this repository"))?;
+    Ok(f)
+}
+
+/// A selection of catalog entries: `FIELD=VALUE`, `FIELD!=VALUE`,
+/// `FIELD~GLOB`, `FIELD!~GLOB` on the catalog's fields, or a word the name
+/// contains; all must hold. Comparisons ignore case, as `vmrepo find`'s do.
+#[derive(Clone, Debug, Default)]
+pub struct Select {
+    clauses: Vec<Clause>,
+}
+
+#[derive(Clone, Debug)]
+struct Clause {
+    field: Option<&'static str>,
+    op: &'static str,
+    value: String,
+}
+
+/// The catalog fields a selection can name.
+pub const SELECT_FIELDS: [&str; 11] =
+    ["vm", "name", "file", "os", "arch", "bits", "lib", "maxsize", "format", "detail", "sha256"];
+
+impl Select {
+    /// Parses expressions.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] naming the expression.
+    pub fn parse<S: AsRef<str>>(exprs: &[S]) -> Result<Select> {
+        let mut clauses = Vec::new();
+        for e in exprs {
+            let e = e.as_ref();
+            let bad = |why: String| Error::new(ErrorKind::InvalidInput, format!("pull {e:?}: {why}"));
+            let end = e.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(e.len());
+            let rest = &e[end..];
+            let Some(op) = ["!=", "!~", "=", "~"].into_iter().find(|op| rest.starts_with(op)) else {
+                if e.is_empty() || e.contains(['=', '~', '<', '>']) {
+                    return Err(bad("FIELD=VALUE, FIELD~GLOB or a word of the name is expected".into()));
+                }
+                clauses.push(Clause { field: None, op: "~", value: format!("*{}*", e.to_ascii_lowercase()) });
+                continue;
+            };
+            let Some(field) = SELECT_FIELDS.iter().copied().find(|f| *f == &e[..end]) else {
+                return Err(bad(format!(
+                    "unknown field {:?} (fields: {})",
+                    &e[..end],
+                    SELECT_FIELDS.join(", ")
+                )));
+            };
+            clauses.push(Clause { field: Some(field), op, value: rest[op.len()..].to_ascii_lowercase() });
+        }
+        Ok(Select { clauses })
+    }
+
+    /// Whether `i` is selected.
+    pub fn matches(&self, i: &CatalogImage) -> bool {
+        self.clauses.iter().all(|c| {
+            let have = match c.field {
+                None | Some("name") => i.name.clone(),
+                Some("vm") => i.vm.clone(),
+                Some("file") => i.file.clone(),
+                Some("os") => i.os.clone(),
+                Some("arch") => i.arch.clone(),
+                Some("bits") => i.bits.to_string(),
+                Some("lib") => i.lib.clone(),
+                Some("maxsize") => i.maxsize.clone(),
+                Some("format") => i.format.clone().unwrap_or_default(),
+                Some("detail") => i.detail.clone().unwrap_or_default(),
+                Some(_) => i.sha256.clone(),
+            }
+            .to_ascii_lowercase();
+            match c.op {
+                "=" => have == c.value,
+                "!=" => have != c.value,
+                "~" => glob(c.value.as_bytes(), have.as_bytes()),
+                _ => !glob(c.value.as_bytes(), have.as_bytes()),
+            }
+        })
+    }
+}
+
+/// `*` any run, `?` one byte, else the byte itself.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut back: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                back = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match back {
+                Some((bp, bt)) => {
+                    p = bp + 1;
+                    t = bt + 1;
+                    back = Some((bp, bt + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> CatalogImage {
+        let mut doc: serde_json::Value = serde_json::json!({
+            "vm": "kvm", "name": "sl5.3_x86_64_sl08e_8GB", "file": "sl5.3_x86_64_sl08e_8GB.img",
+            "path": "vm/kvm/sl5.3_x86_64_sl08e_8GB.img", "size": 10, "sha256": "ab".repeat(32),
+            "md5": "cd".repeat(16), "format": "raw", "virtual_size": 10, "storage": null,
+            "os": "sl5.3", "osinfo": null, "arch": "x86", "bits": 64, "lib": "sl08e",
+            "maxsize": "8GB", "maxsize_bytes": 8_000_000_000u64, "detail": null, "kernel": null,
+            "added": null, "description": {}
+        });
+        serde_json::from_value(doc.take()).unwrap()
+    }
+
+    #[test]
+    fn a_good_entry_passes_and_each_broken_field_is_refused() {
+        assert_eq!(check_image(&image()), Ok(()));
+        type Break = (&'static str, fn(&mut CatalogImage));
+        let breaks: [Break; 12] = [
+            ("dotdot", |i| i.path = "vm/../sl5.3_x86_64_sl08e_8GB.img".into()),
+            ("absolute", |i| i.path = "/vm/kvm/sl5.3_x86_64_sl08e_8GB.img".into()),
+            ("deeper", |i| i.path = "vm/kvm/x/sl5.3_x86_64_sl08e_8GB.img".into()),
+            ("other top", |i| i.path = "etc/kvm/sl5.3_x86_64_sl08e_8GB.img".into()),
+            ("other file", |i| i.path = "vm/kvm/sl5.3_x86_64_sl08e_4GB.img".into()),
+            ("hidden folder", |i| i.path = "vm/.kvm/sl5.3_x86_64_sl08e_8GB.img".into()),
+            ("not a convention name", |i| {
+                i.file = "passwd".into();
+                i.path = "vm/kvm/passwd".into();
+            }),
+            ("name and file disagree", |i| i.name = "sl5.3_x86_64_sl08e_4GB".into()),
+            ("short sha256", |i| i.sha256.truncate(63)),
+            ("upper-case sha256", |i| i.sha256 = i.sha256.to_ascii_uppercase()),
+            ("md5 not hex", |i| i.md5 = "zz".repeat(16)),
+            ("huge", |i| i.size = u64::MAX),
+        ];
+        for (what, f) in breaks {
+            let mut i = image();
+            f(&mut i);
+            assert!(check_image(&i).is_err(), "{what} passed");
+        }
+    }
+
+    #[test]
+    fn an_expired_catalog_is_refused() {
+        let remote = Remote::parse("file:///srv").unwrap();
+        let doc = |expires: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "format": "vmrepo-catalog", "version": 1, "serial": 3,
+                "generated": "2026-01-01T00:00:00Z", "expires": expires, "images": [image(), image()]
+            }))
+            .unwrap()
+        };
+        let now: Timestamp = "2026-01-10T00:00:00Z".parse().unwrap();
+        let err = check_catalog(&remote, &doc("2026-01-09T00:00:00Z"), now).unwrap_err();
+        assert!(err.to_string().contains("expired"), "{err}");
+        let err = check_catalog(&remote, &doc("soon"), now).unwrap_err();
+        assert!(err.to_string().contains("not a time"), "{err}");
+        // The same path twice is refused too.
+        let err = check_catalog(&remote, &doc("2026-02-01T00:00:00Z"), now).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn selections_match_fields_and_words() {
+        let i = image();
+        let sel = |e: &[&str]| Select::parse(e).unwrap().matches(&i);
+        assert!(sel(&[]));
+        assert!(sel(&["vm=KVM", "bits=64", "os~sl5*"]));
+        assert!(sel(&["sl08e"]));
+        assert!(!sel(&["vm=xen"]));
+        assert!(sel(&["vm!=xen", "maxsize!~*4GB"]));
+        assert!(!sel(&["os~sl6*"]));
+        assert!(Select::parse(&["colour=red"]).is_err());
+        assert!(Select::parse(&["size>3"]).is_err());
+        assert!(glob(b"a*b?d", b"axxbcd") && !glob(b"a*b?d", b"axxbd") && glob(b"**", b""));
+    }
+}
