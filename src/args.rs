@@ -235,6 +235,10 @@ pub struct PublishArgs {
     /// Where DEST is served from (`https://vm.example.org/star`), written in the catalog.
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
+    /// Another base URL DEST is mirrored at (repeat for several): listed after
+    /// --base-url, in this order, in each image's Metalink file (`<file>.meta4`).
+    #[arg(long = "mirror", value_name = "URL", requires = "base_url")]
+    pub mirrors: Vec<String>,
     /// How long readers trust the catalog: hours, days or weeks (12h, 30d, 2w).
     #[arg(long, value_name = "DURATION", default_value = "30d")]
     pub expires: String,

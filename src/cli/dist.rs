@@ -52,6 +52,7 @@ pub(crate) fn publish(ctx: &Ctx<'_>, a: &PublishArgs) -> Result<Outcome> {
         dest: a.dest.clone(),
         query: Query::parse(&a.exprs)?,
         base_url: a.base_url.clone(),
+        mirrors: a.mirrors.clone(),
         expires: publish::parse_expires(&a.expires)?,
         key: a.key.clone(),
         key_password: std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()),

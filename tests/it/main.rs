@@ -10,6 +10,7 @@ mod formats;
 mod inspect;
 mod issue7;
 mod lint;
+mod metalink;
 mod name;
 mod output;
 mod publish;

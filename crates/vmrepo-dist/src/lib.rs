@@ -4,7 +4,8 @@
 //! serial that only grows), the minisign keys that sign it ([`key`]) and
 //! publishing the selected images with the catalog into a folder that a
 //! plain web server can serve ([`mod@publish`], writes in the order that keeps
-//! readers consistent: docs/distribution.md). The other side is here too: the
+//! readers consistent: docs/distribution.md), with a Metalink 4 file per
+//! image for download clients such as aria2c ([`metalink`]). The other side is here too: the
 //! keys a repository trusts ([`trust`]) and `pull` ([`mod@pull`], over the
 //! sources in [`fetch`]), which fetches a catalog, proves it and imports its
 //! images. The other exports (simplestreams, virt-builder, HEPiX) and the S3
@@ -15,6 +16,7 @@
 
 pub mod fetch;
 pub mod key;
+pub mod metalink;
 pub mod place;
 pub mod publish;
 pub mod pull;

@@ -1,9 +1,11 @@
 //! `vmrepo publish DEST`: the selected images with their sidecars under
-//! `DEST/vm/<VM>/`, then `catalog.json` and its signature.
+//! `DEST/vm/<VM>/`, with `--base-url` a Metalink file beside each
+//! ([`crate::metalink`]), then `catalog.json` and its signature.
 //!
 //! The order keeps readers consistent (docs/distribution.md): every image
 //! is complete and fsynced under its name before a catalog naming it
-//! exists; then the new signature and the new catalog are written to
+//! exists; then each image's Metalink file (temporary file, fsync,
+//! rename); then the new signature and the new catalog are written to
 //! temporary files and fsynced, and renamed: the signature first, the
 //! catalog last, so that whoever sees the new catalog finds its signature
 //! already there. Images no catalog names any more are left in place.
@@ -20,6 +22,7 @@ use vmrepo_repo::layout::{ImageKind, Sidecars};
 use vmrepo_repo::{Catalog, Error, ErrorKind, ImageRecord, Query, Result, fsutil};
 
 use crate::key;
+use crate::metalink::{self, Metalink};
 use crate::place::{self, Placed};
 use crate::schema::{self, CATALOG_FILE, CatalogDoc, CatalogImage, SIGNATURE_FILE};
 
@@ -34,6 +37,9 @@ pub struct PublishOptions {
     pub dest: PathBuf,
     pub query: Query,
     pub base_url: Option<String>,
+    /// More base URLs the same tree is served from, listed after `base_url`
+    /// in each Metalink file (in this order of priority); only with `base_url`.
+    pub mirrors: Vec<String>,
     /// How long the catalog is to be trusted.
     pub expires: SignedDuration,
     /// The minisign secret key.
@@ -53,6 +59,8 @@ pub struct PublishReport {
     pub linked: usize,
     /// Already there with the same size and SHA-256.
     pub skipped: usize,
+    /// Metalink files written (new or changed; those unchanged are left alone).
+    pub metalinks: usize,
     /// Selected images that cannot be published, with the reason.
     pub left_out: Vec<LeftOut>,
     pub generated: String,
@@ -77,6 +85,13 @@ pub struct LeftOut {
 pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) -> Result<PublishReport> {
     let (sk, pk) = key::load_secret_key(&opts.key, opts.key_password.clone())?;
     let base_url = opts.base_url.as_deref().map(check_base_url).transpose()?;
+    let mut base_urls: Vec<String> = base_url.iter().cloned().collect();
+    for m in &opts.mirrors {
+        if base_url.is_none() {
+            return Err(Error::new(ErrorKind::InvalidInput, "--mirror needs --base-url (the first URL)"));
+        }
+        base_urls.push(check_url("--mirror", m)?);
+    }
     let dest = prepare_dest(&opts.dest)?;
     let _lock = lock_dest(&dest)?;
     let serial = next_serial_at(&dest)?;
@@ -90,6 +105,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         copied: 0,
         linked: 0,
         skipped: 0,
+        metalinks: 0,
         left_out: Vec::new(),
         generated: generated.to_string(),
         expires: expires.to_string(),
@@ -109,6 +125,26 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         images.push(image);
     }
     report.images = images.len();
+    // Every image is in place: now the Metalink files that point at them.
+    if !base_urls.is_empty() {
+        for image in &mut images {
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(Error::interrupted());
+            }
+            let relative = format!("{}.{}", image.path, metalink::EXTENSION);
+            let m = Metalink {
+                file: &image.file,
+                path: &image.path,
+                size: image.size,
+                sha256: &image.sha256,
+                base_urls: &base_urls,
+            };
+            if m.write(&dest.join(&relative), &report.generated)? {
+                report.metalinks += 1;
+            }
+            image.metalink = Some(relative);
+        }
+    }
     let doc = CatalogDoc {
         format: schema::FORMAT.into(),
         version: schema::VERSION,
@@ -233,6 +269,7 @@ fn publish_one(
         kernel: r.kernel,
         added: r.added,
         description,
+        metalink: None,
     };
     Ok((placed, image))
 }
@@ -336,6 +373,11 @@ fn write_signed_catalog(
 /// A base URL: `http://` or `https://`, printable ASCII without spaces;
 /// kept without its trailing `/`.
 fn check_base_url(url: &str) -> Result<String> {
+    check_url("--base-url", url)
+}
+
+/// A base URL given with `flag`: as [`check_base_url`].
+fn check_url(flag: &str, url: &str) -> Result<String> {
     let ok = (url.starts_with("https://") || url.starts_with("http://"))
         && url.len() > "https://".len()
         && url.len() <= 2048
@@ -343,7 +385,7 @@ fn check_base_url(url: &str) -> Result<String> {
     if !ok {
         return Err(Error::new(
             ErrorKind::InvalidInput,
-            format!("--base-url {url:?}: an http:// or https:// URL without spaces is expected"),
+            format!("{flag} {url:?}: an http:// or https:// URL without spaces is expected"),
         ));
     }
     Ok(url.trim_end_matches('/').to_string())

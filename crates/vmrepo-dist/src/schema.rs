@@ -63,6 +63,10 @@ pub struct CatalogImage {
     pub added: Option<String>,
     /// The description's facts, as `vmrepo show --json` gives them.
     pub description: serde_json::Value,
+    /// The image's Metalink file, relative like `path` (`vm/<VM>/<file>.meta4`);
+    /// only when published with a base URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metalink: Option<String>,
 }
 
 /// The fields of a previous catalog that publishing again needs.
@@ -133,6 +137,7 @@ mod tests {
             kernel: None,
             added: None,
             description: serde_json::json!({}),
+            metalink: None,
         }
     }
 
@@ -198,7 +203,11 @@ mod tests {
         let item = &schema["$defs"]["image"];
         assert_eq!(names(&v["images"][0]), listed(item));
         assert_eq!(names(&schema["properties"]).len(), names(&v).len() + 1);
-        assert_eq!(names(&item["properties"]), names(&v["images"][0]));
+        // metalink is optional (only with a base URL) and absent here.
+        let mut with_optional = names(&v["images"][0]);
+        with_optional.push("metalink".into());
+        with_optional.sort();
+        assert_eq!(names(&item["properties"]), with_optional);
         assert_eq!(schema["properties"]["format"]["const"], FORMAT);
         assert_eq!(schema["properties"]["version"]["const"], VERSION);
         assert_eq!(schema["properties"]["serial"]["maximum"], MAX_SERIAL);
