@@ -301,12 +301,8 @@ fn commands(rec: &ImageRecord, base: &str, checksum_inside: bool) -> Vec<Command
         }
         _ => {}
     }
-    if rec.kind != "missing" {
-        add(
-            "With vmrepo",
-            format!("vmrepo pull {} {}", sh(&format!("{base}/")), sh(&format!("{}/{}", rec.vm, rec.name))),
-        );
-    }
+    // No `vmrepo pull` line: pull reads a signed catalog.json, which `vmrepo
+    // publish` writes and this server does not serve.
     out
 }
 
