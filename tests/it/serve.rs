@@ -22,14 +22,16 @@ impl Server {
     pub fn start(r: &Repo, extra: &[&str]) -> Server {
         let mut args = vec!["--json", "serve", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let mut child = r.command(&args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let child = r.command(&args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        // Held by the guard from here on: a failure below still kills it.
+        let mut server = Server { child, url: String::new(), addr: String::new() };
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(server.child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("serve printed {line:?}: {e}"));
-        let url = v["url"].as_str().unwrap().trim_end_matches('/').to_string();
-        let addr = url.trim_start_matches("http://").to_string();
-        Server { child, url, addr }
+        server.url = v["url"].as_str().unwrap().trim_end_matches('/').to_string();
+        server.addr = server.url.trim_start_matches("http://").to_string();
+        server
     }
 
     /// A plain HTTP/1.1 GET: (status, headers in lower case, body).
