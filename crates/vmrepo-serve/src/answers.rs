@@ -25,6 +25,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
+use vmrepo_repo::fsutil::mtime_ns;
 use vmrepo_repo::{Catalog, Repository};
 
 /// Answers kept at most.
@@ -61,10 +62,6 @@ pub struct Answers {
     /// file it opened (reopened when the file is replaced).
     watcher: Mutex<Option<(Catalog, u64)>>,
     entries: Mutex<Entries>,
-}
-
-fn mtime_ns(md: &std::fs::Metadata) -> i64 {
-    md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec())
 }
 
 impl Answers {

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use vmrepo_repo::Query;
+use vmrepo_repo::checksum::hex;
 
 use crate::answers::Answer;
 use crate::error::ApiError;
@@ -258,13 +259,5 @@ pub fn if_none_match(req: &HeaderMap, etag: &str) -> bool {
             let t = t.trim();
             t == "*" || strip(t) == strip(etag)
         })
-    })
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
     })
 }

@@ -235,7 +235,7 @@ pub fn add_token(
     vm_names.dedup();
     let entry = TokenEntry {
         name: name.to_string(),
-        sha256: crate::api::hex(&Sha256::digest(token.as_bytes())),
+        sha256: vmrepo_repo::checksum::hex(&Sha256::digest(token.as_bytes())),
         vms: vm_names,
         created: stamp(now()),
         expires: expires.map(stamp),
@@ -380,7 +380,7 @@ impl TokenStore {
                 dev: md.dev(),
                 ino: md.ino(),
                 len: md.len(),
-                mtime_ns: md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec()),
+                mtime_ns: vmrepo_repo::fsutil::mtime_ns(&md),
                 ctime_ns: md.ctime().saturating_mul(1_000_000_000).saturating_add(md.ctime_nsec()),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,

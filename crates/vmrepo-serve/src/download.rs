@@ -180,7 +180,7 @@ fn tar_members(
 /// The strong validator of a file: the recorded SHA-256 while the file is
 /// the one it was recorded for, else its inode, size and modification time.
 fn etag_of<'r>(md: &std::fs::Metadata, record: Option<&'r ImageRecord>) -> (String, Option<&'r str>) {
-    let mtime_ns = md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec());
+    let mtime_ns = vmrepo_repo::fsutil::mtime_ns(md);
     if let Some(r) = record
         && let Some(sha) = r.sha256.as_deref()
         && r.ino == Some(md.ino())

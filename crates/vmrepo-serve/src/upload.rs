@@ -68,13 +68,13 @@ use vmrepo_repo::hashing::StreamMd5;
 use vmrepo_repo::naming::{NameFields, SourceInfo, build_name};
 use vmrepo_repo::{AddOutcome, ErrorKind, Facts, NoProgress, Prehashed};
 
-use crate::api::hex;
 use crate::audit;
 use crate::auth::{self, Grant};
 use crate::error::ApiError;
 use crate::metrics::Peer;
 use crate::paths;
 use crate::state::AppState;
+use vmrepo_repo::checksum::hex;
 
 /// The folder under `.vmrepo/` that receives uploads.
 pub const UPLOADS_DIR: &str = "uploads";
@@ -774,13 +774,8 @@ async fn receive(
     if md.len() != total {
         return Err(ApiError::internal("the upload's file is not the length received"));
     }
-    let prehashed = Prehashed {
-        md5,
-        sha256,
-        ino: md.ino(),
-        len: md.len(),
-        mtime_ns: md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec()),
-    };
+    let prehashed =
+        Prehashed { md5, sha256, ino: md.ino(), len: md.len(), mtime_ns: vmrepo_repo::fsutil::mtime_ns(&md) };
     Ok(Received { temp, prehashed, _slot: slot, _in_flight: in_flight })
 }
 

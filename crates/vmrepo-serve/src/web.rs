@@ -31,9 +31,10 @@ use sha2::{Digest, Sha256};
 use vmrepo_repo::description::human_bytes;
 use vmrepo_repo::{ImageRecord, Inventory, Query, Totals};
 
-use crate::api::{hex, if_none_match};
+use crate::api::if_none_match;
 use crate::error::ApiError;
 use crate::state::AppState;
+use vmrepo_repo::checksum::hex;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
