@@ -264,3 +264,34 @@ fn find_expressions_select_what_is_published() {
     assert_eq!(publish(&r, &dest, &key, &["maxsize>=4GB"])["images"], 2);
     r.fails(6, &["publish", dest.to_str().unwrap(), "--key", key.to_str().unwrap(), "colour=blue"]);
 }
+
+/// A publish killed between writing a temporary file and renaming it leaves
+/// that file behind; the next publish, holding DEST's lock, removes it (a web
+/// server would serve it), and keeps a link that merely looks like one.
+#[test]
+fn the_next_publish_removes_what_a_killed_one_left() {
+    let r = Repo::new();
+    populate(&r);
+    let (key, _) = keygen(&r);
+    let dest = r.tmp.path().join("www");
+    std::fs::create_dir(&dest).unwrap();
+    publish(&r, &dest, &key, &[]);
+    let left = [
+        dest.join(".catalog.json.tmp-dead-1-2-0"),
+        dest.join(".catalog.json.minisig.tmp-dead-1-2-1"),
+        dest.join("vm/kvm/.x.img.tmp-dead-1-2-2"),
+    ];
+    for f in &left {
+        std::fs::write(f, b"half").unwrap();
+    }
+    let outside = r.tmp.path().join("outside");
+    std::fs::write(&outside, b"keep").unwrap();
+    let link = dest.join(".link.tmp-dead");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    publish(&r, &dest, &key, &[]);
+    for f in &left {
+        assert!(!f.exists(), "{} was left", f.display());
+    }
+    assert!(std::fs::symlink_metadata(&link).is_ok(), "a link is not vmrepo's temporary file");
+    assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
+}

@@ -94,6 +94,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
     }
     let dest = prepare_dest(&opts.dest)?;
     let _lock = lock_dest(&dest)?;
+    remove_dead_temps(&dest);
     let serial = next_serial_at(&dest)?;
     let generated = Timestamp::now().round(Unit::Second).map_err(time_error)?;
     let expires = generated.checked_add(opts.expires).map_err(time_error)?;
@@ -307,6 +308,30 @@ fn lock_dest(dest: &Path) -> Result<File> {
         Error::new(ErrorKind::Locked, format!("{}: another vmrepo publish is writing there", dest.display()))
     })?;
     Ok(f)
+}
+
+/// Removes the temporary files a publish killed in the middle left in DEST
+/// and its `vm/<VM>/` folders: under DEST's lock no other publish writes
+/// there, so every such file is dead, and a web server would serve it.
+/// Links are neither followed nor removed; what cannot be removed is left
+/// with a warning.
+fn remove_dead_temps(dest: &Path) {
+    let mut folders = vec![dest.to_path_buf()];
+    if let Ok(vms) = fs::read_dir(dest.join(vmrepo_repo::layout::VM_DIR)) {
+        folders.extend(vms.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+    }
+    for folder in folders {
+        let Ok(entries) = fs::read_dir(&folder) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if e.file_type().is_ok_and(|t| t.is_file())
+                && fsutil::is_temp_sibling(&name.to_string_lossy())
+                && let Err(err) = fs::remove_file(e.path())
+            {
+                tracing::warn!("cannot remove {}: {err}", e.path().display());
+            }
+        }
+    }
 }
 
 /// One more than the serial of the catalog already in DEST, or 1.

@@ -55,6 +55,11 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
     parent(path).join(format!(".{name}.tmp-{}", unique_id()))
 }
 
+/// Whether a file name is one [`temp_sibling`] makes (`.NAME.tmp-ID`).
+pub fn is_temp_sibling(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp-")
+}
+
 /// A short identifier unique across processes and hosts sharing a tree:
 /// host, process, time and a counter.
 pub fn unique_id() -> String {
