@@ -8,12 +8,15 @@
 //! image for download clients such as aria2c ([`metalink`]). The other side is here too: the
 //! keys a repository trusts ([`trust`]) and `pull` ([`mod@pull`], over the
 //! sources in [`fetch`]), which fetches a catalog, proves it and imports its
-//! images. The other exports (simplestreams, virt-builder, HEPiX) and the S3
-//! store are to come, each in a file of its own.
+//! images. Every file made from the catalog (vmrepo's own signed catalog and
+//! the other clients' formats) is an export in [`export`], one file each;
+//! [`digests`] keeps the SHA-512 some of them name images by.
 //!
 //! Errors are [`vmrepo_repo::Error`], so that the binary maps them to the
 //! same exit codes as every other command.
 
+pub mod digests;
+pub mod export;
 pub mod fetch;
 pub mod key;
 pub mod metalink;

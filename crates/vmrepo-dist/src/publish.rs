@@ -10,6 +10,7 @@
 //! catalog last, so that whoever sees the new catalog finds its signature
 //! already there. Images no catalog names any more are left in place.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -21,10 +22,12 @@ use vmrepo_repo::checksum::{self, ChecksumLine, parse_hex};
 use vmrepo_repo::layout::{ImageKind, Sidecars};
 use vmrepo_repo::{Catalog, Error, ErrorKind, ImageRecord, Query, Result, fsutil};
 
+use crate::digests::Sha512Cache;
+use crate::export::{self, OutFile, Signers, Stage};
 use crate::key;
 use crate::metalink::{self, Metalink};
 use crate::place::{self, Placed};
-use crate::schema::{self, CATALOG_FILE, CatalogDoc, CatalogImage, SIGNATURE_FILE};
+use crate::schema::{self, CATALOG_FILE, CatalogDoc, CatalogImage};
 
 /// The lock file in DEST that keeps two publishes from choosing the same serial.
 const LOCK_FILE: &str = ".vmrepo-publish.lock";
@@ -63,6 +66,8 @@ pub struct PublishReport {
     pub metalinks: usize,
     /// Selected images that cannot be published, with the reason.
     pub left_out: Vec<LeftOut>,
+    /// Exports not written, and why.
+    pub exports_skipped: Vec<export::Skipped>,
     pub generated: String,
     pub expires: String,
 }
@@ -108,6 +113,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         skipped: 0,
         metalinks: 0,
         left_out: Vec::new(),
+        exports_skipped: Vec::new(),
         generated: generated.to_string(),
         expires: expires.to_string(),
     };
@@ -155,7 +161,28 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         base_url,
         images,
     };
-    write_signed_catalog(&dest, &doc, &sk, &pk)?;
+    let signers = Signers { minisign_secret: sk, minisign_public: pk };
+    let mut sha512 = BTreeMap::new();
+    if export::wants_sha512(&signers) {
+        let mut cache = Sha512Cache::load(catalog.repo().root());
+        for image in &doc.images {
+            // `path` is vm/<VM>/<file>, made above from the record.
+            let file = catalog.repo().root().join(&image.path);
+            let got = cache.get(&file, &image.sha256, cancel);
+            cache.save();
+            sha512.insert(image.sha256.clone(), got?);
+        }
+    }
+    let ctx = export::Context {
+        doc: &doc,
+        base_urls: &base_urls,
+        generated,
+        expires,
+        sha512: &sha512,
+        signers: &signers,
+    };
+    let files = export::render_all(&ctx, &mut report.exports_skipped)?;
+    write_exports(&dest, &files)?;
     Ok(report)
 }
 
@@ -360,39 +387,56 @@ fn next_serial_at(dest: &Path) -> Result<u64> {
     })
 }
 
-/// Writes catalog.json and catalog.json.minisig: both complete and fsynced
-/// under temporary names, then the signature renamed into place, then the
-/// catalog, then the folder fsynced.
-fn write_signed_catalog(
-    dest: &Path,
-    doc: &CatalogDoc,
-    sk: &minisign::SecretKey,
-    pk: &minisign::PublicKey,
-) -> Result<()> {
-    let mut json = serde_json::to_vec_pretty(doc)
-        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot encode the catalog: {e}")))?;
-    json.push(b'\n');
-    let comment = format!(
-        "vmrepo-catalog serial:{} generated:{} expires:{} file:{CATALOG_FILE}",
-        doc.serial, doc.generated, doc.expires
-    );
-    let sig = key::sign(sk, pk, &json, &comment)?;
-    let catalog = dest.join(CATALOG_FILE);
-    let signature = dest.join(SIGNATURE_FILE);
-    let catalog_tmp = fsutil::temp_sibling(&catalog);
-    let signature_tmp = fsutil::temp_sibling(&signature);
-    let result = (|| {
-        fsutil::write_new(&catalog_tmp, &json, 0o644)?;
-        fsutil::write_new(&signature_tmp, sig.as_bytes(), 0o644)?;
-        fs::rename(&signature_tmp, &signature).map_err(|e| Error::io("rename into place", &signature, e))?;
-        fs::rename(&catalog_tmp, &catalog).map_err(|e| Error::io("rename into place", &catalog, e))?;
-        fsutil::fsync_dir(dest)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&catalog_tmp);
-        let _ = fs::remove_file(&signature_tmp);
+/// Writes the exports' files: those of each stage complete and fsynced
+/// under temporary names first, then renamed in their order, the folders
+/// fsynced, before the next stage starts. A file that already has its
+/// bytes is left alone (its modification time too, for web caches).
+fn write_exports(dest: &Path, files: &[OutFile]) -> Result<()> {
+    for stage in [Stage::Signed, Stage::Index] {
+        let mut pending: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let result = (|| {
+            for f in files.iter().filter(|f| f.stage == stage) {
+                let path = dest_path(dest, &f.path)?;
+                let same_len = fs::symlink_metadata(&path)
+                    .is_ok_and(|md| md.is_file() && md.len() == f.bytes.len() as u64);
+                if same_len && fs::read(&path).is_ok_and(|b| b == f.bytes) {
+                    continue;
+                }
+                let parent = fsutil::parent(&path);
+                fs::create_dir_all(parent).map_err(|e| Error::io("create the folder", parent, e))?;
+                fsutil::real_folder(dest, parent)?;
+                let tmp = fsutil::temp_sibling(&path);
+                pending.push((tmp.clone(), path));
+                fsutil::write_new(&tmp, &f.bytes, 0o644)?;
+            }
+            let mut dirs = std::collections::BTreeSet::new();
+            for (tmp, path) in &pending {
+                fs::rename(tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
+                dirs.insert(fsutil::parent(path).to_path_buf());
+            }
+            for d in dirs {
+                fsutil::fsync_dir(&d)?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            for (tmp, _) in &pending {
+                let _ = fs::remove_file(tmp);
+            }
+            return result;
+        }
     }
-    result
+    Ok(())
+}
+
+/// DEST joined with an export's relative path, which must be made of plain
+/// names (no `..`, no absolute path, no empty part).
+fn dest_path(dest: &Path, rel: &str) -> Result<PathBuf> {
+    let ok = !rel.is_empty() && rel.split('/').all(|p| !p.is_empty() && p != "." && p != "..");
+    if !ok {
+        return Err(Error::new(ErrorKind::InvalidInput, format!("{rel:?}: not a path an export writes")));
+    }
+    Ok(dest.join(rel))
 }
 
 /// A base URL: `http://` or `https://`, printable ASCII without spaces;

@@ -1,0 +1,88 @@
+//! The exports: every file of the published tree that is made from the
+//! catalog rather than copied from the repository. Each export is a file of
+//! its own here and renders its files in memory ([`OutFile`]); publish
+//! writes them in the order that keeps readers consistent
+//! (docs/distribution.md): every image first, then the files of stage
+//! [`Stage::Signed`] (signatures before what they sign, in the order an
+//! export lists them), then those of stage [`Stage::Index`], the entry
+//! points that name the signed files.
+//!
+//! vmrepo's own `catalog.json` and its minisign signature are the first
+//! export ([`catalog`]).
+
+pub mod catalog;
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use vmrepo_repo::Result;
+
+use crate::schema::CatalogDoc;
+
+/// When a file is renamed into place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Catalogs and their signatures: after every image is in place.
+    Signed,
+    /// Index files that point at the signed catalogs: last.
+    Index,
+}
+
+/// One file an export writes.
+#[derive(Clone, Debug)]
+pub struct OutFile {
+    /// Relative to DEST, `/`-separated, without `..`.
+    pub path: String,
+    pub bytes: Vec<u8>,
+    pub stage: Stage,
+}
+
+/// The keys publish signs with. The minisign key is always there; the
+/// others are optional and an export that needs one it lacks is skipped
+/// with the reason in the report.
+pub struct Signers {
+    pub minisign_secret: minisign::SecretKey,
+    pub minisign_public: minisign::PublicKey,
+}
+
+/// What every export reads.
+pub struct Context<'a> {
+    /// The catalog being published, every image already in place.
+    pub doc: &'a CatalogDoc,
+    /// `--base-url` then every `--mirror`, without trailing `/`; empty
+    /// without `--base-url`.
+    pub base_urls: &'a [String],
+    pub generated: Timestamp,
+    pub expires: Timestamp,
+    /// The SHA-512 of every image, keyed by its SHA-256 (lower-case hex),
+    /// for the formats that name an image by SHA-512.
+    pub sha512: &'a BTreeMap<String, String>,
+    pub signers: &'a Signers,
+}
+
+/// An export that was not written, and why (no key for it, no base URL).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Skipped {
+    pub export: &'static str,
+    pub reason: String,
+}
+
+/// Whether an export that will be written names images by SHA-512 (then
+/// publish fills [`Context::sha512`], computing what the repository's
+/// `.vmrepo/sha512.json` does not hold yet: [`crate::digests`]).
+pub fn wants_sha512(signers: &Signers) -> bool {
+    let _ = signers;
+    false
+}
+
+/// Every export's files, in the order they are to be renamed within their stage.
+///
+/// # Errors
+/// An export that cannot be rendered (encoding, signing).
+pub fn render_all(ctx: &Context<'_>, skipped: &mut Vec<Skipped>) -> Result<Vec<OutFile>> {
+    let _ = &skipped;
+    let mut files = catalog::render(ctx)?;
+    // Sorted by stage only: within a stage, each export's own order stands.
+    files.sort_by_key(|f| f.stage);
+    Ok(files)
+}
