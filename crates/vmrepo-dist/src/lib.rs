@@ -19,6 +19,7 @@ pub mod digests;
 pub mod export;
 pub mod fetch;
 pub mod key;
+pub mod ledger;
 pub mod metalink;
 pub mod place;
 pub mod publish;

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use vmrepo_repo::{Error, ErrorKind, Result};
 
+use crate::ledger::Entry;
 use crate::place;
 
 /// The extension added to the image's file name.
@@ -59,20 +60,27 @@ impl Metalink<'_> {
         Ok(x)
     }
 
-    /// Writes the document at `dest` (a temporary file, fsync, rename) unless
-    /// the file already there says the same: then it is left untouched, and
-    /// its `<published>` time stays. Returns whether it was written.
+    /// Writes the document at `dest` (a temporary file, rename: publish syncs
+    /// the filesystem once) unless the file already there says the same: then
+    /// it is left untouched, and its `<published>` time stays. `known` is what
+    /// the ledger recorded for it. Returns whether it was written, and what
+    /// the ledger is to record.
     ///
     /// # Errors
     /// Those of [`Metalink::render`]; an I/O error naming the file.
-    pub fn write(&self, dest: &Path, published: &str) -> Result<bool> {
-        if let Some(before) = previous_published(dest) {
-            let same = self.render(&before)?;
-            if fs::read(dest).is_ok_and(|b| b == same.as_bytes()) {
-                return Ok(false);
-            }
+    pub fn write(&self, dest: &Path, published: &str, known: Option<&Entry>) -> Result<(bool, Entry)> {
+        // The time it was published: as the ledger recorded it, else as the file says.
+        let before = known.and_then(|k| k.6.clone()).or_else(|| previous_published(dest));
+        if let Some(before) = before
+            && let Ok(same) = self.render(&before)
+            && let Some(mut entry) = place::unchanged(dest, same.as_bytes(), known)?
+        {
+            entry.6 = Some(before);
+            return Ok((false, entry));
         }
-        place::place_small(dest, self.render(published)?.as_bytes())
+        let (written, mut entry) = place::place_small(dest, self.render(published)?.as_bytes(), None)?;
+        entry.6 = Some(published.to_string());
+        Ok((written, entry))
     }
 }
 
@@ -189,11 +197,11 @@ mod tests {
         let bases = urls(&["http://127.0.0.1:1"]);
         let sha = "0".repeat(64);
         let m = Metalink { file: "a.img", path: "vm/kvm/a.img", size: 1, sha256: &sha, base_urls: &bases };
-        assert!(m.write(&dest, "2026-01-01T00:00:00Z").unwrap());
+        assert!(m.write(&dest, "2026-01-01T00:00:00Z", None).unwrap().0);
         let before = fs::metadata(&dest).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         // A later publish with nothing changed: same inode, same mtime, the first time kept.
-        assert!(!m.write(&dest, "2026-02-01T00:00:00Z").unwrap());
+        assert!(!m.write(&dest, "2026-02-01T00:00:00Z", None).unwrap().0);
         let after = fs::metadata(&dest).unwrap();
         assert_eq!(
             (before.ino(), before.mtime(), before.mtime_nsec()),
@@ -203,7 +211,7 @@ mod tests {
         // A new mirror changes it, with the new time.
         let more = urls(&["http://127.0.0.1:1", "http://127.0.0.1:2"]);
         let m2 = Metalink { base_urls: &more, ..m.clone() };
-        assert!(m2.write(&dest, "2026-02-01T00:00:00Z").unwrap());
+        assert!(m2.write(&dest, "2026-02-01T00:00:00Z", None).unwrap().0);
         let text = fs::read_to_string(&dest).unwrap();
         assert!(text.contains("2026-02-01T00:00:00Z") && text.contains("priority=\"2\""), "{text}");
         assert_ne!(fs::metadata(&dest).unwrap().ino(), before.ino());

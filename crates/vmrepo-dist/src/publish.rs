@@ -10,7 +10,7 @@
 //! catalog last, so that whoever sees the new catalog finds its signature
 //! already there. Images no catalog names any more are left in place.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -19,12 +19,14 @@ use std::sync::atomic::AtomicBool;
 use jiff::{SignedDuration, Timestamp, Unit};
 use serde::Serialize;
 use vmrepo_repo::checksum::{self, ChecksumLine, parse_hex};
+use vmrepo_repo::description::Description;
 use vmrepo_repo::layout::{ImageKind, Sidecars};
 use vmrepo_repo::{Catalog, Error, ErrorKind, ImageRecord, Query, Result, fsutil};
 
 use crate::digests::Sha512Cache;
 use crate::export::{self, OutFile, Signers, Stage};
 use crate::key;
+use crate::ledger::{self, Ledger};
 use crate::metalink::{self, Metalink};
 use crate::place::{self, Placed};
 use crate::schema::{self, CATALOG_FILE, CatalogDoc, CatalogImage};
@@ -64,6 +66,9 @@ pub struct PublishReport {
     pub skipped: usize,
     /// Metalink files written (new or changed; those unchanged are left alone).
     pub metalinks: usize,
+    /// Files removed from DEST (images, sidecars, Metalink files) that
+    /// neither this catalog nor the previous one names.
+    pub removed: usize,
     /// Selected images that cannot be published, with the reason.
     pub left_out: Vec<LeftOut>,
     /// Exports not written, and why.
@@ -100,7 +105,10 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
     let dest = prepare_dest(&opts.dest)?;
     let _lock = lock_dest(&dest)?;
     remove_dead_temps(&dest);
-    let serial = next_serial_at(&dest)?;
+    let (serial, previous) = read_previous(&dest)?;
+    let known = Ledger::load(&dest);
+    let mut ledger = Ledger::default();
+    let mut made = BTreeSet::new();
     let generated = Timestamp::now().round(Unit::Second).map_err(time_error)?;
     let expires = generated.checked_add(opts.expires).map_err(time_error)?;
 
@@ -112,6 +120,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         linked: 0,
         skipped: 0,
         metalinks: 0,
+        removed: 0,
         left_out: Vec::new(),
         exports_skipped: Vec::new(),
         generated: generated.to_string(),
@@ -123,7 +132,8 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
             return Err(Error::interrupted());
         }
         let Some((sha256, md5)) = publishable(&rec, &mut report) else { continue };
-        let (placed, image) = publish_one(catalog, &dest, rec, sha256, md5, cancel)?;
+        let mut to = Placing { dest: &dest, known: &known, ledger: &mut ledger, made: &mut made };
+        let (placed, image) = publish_one(catalog, &mut to, rec, sha256, md5, cancel)?;
         match placed {
             Placed::Linked => report.linked += 1,
             Placed::Copied => report.copied += 1,
@@ -146,9 +156,12 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
                 sha256: &image.sha256,
                 base_urls: &base_urls,
             };
-            if m.write(&dest.join(&relative), &report.generated)? {
+            let (written, entry) =
+                m.write(&dest.join(&relative), &report.generated, known.files.get(&relative))?;
+            if written {
                 report.metalinks += 1;
             }
+            ledger.files.insert(relative.clone(), entry);
             image.metalink = Some(relative);
         }
     }
@@ -182,7 +195,11 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         signers: &signers,
     };
     let files = export::render_all(&ctx, &mut report.exports_skipped)?;
+    // Every image, sidecar and Metalink file durable before a catalog names them.
+    place::sync_filesystem(&dest)?;
     write_exports(&dest, &files)?;
+    report.removed = remove_old(&dest, &doc, previous, known, &mut ledger)?;
+    ledger.save(&dest)?;
     Ok(report)
 }
 
@@ -233,10 +250,30 @@ fn publishable(rec: &ImageRecord, report: &mut PublishReport) -> Option<(String,
     None
 }
 
+/// Where images are placed, and what is recorded of them.
+struct Placing<'a> {
+    dest: &'a Path,
+    /// What the previous publishes recorded ([`Ledger`]).
+    known: &'a Ledger,
+    /// What this one records.
+    ledger: &'a mut Ledger,
+    /// The `vm/<VM>` folders already made and checked by this publish.
+    made: &'a mut BTreeSet<String>,
+}
+
+impl Placing<'_> {
+    /// Places a small file at `rel` and records it.
+    fn small(&mut self, rel: String, bytes: &[u8]) -> Result<()> {
+        let (_, entry) = place::place_small(&self.dest.join(&rel), bytes, self.known.files.get(&rel))?;
+        self.ledger.files.insert(rel, entry);
+        Ok(())
+    }
+}
+
 /// Places one image and its sidecars, and makes its catalog entry.
 fn publish_one(
     catalog: &Catalog,
-    dest: &Path,
+    to: &mut Placing<'_>,
     rec: ImageRecord,
     sha256: String,
     md5: String,
@@ -251,30 +288,45 @@ fn publish_one(
         }
     }
     let src_dir = catalog.repo().vm_root().join(&rec.folder);
-    let dest_dir = dest.join("vm").join(&rec.folder);
-    fs::create_dir_all(&dest_dir).map_err(|e| Error::io("create the folder", &dest_dir, e))?;
-    fsutil::real_folder(dest, &dest_dir)?;
+    let dest_dir = to.dest.join("vm").join(&rec.folder);
+    if !to.made.contains(&rec.folder) {
+        fs::create_dir_all(&dest_dir).map_err(|e| Error::io("create the folder", &dest_dir, e))?;
+        fsutil::real_folder(to.dest, &dest_dir)?;
+        to.made.insert(rec.folder.clone());
+    }
     let size = rec.size.unwrap_or(0);
-    let placed =
-        place::place_image(&src_dir.join(&rec.file), &dest_dir.join(&rec.file), size, &sha256, cancel)
-            .map_err(|e| e.context(format!("publish {}", rec.path)))?;
+    let rel = format!("vm/{}/{}", rec.folder, rec.file);
+    let (placed, entry) = place::place_image(
+        &src_dir.join(&rec.file),
+        &dest_dir.join(&rec.file),
+        size,
+        &sha256,
+        to.known.files.get(&rel),
+        cancel,
+    )
+    .map_err(|e| e.context(format!("publish {}", rec.path)))?;
+    to.ledger.files.insert(rel, entry);
     let sidecars = Sidecars::of(&src_dir, &rec.file, &rec.name, ImageKind::File);
     // The .checksum is written anew from the record, as md5sum -c reads it.
     let md5_bytes = parse_hex::<16>(&md5).ok_or_else(|| {
         Error::new(ErrorKind::BadSidecar, format!("{}: a malformed recorded MD5", rec.path))
     })?;
     let checksum = checksum::format(&[ChecksumLine { md5: md5_bytes, path: rec.file.clone() }]);
-    place::place_small(&dest_dir.join(format!("{}.checksum", rec.name)), checksum.as_bytes())?;
-    if let Ok(txt) = vmrepo_repo::catalog::read_capped(
+    to.small(format!("vm/{}/{}.checksum", rec.folder, rec.name), checksum.as_bytes())?;
+    // The description is read once: copied as it is, and its facts go in the catalog.
+    let txt = vmrepo_repo::catalog::read_capped(
         &sidecars.description,
         vmrepo_repo::description::MAX_DESCRIPTION_FILE,
-    ) {
-        place::place_small(&dest_dir.join(format!("{}.txt", rec.name)), &txt)?;
+    )
+    .ok();
+    if let Some(txt) = &txt {
+        to.small(format!("vm/{}/{}.txt", rec.folder, rec.name), txt)?;
     }
-    let shown = vmrepo_repo::show::of_record(catalog, rec);
-    let description = serde_json::to_value(&shown.description)
+    let facts =
+        txt.as_deref().and_then(|b| Description::parse(b).ok()).map(|d| d.facts().0).unwrap_or_default();
+    let description = serde_json::to_value(&facts)
         .map_err(|e| Error::new(ErrorKind::Io, format!("cannot encode the description: {e}")))?;
-    let r = shown.image;
+    let r = rec;
     let image = CatalogImage {
         path: format!("vm/{}/{}", r.folder, r.file),
         vm: r.vm,
@@ -361,9 +413,12 @@ fn remove_dead_temps(dest: &Path) {
     }
 }
 
-/// One more than the serial of the catalog already in DEST, or 1.
-fn next_serial_at(dest: &Path) -> Result<u64> {
+/// What the catalog already in DEST says: the next serial (one more than
+/// its own, or 1), and the paths it names (`None` when there is none, or
+/// its images cannot be read: then nothing is removed).
+fn read_previous(dest: &Path) -> Result<(u64, Option<BTreeSet<String>>)> {
     let path = dest.join(CATALOG_FILE);
+    let mut named = None;
     let previous = match fs::symlink_metadata(&path) {
         Err(e) if fsutil::is_not_found(&e) => None,
         _ => {
@@ -379,12 +434,108 @@ fn next_serial_at(dest: &Path) -> Result<u64> {
                     ),
                 )
             })?;
+            match serde_json::from_slice::<Named>(&bytes) {
+                Ok(n) => named = Some(n.paths()),
+                Err(e) => tracing::warn!(
+                    "{}: its images cannot be read ({e}): no old image is removed this time",
+                    path.display()
+                ),
+            }
             Some(serial)
         }
     };
-    schema::next_serial(previous).ok_or_else(|| {
+    let next = schema::next_serial(previous).ok_or_else(|| {
         Error::new(ErrorKind::InvalidInput, format!("{}: the serial cannot grow any more", path.display()))
-    })
+    })?;
+    Ok((next, named))
+}
+
+/// What a catalog names: its images, their sidecars and Metalink files.
+#[derive(serde::Deserialize)]
+struct Named {
+    images: Vec<NamedImage>,
+}
+
+#[derive(serde::Deserialize)]
+struct NamedImage {
+    name: String,
+    path: String,
+    #[serde(default)]
+    metalink: Option<String>,
+}
+
+impl Named {
+    fn paths(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for i in &self.images {
+            names_of(&i.path, &i.name, i.metalink.as_deref(), &mut out);
+        }
+        out
+    }
+}
+
+/// The paths an image's catalog entry names: the image, its `.checksum`
+/// and `.txt` (beside it, by its name) and its Metalink file.
+fn names_of(path: &str, name: &str, metalink: Option<&str>, out: &mut BTreeSet<String>) {
+    out.insert(path.to_string());
+    if let Some((dir, _)) = path.rsplit_once('/') {
+        out.insert(format!("{dir}/{name}.checksum"));
+        out.insert(format!("{dir}/{name}.txt"));
+    }
+    if let Some(m) = metalink {
+        out.insert(m.to_string());
+    }
+}
+
+/// Removes from DEST, once the new catalog and every index are in place,
+/// what publish placed there that no live catalog names (the new one, and
+/// the previous one that a reader may have fetched a moment ago); makes the
+/// new ledger. Returns how many files were removed.
+///
+/// Only paths of the previous ledger are removed: files publish placed for
+/// a catalog it wrote, of the shape `vm/<VM>/<file>`, regular files in real
+/// folders (a link is neither followed nor removed). When the previous
+/// catalog cannot be read for its images, nothing is removed.
+fn remove_old(
+    dest: &Path,
+    doc: &CatalogDoc,
+    previous: Option<BTreeSet<String>>,
+    known: Ledger,
+    ledger: &mut Ledger,
+) -> Result<usize> {
+    let mut live = BTreeSet::new();
+    for i in &doc.images {
+        names_of(&i.path, &i.name, i.metalink.as_deref(), &mut live);
+    }
+    let Some(previous) = previous else {
+        // Nothing is known to be dead: keep recording all of it.
+        for (p, e) in known.files {
+            ledger.files.entry(p).or_insert(e);
+        }
+        return Ok(0);
+    };
+    live.extend(previous.iter().cloned());
+    let mut removed = 0;
+    let mut dirs = BTreeSet::new();
+    for rel in ledger::removable(&known, &live) {
+        if ledger::remove_placed(dest, rel)? {
+            removed += 1;
+            dirs.insert(fsutil::parent(&dest.join(rel)).to_path_buf());
+        }
+    }
+    for d in dirs {
+        fsutil::fsync_dir(&d)?;
+    }
+    // Still recorded: what the previous catalog names and this one does not
+    // place (removed by a later publish once no live catalog names it).
+    let mut known = known.files;
+    for p in previous {
+        if ledger::is_placed_path(&p) && !ledger.files.contains_key(&p) {
+            let e = known.remove(&p).unwrap_or_default();
+            ledger.files.insert(p, e);
+        }
+    }
+    Ok(removed)
 }
 
 /// Writes the exports' files: those of each stage complete and fsynced
