@@ -14,6 +14,7 @@ mod metalink;
 mod name;
 mod output;
 mod publish;
+mod publish_more;
 mod pull;
 mod repo;
 mod samples;

@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::util::{Repo, have, pattern_file, sh, sha256sum};
 
 /// Three images: two for kvm, one for xen.
-fn populate(r: &Repo) {
+pub(crate) fn populate(r: &Repo) {
     for (i, (vm, extra)) in
         [("kvm", ["--max-size", "8GB"]), ("kvm", ["--max-size", "2GB"]), ("xen", ["--max-size", "4GB"])]
             .iter()
@@ -21,7 +21,7 @@ fn populate(r: &Repo) {
 }
 
 /// `key generate` into a folder outside the repository: (secret, public).
-fn keygen(r: &Repo) -> (PathBuf, PathBuf) {
+pub(crate) fn keygen(r: &Repo) -> (PathBuf, PathBuf) {
     let dir = r.tmp.path().join("keys");
     let out = r.ok(&["key", "generate", "-o", dir.to_str().unwrap(), "--name", "site"]);
     let public = dir.join("site.pub");
@@ -33,18 +33,18 @@ fn keygen(r: &Repo) -> (PathBuf, PathBuf) {
     (dir.join("site.key"), public)
 }
 
-fn publish(r: &Repo, dest: &Path, key: &Path, extra: &[&str]) -> serde_json::Value {
+pub(crate) fn publish(r: &Repo, dest: &Path, key: &Path, extra: &[&str]) -> serde_json::Value {
     let mut a = vec!["publish", dest.to_str().unwrap(), "--key", key.to_str().unwrap()];
     a.extend_from_slice(extra);
     r.json(&a)
 }
 
-fn catalog(dest: &Path) -> serde_json::Value {
+pub(crate) fn catalog(dest: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dest.join("catalog.json")).unwrap()).unwrap()
 }
 
 /// Whether the real minisign accepts `dir/catalog.json` with its `.minisig`; its output.
-fn minisign_verifies(dir: &Path, public: &Path) -> (bool, String) {
+pub(crate) fn minisign_verifies(dir: &Path, public: &Path) -> (bool, String) {
     let out = Command::new("minisign")
         .args(["-V", "-p", public.to_str().unwrap(), "-m", "catalog.json"])
         .current_dir(dir)
