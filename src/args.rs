@@ -177,6 +177,21 @@ Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo f
     /// Fetch a published catalog, check its signature, expiry and serial, and
     /// import the images it lists that are not here yet (docs/distribution.md).
     Pull(PullArgs),
+    /// Copy a published tree to a folder as it is, checked as pull checks it,
+    /// still verifiable with the publisher's signature (docs/distribution.md).
+    Mirror(MirrorArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MirrorArgs {
+    /// The published tree: `file:///path`, `http://host:port/prefix` or `https://...`
+    pub source: String,
+    /// The folder to mirror it to (made if needed; a web server's root).
+    pub dest: PathBuf,
+    /// The publisher's minisign public key; without it, the keys the
+    /// repository (--repo) trusts.
+    #[arg(long, value_name = "PUBFILE")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -3,7 +3,7 @@
 //! trusts and fetching from a published tree (the library is vmrepo_dist;
 //! docs/distribution.md).
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use vmrepo_dist::key::{self, PASSWORD_ENV};
 use vmrepo_dist::publish::{self, PublishOptions};
 use vmrepo_dist::pull::{PullOptions, Select};
@@ -12,7 +12,7 @@ use vmrepo_repo::Query;
 
 use super::{Ctx, open_catalog, open_repo};
 use crate::Outcome;
-use crate::args::{PublishArgs, PullArgs};
+use crate::args::{MirrorArgs, PublishArgs, PullArgs};
 use crate::output::{self, line};
 
 pub(crate) fn key_generate(ctx: &Ctx<'_>, dir: Option<&std::path::Path>, name: &str) -> Result<Outcome> {
@@ -145,6 +145,41 @@ pub(crate) fn pull(ctx: &Ctx<'_>, a: &PullArgs) -> Result<Outcome> {
             report.expires,
             report.images.len(),
             report.transferred
+        ))?;
+    }
+    Ok(Outcome::Clean)
+}
+
+pub(crate) fn mirror(ctx: &Ctx<'_>, a: &MirrorArgs) -> Result<Outcome> {
+    let trusted = match &a.key {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let pk = trust::parse_public_key(&bytes).map_err(|e| {
+                vmrepo_repo::Error::new(
+                    vmrepo_repo::ErrorKind::InvalidInput,
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            let name = path.file_stem().map_or("key".into(), |s| s.to_string_lossy().into_owned());
+            vec![trust::TrustedKey { name, key_id: key::key_id(&pk), public_key: pk.to_base64(), key: pk }]
+        }
+        None => trust::list(&open_repo(ctx)?)?,
+    };
+    let report = vmrepo_dist::mirror::mirror(&a.source, &a.dest, &trusted, ctx.cancel)?;
+    if ctx.cli.json {
+        output::json(&report)?;
+    } else if !ctx.cli.quiet {
+        line(format_args!(
+            "mirrored catalog serial {} from {} to {} (signed by {}, expires {}): {} images, {} fetched, {} bytes transferred, {} old files removed",
+            report.serial,
+            report.source,
+            report.dest.display(),
+            report.signer,
+            report.expires,
+            report.images,
+            report.fetched,
+            report.transferred,
+            report.removed
         ))?;
     }
     Ok(Outcome::Clean)

@@ -75,6 +75,7 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
         Command::Trust(TrustCommand::List) => dist::trust_list(&ctx),
         Command::Trust(TrustCommand::Rm { name }) => dist::trust_rm(&ctx, name),
         Command::Pull(a) => dist::pull(&ctx, a),
+        Command::Mirror(a) => dist::mirror(&ctx, a),
         Command::Info(a) => image::info(&ctx, a),
         Command::Map(a) => image::map(&ctx, a),
         Command::Cat { image, output, force } => image::cat(&ctx, image, output.as_deref(), *force),

@@ -21,6 +21,7 @@ pub mod fetch;
 pub mod key;
 pub mod ledger;
 pub mod metalink;
+pub mod mirror;
 pub mod place;
 pub mod publish;
 pub mod pull;

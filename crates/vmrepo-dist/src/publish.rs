@@ -186,6 +186,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
             sha512.insert(image.sha256.clone(), got?);
         }
     }
+    let placed: BTreeSet<String> = ledger.files.keys().cloned().collect();
     let ctx = export::Context {
         doc: &doc,
         base_urls: &base_urls,
@@ -193,6 +194,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         expires,
         sha512: &sha512,
         signers: &signers,
+        files: &placed,
     };
     let files = export::render_all(&ctx, &mut report.exports_skipped)?;
     // Every image, sidecar and Metalink file durable before a catalog names them.
@@ -355,7 +357,7 @@ fn publish_one(
 }
 
 /// Creates DEST if needed, refusing one inside a repository.
-fn prepare_dest(dest: &Path) -> Result<PathBuf> {
+pub(crate) fn prepare_dest(dest: &Path) -> Result<PathBuf> {
     if let Some(root) = key::inside_repository(dest) {
         return Err(Error::new(
             ErrorKind::InvalidInput,
@@ -375,7 +377,7 @@ fn prepare_dest(dest: &Path) -> Result<PathBuf> {
 }
 
 /// Holds DEST's publish lock until dropped.
-fn lock_dest(dest: &Path) -> Result<File> {
+pub(crate) fn lock_dest(dest: &Path) -> Result<File> {
     let path = dest.join(LOCK_FILE);
     let f = fs::OpenOptions::new()
         .create(true)
@@ -394,7 +396,7 @@ fn lock_dest(dest: &Path) -> Result<File> {
 /// there, so every such file is dead, and a web server would serve it.
 /// Links are neither followed nor removed; what cannot be removed is left
 /// with a warning.
-fn remove_dead_temps(dest: &Path) {
+pub(crate) fn remove_dead_temps(dest: &Path) {
     let mut folders = vec![dest.to_path_buf()];
     if let Ok(vms) = fs::read_dir(dest.join(vmrepo_repo::layout::VM_DIR)) {
         folders.extend(vms.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
@@ -416,7 +418,7 @@ fn remove_dead_temps(dest: &Path) {
 /// What the catalog already in DEST says: the next serial (one more than
 /// its own, or 1), and the paths it names (`None` when there is none, or
 /// its images cannot be read: then nothing is removed).
-fn read_previous(dest: &Path) -> Result<(u64, Option<BTreeSet<String>>)> {
+pub(crate) fn read_previous(dest: &Path) -> Result<(u64, Option<BTreeSet<String>>)> {
     let path = dest.join(CATALOG_FILE);
     let mut named = None;
     let previous = match fs::symlink_metadata(&path) {
@@ -476,7 +478,7 @@ impl Named {
 
 /// The paths an image's catalog entry names: the image, its `.checksum`
 /// and `.txt` (beside it, by its name) and its Metalink file.
-fn names_of(path: &str, name: &str, metalink: Option<&str>, out: &mut BTreeSet<String>) {
+pub(crate) fn names_of(path: &str, name: &str, metalink: Option<&str>, out: &mut BTreeSet<String>) {
     out.insert(path.to_string());
     if let Some((dir, _)) = path.rsplit_once('/') {
         out.insert(format!("{dir}/{name}.checksum"));
@@ -496,7 +498,7 @@ fn names_of(path: &str, name: &str, metalink: Option<&str>, out: &mut BTreeSet<S
 /// a catalog it wrote, of the shape `vm/<VM>/<file>`, regular files in real
 /// folders (a link is neither followed nor removed). When the previous
 /// catalog cannot be read for its images, nothing is removed.
-fn remove_old(
+pub(crate) fn remove_old(
     dest: &Path,
     doc: &CatalogDoc,
     previous: Option<BTreeSet<String>>,
@@ -542,7 +544,7 @@ fn remove_old(
 /// under temporary names first, then renamed in their order, the folders
 /// fsynced, before the next stage starts. A file that already has its
 /// bytes is left alone (its modification time too, for web caches).
-fn write_exports(dest: &Path, files: &[OutFile]) -> Result<()> {
+pub(crate) fn write_exports(dest: &Path, files: &[OutFile]) -> Result<()> {
     for stage in [Stage::Signed, Stage::Index] {
         let mut pending: Vec<(PathBuf, PathBuf)> = Vec::new();
         let result = (|| {

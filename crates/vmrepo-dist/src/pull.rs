@@ -205,7 +205,7 @@ pub fn pull(catalog: &mut Catalog, opts: &PullOptions, cancel: &AtomicBool) -> R
 
 /// The trusted key whose signature `bytes` carries; `None` with `insecure`
 /// when there is no good one.
-fn check_signature(
+pub(crate) fn check_signature(
     remote: &Remote,
     bytes: &[u8],
     signature: Option<&[u8]>,
@@ -250,7 +250,7 @@ fn check_signature(
 }
 
 /// The catalog, read and checked: its format, times, and every entry.
-fn check_catalog(remote: &Remote, bytes: &[u8], now: Timestamp) -> Result<CatalogDoc> {
+pub(crate) fn check_catalog(remote: &Remote, bytes: &[u8], now: Timestamp) -> Result<CatalogDoc> {
     let at = remote.location(CATALOG_FILE);
     let bad = |why: String| Error::new(ErrorKind::InvalidInput, format!("{at}: {why}"));
     schema::previous_serial(bytes).map_err(&bad)?;

@@ -8,11 +8,12 @@
 //! points that name the signed files.
 //!
 //! vmrepo's own `catalog.json` and its minisign signature are the first
-//! export ([`catalog`]).
+//! export ([`catalog`]); the static page `index.html` is another ([`html`]).
 
 pub mod catalog;
+pub mod html;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 use vmrepo_repo::Result;
@@ -58,6 +59,9 @@ pub struct Context<'a> {
     /// for the formats that name an image by SHA-512.
     pub sha512: &'a BTreeMap<String, String>,
     pub signers: &'a Signers,
+    /// Every file placed under `vm/` for this catalog (images, sidecars,
+    /// Metalink files), relative to DEST: what a page may link to.
+    pub files: &'a BTreeSet<String>,
 }
 
 /// An export that was not written, and why (no key for it, no base URL).
@@ -82,6 +86,7 @@ pub fn wants_sha512(signers: &Signers) -> bool {
 pub fn render_all(ctx: &Context<'_>, skipped: &mut Vec<Skipped>) -> Result<Vec<OutFile>> {
     let _ = &skipped;
     let mut files = catalog::render(ctx)?;
+    files.extend(html::render(ctx)?);
     // Sorted by stage only: within a stage, each export's own order stands.
     files.sort_by_key(|f| f.stage);
     Ok(files)
