@@ -104,3 +104,193 @@ fn a_copy_changed_in_dest_is_found_and_copied_again() {
     assert_eq!((again["copied"].as_u64(), again["skipped"].as_u64()), (Some(1), Some(2)), "{again}");
     assert_eq!(sha256sum(&path), c["images"][1]["sha256"].as_str().unwrap());
 }
+
+/// Checks `page` with Python's html.parser: every non-void element closed
+/// in order, no stray end tag, no script; prints each link (href, src).
+const HTML_CHECK: &str = r#"
+import html.parser, sys
+VOID = {"meta", "link", "br", "input", "img", "hr", "source", "col", "area", "base", "wbr"}
+class P(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.links, self.errors = [], [], []
+    def handle_starttag(self, tag, attrs):
+        if tag == "script":
+            self.errors.append("a script")
+        for k, v in attrs:
+            if k in ("href", "src"):
+                self.links.append(v)
+        if tag not in VOID:
+            self.stack.append(tag)
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append("</%s> closes %s at %s" % (tag, self.stack[-1:] , self.getpos()))
+        else:
+            self.stack.pop()
+p = P()
+p.feed(open(sys.argv[1], encoding="utf-8").read())
+p.close()
+if p.stack:
+    p.errors.append("never closed: %s" % p.stack)
+for e in p.errors:
+    print("ERROR", e)
+for l in p.links:
+    print("LINK", l)
+"#;
+
+#[test]
+fn the_static_page_is_valid_and_every_link_is_a_file_of_the_tree() {
+    let r = Repo::new();
+    populate(&r);
+    let (key, _) = keygen(&r);
+    let dest = r.tmp.path().join("pub");
+    publish(&r, &dest, &key, &["--base-url", "http://127.0.0.1:1/star"]);
+    let out = std::process::Command::new("python3")
+        .args(["-c", HTML_CHECK])
+        .arg(dest.join("index.html"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(!said.contains("ERROR"), "{said}");
+    let links: Vec<&str> = said.lines().filter_map(|l| l.strip_prefix("LINK ")).collect();
+    let c = catalog(&dest);
+    let images = c["images"].as_array().unwrap();
+    // Each image: its file, .txt, .checksum and .meta4; and the catalog, its signature, the page, the style.
+    assert!(links.len() >= 4 * images.len() + 4, "{links:?}");
+    let page = std::fs::read_to_string(dest.join("index.html")).unwrap();
+    for l in &links {
+        if let Some(id) = l.strip_prefix('#') {
+            assert!(page.contains(&format!("id=\"{id}\"")), "{l}: no such element");
+            continue;
+        }
+        assert!(!l.contains("://") && !l.starts_with('/'), "{l}: not relative");
+        // Convention names need no percent-decoding but for what encode_path escapes; none here.
+        assert!(!l.contains('%'), "{l}");
+        assert!(dest.join(l).is_file(), "{l}: no such file in DEST");
+    }
+    for i in images {
+        for ext in ["", ".meta4"] {
+            let p = format!("{}{ext}", i["path"].as_str().unwrap());
+            assert!(links.contains(&p.as_str()), "{p} is not linked");
+        }
+    }
+    for i in images {
+        assert!(page.contains(i["sha256"].as_str().unwrap()));
+    }
+    // A real browser shows every image's name.
+    if !crate::util::have("chromium", "chromium") {
+        return;
+    }
+    let profile = r.tmp.path().join("chromium");
+    let out = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", dest.join("index.html").display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && dom.contains("<table"), "{dom}{}", String::from_utf8_lossy(&out.stderr));
+    for i in images {
+        assert!(dom.contains(i["name"].as_str().unwrap()), "{} not in the DOM", i["name"]);
+    }
+}
+
+/// `python3 -m http.server` serving `dir` on a free port of 127.0.0.1,
+/// killed when dropped: (guard, port).
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(dir: &Path) -> (Server, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let g = Server(
+        std::process::Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (g, port)
+}
+
+#[test]
+fn a_mirror_verifies_with_the_original_signature_and_is_pulled_from() {
+    if !crate::util::have("minisign", "minisign") {
+        return;
+    }
+    let r = Repo::new();
+    populate(&r);
+    let (key, public) = keygen(&r);
+    let dest = r.tmp.path().join("pub");
+    publish(&r, &dest, &key, &["--base-url", "http://127.0.0.1:1/star"]);
+    let published = files(&dest);
+
+    // From file://, with the key given; then from http:// with the keys a repository trusts.
+    let m1 = r.tmp.path().join("mirror1");
+    let src = format!("file://{}", dest.display());
+    let out = r.json(&["mirror", &src, m1.to_str().unwrap(), "--key", public.to_str().unwrap()]);
+    assert_eq!((out["images"].as_u64(), out["fetched"].as_u64()), (Some(3), Some(3)), "{out}");
+    let (_server, port) = serve(&dest);
+    let site = Repo::new();
+    site.ok(&["trust", "add", public.to_str().unwrap()]);
+    let m2 = r.tmp.path().join("mirror2");
+    let out = site.json(&["mirror", &format!("http://127.0.0.1:{port}"), m2.to_str().unwrap()]);
+    assert_eq!(out["fetched"], 3, "{out}");
+    for m in [&m1, &m2] {
+        // Every file of the published tree (but publish's own ledger and lock), byte for byte.
+        let mirrored = files(m);
+        for f in published.iter().filter(|f| !f.starts_with(".vmrepo-")) {
+            assert!(mirrored.contains(f), "{f} is not in {}", m.display());
+            assert_eq!(std::fs::read(dest.join(f)).unwrap(), std::fs::read(m.join(f)).unwrap(), "{f}");
+        }
+        let (ok, said) = crate::publish::minisign_verifies(m, &public);
+        assert!(ok, "{said}");
+        for i in catalog(m)["images"].as_array().unwrap() {
+            assert_eq!(sha256sum(&m.join(i["path"].as_str().unwrap())), i["sha256"].as_str().unwrap());
+        }
+    }
+    // Again: nothing fetched.
+    let again = r.json(&["mirror", &src, m1.to_str().unwrap(), "--key", public.to_str().unwrap()]);
+    assert_eq!(again["fetched"], 0, "{again}");
+    // A second repository pulls from the mirror.
+    let m1_url = format!("file://{}", m1.display());
+    let pulled = site.json(&["pull", &m1_url]);
+    assert_eq!(pulled["images"].as_array().unwrap().len(), 3, "{pulled}");
+    for i in catalog(&m1)["images"].as_array().unwrap() {
+        assert_eq!(sha256sum(&site.root.join(i["path"].as_str().unwrap())), i["sha256"].as_str().unwrap());
+    }
+
+    // Refused: another key; a tampered image (nothing of it kept, no catalog written).
+    let stranger = r.tmp.path().join("stranger");
+    r.ok(&["key", "generate", "-o", stranger.to_str().unwrap()]);
+    let m3 = r.tmp.path().join("mirror3");
+    let err = r.fails(
+        6,
+        &["mirror", &src, m3.to_str().unwrap(), "--key", stranger.join("vmrepo.pub").to_str().unwrap()],
+    );
+    assert!(err.contains("not trusted"), "{err}");
+    let victim = dest.join(catalog(&dest)["images"][0]["path"].as_str().unwrap());
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[7] ^= 1;
+    std::fs::remove_file(&victim).unwrap();
+    std::fs::write(&victim, &bytes).unwrap();
+    let err = r.fails(11, &["mirror", &src, m3.to_str().unwrap(), "--key", public.to_str().unwrap()]);
+    assert!(err.contains("SHA-256"), "{err}");
+    assert!(!m3.join("catalog.json").exists());
+    let left = sh(&m3, "find . -type f ! -name .vmrepo-publish.lock | wc -l");
+    assert_eq!(left.trim(), "0", "{}", sh(&m3, "find . -type f"));
+}
