@@ -3,9 +3,9 @@
 //!
 //! The source's catalog is fetched and checked as `pull` checks it (a
 //! signature by a trusted key, not expired, every entry well-formed:
-//! [`crate::pull`]'s checks), and refused when DEST already holds a
+//! [`mod@crate::pull`]'s checks), and refused when DEST already holds a
 //! catalog with a higher serial (a mirror never goes back). Then, in
-//! publish's order and with its atomicity ([`crate::publish`]): every image,
+//! publish's order and with its atomicity ([`mod@crate::publish`]): every image,
 //! downloaded to a temporary name beside its place, its size and SHA-256
 //! proved against the catalog, renamed; its sidecars and Metalink file;
 //! one `syncfs`; the signature then the catalog, byte for byte; last the
@@ -127,6 +127,7 @@ pub fn mirror(
         removed: 0,
     };
     let mut made = BTreeSet::new();
+    let mut wrote = false;
     for image in &doc.images {
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::interrupted());
@@ -143,13 +144,16 @@ pub fn mirror(
         smalls.extend(image.metalink.clone());
         for rel in smalls {
             if let Some(b) = remote.fetch_small(&rel, MAX_SMALL_FILE)? {
-                let (_, e) = place::place_small(&dest.join(&rel), &b, known.files.get(&rel))?;
+                let (w, e) = place::place_small(&dest.join(&rel), &b, known.files.get(&rel))?;
+                wrote |= w;
                 ledger.files.insert(rel, e);
             }
         }
     }
     // Every image and its files durable before the catalog names them.
-    place::sync_filesystem(&dest)?;
+    if wrote || report.fetched > 0 {
+        place::sync_filesystem(&dest)?;
+    }
     let mut files = vec![
         OutFile { path: SIGNATURE_FILE.into(), bytes: signature, stage: Stage::Signed },
         OutFile { path: CATALOG_FILE.into(), bytes, stage: Stage::Signed },

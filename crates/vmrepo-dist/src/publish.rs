@@ -109,6 +109,8 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
     let known = Ledger::load(&dest);
     let mut ledger = Ledger::default();
     let mut made = BTreeSet::new();
+    // Sidecars written (new or changed).
+    let mut sidecars = 0usize;
     let generated = Timestamp::now().round(Unit::Second).map_err(time_error)?;
     let expires = generated.checked_add(opts.expires).map_err(time_error)?;
 
@@ -132,7 +134,13 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
             return Err(Error::interrupted());
         }
         let Some((sha256, md5)) = publishable(&rec, &mut report) else { continue };
-        let mut to = Placing { dest: &dest, known: &known, ledger: &mut ledger, made: &mut made };
+        let mut to = Placing {
+            dest: &dest,
+            known: &known,
+            ledger: &mut ledger,
+            made: &mut made,
+            written: &mut sidecars,
+        };
         let (placed, image) = publish_one(catalog, &mut to, rec, sha256, md5, cancel)?;
         match placed {
             Placed::Linked => report.linked += 1,
@@ -197,8 +205,12 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         files: &placed,
     };
     let files = export::render_all(&ctx, &mut report.exports_skipped)?;
-    // Every image, sidecar and Metalink file durable before a catalog names them.
-    place::sync_filesystem(&dest)?;
+    // Every image, sidecar and Metalink file durable before a catalog names
+    // them; when none was written, there is nothing to sync (syncfs also
+    // waits for whatever else was written to that filesystem).
+    if report.linked + report.copied + report.metalinks + sidecars > 0 {
+        place::sync_filesystem(&dest)?;
+    }
     write_exports(&dest, &files)?;
     report.removed = remove_old(&dest, &doc, previous, known, &mut ledger)?;
     ledger.save(&dest)?;
@@ -261,12 +273,17 @@ struct Placing<'a> {
     ledger: &'a mut Ledger,
     /// The `vm/<VM>` folders already made and checked by this publish.
     made: &'a mut BTreeSet<String>,
+    /// Small files written so far (new or changed).
+    written: &'a mut usize,
 }
 
 impl Placing<'_> {
     /// Places a small file at `rel` and records it.
     fn small(&mut self, rel: String, bytes: &[u8]) -> Result<()> {
-        let (_, entry) = place::place_small(&self.dest.join(&rel), bytes, self.known.files.get(&rel))?;
+        let (written, entry) = place::place_small(&self.dest.join(&rel), bytes, self.known.files.get(&rel))?;
+        if written {
+            *self.written += 1;
+        }
         self.ledger.files.insert(rel, entry);
         Ok(())
     }
