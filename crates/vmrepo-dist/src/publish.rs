@@ -26,7 +26,7 @@ use vmrepo_repo::{Catalog, Error, ErrorKind, ImageRecord, Query, Result, fsutil}
 use crate::digests::Sha512Cache;
 use crate::export::{self, OutFile, Signers, Stage};
 use crate::key;
-use crate::ledger::{self, Ledger};
+use crate::ledger::{self, Entry, Ledger};
 use crate::metalink::{self, Metalink};
 use crate::place::{self, Placed};
 use crate::schema::{self, CATALOG_FILE, CatalogDoc, CatalogImage};
@@ -545,13 +545,22 @@ pub(crate) fn remove_old(
     for d in dirs {
         fsutil::fsync_dir(&d)?;
     }
-    // Still recorded: what the previous catalog names and this one does not
-    // place (removed by a later publish once no live catalog names it).
+    // Still recorded: what a live catalog names that this publish did not
+    // place (removed by a later one once no live catalog names it): as the
+    // ledger had it, or, for a path only the previous catalog names, as
+    // unknown (a catalog named it, so publish placed it).
     let mut known = known.files;
-    for p in previous {
+    for p in live {
         if ledger::is_placed_path(&p) && !ledger.files.contains_key(&p) {
-            let e = known.remove(&p).unwrap_or_default();
-            ledger.files.insert(p, e);
+            match known.remove(&p) {
+                Some(e) => {
+                    ledger.files.insert(p, e);
+                }
+                None if previous.contains(&p) => {
+                    ledger.files.insert(p, Entry::default());
+                }
+                None => {}
+            }
         }
     }
     Ok(removed)
