@@ -246,6 +246,13 @@ pub struct PublishArgs {
     /// an encrypted one is unlocked with VMREPO_KEY_PASSWORD.
     #[arg(long, env = "VMREPO_KEY", value_name = "FILE")]
     pub key: PathBuf,
+    /// The X.509 certificate (PEM, then its chain if wanted) that signs the
+    /// HEPiX image list `image.list` (S/MIME); with --smime-key and --base-url.
+    #[arg(long, env = "VMREPO_SMIME_CERT", value_name = "FILE", requires = "smime_key")]
+    pub smime_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: RSA or EC P-256, unencrypted).
+    #[arg(long, env = "VMREPO_SMIME_KEY", value_name = "FILE", requires = "smime_cert")]
+    pub smime_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -56,6 +56,7 @@ pub(crate) fn publish(ctx: &Ctx<'_>, a: &PublishArgs) -> Result<Outcome> {
         expires: publish::parse_expires(&a.expires)?,
         key: a.key.clone(),
         key_password: std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
+        smime: a.smime_cert.clone().zip(a.smime_key.clone()),
     };
     let catalog = open_catalog(ctx)?;
     let report = publish::publish(&catalog, &opts, ctx.cancel)?;

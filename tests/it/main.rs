@@ -7,6 +7,7 @@ mod add;
 mod catalog;
 mod crash;
 mod formats;
+mod hepix;
 mod inspect;
 mod issue7;
 mod lint;

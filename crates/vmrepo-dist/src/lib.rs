@@ -10,7 +10,8 @@
 //! sources in [`fetch`]), which fetches a catalog, proves it and imports its
 //! images. Every file made from the catalog (vmrepo's own signed catalog and
 //! the other clients' formats) is an export in [`export`], one file each;
-//! [`digests`] keeps the SHA-512 some of them name images by.
+//! [`digests`] keeps the SHA-512 some of them name images by, and
+//! [`smime`] signs with an X.509 certificate (the HEPiX image list).
 //!
 //! Errors are [`vmrepo_repo::Error`], so that the binary maps them to the
 //! same exit codes as every other command.
@@ -24,6 +25,7 @@ pub mod place;
 pub mod publish;
 pub mod pull;
 pub mod schema;
+pub mod smime;
 pub mod trust;
 
 pub use key::{GeneratedKey, generate_key};

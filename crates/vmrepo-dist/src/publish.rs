@@ -49,6 +49,8 @@ pub struct PublishOptions {
     pub key: PathBuf,
     /// Its password, if it is encrypted.
     pub key_password: Option<String>,
+    /// The X.509 certificate (PEM) and its key that sign the HEPiX image list; both or neither.
+    pub smime: Option<(PathBuf, PathBuf)>,
 }
 
 /// What a publish did.
@@ -89,6 +91,10 @@ pub struct LeftOut {
 /// placing an image; an interruption.
 pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) -> Result<PublishReport> {
     let (sk, pk) = key::load_secret_key(&opts.key, opts.key_password.clone())?;
+    let smime = match &opts.smime {
+        Some((cert, key)) => Some(crate::smime::SmimeSigner::load(cert, key, Timestamp::now())?),
+        None => None,
+    };
     let base_url = opts.base_url.as_deref().map(check_base_url).transpose()?;
     let mut base_urls: Vec<String> = base_url.iter().cloned().collect();
     for m in &opts.mirrors {
@@ -161,7 +167,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         base_url,
         images,
     };
-    let signers = Signers { minisign_secret: sk, minisign_public: pk };
+    let signers = Signers { minisign_secret: sk, minisign_public: pk, smime };
     let mut sha512 = BTreeMap::new();
     if export::wants_sha512(&signers) {
         let mut cache = Sha512Cache::load(catalog.repo().root());

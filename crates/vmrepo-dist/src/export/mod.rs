@@ -8,9 +8,10 @@
 //! points that name the signed files.
 //!
 //! vmrepo's own `catalog.json` and its minisign signature are the first
-//! export ([`catalog`]).
+//! export ([`catalog`]); the HEPiX image list, S/MIME-signed, is [`hepix`].
 
 pub mod catalog;
+pub mod hepix;
 
 use std::collections::BTreeMap;
 
@@ -43,6 +44,8 @@ pub struct OutFile {
 pub struct Signers {
     pub minisign_secret: minisign::SecretKey,
     pub minisign_public: minisign::PublicKey,
+    /// The X.509 certificate and key of the S/MIME signature (the HEPiX image list).
+    pub smime: Option<crate::smime::SmimeSigner>,
 }
 
 /// What every export reads.
@@ -71,8 +74,7 @@ pub struct Skipped {
 /// publish fills [`Context::sha512`], computing what the repository's
 /// `.vmrepo/sha512.json` does not hold yet: [`crate::digests`]).
 pub fn wants_sha512(signers: &Signers) -> bool {
-    let _ = signers;
-    false
+    signers.smime.is_some()
 }
 
 /// Every export's files, in the order they are to be renamed within their stage.
@@ -80,8 +82,8 @@ pub fn wants_sha512(signers: &Signers) -> bool {
 /// # Errors
 /// An export that cannot be rendered (encoding, signing).
 pub fn render_all(ctx: &Context<'_>, skipped: &mut Vec<Skipped>) -> Result<Vec<OutFile>> {
-    let _ = &skipped;
     let mut files = catalog::render(ctx)?;
+    files.extend(hepix::render(ctx, skipped)?);
     // Sorted by stage only: within a stage, each export's own order stands.
     files.sort_by_key(|f| f.stage);
     Ok(files)
