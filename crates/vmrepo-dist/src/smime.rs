@@ -58,6 +58,14 @@ enum Key {
     P256(Box<p256::ecdsa::SigningKey>),
 }
 
+/// A certificate or key file, as the minisign key is read: a regular file (a
+/// symbolic link is not followed), capped.
+fn read(file: &Path, what: &str) -> Result<Vec<u8>> {
+    vmrepo_repo::catalog::read_capped(file, MAX_PEM_FILE).map_err(|e| {
+        Error::new(ErrorKind::NotFound, format!("cannot read the S/MIME {what} {}: {e}", file.display()))
+    })
+}
+
 fn bad(what: &Path, msg: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::InvalidInput, format!("{}: {msg}", what.display()))
 }
@@ -69,10 +77,10 @@ impl SmimeSigner {
     /// the certificate is valid at `now` and may sign S/MIME messages.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidInput`] naming the file and the problem.
+    /// [`ErrorKind::NotFound`] for a file that cannot be read,
+    /// [`ErrorKind::InvalidInput`] naming the file and the problem otherwise.
     pub fn load(cert_file: &Path, key_file: &Path, now: Timestamp) -> Result<SmimeSigner> {
-        let cert_pem =
-            vmrepo_repo::catalog::read_capped(cert_file, MAX_PEM_FILE).map_err(|e| bad(cert_file, e))?;
+        let cert_pem = read(cert_file, "certificate")?;
         let chain = Certificate::load_pem_chain(&cert_pem)
             .map_err(|e| bad(cert_file, format!("not a PEM certificate: {e}")))?;
         if chain.is_empty() {
@@ -81,8 +89,7 @@ impl SmimeSigner {
         if chain.len() > MAX_CHAIN {
             return Err(bad(cert_file, format!("holds more than {MAX_CHAIN} certificates")));
         }
-        let key_pem =
-            vmrepo_repo::catalog::read_capped(key_file, MAX_PEM_FILE).map_err(|e| bad(key_file, e))?;
+        let key_pem = read(key_file, "key")?;
         let key = read_key(key_file, &key_pem)?;
         let cert = &chain[0];
         let tbs = &cert.tbs_certificate;
