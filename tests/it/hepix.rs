@@ -341,6 +341,30 @@ fn without_a_usable_certificate_there_is_no_image_list() {
         ],
     );
     assert!(e.contains("encrypted"), "{e}");
+    // A certificate no longer valid (openssl -days 0: it expires as it is made).
+    sh(
+        &pki.dir,
+        "openssl x509 -req -in endorser.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 0 \
+         -extfile smime.ext -out expired.pem 2>/dev/null",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let expired = pki.dir.join("expired.pem");
+    let e = r.fails(
+        6,
+        &[
+            "publish",
+            dk,
+            "--key",
+            k,
+            "--base-url",
+            base,
+            "--smime-cert",
+            expired.to_str().unwrap(),
+            "--smime-key",
+            skey,
+        ],
+    );
+    assert!(e.contains("not now"), "{e}");
     // Nothing was published by the refused runs: the list is still the one that verifies.
     assert!(openssl_verify(&dest.join("image.list"), &pki.ca).is_ok());
 }
