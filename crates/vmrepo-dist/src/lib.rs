@@ -10,12 +10,15 @@
 //! sources in [`fetch`]), which fetches a catalog, proves it and imports its
 //! images. Every file made from the catalog (vmrepo's own signed catalog and
 //! the other clients' formats) is an export in [`export`], one file each;
-//! [`digests`] keeps the SHA-512 some of them name images by.
+//! [`digests`] keeps the SHA-512 some of them name images by; [`entries`]
+//! makes the catalog's entries from the records, for publish and for
+//! `vmrepo serve --sign-key`.
 //!
 //! Errors are [`vmrepo_repo::Error`], so that the binary maps them to the
 //! same exit codes as every other command.
 
 pub mod digests;
+pub mod entries;
 pub mod export;
 pub mod fetch;
 pub mod key;
