@@ -27,6 +27,7 @@ pub mod place;
 pub mod publish;
 pub mod pull;
 pub mod schema;
+pub mod served;
 pub mod trust;
 
 pub use key::{GeneratedKey, generate_key};

@@ -220,7 +220,9 @@ pub fn parse_expires(value: &str) -> Result<SignedDuration> {
 /// why, in the report) for one that cannot: a folder image, an image whose
 /// file is missing, or one without a recorded SHA-256 and MD5.
 fn publishable(rec: &ImageRecord, report: &mut PublishReport) -> Option<(String, String)> {
-    entries::digests(rec).map_err(|reason| report.left_out.push(LeftOut { path: rec.path.clone(), reason })).ok()
+    entries::digests(rec)
+        .map_err(|reason| report.left_out.push(LeftOut { path: rec.path.clone(), reason }))
+        .ok()
 }
 
 /// Places one image and its sidecars, and makes its catalog entry.
