@@ -86,9 +86,17 @@ pub fn entry(catalog: &Catalog, rec: ImageRecord, sha256: String, md5: String) -
     })
 }
 
-/// Every image `query` selects that can be listed, as catalog entries in
-/// the order of `vmrepo find`, and how many were left out (with
-/// [`digests`]'s reasons, by path).
+/// What [`entries`] found.
+#[derive(Clone, Debug, Default)]
+pub struct Listed {
+    /// The entries, in the order of `vmrepo find`.
+    pub images: Vec<CatalogImage>,
+    /// The images that cannot be listed: their paths and [`digests`]'s reasons.
+    pub left_out: Vec<(String, &'static str)>,
+}
+
+/// Every image `query` selects that can be listed, as catalog entries, and
+/// those left out.
 ///
 /// # Errors
 /// The index cannot be read, an entry cannot be made, or `cancel` was set.
@@ -96,17 +104,16 @@ pub fn entries(
     catalog: &Catalog,
     query: &Query,
     cancel: &AtomicBool,
-) -> Result<(Vec<CatalogImage>, Vec<(String, &'static str)>)> {
-    let mut images = Vec::new();
-    let mut left_out = Vec::new();
+) -> Result<Listed> {
+    let mut listed = Listed::default();
     for rec in catalog.find(query)? {
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::interrupted());
         }
         match digests(&rec) {
-            Ok((sha256, md5)) => images.push(entry(catalog, rec, sha256, md5)?),
-            Err(why) => left_out.push((rec.path.clone(), why)),
+            Ok((sha256, md5)) => listed.images.push(entry(catalog, rec, sha256, md5)?),
+            Err(why) => listed.left_out.push((rec.path.clone(), why)),
         }
     }
-    Ok((images, left_out))
+    Ok(listed)
 }
