@@ -100,11 +100,7 @@ pub struct Listed {
 ///
 /// # Errors
 /// The index cannot be read, an entry cannot be made, or `cancel` was set.
-pub fn entries(
-    catalog: &Catalog,
-    query: &Query,
-    cancel: &AtomicBool,
-) -> Result<Listed> {
+pub fn entries(catalog: &Catalog, query: &Query, cancel: &AtomicBool) -> Result<Listed> {
     let mut listed = Listed::default();
     for rec in catalog.find(query)? {
         if cancel.load(Ordering::Relaxed) {
