@@ -172,6 +172,12 @@ fn pull_reads_a_signed_serve_grows_with_it_resumes_and_refuses_another_key() {
     assert_eq!(c1["serial"], 1);
     assert_eq!(c1["images"].as_array().unwrap().len(), 2);
     check_against_schema(&look.join("1/catalog.json"));
+    // The entries are those vmrepo publish writes for the same repository.
+    let dest = src.tmp.path().join("pub");
+    src.ok(&["publish", dest.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+    let published: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dest.join("catalog.json")).unwrap()).unwrap();
+    assert_eq!(published["images"], c1["images"]);
 
     // pull through the proxy: both images, the source's bytes.
     let site = Repo::new();
