@@ -47,6 +47,10 @@ pub struct Signing {
     /// `--public-url`, written as the catalog's `base_url`.
     base_url: Option<String>,
     built: Mutex<Option<Arc<Built>>>,
+    /// The last build that failed: when it started, and its error. Requests
+    /// that were waiting for it get the same answer rather than each
+    /// building again (a 20,000-image build takes seconds).
+    failed: Mutex<Option<(Instant, ApiError)>>,
     /// One build at a time; the others wait for it.
     building: tokio::sync::Mutex<()>,
 }
@@ -74,6 +78,7 @@ impl Signing {
             validity,
             base_url,
             built: Mutex::new(None),
+            failed: Mutex::new(None),
             building: tokio::sync::Mutex::new(()),
         }
     }
@@ -127,6 +132,11 @@ async fn current(state: &Arc<AppState>) -> Result<Arc<Built>, ApiError> {
     if let Some(b) = signing.kept(state, arrived) {
         return Ok(b);
     }
+    if let Some((at, e)) = &*signing.failed.lock().unwrap_or_else(PoisonError::into_inner)
+        && *at >= arrived
+    {
+        return Err(e.clone());
+    }
     let started = Instant::now();
     // Witnesses first: a change after them makes the catalog look older than it is.
     let stamp = state.answers.stamp(&state.repo);
@@ -167,7 +177,15 @@ async fn current(state: &Arc<AppState>) -> Result<Arc<Built>, ApiError> {
                 signature,
             })
         })
-        .await?;
+        .await;
+    let built = match built {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!("cannot sign the catalog: {}", e.message);
+            *signing.failed.lock().unwrap_or_else(PoisonError::into_inner) = Some((started, e.clone()));
+            return Err(e);
+        }
+    };
     state.metrics.catalogs_signed.fetch_add(1, Ordering::Relaxed);
     let built = Arc::new(built);
     *signing.built.lock().unwrap_or_else(PoisonError::into_inner) = Some(built.clone());
