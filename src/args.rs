@@ -299,6 +299,15 @@ pub struct ServeArgs {
     /// Seconds the downloads in flight get to finish after SIGTERM or Ctrl-C [default: 30].
     #[arg(long, value_name = "SECS", value_parser = seconds)]
     pub grace: Option<Duration>,
+    /// Serve a signed catalog for `vmrepo pull` at /catalog.json, signed
+    /// with this minisign secret key (`vmrepo key generate`); an encrypted
+    /// one is unlocked with VMREPO_KEY_PASSWORD.
+    #[arg(long, env = "VMREPO_KEY", value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+    /// How long readers trust each served catalog: hours, days or weeks
+    /// (12h, 7d, 2w); it is signed again when half of that has passed.
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    pub catalog_expires: String,
 }
 
 /// A duration in seconds, decimals allowed (`0.5`), up to a day.

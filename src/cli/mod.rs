@@ -56,6 +56,8 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
                 header_timeout: None,
                 grace: None,
                 public_url: None,
+                sign_key: None,
+                catalog_expires: "7d".into(),
             };
             serve::serve_repo(&ctx, Repository::open(&dir)?, &args)
         }

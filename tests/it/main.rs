@@ -20,6 +20,7 @@ mod repo;
 mod samples;
 mod serve;
 mod serve_clients;
+mod serve_pull;
 mod serve_upload;
 mod serve_web;
 mod verify;

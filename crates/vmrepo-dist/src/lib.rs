@@ -12,11 +12,14 @@
 //! the other clients' formats) is an export in [`export`], one file each;
 //! [`digests`] keeps the SHA-512 some of them name images by, and
 //! [`smime`] signs with an X.509 certificate (the HEPiX image list).
+//! [`entries`] makes the catalog's entries from the records, for publish and
+//! for `vmrepo serve --sign-key` ([`served`]).
 //!
 //! Errors are [`vmrepo_repo::Error`], so that the binary maps them to the
 //! same exit codes as every other command.
 
 pub mod digests;
+pub mod entries;
 pub mod export;
 pub mod fetch;
 pub mod key;
@@ -25,6 +28,7 @@ pub mod place;
 pub mod publish;
 pub mod pull;
 pub mod schema;
+pub mod served;
 pub mod smime;
 pub mod trust;
 

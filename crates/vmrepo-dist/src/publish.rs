@@ -23,6 +23,7 @@ use vmrepo_repo::layout::{ImageKind, Sidecars};
 use vmrepo_repo::{Catalog, Error, ErrorKind, ImageRecord, Query, Result, fsutil};
 
 use crate::digests::Sha512Cache;
+use crate::entries;
 use crate::export::{self, OutFile, Signers, Stage};
 use crate::key;
 use crate::metalink::{self, Metalink};
@@ -225,18 +226,9 @@ pub fn parse_expires(value: &str) -> Result<SignedDuration> {
 /// why, in the report) for one that cannot: a folder image, an image whose
 /// file is missing, or one without a recorded SHA-256 and MD5.
 fn publishable(rec: &ImageRecord, report: &mut PublishReport) -> Option<(String, String)> {
-    let reason = match (rec.image_kind(), &rec.sha256, &rec.md5, rec.size) {
-        (ImageKind::File, Some(s), Some(m), Some(_))
-            if parse_hex::<32>(s).is_some() && parse_hex::<16>(m).is_some() =>
-        {
-            return Some((s.to_ascii_lowercase(), m.to_ascii_lowercase()));
-        }
-        (ImageKind::Folder, ..) => "an image folder (several files): not published yet",
-        (ImageKind::Missing, ..) => "the image file is missing",
-        _ => "no well-formed recorded SHA-256 and MD5: run vmrepo verify",
-    };
-    report.left_out.push(LeftOut { path: rec.path.clone(), reason });
-    None
+    entries::digests(rec)
+        .map_err(|reason| report.left_out.push(LeftOut { path: rec.path.clone(), reason }))
+        .ok()
 }
 
 /// Places one image and its sidecars, and makes its catalog entry.
@@ -277,34 +269,7 @@ fn publish_one(
     ) {
         place::place_small(&dest_dir.join(format!("{}.txt", rec.name)), &txt)?;
     }
-    let shown = vmrepo_repo::show::of_record(catalog, rec);
-    let description = serde_json::to_value(&shown.description)
-        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot encode the description: {e}")))?;
-    let r = shown.image;
-    let image = CatalogImage {
-        path: format!("vm/{}/{}", r.folder, r.file),
-        vm: r.vm,
-        name: r.name,
-        file: r.file,
-        size,
-        sha256,
-        md5,
-        format: r.format,
-        virtual_size: r.virtual_size,
-        storage: r.storage,
-        os: r.os,
-        osinfo: r.osinfo,
-        arch: r.arch,
-        bits: r.bits,
-        lib: r.lib,
-        maxsize: r.maxsize,
-        maxsize_bytes: r.maxsize_bytes,
-        detail: r.detail,
-        kernel: r.kernel,
-        added: r.added,
-        description,
-        metalink: None,
-    };
+    let image = entries::entry(catalog, rec, sha256, md5)?;
     Ok((placed, image))
 }
 
