@@ -239,7 +239,8 @@ impl Bucket {
             if r.meta.size > cap {
                 return Err(too_big());
             }
-            let mut out = Vec::with_capacity(usize::try_from(r.meta.size).unwrap_or(0));
+            // The size is the server's word: a capacity from it is bounded.
+            let mut out = Vec::with_capacity(usize::try_from(r.meta.size.min(1 << 20)).unwrap_or(0));
             let mut stream = r.into_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| self.error(rel, "read", &e))?;
