@@ -72,8 +72,9 @@ fn venv() -> Option<PathBuf> {
 
 /// The logging proxy: forwards every request to SeaweedFS unchanged (the
 /// Host header too, which the signature covers) and appends `METHOD PATH
-/// STATUS` to the log; while the file `slow` exists, each part of a
-/// multipart upload waits half a second first.
+/// STATUS RANGE` to the log; while the file `slow` exists, each part of a
+/// multipart upload waits half a second first, and an image is sent at about
+/// 4 MiB/s.
 const PROXY: &str = r#"
 import http.server, http.client, os, sys, threading, time
 up, port, log, slow = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -91,7 +92,8 @@ class H(http.server.BaseHTTPRequestHandler):
         c = http.client.HTTPConnection('127.0.0.1', up, timeout=120)
         c.request(self.command, self.path, body=body, headers=hdrs)
         r = c.getresponse(); data = r.read(); c.close()
-        with lock, open(log, 'a') as l: l.write('%s %s %d\n' % (self.command, self.path, r.status))
+        with lock, open(log, 'a') as l:
+            l.write('%s %s %d %s\n' % (self.command, self.path, r.status, self.headers.get('Range', '-')))
         self.send_response_only(r.status)
         length = str(len(data))
         for k, v in r.getheaders():
@@ -100,7 +102,11 @@ class H(http.server.BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.send_header('Content-Length', length)
         self.end_headers()
-        if self.command != 'HEAD': self.wfile.write(data)
+        if self.command == 'HEAD': return
+        if self.path.endswith('.img') and os.path.exists(slow):
+            for i in range(0, len(data), 65536):
+                self.wfile.write(data[i:i + 65536]); self.wfile.flush(); time.sleep(0.015)
+        else: self.wfile.write(data)
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = fwd
 http.server.ThreadingHTTPServer(('127.0.0.1', port), H).serve_forever()
 "#;
@@ -436,7 +442,7 @@ fn kill_publish_after(sw: &Seaweed, r: &Repo, args: &[&str], parts: usize) {
     loop {
         let sent = sw.requests()[before..]
             .iter()
-            .filter(|l| l.contains("partNumber=") && l.ends_with(" 200"))
+            .filter(|l| l.contains("partNumber=") && l.contains(" 200 "))
             .count();
         if sent >= parts {
             break;
@@ -458,7 +464,7 @@ fn kill_publish_after(sw: &Seaweed, r: &Repo, args: &[&str], parts: usize) {
 fn a_killed_publish_leaves_no_half_image_and_the_next_one_resumes() {
     let Some(sw) = Seaweed::start() else { return };
     const BIG: usize = 8 * PART_MIB * MIB - 12345;
-    let (r, key, _) = source(&[50_000, BIG]);
+    let (r, key, public) = source(&[50_000, BIG]);
     let big = r.json(&["list"]).as_array().unwrap().iter().find(|i| i["size"] == BIG).unwrap()["file"]
         .as_str()
         .unwrap()
@@ -497,7 +503,7 @@ fn a_killed_publish_leaves_no_half_image_and_the_next_one_resumes() {
     let out = sw.json(&r, &publish);
     assert_eq!((out["images"].as_u64(), out["copied"].as_u64()), (Some(2), Some(1)), "{out}");
     let said = sw.requests()[before..].to_vec();
-    let parts = said.iter().filter(|l| l.contains("partNumber=") && l.ends_with(" 200")).count();
+    let parts = said.iter().filter(|l| l.contains("partNumber=") && l.contains(" 200 ")).count();
     // The proxy logs a part before vmrepo has its answer, and vmrepo sends a
     // part only once the one before is answered and recorded: of the 3 logged
     // before the kill, at least 2 were recorded, and are not sent again.
@@ -510,4 +516,36 @@ fn a_killed_publish_leaves_no_half_image_and_the_next_one_resumes() {
     let keys = catalog_names_only_present();
     assert!(keys.contains(&format!("killed/vm/kvm/{big}")));
     assert!(!keys.iter().any(|k| k.ends_with(".lock")), "{keys:?}");
+
+    // A pull killed in the middle of the image resumes where it stopped: a
+    // ranged GET for the rest only.
+    let site = Repo::new();
+    site.ok(&["trust", "add", public.to_str().unwrap()]);
+    let sha = sha256sum(&got);
+    let partial = site.root.join(format!(".vmrepo/pull/{sha}.part"));
+    std::fs::write(&sw.slow, b"").unwrap();
+    let mut child = Guard(
+        sw.vmrepo(&site, &["pull", &dest]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while std::fs::metadata(&partial).map_or(0, |m| m.len()) < (BIG / 4) as u64 {
+        assert!(Instant::now() < deadline, "the pull did not get a quarter in time");
+        assert!(child.0.try_wait().unwrap().is_none(), "the pull ended before it was killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    std::fs::remove_file(&sw.slow).unwrap();
+    let kept = std::fs::metadata(&partial).unwrap().len();
+    assert!(kept < BIG as u64, "the whole image arrived before the kill");
+    assert!(site.listed().is_empty(), "nothing half-fetched is visible");
+    let before = sw.requests().len();
+    let out = sw.json(&site, &["pull", &dest]);
+    let said = sw.requests()[before..].to_vec();
+    let gets: Vec<&String> = said.iter().filter(|l| l.starts_with("GET ") && l.contains(&big)).collect();
+    assert_eq!(gets.len(), 1, "{said:?}");
+    assert!(gets[0].ends_with(&format!(" 206 bytes={kept}-")), "not a ranged GET for the rest: {said:?}");
+    let entry = out["images"].as_array().unwrap().iter().find(|i| i["size"] == BIG).unwrap();
+    assert_eq!(entry["transferred"].as_u64().unwrap(), BIG as u64 - kept, "{out}");
+    assert_eq!(sha256sum(&site.root.join("vm/kvm").join(&big)), sha);
 }
