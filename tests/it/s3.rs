@@ -3,7 +3,9 @@
 //! once) on 127.0.0.1, reached by vmrepo through a small logging proxy that
 //! counts its requests; boto3 in the same virtualenv is the independent
 //! client that lists, reads and tampers with the bucket. The catalog is
-//! verified by the real `minisign`, the images by `sha256sum`.
+//! verified by the real `minisign`, the images by `sha256sum`. Killed with
+//! SIGKILL in the middle, publish leaves no half image and the next one
+//! resumes its upload, and pull resumes its download with a ranged GET.
 //!
 //! Every process is held by a guard that kills it; every wait has a deadline.
 
