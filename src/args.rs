@@ -196,7 +196,8 @@ pub enum TrustCommand {
 
 #[derive(Args, Debug)]
 pub struct PullArgs {
-    /// The published tree: `file:///path`, `http://host:port/prefix` or `https://...`
+    /// The published tree: `file:///path`, `http://host:port/prefix`, `https://...`
+    /// or `s3://bucket/prefix` (credentials and endpoint from the AWS_* variables)
     pub source: String,
     /// Which images: FIELD=VALUE, FIELD!=VALUE, FIELD~GLOB, FIELD!~GLOB on the
     /// catalog's fields (vm, name, file, os, arch, bits, lib, maxsize, format,
@@ -227,7 +228,8 @@ pub enum KeyCommand {
 
 #[derive(Args, Debug)]
 pub struct PublishArgs {
-    /// The folder to publish to (made if needed); never inside a repository.
+    /// The folder to publish to (made if needed; never inside a repository),
+    /// or `s3://bucket/prefix` (credentials and endpoint from the AWS_* variables).
     pub dest: PathBuf,
     /// Which images, as `vmrepo find` takes them (default: all).
     #[arg(value_name = "EXPR")]

@@ -135,7 +135,7 @@ fn signing(a: &ServeArgs, repo: &Repository, base_url: Option<String>) -> Result
     }
     let password = std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty());
     let (minisign_secret, minisign_public) = vmrepo_dist::key::load_secret_key(path, password)?;
-    let signers = Signers { minisign_secret, minisign_public };
+    let signers = Signers::minisign(minisign_secret, minisign_public);
     Ok(Some(Signing::new(signers, validity, base_url)))
 }
 

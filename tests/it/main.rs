@@ -17,6 +17,7 @@ mod output;
 mod publish;
 mod pull;
 mod repo;
+mod s3;
 mod samples;
 mod serve;
 mod serve_clients;

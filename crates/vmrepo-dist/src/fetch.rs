@@ -1,15 +1,18 @@
-//! Where `pull` reads from: a published folder (`file://`) or a web server
-//! (`http://`, `https://`), behind one interface that fetches a small file
+//! Where `pull` reads from: a published folder (`file://`), a web server
+//! (`http://`, `https://`) or an S3 bucket (`s3://bucket/prefix`, [`crate::s3`]),
+//! behind one interface that fetches a small file
 //! whole, with a cap, or opens a large one from an offset.
 //!
 //! Resuming asks the server for `Range: bytes=N-` only `If-Range` the
 //! entity is still the one the first attempt saw (its strong ETag); any
-//! other answer than 206 for exactly that range starts again from zero.
+//! other answer than 206 for exactly that range starts again from zero. From
+//! S3 the same: a ranged GET `If-Match` the ETag the first attempt saw.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use vmrepo_repo::{Error, ErrorKind, Result, fsutil};
@@ -29,6 +32,8 @@ pub enum Remote {
     Folder(PathBuf),
     /// A web server; the URL of the tree, without its trailing `/`.
     Web { base: String, agent: ureq::Agent },
+    /// A bucket and prefix.
+    S3(Arc<crate::s3::Bucket>),
 }
 
 /// A file opened for reading from some offset.
@@ -42,7 +47,8 @@ pub struct Opened {
 }
 
 impl Remote {
-    /// Parses `file:///path`, `http://host[:port][/prefix]` or `https://...`.
+    /// Parses `file:///path`, `http://host[:port][/prefix]`, `https://...`
+    /// or `s3://bucket[/prefix]` (the client's settings from the AWS variables).
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`] for anything else.
@@ -56,6 +62,11 @@ impl Remote {
                 return Err(bad("file:// takes an absolute path (file:///srv/vm)"));
             }
             return Ok(Remote::Folder(PathBuf::from(path)));
+        }
+        if source.starts_with(crate::s3::SCHEME) {
+            let bucket = crate::s3::Bucket::open(source)
+                .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("pull source {e}")))?;
+            return Ok(Remote::S3(Arc::new(bucket)));
         }
         let host = source.strip_prefix("http://").or_else(|| source.strip_prefix("https://"));
         match host {
@@ -71,7 +82,9 @@ impl Remote {
                     .build();
                 Ok(Remote::Web { base: source.trim_end_matches('/').to_string(), agent: config.into() })
             }
-            _ => Err(bad("file:///path, http://host[:port][/prefix] or https://... is expected")),
+            _ => Err(bad(
+                "file:///path, http://host[:port][/prefix], https://... or s3://bucket/prefix is expected",
+            )),
         }
     }
 
@@ -80,6 +93,7 @@ impl Remote {
         match self {
             Remote::Folder(p) => format!("file://{}", p.display()),
             Remote::Web { base, .. } => base.clone(),
+            Remote::S3(b) => b.url(),
         }
     }
 
@@ -88,6 +102,7 @@ impl Remote {
         match self {
             Remote::Folder(p) => p.join(rel).display().to_string(),
             Remote::Web { base, .. } => format!("{base}/{rel}"),
+            Remote::S3(b) => b.location(rel),
         }
     }
 
@@ -123,6 +138,7 @@ impl Remote {
                     e => net_error(&at, &e),
                 })
             }
+            Remote::S3(b) => b.get_small(rel, cap),
         }
     }
 
@@ -179,6 +195,10 @@ impl Remote {
                 let etag = if start > 0 { etag.map(str::to_string) } else { new_tag };
                 Ok(Opened { start, etag, body: Box::new(resp.into_body().into_reader()) })
             }
+            Remote::S3(b) => {
+                let o = b.open_from(rel, offset, etag)?;
+                Ok(Opened { start: o.start, etag: o.etag, body: Box::new(o.body) })
+            }
         }
     }
 }
@@ -211,6 +231,7 @@ mod tests {
             "http://a b",
             "http://h/?q",
             "s3://b/p",
+            "s3://star-vm/../x",
         ] {
             assert_eq!(Remote::parse(bad).unwrap_err().kind(), ErrorKind::InvalidInput, "{bad}");
         }

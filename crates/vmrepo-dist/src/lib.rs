@@ -3,7 +3,8 @@
 //! This crate owns vmrepo's signed catalog: its schema ([`schema`], with the
 //! serial that only grows), the minisign keys that sign it ([`key`]) and
 //! publishing the selected images with the catalog into a folder that a
-//! plain web server can serve ([`mod@publish`], writes in the order that keeps
+//! plain web server can serve, or into an S3 bucket ([`mod@publish`] through
+//! [`store`] and [`s3`], writes in the order that keeps
 //! readers consistent: docs/distribution.md), with a Metalink 4 file per
 //! image for download clients such as aria2c ([`metalink`]). The other side is here too: the
 //! keys a repository trusts ([`trust`]) and `pull` ([`mod@pull`], over the
@@ -27,9 +28,11 @@ pub mod metalink;
 pub mod place;
 pub mod publish;
 pub mod pull;
+pub mod s3;
 pub mod schema;
 pub mod served;
 pub mod smime;
+pub mod store;
 pub mod trust;
 
 pub use key::{GeneratedKey, generate_key};

@@ -15,6 +15,7 @@ use std::path::Path;
 use vmrepo_repo::{Error, ErrorKind, Result};
 
 use crate::place;
+use crate::store::Store;
 
 /// The extension added to the image's file name.
 pub const EXTENSION: &str = "meta4";
@@ -66,23 +67,41 @@ impl Metalink<'_> {
     /// # Errors
     /// Those of [`Metalink::render`]; an I/O error naming the file.
     pub fn write(&self, dest: &Path, published: &str) -> Result<bool> {
-        if let Some(before) = previous_published(dest) {
-            let same = self.render(&before)?;
-            if fs::read(dest).is_ok_and(|b| b == same.as_bytes()) {
-                return Ok(false);
-            }
+        let before = fs::symlink_metadata(dest)
+            .is_ok_and(|md| md.is_file() && md.len() <= MAX_METALINK_FILE)
+            .then(|| fs::read(dest).ok())
+            .flatten();
+        if let Some(same) = self.unchanged(before.as_deref())? {
+            return Ok(!same);
         }
         place::place_small(dest, self.render(published)?.as_bytes())
     }
+
+    /// As [`Metalink::write`], at `rel` in a publish destination (a folder or a bucket).
+    ///
+    /// # Errors
+    /// Those of [`Metalink::render`]; an I/O or network error naming the file.
+    pub fn write_to(&self, store: &Store, rel: &str, published: &str) -> Result<bool> {
+        let before = store.read_small(rel, MAX_METALINK_FILE).ok().flatten();
+        if let Some(same) = self.unchanged(before.as_deref())? {
+            return Ok(!same);
+        }
+        store.put_small(rel, self.render(published)?.as_bytes())
+    }
+
+    /// `Some(true)` when `before` (the file already there) says the same
+    /// with its own `<published>` time; `None` when there is none to compare.
+    fn unchanged(&self, before: Option<&[u8]>) -> Result<Option<bool>> {
+        let Some(before) = before else { return Ok(None) };
+        let Some(time) = previous_published(before) else { return Ok(None) };
+        let same = self.render(&time)?;
+        Ok((before == same.as_bytes()).then_some(true))
+    }
 }
 
-/// The `<published>` time of the Metalink file at `dest`, if there is one.
-fn previous_published(dest: &Path) -> Option<String> {
-    let md = fs::symlink_metadata(dest).ok()?;
-    if !md.is_file() || md.len() > MAX_METALINK_FILE {
-        return None;
-    }
-    let text = fs::read_to_string(dest).ok()?;
+/// The `<published>` time of a Metalink file's bytes, if it has one.
+fn previous_published(bytes: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
     let start = text.find("<published>")? + "<published>".len();
     let len = text.get(start..)?.find("</published>")?;
     let t = text.get(start..start + len)?;

@@ -1,6 +1,7 @@
 //! `vmrepo publish DEST`: the selected images with their sidecars under
 //! `DEST/vm/<VM>/`, with `--base-url` a Metalink file beside each
-//! ([`crate::metalink`]), then `catalog.json` and its signature.
+//! ([`crate::metalink`]), then `catalog.json` and its signature. DEST is a
+//! folder or `s3://bucket/prefix` ([`crate::store`]).
 //!
 //! The order keeps readers consistent (docs/distribution.md): every image
 //! is complete and fsynced under its name before a catalog naming it
@@ -8,36 +9,35 @@
 //! rename); then the new signature and the new catalog are written to
 //! temporary files and fsynced, and renamed: the signature first, the
 //! catalog last, so that whoever sees the new catalog finds its signature
-//! already there. Images no catalog names any more are left in place.
+//! already there (in a bucket: one PUT each, in the same order). Images no
+//! catalog names any more are left in place.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use jiff::{SignedDuration, Timestamp, Unit};
 use serde::Serialize;
 use vmrepo_repo::checksum::{self, ChecksumLine, parse_hex};
 use vmrepo_repo::layout::{ImageKind, Sidecars};
-use vmrepo_repo::{Catalog, Error, ErrorKind, ImageRecord, Query, Result, fsutil};
+use vmrepo_repo::{Catalog, Error, ErrorKind, ImageRecord, Query, Result};
 
 use crate::digests::Sha512Cache;
 use crate::entries;
 use crate::export::{self, OutFile, Signers, Stage};
 use crate::key;
 use crate::metalink::{self, Metalink};
-use crate::place::{self, Placed};
+use crate::place::Placed;
 use crate::schema::{self, CATALOG_FILE, CatalogDoc, CatalogImage};
+use crate::store::Store;
 
-/// The lock file in DEST that keeps two publishes from choosing the same serial.
-const LOCK_FILE: &str = ".vmrepo-publish.lock";
 /// The largest previous catalog read (for its serial).
 const MAX_CATALOG_FILE: u64 = 1 << 30;
 
 /// What to publish, where, signed by what.
 #[derive(Clone, Debug)]
 pub struct PublishOptions {
+    /// A folder, or `s3://bucket[/prefix]`.
     pub dest: PathBuf,
     pub query: Query,
     pub base_url: Option<String>,
@@ -82,12 +82,12 @@ pub struct LeftOut {
     pub reason: &'static str,
 }
 
-/// Publishes the images `opts.query` selects to the folder `opts.dest`.
+/// Publishes the images `opts.query` selects to the folder or bucket `opts.dest`.
 ///
 /// # Errors
 /// [`ErrorKind::InvalidInput`] for a destination inside a repository, a
-/// bad base URL or an unusable key; [`ErrorKind::Locked`] while another
-/// publish writes to the same folder; [`ErrorKind::BadSidecar`] when the
+/// bad base URL or bucket URL, or an unusable key; [`ErrorKind::Locked`]
+/// while another publish writes to the same destination; [`ErrorKind::BadSidecar`] when the
 /// catalog already there cannot be read for its serial; the errors of
 /// placing an image; an interruption.
 pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) -> Result<PublishReport> {
@@ -104,15 +104,15 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         }
         base_urls.push(check_url("--mirror", m)?);
     }
-    let dest = prepare_dest(&opts.dest)?;
-    let _lock = lock_dest(&dest)?;
-    remove_dead_temps(&dest);
-    let serial = next_serial_at(&dest)?;
+    let store = Store::open(&opts.dest, &catalog.repo().meta_dir())?;
+    let _lock = store.lock()?;
+    store.remove_dead_temps();
+    let serial = next_serial(&store)?;
     let generated = Timestamp::now().round(Unit::Second).map_err(time_error)?;
     let expires = generated.checked_add(opts.expires).map_err(time_error)?;
 
     let mut report = PublishReport {
-        dest: dest.clone(),
+        dest: opts.dest.clone(),
         serial,
         images: 0,
         copied: 0,
@@ -130,7 +130,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
             return Err(Error::interrupted());
         }
         let Some((sha256, md5)) = publishable(&rec, &mut report) else { continue };
-        let (placed, image) = publish_one(catalog, &dest, rec, sha256, md5, cancel)?;
+        let (placed, image) = publish_one(catalog, &store, rec, sha256, md5, cancel)?;
         match placed {
             Placed::Linked => report.linked += 1,
             Placed::Copied => report.copied += 1,
@@ -139,6 +139,8 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         images.push(image);
     }
     report.images = images.len();
+    // Uploads a killed publish left for images not published now.
+    store.forget_uploads_but(&images.iter().map(|i| i.path.clone()).collect::<Vec<_>>());
     // Every image is in place: now the Metalink files that point at them.
     if !base_urls.is_empty() {
         for image in &mut images {
@@ -153,7 +155,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
                 sha256: &image.sha256,
                 base_urls: &base_urls,
             };
-            if m.write(&dest.join(&relative), &report.generated)? {
+            if m.write_to(&store, &relative, &report.generated)? {
                 report.metalinks += 1;
             }
             image.metalink = Some(relative);
@@ -189,7 +191,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         signers: &signers,
     };
     let files = export::render_all(&ctx, &mut report.exports_skipped)?;
-    write_exports(&dest, &files)?;
+    write_exports(&store, &files)?;
     Ok(report)
 }
 
@@ -234,7 +236,7 @@ fn publishable(rec: &ImageRecord, report: &mut PublishReport) -> Option<(String,
 /// Places one image and its sidecars, and makes its catalog entry.
 fn publish_one(
     catalog: &Catalog,
-    dest: &Path,
+    store: &Store,
     rec: ImageRecord,
     sha256: String,
     md5: String,
@@ -249,165 +251,53 @@ fn publish_one(
         }
     }
     let src_dir = catalog.repo().vm_root().join(&rec.folder);
-    let dest_dir = dest.join("vm").join(&rec.folder);
-    fs::create_dir_all(&dest_dir).map_err(|e| Error::io("create the folder", &dest_dir, e))?;
-    fsutil::real_folder(dest, &dest_dir)?;
+    let dest_dir = format!("{}/{}", vmrepo_repo::layout::VM_DIR, rec.folder);
     let size = rec.size.unwrap_or(0);
-    let placed =
-        place::place_image(&src_dir.join(&rec.file), &dest_dir.join(&rec.file), size, &sha256, cancel)
-            .map_err(|e| e.context(format!("publish {}", rec.path)))?;
+    let placed = store
+        .put_image(&src_dir.join(&rec.file), &format!("{dest_dir}/{}", rec.file), size, &sha256, cancel)
+        .map_err(|e| e.context(format!("publish {}", rec.path)))?;
     let sidecars = Sidecars::of(&src_dir, &rec.file, &rec.name, ImageKind::File);
     // The .checksum is written anew from the record, as md5sum -c reads it.
     let md5_bytes = parse_hex::<16>(&md5).ok_or_else(|| {
         Error::new(ErrorKind::BadSidecar, format!("{}: a malformed recorded MD5", rec.path))
     })?;
     let checksum = checksum::format(&[ChecksumLine { md5: md5_bytes, path: rec.file.clone() }]);
-    place::place_small(&dest_dir.join(format!("{}.checksum", rec.name)), checksum.as_bytes())?;
+    store.put_small(&format!("{dest_dir}/{}.checksum", rec.name), checksum.as_bytes())?;
     if let Ok(txt) = vmrepo_repo::catalog::read_capped(
         &sidecars.description,
         vmrepo_repo::description::MAX_DESCRIPTION_FILE,
     ) {
-        place::place_small(&dest_dir.join(format!("{}.txt", rec.name)), &txt)?;
+        store.put_small(&format!("{dest_dir}/{}.txt", rec.name), &txt)?;
     }
     let image = entries::entry(catalog, rec, sha256, md5)?;
     Ok((placed, image))
 }
 
-/// Creates DEST if needed, refusing one inside a repository.
-fn prepare_dest(dest: &Path) -> Result<PathBuf> {
-    if let Some(root) = key::inside_repository(dest) {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!(
-                "{}: inside the repository {}: publish to a folder of its own",
-                dest.display(),
-                root.display()
-            ),
-        ));
-    }
-    fs::create_dir_all(dest).map_err(|e| Error::io("create the folder", dest, e))?;
-    let md = fs::metadata(dest).map_err(|e| Error::io("read", dest, e))?;
-    if !md.is_dir() {
-        return Err(Error::new(ErrorKind::InvalidInput, format!("{}: not a folder", dest.display())));
-    }
-    Ok(dest.to_path_buf())
-}
-
-/// Holds DEST's publish lock until dropped.
-fn lock_dest(dest: &Path) -> Result<File> {
-    let path = dest.join(LOCK_FILE);
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("open", &path, e))?;
-    rustix::fs::flock(f.as_fd(), rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-        Error::new(ErrorKind::Locked, format!("{}: another vmrepo publish is writing there", dest.display()))
-    })?;
-    Ok(f)
-}
-
-/// Removes the temporary files a publish killed in the middle left in DEST
-/// and its `vm/<VM>/` folders: under DEST's lock no other publish writes
-/// there, so every such file is dead, and a web server would serve it.
-/// Links are neither followed nor removed; what cannot be removed is left
-/// with a warning.
-fn remove_dead_temps(dest: &Path) {
-    let mut folders = vec![dest.to_path_buf()];
-    if let Ok(vms) = fs::read_dir(dest.join(vmrepo_repo::layout::VM_DIR)) {
-        folders.extend(vms.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
-    }
-    for folder in folders {
-        let Ok(entries) = fs::read_dir(&folder) else { continue };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            if e.file_type().is_ok_and(|t| t.is_file())
-                && fsutil::is_temp_sibling(&name.to_string_lossy())
-                && let Err(err) = fs::remove_file(e.path())
-            {
-                tracing::warn!("cannot remove {}: {err}", e.path().display());
-            }
-        }
-    }
-}
-
 /// One more than the serial of the catalog already in DEST, or 1.
-fn next_serial_at(dest: &Path) -> Result<u64> {
-    let path = dest.join(CATALOG_FILE);
-    let previous = match fs::symlink_metadata(&path) {
-        Err(e) if fsutil::is_not_found(&e) => None,
-        _ => {
-            let bytes = vmrepo_repo::catalog::read_capped(&path, MAX_CATALOG_FILE).map_err(|e| {
-                Error::new(ErrorKind::BadSidecar, format!("cannot read {}: {e}", path.display()))
-            })?;
-            let serial = schema::previous_serial(&bytes).map_err(|e| {
-                Error::new(
-                    ErrorKind::BadSidecar,
-                    format!(
-                        "{}: {e}; its serial cannot be known, so no new catalog is written",
-                        path.display()
-                    ),
-                )
-            })?;
-            Some(serial)
-        }
+fn next_serial(store: &Store) -> Result<u64> {
+    let at = store.location(CATALOG_FILE);
+    let previous = match store.read_small(CATALOG_FILE, MAX_CATALOG_FILE)? {
+        None => None,
+        Some(bytes) => Some(schema::previous_serial(&bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::BadSidecar,
+                format!("{at}: {e}; its serial cannot be known, so no new catalog is written"),
+            )
+        })?),
     };
-    schema::next_serial(previous).ok_or_else(|| {
-        Error::new(ErrorKind::InvalidInput, format!("{}: the serial cannot grow any more", path.display()))
-    })
+    schema::next_serial(previous)
+        .ok_or_else(|| Error::new(ErrorKind::InvalidInput, format!("{at}: the serial cannot grow any more")))
 }
 
-/// Writes the exports' files: those of each stage complete and fsynced
-/// under temporary names first, then renamed in their order, the folders
-/// fsynced, before the next stage starts. A file that already has its
-/// bytes is left alone (its modification time too, for web caches).
-fn write_exports(dest: &Path, files: &[OutFile]) -> Result<()> {
+/// Writes the exports' files, stage after stage: those of a stage in their
+/// order ([`Store::write_stage`]: in a folder complete and fsynced under
+/// temporary names first, then renamed), before the next stage starts.
+fn write_exports(store: &Store, files: &[OutFile]) -> Result<()> {
     for stage in [Stage::Signed, Stage::Index] {
-        let mut pending: Vec<(PathBuf, PathBuf)> = Vec::new();
-        let result = (|| {
-            for f in files.iter().filter(|f| f.stage == stage) {
-                let path = dest_path(dest, &f.path)?;
-                let same_len = fs::symlink_metadata(&path)
-                    .is_ok_and(|md| md.is_file() && md.len() == f.bytes.len() as u64);
-                if same_len && fs::read(&path).is_ok_and(|b| b == f.bytes) {
-                    continue;
-                }
-                let parent = fsutil::parent(&path);
-                fs::create_dir_all(parent).map_err(|e| Error::io("create the folder", parent, e))?;
-                fsutil::real_folder(dest, parent)?;
-                let tmp = fsutil::temp_sibling(&path);
-                pending.push((tmp.clone(), path));
-                fsutil::write_new(&tmp, &f.bytes, 0o644)?;
-            }
-            let mut dirs = std::collections::BTreeSet::new();
-            for (tmp, path) in &pending {
-                fs::rename(tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
-                dirs.insert(fsutil::parent(path).to_path_buf());
-            }
-            for d in dirs {
-                fsutil::fsync_dir(&d)?;
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            for (tmp, _) in &pending {
-                let _ = fs::remove_file(tmp);
-            }
-            return result;
-        }
+        let of_stage: Vec<&OutFile> = files.iter().filter(|f| f.stage == stage).collect();
+        store.write_stage(&of_stage)?;
     }
     Ok(())
-}
-
-/// DEST joined with an export's relative path, which must be made of plain
-/// names (no `..`, no absolute path, no empty part).
-fn dest_path(dest: &Path, rel: &str) -> Result<PathBuf> {
-    let ok = !rel.is_empty() && rel.split('/').all(|p| !p.is_empty() && p != "." && p != "..");
-    if !ok {
-        return Err(Error::new(ErrorKind::InvalidInput, format!("{rel:?}: not a path an export writes")));
-    }
-    Ok(dest.join(rel))
 }
 
 /// A base URL: `http://` or `https://`, printable ASCII without spaces;

@@ -240,7 +240,7 @@ mod tests {
     fn signers(dir: &Path, name: &str) -> Signers {
         let k = key::generate_key(dir, name, None).unwrap();
         let (minisign_secret, minisign_public) = key::load_secret_key(&k.secret, None).unwrap();
-        Signers { minisign_secret, minisign_public }
+        Signers::minisign(minisign_secret, minisign_public)
     }
 
     fn image(n: u8) -> CatalogImage {

@@ -89,7 +89,7 @@ fn server(f: &Fixture, read_only: bool, signing: bool) -> Arc<AppState> {
     if signing {
         let (minisign_secret, minisign_public) = vmrepo_dist::key::load_secret_key(&f.key, None).unwrap();
         let week = jiff::SignedDuration::from_hours(24 * 7);
-        state.signing = Some(Signing::new(Signers { minisign_secret, minisign_public }, week, None));
+        state.signing = Some(Signing::new(Signers::minisign(minisign_secret, minisign_public), week, None));
     }
     Arc::new(state)
 }

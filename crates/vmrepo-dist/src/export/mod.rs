@@ -48,6 +48,13 @@ pub struct Signers {
     pub smime: Option<crate::smime::SmimeSigner>,
 }
 
+impl Signers {
+    /// The minisign key alone (vmrepo's own catalog, as `vmrepo serve` signs it).
+    pub fn minisign(minisign_secret: minisign::SecretKey, minisign_public: minisign::PublicKey) -> Signers {
+        Signers { minisign_secret, minisign_public, smime: None }
+    }
+}
+
 /// What every export reads.
 pub struct Context<'a> {
     /// The catalog being published, every image already in place.
