@@ -20,6 +20,7 @@ pub mod export;
 pub mod fetch;
 pub mod key;
 pub mod metalink;
+pub mod openpgp;
 pub mod place;
 pub mod publish;
 pub mod pull;
