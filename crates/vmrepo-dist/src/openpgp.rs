@@ -214,6 +214,9 @@ pub fn clearsign(signer: &OpenPgpSigner, text: &str) -> Result<String> {
         out.push('\n');
     }
     out.push_str(&sig);
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
     Ok(out)
 }
 
@@ -222,7 +225,11 @@ pub fn clearsign(signer: &OpenPgpSigner, text: &str) -> Result<String> {
 /// # Errors
 /// [`ErrorKind::Io`] when signing fails.
 pub fn detached(signer: &OpenPgpSigner, data: &[u8]) -> Result<String> {
-    sign(signer, pgp::packet::SignatureType::Binary, data)
+    let mut sig = sign(signer, pgp::packet::SignatureType::Binary, data)?;
+    if !sig.ends_with('\n') {
+        sig.push('\n');
+    }
+    Ok(sig)
 }
 
 fn sign(signer: &OpenPgpSigner, typ: pgp::packet::SignatureType, data: &[u8]) -> Result<String> {
@@ -261,7 +268,12 @@ mod tests {
         let s = load_secret_key(&k.secret, None).unwrap();
         assert_eq!(s.fingerprint(), k.fingerprint);
         let signed = clearsign(&s, "x \n-y\n").unwrap();
-        assert!(signed.starts_with("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nx \n- -y\n-----BEGIN PGP SIGNATURE-----"), "{signed}");
+        assert!(
+            signed.starts_with(
+                "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nx \n- -y\n-----BEGIN PGP SIGNATURE-----"
+            ),
+            "{signed}"
+        );
         assert_eq!(generate(dir.path(), "site", None).unwrap_err().kind(), ErrorKind::AlreadyExists);
     }
 
@@ -281,7 +293,11 @@ mod tests {
     fn junk_is_no_key() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("junk.key");
-        for junk in [&b""[..], b"\xff\x00", b"-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nAAAA\n-----END PGP PRIVATE KEY BLOCK-----\n"] {
+        for junk in [
+            &b""[..],
+            b"\xff\x00",
+            b"-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nAAAA\n-----END PGP PRIVATE KEY BLOCK-----\n",
+        ] {
             fs::write(&p, junk).unwrap();
             let err = load_secret_key(&p, None).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");

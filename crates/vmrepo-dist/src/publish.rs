@@ -47,8 +47,11 @@ pub struct PublishOptions {
     pub expires: SignedDuration,
     /// The minisign secret key.
     pub key: PathBuf,
-    /// Its password, if it is encrypted.
+    /// Its password, if it is encrypted (it unlocks the OpenPGP key too).
     pub key_password: Option<String>,
+    /// The OpenPGP secret key that signs the simplestreams and virt-builder
+    /// files (`key generate --openpgp`); without it they are written unsigned.
+    pub openpgp_key: Option<PathBuf>,
 }
 
 /// What a publish did.
@@ -89,6 +92,11 @@ pub struct LeftOut {
 /// placing an image; an interruption.
 pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) -> Result<PublishReport> {
     let (sk, pk) = key::load_secret_key(&opts.key, opts.key_password.clone())?;
+    let openpgp = opts
+        .openpgp_key
+        .as_deref()
+        .map(|p| crate::openpgp::load_secret_key(p, opts.key_password.clone()))
+        .transpose()?;
     let base_url = opts.base_url.as_deref().map(check_base_url).transpose()?;
     let mut base_urls: Vec<String> = base_url.iter().cloned().collect();
     for m in &opts.mirrors {
@@ -161,7 +169,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         base_url,
         images,
     };
-    let signers = Signers { minisign_secret: sk, minisign_public: pk };
+    let signers = Signers { minisign_secret: sk, minisign_public: pk, openpgp };
     let mut sha512 = BTreeMap::new();
     if export::wants_sha512(&signers) {
         let mut cache = Sha512Cache::load(catalog.repo().root());

@@ -8,9 +8,13 @@
 //! points that name the signed files.
 //!
 //! vmrepo's own `catalog.json` and its minisign signature are the first
-//! export ([`catalog`]).
+//! export ([`catalog`]). Then simplestreams ([`simplestreams`]) and
+//! virt-builder's index ([`virtbuilder`]), signed with the OpenPGP key
+//! when there is one.
 
 pub mod catalog;
+pub mod simplestreams;
+pub mod virtbuilder;
 
 use std::collections::BTreeMap;
 
@@ -43,6 +47,9 @@ pub struct OutFile {
 pub struct Signers {
     pub minisign_secret: minisign::SecretKey,
     pub minisign_public: minisign::PublicKey,
+    /// The OpenPGP key (`--openpgp-key`) for the formats whose clients check
+    /// OpenPGP signatures (simplestreams, virt-builder).
+    pub openpgp: Option<crate::openpgp::OpenPgpSigner>,
 }
 
 /// What every export reads.
@@ -71,8 +78,9 @@ pub struct Skipped {
 /// publish fills [`Context::sha512`], computing what the repository's
 /// `.vmrepo/sha512.json` does not hold yet: [`crate::digests`]).
 pub fn wants_sha512(signers: &Signers) -> bool {
+    // virt-builder's index (written with or without a key) names each image by it.
     let _ = signers;
-    false
+    true
 }
 
 /// Every export's files, in the order they are to be renamed within their stage.
@@ -80,8 +88,9 @@ pub fn wants_sha512(signers: &Signers) -> bool {
 /// # Errors
 /// An export that cannot be rendered (encoding, signing).
 pub fn render_all(ctx: &Context<'_>, skipped: &mut Vec<Skipped>) -> Result<Vec<OutFile>> {
-    let _ = &skipped;
     let mut files = catalog::render(ctx)?;
+    files.extend(simplestreams::render(ctx, skipped)?);
+    files.extend(virtbuilder::render(ctx, skipped)?);
     // Sorted by stage only: within a stage, each export's own order stands.
     files.sort_by_key(|f| f.stage);
     Ok(files)
