@@ -12,6 +12,7 @@ mod issue7;
 mod lint;
 mod metalink;
 mod name;
+mod openpgp;
 mod output;
 mod publish;
 mod pull;

@@ -107,7 +107,6 @@ fn product(image: &CatalogImage, generated: Timestamp) -> (String, Value) {
         .as_deref()
         .and_then(|a| a.parse::<Timestamp>().ok())
         .unwrap_or(generated)
-        
         .strftime("%Y%m%d_%H%M%S")
         .to_string();
     let ftype = image.format.clone().unwrap_or_else(|| "raw".into());
