@@ -219,18 +219,16 @@ fn an_encrypted_openpgp_key_needs_its_password() {
     )
     .unwrap();
     let dest2 = r.tmp.path().join("pub2");
-    let err = r.fails(
-        6,
-        &[
-            "publish",
-            dest2.to_str().unwrap(),
-            "--key",
-            dir.join("locked.key").to_str().unwrap(),
-            "--openpgp-key",
-            junk.to_str().unwrap(),
-        ],
-    );
+    let o = r
+        .command(&["publish", dest2.to_str().unwrap(), "--openpgp-key", junk.to_str().unwrap()])
+        .env("VMREPO_KEY", dir.join("locked.key"))
+        .env("VMREPO_KEY_PASSWORD", "s3cret")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(6), "{}", said(&o));
+    let err = said(&o);
     assert!(err.contains("junk.openpgp.key"), "{err}");
+    assert!(!dest2.exists(), "nothing written with a bad OpenPGP key");
 }
 
 // ---------------------------------------------------------------------------
@@ -270,22 +268,24 @@ fn serve(dir: &Path) -> (Guard, u16) {
     (g, port)
 }
 
-/// A virtualenv under target/ with python-simplestreams from PyPI, made once.
+/// A virtualenv under target/ with python-simplestreams from PyPI, made
+/// once (in place: a virtualenv's scripts name its path, so it cannot be
+/// renamed; a marker file says it is complete).
 fn simplestreams_venv() -> Option<PathBuf> {
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("venv-simplestreams");
-    if venv.join("bin/sstream-query").is_file() {
+    let ready = venv.join("vmrepo-ready");
+    if ready.is_file() {
         return Some(venv);
     }
-    let tmp = venv.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let _ = std::fs::remove_dir_all(&venv);
     let made =
-        Command::new("python3").args(["-m", "venv"]).arg(&tmp).output().is_ok_and(|o| o.status.success())
-            && Command::new(tmp.join("bin/pip"))
+        Command::new("python3").args(["-m", "venv"]).arg(&venv).output().is_ok_and(|o| o.status.success())
+            && Command::new(venv.join("bin/pip"))
                 .args(["install", "-q", "python-simplestreams"])
                 .output()
                 .is_ok_and(|o| o.status.success());
     if !made {
-        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = std::fs::remove_dir_all(&venv);
         assert!(
             !ci(),
             "this test needs python-simplestreams from PyPI in a virtualenv (python3-venv, network)"
@@ -293,10 +293,7 @@ fn simplestreams_venv() -> Option<PathBuf> {
         eprintln!("SKIPPED: cannot make a virtualenv with python-simplestreams");
         return None;
     }
-    // Another test run may have made it meanwhile: either is good.
-    if std::fs::rename(&tmp, &venv).is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
+    std::fs::write(&ready, "").unwrap();
     Some(venv)
 }
 
@@ -526,7 +523,12 @@ fn virt_builder_lists_the_signed_index_and_refuses_a_tampered_one() {
     }
 
     // --source with --fingerprint, the key imported in the user's keyring.
-    let o = tool("gpg").args(["--batch", "--import"]).arg(&k.armored).output().unwrap();
+    let o = Command::new("gpg")
+        .env("GNUPGHOME", home.join("gnupg"))
+        .args(["--batch", "--import"])
+        .arg(&k.armored)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", said(&o));
     std::fs::remove_file(repos.join("star.conf")).unwrap();
     let source = format!("file://{}/index.asc", dest.display());

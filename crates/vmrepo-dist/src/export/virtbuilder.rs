@@ -38,11 +38,11 @@ pub fn render(ctx: &Context<'_>, skipped: &mut Vec<Skipped>) -> Result<Vec<OutFi
     let mut text = String::new();
     let mut left_out = Vec::new();
     for image in &ctx.doc.images {
-        let section = if count.get(image.name.as_str()) == Some(&1) {
+        let section = section_name(if count.get(image.name.as_str()) == Some(&1) {
             image.name.clone()
         } else {
             format!("{}-{}", image.vm, image.name)
-        };
+        });
         let Some(size) = virtual_size(image) else {
             left_out.push(image.path.clone());
             continue;
@@ -99,7 +99,7 @@ fn section_text(
         let _ = writeln!(out, "osinfo={}", one_line(o));
     }
     let _ = writeln!(out, "arch={}", virt_arch(&image.arch, image.bits));
-    let _ = writeln!(out, "file={}", image.path);
+    let _ = writeln!(out, "file={}", url_path(&image.path));
     let _ = writeln!(out, "checksum[sha512]={sha512}");
     let _ = writeln!(out, "format={}", image.format.as_deref().unwrap_or("raw"));
     let _ = writeln!(out, "size={size}");
@@ -153,6 +153,25 @@ fn one_line(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
+/// A section name as virt-builder's lexer takes it: letters, digits, `.`,
+/// `_` and `-` (anything else, which a convention name never holds, becomes `_`).
+fn section_name(s: String) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect()
+}
+
+/// A relative URL: every byte but unreserved ones and `/` percent-encoded.
+fn url_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 /// virt-builder names architectures as the kernel does.
 fn virt_arch(arch: &str, bits: u16) -> String {
     match (arch, bits) {
@@ -201,5 +220,7 @@ mod tests {
     #[test]
     fn values_stay_on_one_line() {
         assert_eq!(one_line("a\n[x]\rb\tc"), "a [x] b c");
+        assert_eq!(section_name("kvm-a b]\n[c".into()), "kvm-a_b___c");
+        assert_eq!(url_path("vm/k v/a%.img"), "vm/k%20v/a%25.img");
     }
 }
