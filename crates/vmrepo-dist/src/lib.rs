@@ -10,7 +10,9 @@
 //! sources in [`fetch`]), which fetches a catalog, proves it and imports its
 //! images. Every file made from the catalog (vmrepo's own signed catalog and
 //! the other clients' formats) is an export in [`export`], one file each;
-//! [`digests`] keeps the SHA-512 some of them name images by.
+//! [`digests`] keeps the SHA-512 some of them name images by, and
+//! [`openpgp`] the OpenPGP key and cleartext signatures that simplestreams
+//! and virt-builder check.
 //!
 //! Errors are [`vmrepo_repo::Error`], so that the binary maps them to the
 //! same exit codes as every other command.
