@@ -223,6 +223,12 @@ pub enum KeyCommand {
         /// The key's file name, without extension.
         #[arg(long, default_value = "vmrepo")]
         name: String,
+        /// Also make an OpenPGP key (Ed25519) for the simplestreams and
+        /// virt-builder signatures: NAME.openpgp.key (mode 0600),
+        /// NAME.openpgp.asc (public, armored) and NAME.openpgp.gpg (public,
+        /// a keyring for gpgv --keyring).
+        #[arg(long)]
+        openpgp: bool,
     },
 }
 
@@ -255,6 +261,11 @@ pub struct PublishArgs {
     /// The certificate's private key (PEM: RSA or EC P-256, unencrypted).
     #[arg(long, env = "VMREPO_SMIME_KEY", value_name = "FILE", requires = "smime_cert")]
     pub smime_key: Option<PathBuf>,
+    /// The OpenPGP secret key (`key generate --openpgp`: NAME.openpgp.key)
+    /// that signs the simplestreams .sjson files and virt-builder's index.asc;
+    /// without it those are written unsigned. VMREPO_KEY_PASSWORD unlocks it.
+    #[arg(long, env = "VMREPO_OPENPGP_KEY", value_name = "FILE")]
+    pub openpgp_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

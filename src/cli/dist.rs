@@ -15,10 +15,39 @@ use crate::Outcome;
 use crate::args::{PublishArgs, PullArgs};
 use crate::output::{self, line};
 
-pub(crate) fn key_generate(ctx: &Ctx<'_>, dir: Option<&std::path::Path>, name: &str) -> Result<Outcome> {
+pub(crate) fn key_generate(
+    ctx: &Ctx<'_>,
+    dir: Option<&std::path::Path>,
+    name: &str,
+    openpgp: bool,
+) -> Result<Outcome> {
     let dir = dir.unwrap_or(std::path::Path::new("."));
     let password = std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty());
-    let k = key::generate_key(dir, name, password)?;
+    if openpgp {
+        // Refused before anything is written when one of its files exists.
+        for p in vmrepo_dist::openpgp::key_files(dir, name) {
+            if std::fs::symlink_metadata(&p).is_ok() {
+                return Err(vmrepo_repo::Error::new(
+                    vmrepo_repo::ErrorKind::AlreadyExists,
+                    format!("{}: already exists", p.display()),
+                )
+                .into());
+            }
+        }
+    }
+    let k = key::generate_key(dir, name, password.clone())?;
+    let pgp = if openpgp {
+        match vmrepo_dist::openpgp::generate(dir, name, password) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                let _ = std::fs::remove_file(&k.secret);
+                let _ = std::fs::remove_file(&k.public);
+                return Err(e.into());
+            }
+        }
+    } else {
+        None
+    };
     if ctx.cli.json {
         output::json(&serde_json::json!({
             "secret_key": k.secret,
@@ -26,6 +55,7 @@ pub(crate) fn key_generate(ctx: &Ctx<'_>, dir: Option<&std::path::Path>, name: &
             "public_key": k.public_line,
             "key_id": k.key_id,
             "encrypted": k.encrypted,
+            "openpgp": pgp,
         }))?;
     } else {
         line(k.public.display())?;
@@ -43,6 +73,19 @@ pub(crate) fn key_generate(ctx: &Ctx<'_>, dir: Option<&std::path::Path>, name: &
                 k.key_id
             );
         }
+        if let Some(g) = &pgp {
+            line(g.keyring.display())?;
+            line(&g.fingerprint)?;
+            if !ctx.cli.quiet {
+                eprintln!(
+                    "OpenPGP secret key {} (mode 0600); give sites {} (or the keyring {}) and check its fingerprint {}",
+                    g.secret.display(),
+                    g.public_armored.display(),
+                    g.keyring.display(),
+                    g.fingerprint
+                );
+            }
+        }
     }
     Ok(Outcome::Clean)
 }
@@ -57,6 +100,7 @@ pub(crate) fn publish(ctx: &Ctx<'_>, a: &PublishArgs) -> Result<Outcome> {
         key: a.key.clone(),
         key_password: std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
         smime: a.smime_cert.clone().zip(a.smime_key.clone()),
+        openpgp_key: a.openpgp_key.clone(),
     };
     let catalog = open_catalog(ctx)?;
     let report = publish::publish(&catalog, &opts, ctx.cancel)?;

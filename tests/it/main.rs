@@ -13,6 +13,7 @@ mod issue7;
 mod lint;
 mod metalink;
 mod name;
+mod openpgp;
 mod output;
 mod publish;
 mod pull;

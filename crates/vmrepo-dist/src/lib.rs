@@ -15,6 +15,8 @@
 //! [`smime`] signs with an X.509 certificate (the HEPiX image list).
 //! [`entries`] makes the catalog's entries from the records, for publish and
 //! for `vmrepo serve --sign-key` ([`served`]).
+//! [`openpgp`] the OpenPGP key and cleartext signatures that simplestreams
+//! and virt-builder check.
 //!
 //! Errors are [`vmrepo_repo::Error`], so that the binary maps them to the
 //! same exit codes as every other command.
@@ -25,6 +27,7 @@ pub mod export;
 pub mod fetch;
 pub mod key;
 pub mod metalink;
+pub mod openpgp;
 pub mod place;
 pub mod publish;
 pub mod pull;

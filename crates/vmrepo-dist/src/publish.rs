@@ -48,10 +48,13 @@ pub struct PublishOptions {
     pub expires: SignedDuration,
     /// The minisign secret key.
     pub key: PathBuf,
-    /// Its password, if it is encrypted.
+    /// Its password, if it is encrypted (it unlocks the OpenPGP key too).
     pub key_password: Option<String>,
     /// The X.509 certificate (PEM) and its key that sign the HEPiX image list; both or neither.
     pub smime: Option<(PathBuf, PathBuf)>,
+    /// The OpenPGP secret key that signs the simplestreams and virt-builder
+    /// files (`key generate --openpgp`); without it they are written unsigned.
+    pub openpgp_key: Option<PathBuf>,
 }
 
 /// What a publish did.
@@ -96,6 +99,11 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         Some((cert, key)) => Some(crate::smime::SmimeSigner::load(cert, key, Timestamp::now())?),
         None => None,
     };
+    let openpgp = opts
+        .openpgp_key
+        .as_deref()
+        .map(|p| crate::openpgp::load_secret_key(p, opts.key_password.clone()))
+        .transpose()?;
     let base_url = opts.base_url.as_deref().map(check_base_url).transpose()?;
     let mut base_urls: Vec<String> = base_url.iter().cloned().collect();
     for m in &opts.mirrors {
@@ -170,7 +178,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         base_url,
         images,
     };
-    let signers = Signers { minisign_secret: sk, minisign_public: pk, smime };
+    let signers = Signers { minisign_secret: sk, minisign_public: pk, smime, openpgp };
     let mut sha512 = BTreeMap::new();
     if export::wants_sha512(&signers) {
         let mut cache = Sha512Cache::load(catalog.repo().root());

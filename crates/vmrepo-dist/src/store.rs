@@ -284,7 +284,8 @@ fn lock_bucket(bucket: &Bucket) -> Result<Lock<'_>> {
 /// Links are neither followed nor removed; what cannot be removed is left
 /// with a warning.
 fn remove_dead_temps(dest: &Path) {
-    let mut folders = vec![dest.to_path_buf()];
+    // DEST, the exports' folders (simplestreams' streams/v1) and vm/<VM>/.
+    let mut folders = vec![dest.to_path_buf(), dest.join("streams/v1")];
     if let Ok(vms) = fs::read_dir(dest.join(vmrepo_repo::layout::VM_DIR)) {
         folders.extend(vms.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
     }
