@@ -15,6 +15,7 @@ mod name;
 mod output;
 mod publish;
 mod pull;
+mod pull_net;
 mod repo;
 mod samples;
 mod serve;
