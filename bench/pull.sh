@@ -16,6 +16,8 @@ need nginx nginx
 
 pids=()
 tmp=$(mktemp -d "$BENCH_DIR/pull.XXXXXX")
+# nginx's workers run as another user: the published tree is readable by all.
+chmod 755 "$tmp"
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -33,6 +35,7 @@ if [ ! -f "$repo/.vmrepo/repository" ]; then
 fi
 "$V" key generate -o "$tmp/keys" --name bench >/dev/null 2>&1
 "$V" --repo "$repo" -q publish "$tmp/pub" --key "$tmp/keys/bench.key"
+chmod -R a+rX "$tmp/pub"
 path=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['images'][0]['path'])" "$tmp/pub/catalog.json")
 size=$(stat -c %s "$src")
 
@@ -59,10 +62,11 @@ http {
   }
 }
 EOF
-nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g 'daemon off;' &
+nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g "daemon off;" 2> "$tmp/nginx.err" &
 pids+=($!)
 url=http://127.0.0.1:$port
 for _ in $(seq 50); do curl -sf -o /dev/null "$url/catalog.json" && break; sleep 0.1; done
+curl -sf -o /dev/null "$url/catalog.json" || { echo "bench: nginx did not start: $(cat "$tmp/nginx.err" "$tmp/nginx/error.log" 2>/dev/null)" >&2; exit 1; }
 
 # A fresh repository that trusts the key, for each pull.
 site=$BENCH_DIR/pull-site
