@@ -562,3 +562,31 @@ fn a_pull_killed_at_random_moments_completes_with_little_more_than_the_image() {
     let bound = BIG + KILLS * (4 << 20);
     assert!(sent >= BIG && sent <= bound, "nginx sent {sent} bytes for an image of {BIG}, bound {bound}");
 }
+
+#[test]
+fn progress_bars_are_drawn_on_a_terminal_only() {
+    if !have("script", "bsdutils") {
+        return;
+    }
+    let p = published(&[SIZE, SIZE + 1]);
+    // Two seconds an image: time for several frames at 8 a second.
+    let slow = hostile(&p.dest, Way::Honest, SIZE as u64 / 2);
+    let bin = crate::util::bin();
+    let on_tty = |r: &Repo, extra: &str| {
+        let cmd = format!("{bin} --repo {} {extra} pull {}", r.root.display(), slow.url());
+        let out = Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // On a terminal: a bar per download and the total, with rates.
+    let said = on_tty(&site(&p.public), "");
+    assert!(said.contains("2 images") && said.contains("iB/s") && said.contains("=>"), "{said}");
+    // Not with --json, nor with --quiet, nor when standard error is not a terminal.
+    let said = on_tty(&site(&p.public), "--json");
+    assert!(!said.contains("iB/s") && said.contains("\"catalog_from\""), "{said}");
+    let said = on_tty(&site(&p.public), "--quiet");
+    assert!(!said.contains("iB/s"), "{said}");
+    let r = site(&p.public);
+    let out = r.run(&["pull", &slow.url()]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
