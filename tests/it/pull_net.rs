@@ -590,3 +590,21 @@ fn progress_bars_are_drawn_on_a_terminal_only() {
     let out = r.run(&["pull", &slow.url()]);
     assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn the_same_bytes_under_two_names_are_fetched_once() {
+    let p = published(&[SIZE]);
+    // The same file again under another name.
+    p.src.add(&p.src.scratch().join("0.img"), "kvm", &["--max-size", "9GB"]);
+    p.src.ok(&["publish", p.dest.to_str().unwrap(), "--key", p.key.to_str().unwrap()]);
+    let images = images_of(&p);
+    assert_eq!(images.len(), 2);
+    assert_eq!(images[0].2, images[1].2, "one SHA-256");
+    let server = hostile(&p.dest, Way::Honest, 0);
+    let r = site(&p.public);
+    let out = r.json(&["pull", &server.url(), "--jobs", "2"]);
+    assert_eq!(out["transferred"], SIZE as u64, "{out}");
+    assert_eq!(server.images_served().len(), 1);
+    has_all_of(&r, &p);
+    assert_eq!(crate::util::sh(&r.root.join(".vmrepo/pull"), "ls"), "");
+}

@@ -11,7 +11,7 @@
 //! imported, each through [`vmrepo_repo::add()`] (a hard link, not a copy).
 //! The source's serial is written last, and only after a pull that succeeded.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -221,9 +221,29 @@ pub fn pull(
         });
     }
     let plan = Plan { remotes, tries: opts.tries.clamp(1, MAX_TRIES), backoff: opts.backoff, dir: pull_dir };
-    let fetched = download_all(&plan, todo, opts.jobs, cancel, progress)?;
+    // The same bytes under two names are fetched once (into one partial
+    // file, which two downloads must not share) and imported under each.
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    let (unique, copies): (Vec<_>, Vec<_>) = todo
+        .into_iter()
+        .partition(|(slot, image)| *owner.entry(image.sha256.clone()).or_insert(*slot) == *slot);
+    let fetched = download_all(&plan, unique, opts.jobs, cancel, progress)?;
     let signed_by =
         signer.as_ref().map_or("nobody (--insecure)".to_string(), |k| format!("{} ({})", k.name, k.key_id));
+    let by_sha: HashMap<&str, &Fetched> = fetched.iter().map(|(_, i, f)| (i.sha256.as_str(), f)).collect();
+    // The copies first: each is a hard link to the partial file, which the
+    // import of its owner then moves.
+    for (slot, image) in &copies {
+        let Some(f) = by_sha.get(image.sha256.as_str()) else { continue };
+        let link = plan.dir.join(format!("{}.{slot}.part", image.sha256));
+        let _ = fs::remove_file(&link);
+        fs::hard_link(&f.partial, &link).map_err(|e| Error::io("link", &link, e))?;
+        let (vm, _) = vm_of(image)?;
+        let from = format!("{source}/{}", image.path);
+        let done = import(catalog, image, vm, &link, f.prehashed, &from, doc.serial, &signed_by, cancel);
+        download::discard(&link);
+        done?;
+    }
     for (slot, image, f) in &fetched {
         let entry = &mut report.images[*slot];
         entry.transferred = f.transferred;
