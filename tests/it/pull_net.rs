@@ -211,12 +211,14 @@ fn answer(
     write!(out, "HTTP/1.1 {status} X\r\n{head}Connection: close\r\n\r\n")?;
     let mut sent = 0u64;
     let result = (|| {
+        // The wait before each chunk, so that the request counts as over as
+        // soon as its last byte is written.
         for chunk in data[body_from as usize..body_to as usize].chunks(16 << 10) {
-            out.write_all(chunk)?;
-            sent += chunk.len() as u64;
             if rate > 0 {
                 std::thread::sleep(Duration::from_secs_f64(chunk.len() as f64 / rate as f64));
             }
+            out.write_all(chunk)?;
+            sent += chunk.len() as u64;
         }
         match way {
             Way::Stall => {
