@@ -210,6 +210,23 @@ pub struct PullArgs {
     /// Accept a catalog that no trusted key signed (images are still checked against it).
     #[arg(long)]
     pub insecure: bool,
+    /// Images downloaded at once.
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub jobs: u16,
+    /// Another base URL serving the same tree (repeat for several): the
+    /// catalog and each image are asked of the source, then of each mirror
+    /// in order, on an error or a stall.
+    #[arg(long = "mirror", value_name = "URL")]
+    pub mirrors: Vec<String>,
+    /// Rounds over the source and the mirrors before an image is given up,
+    /// waiting 1 s, 2 s, 4 s... between them.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub tries: u32,
+    /// Seconds without a byte after which a server has stalled and the next is asked.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub stall_timeout: u64,
 }
 
 #[derive(Subcommand, Debug)]

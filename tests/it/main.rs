@@ -17,6 +17,7 @@ mod openpgp;
 mod output;
 mod publish;
 mod pull;
+mod pull_net;
 mod repo;
 mod s3;
 mod samples;

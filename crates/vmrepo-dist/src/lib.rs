@@ -8,7 +8,7 @@
 //! readers consistent: docs/distribution.md), with a Metalink 4 file per
 //! image for download clients such as aria2c ([`metalink`]). The other side is here too: the
 //! keys a repository trusts ([`trust`]) and `pull` ([`mod@pull`], over the
-//! sources in [`fetch`]), which fetches a catalog, proves it and imports its
+//! sources in [`fetch`], each image's transfer in [`download`]), which fetches a catalog, proves it and imports its
 //! images. Every file made from the catalog (vmrepo's own signed catalog and
 //! the other clients' formats) is an export in [`export`], one file each;
 //! [`digests`] keeps the SHA-512 some of them name images by, and
@@ -22,6 +22,7 @@
 //! same exit codes as every other command.
 
 pub mod digests;
+pub mod download;
 pub mod entries;
 pub mod export;
 pub mod fetch;
@@ -38,6 +39,7 @@ pub mod smime;
 pub mod store;
 pub mod trust;
 
+pub use download::{NoPullProgress, PullProgress};
 pub use key::{GeneratedKey, generate_key};
 pub use publish::{PublishOptions, PublishReport, publish};
 pub use pull::{PullOptions, PullReport, Select, pull};
