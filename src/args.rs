@@ -211,7 +211,8 @@ pub enum TrustCommand {
 
 #[derive(Args, Debug)]
 pub struct PullArgs {
-    /// The published tree: `file:///path`, `http://host:port/prefix` or `https://...`
+    /// The published tree: `file:///path`, `http://host:port/prefix`, `https://...`
+    /// or `s3://bucket/prefix` (credentials and endpoint from the AWS_* variables)
     pub source: String,
     /// Which images: FIELD=VALUE, FIELD!=VALUE, FIELD~GLOB, FIELD!~GLOB on the
     /// catalog's fields (vm, name, file, os, arch, bits, lib, maxsize, format,
@@ -224,6 +225,23 @@ pub struct PullArgs {
     /// Accept a catalog that no trusted key signed (images are still checked against it).
     #[arg(long)]
     pub insecure: bool,
+    /// Images downloaded at once.
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub jobs: u16,
+    /// Another base URL serving the same tree (repeat for several): the
+    /// catalog and each image are asked of the source, then of each mirror
+    /// in order, on an error or a stall.
+    #[arg(long = "mirror", value_name = "URL")]
+    pub mirrors: Vec<String>,
+    /// Rounds over the source and the mirrors before an image is given up,
+    /// waiting 1 s, 2 s, 4 s... between them.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub tries: u32,
+    /// Seconds without a byte after which a server has stalled and the next is asked.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub stall_timeout: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -237,12 +255,19 @@ pub enum KeyCommand {
         /// The key's file name, without extension.
         #[arg(long, default_value = "vmrepo")]
         name: String,
+        /// Also make an OpenPGP key (Ed25519) for the simplestreams and
+        /// virt-builder signatures: NAME.openpgp.key (mode 0600),
+        /// NAME.openpgp.asc (public, armored) and NAME.openpgp.gpg (public,
+        /// a keyring for gpgv --keyring).
+        #[arg(long)]
+        openpgp: bool,
     },
 }
 
 #[derive(Args, Debug)]
 pub struct PublishArgs {
-    /// The folder to publish to (made if needed); never inside a repository.
+    /// The folder to publish to (made if needed; never inside a repository),
+    /// or `s3://bucket/prefix` (credentials and endpoint from the AWS_* variables).
     pub dest: PathBuf,
     /// Which images, as `vmrepo find` takes them (default: all).
     #[arg(value_name = "EXPR")]
@@ -261,6 +286,18 @@ pub struct PublishArgs {
     /// an encrypted one is unlocked with VMREPO_KEY_PASSWORD.
     #[arg(long, env = "VMREPO_KEY", value_name = "FILE")]
     pub key: PathBuf,
+    /// The X.509 certificate (PEM, then its chain if wanted) that signs the
+    /// HEPiX image list `image.list` (S/MIME); with --smime-key and --base-url.
+    #[arg(long, env = "VMREPO_SMIME_CERT", value_name = "FILE", requires = "smime_key")]
+    pub smime_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: RSA or EC P-256, unencrypted).
+    #[arg(long, env = "VMREPO_SMIME_KEY", value_name = "FILE", requires = "smime_cert")]
+    pub smime_key: Option<PathBuf>,
+    /// The OpenPGP secret key (`key generate --openpgp`: NAME.openpgp.key)
+    /// that signs the simplestreams .sjson files and virt-builder's index.asc;
+    /// without it those are written unsigned. VMREPO_KEY_PASSWORD unlocks it.
+    #[arg(long, env = "VMREPO_OPENPGP_KEY", value_name = "FILE")]
+    pub openpgp_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -307,6 +344,15 @@ pub struct ServeArgs {
     /// Seconds the downloads in flight get to finish after SIGTERM or Ctrl-C [default: 30].
     #[arg(long, value_name = "SECS", value_parser = seconds)]
     pub grace: Option<Duration>,
+    /// Serve a signed catalog for `vmrepo pull` at /catalog.json, signed
+    /// with this minisign secret key (`vmrepo key generate`); an encrypted
+    /// one is unlocked with VMREPO_KEY_PASSWORD.
+    #[arg(long, env = "VMREPO_KEY", value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+    /// How long readers trust each served catalog: hours, days or weeks
+    /// (12h, 7d, 2w); it is signed again when half of that has passed.
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    pub catalog_expires: String,
 }
 
 /// A duration in seconds, decimals allowed (`0.5`), up to a day.

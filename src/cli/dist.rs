@@ -3,7 +3,14 @@
 //! trusts and fetching from a published tree (the library is vmrepo_dist;
 //! docs/distribution.md).
 
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
 use anyhow::{Context as _, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use vmrepo_dist::PullProgress;
 use vmrepo_dist::key::{self, PASSWORD_ENV};
 use vmrepo_dist::publish::{self, PublishOptions};
 use vmrepo_dist::pull::{PullOptions, Select};
@@ -15,10 +22,39 @@ use crate::Outcome;
 use crate::args::{MirrorArgs, PublishArgs, PullArgs};
 use crate::output::{self, line};
 
-pub(crate) fn key_generate(ctx: &Ctx<'_>, dir: Option<&std::path::Path>, name: &str) -> Result<Outcome> {
+pub(crate) fn key_generate(
+    ctx: &Ctx<'_>,
+    dir: Option<&std::path::Path>,
+    name: &str,
+    openpgp: bool,
+) -> Result<Outcome> {
     let dir = dir.unwrap_or(std::path::Path::new("."));
     let password = std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty());
-    let k = key::generate_key(dir, name, password)?;
+    if openpgp {
+        // Refused before anything is written when one of its files exists.
+        for p in vmrepo_dist::openpgp::key_files(dir, name) {
+            if std::fs::symlink_metadata(&p).is_ok() {
+                return Err(vmrepo_repo::Error::new(
+                    vmrepo_repo::ErrorKind::AlreadyExists,
+                    format!("{}: already exists", p.display()),
+                )
+                .into());
+            }
+        }
+    }
+    let k = key::generate_key(dir, name, password.clone())?;
+    let pgp = if openpgp {
+        match vmrepo_dist::openpgp::generate(dir, name, password) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                let _ = std::fs::remove_file(&k.secret);
+                let _ = std::fs::remove_file(&k.public);
+                return Err(e.into());
+            }
+        }
+    } else {
+        None
+    };
     if ctx.cli.json {
         output::json(&serde_json::json!({
             "secret_key": k.secret,
@@ -26,6 +62,7 @@ pub(crate) fn key_generate(ctx: &Ctx<'_>, dir: Option<&std::path::Path>, name: &
             "public_key": k.public_line,
             "key_id": k.key_id,
             "encrypted": k.encrypted,
+            "openpgp": pgp,
         }))?;
     } else {
         line(k.public.display())?;
@@ -43,6 +80,19 @@ pub(crate) fn key_generate(ctx: &Ctx<'_>, dir: Option<&std::path::Path>, name: &
                 k.key_id
             );
         }
+        if let Some(g) = &pgp {
+            line(g.keyring.display())?;
+            line(&g.fingerprint)?;
+            if !ctx.cli.quiet {
+                eprintln!(
+                    "OpenPGP secret key {} (mode 0600); give sites {} (or the keyring {}) and check its fingerprint {}",
+                    g.secret.display(),
+                    g.public_armored.display(),
+                    g.keyring.display(),
+                    g.fingerprint
+                );
+            }
+        }
     }
     Ok(Outcome::Clean)
 }
@@ -56,6 +106,8 @@ pub(crate) fn publish(ctx: &Ctx<'_>, a: &PublishArgs) -> Result<Outcome> {
         expires: publish::parse_expires(&a.expires)?,
         key: a.key.clone(),
         key_password: std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
+        smime: a.smime_cert.clone().zip(a.smime_key.clone()),
+        openpgp_key: a.openpgp_key.clone(),
     };
     let catalog = open_catalog(ctx)?;
     let report = publish::publish(&catalog, &opts, ctx.cancel)?;
@@ -118,13 +170,20 @@ pub(crate) fn trust_rm(ctx: &Ctx<'_>, name: &str) -> Result<Outcome> {
 
 pub(crate) fn pull(ctx: &Ctx<'_>, a: &PullArgs) -> Result<Outcome> {
     let opts = PullOptions {
-        source: a.source.clone(),
+        mirrors: a.mirrors.clone(),
         select: Select::parse(&a.exprs)?,
         dry_run: a.dry_run,
         insecure: a.insecure,
+        jobs: usize::from(a.jobs),
+        tries: a.tries,
+        stall: Duration::from_secs(a.stall_timeout),
+        ..PullOptions::new(&a.source)
     };
     let mut catalog = open_catalog(ctx)?;
-    let report = vmrepo_dist::pull(&mut catalog, &opts, ctx.cancel)?;
+    let bars = Arc::new(PullBars::new(ctx.cli.quiet || ctx.cli.json, ctx.cli.quiet));
+    let report = vmrepo_dist::pull(&mut catalog, &opts, ctx.cancel, bars.clone());
+    bars.clear();
+    let report = report?;
     if report.signer.is_none() && !ctx.cli.quiet {
         eprintln!(
             "vmrepo: warning: {}: the catalog is not signed by a trusted key (--insecure)",
@@ -141,7 +200,7 @@ pub(crate) fn pull(ctx: &Ctx<'_>, a: &PullArgs) -> Result<Outcome> {
         line(format_args!(
             "catalog serial {} from {} (signed by {signer}, expires {}): {} images selected, {} bytes transferred",
             report.serial,
-            report.source,
+            report.catalog_from,
             report.expires,
             report.images.len(),
             report.transferred
@@ -183,4 +242,82 @@ pub(crate) fn mirror(ctx: &Ctx<'_>, a: &MirrorArgs) -> Result<Outcome> {
         ))?;
     }
     Ok(Outcome::Clean)
+}
+
+/// `pull`'s progress on standard error: a bar per download under way and one
+/// for the total, drawn only on a terminal and without --quiet or --json;
+/// notes (a fail-over) are printed unless --quiet.
+struct PullBars {
+    multi: MultiProgress,
+    total: ProgressBar,
+    /// Per slot: its bar and the bytes it holds.
+    bars: Mutex<HashMap<usize, (ProgressBar, u64)>>,
+    quiet: bool,
+}
+
+impl PullBars {
+    fn new(hidden: bool, quiet: bool) -> PullBars {
+        let target = if !hidden && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr_with_hz(8)
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let multi = MultiProgress::with_draw_target(target);
+        let total = multi.add(ProgressBar::new(0));
+        total.set_style(style(
+            "{msg:.bold} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        ));
+        PullBars { multi, total, bars: Mutex::new(HashMap::new()), quiet }
+    }
+
+    fn clear(&self) {
+        for (bar, _) in self.bars.lock().unwrap_or_else(PoisonError::into_inner).values() {
+            bar.finish_and_clear();
+        }
+        self.total.finish_and_clear();
+        let _ = self.multi.clear();
+    }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+impl PullProgress for PullBars {
+    fn begin(&self, images: usize, bytes: u64) {
+        self.total.set_length(bytes);
+        self.total.set_message(format!("{images} images"));
+        self.total.enable_steady_tick(Duration::from_millis(250));
+    }
+    fn start(&self, slot: usize, path: &str, size: u64) {
+        let bar = self.multi.insert_before(&self.total, ProgressBar::new(size));
+        bar.set_style(style("{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}"));
+        bar.set_message(path.rsplit('/').next().unwrap_or(path).to_string());
+        self.bars.lock().unwrap_or_else(PoisonError::into_inner).insert(slot, (bar, 0));
+    }
+    fn position(&self, slot: usize, bytes: u64) {
+        let mut bars = self.bars.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((bar, had)) = bars.get_mut(&slot) {
+            bar.set_position(bytes);
+            if bytes >= *had {
+                self.total.inc(bytes - *had);
+            } else {
+                self.total.set_position(self.total.position().saturating_sub(*had - bytes));
+            }
+            *had = bytes;
+        }
+    }
+    fn done(&self, slot: usize) {
+        if let Some((bar, _)) = self.bars.lock().unwrap_or_else(PoisonError::into_inner).remove(&slot) {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
+    }
+    fn note(&self, message: &str) {
+        if !self.quiet {
+            self.multi.suspend(|| eprintln!("vmrepo: {message}"));
+        }
+    }
 }

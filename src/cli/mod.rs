@@ -56,6 +56,8 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
                 header_timeout: None,
                 grace: None,
                 public_url: None,
+                sign_key: None,
+                catalog_expires: "7d".into(),
             };
             serve::serve_repo(&ctx, Repository::open(&dir)?, &args)
         }
@@ -65,8 +67,8 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
         }
         Command::Token(TokenCommand::List) => token::list(&ctx),
         Command::Token(TokenCommand::Revoke { name }) => token::revoke(&ctx, name),
-        Command::Key(KeyCommand::Generate { output_dir, name }) => {
-            dist::key_generate(&ctx, output_dir.as_deref(), name)
+        Command::Key(KeyCommand::Generate { output_dir, name, openpgp }) => {
+            dist::key_generate(&ctx, output_dir.as_deref(), name, *openpgp)
         }
         Command::Publish(a) => dist::publish(&ctx, a),
         Command::Trust(TrustCommand::Add { keyfile, name }) => {

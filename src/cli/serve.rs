@@ -6,7 +6,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use vmrepo_dist::export::Signers;
+use vmrepo_dist::key::PASSWORD_ENV;
 use vmrepo_repo::{ErrorKind, Repository};
+use vmrepo_serve::signed::Signing;
 use vmrepo_serve::{AppState, Limits, ServeOptions};
 
 use super::{Ctx, open_repo};
@@ -70,9 +73,11 @@ pub(crate) fn serve_repo(ctx: &Ctx<'_>, repo: Repository, a: &ServeArgs) -> Resu
         grace: a.grace.unwrap_or(defaults.grace),
         ..defaults
     };
+    let signing = signing(a, &repo, public_url.clone())?;
     let mut state = AppState::new(repo, a.read_only, limits);
     state.scheme = scheme;
     state.public_url = public_url;
+    state.signing = signing;
     let state = Arc::new(state);
     let cancel = ctx.cancel;
     runtime.block_on(async {
@@ -104,6 +109,34 @@ pub(crate) fn serve_repo(ctx: &Ctx<'_>, repo: Repository, a: &ServeArgs) -> Resu
         anyhow::Ok(())
     })?;
     Ok(Outcome::Clean)
+}
+
+/// With `--sign-key`: the key, unlocked and checked before listening.
+fn signing(a: &ServeArgs, repo: &Repository, base_url: Option<String>) -> Result<Option<Signing>> {
+    let Some(path) = &a.sign_key else { return Ok(None) };
+    let validity = vmrepo_dist::publish::parse_expires(&a.catalog_expires).map_err(|e| {
+        vmrepo_repo::Error::new(
+            ErrorKind::InvalidInput,
+            e.to_string().replacen("--expires", "--catalog-expires", 1),
+        )
+    })?;
+    if let Some(root) = vmrepo_dist::key::inside_repository(path)
+        && root == repo.root()
+    {
+        return Err(vmrepo_repo::Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "--sign-key {}: inside the repository {}: keep the secret key out of the tree it signs",
+                path.display(),
+                root.display()
+            ),
+        )
+        .into());
+    }
+    let password = std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty());
+    let (minisign_secret, minisign_public) = vmrepo_dist::key::load_secret_key(path, password)?;
+    let signers = Signers::minisign(minisign_secret, minisign_public);
+    Ok(Some(Signing::new(signers, validity, base_url)))
 }
 
 /// A `--public-url`: http or https, a host, perhaps a port and a path; no

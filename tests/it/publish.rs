@@ -119,7 +119,7 @@ fn minisign_verifies_the_catalog_and_the_images_match_it() {
 }
 
 /// Validates with Python's jsonschema (Draft 2020-12, formats checked).
-fn check_against_schema(catalog: &Path) {
+pub(crate) fn check_against_schema(catalog: &Path) {
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/catalog.schema.json");
     let script = "import json,sys,jsonschema\n\
         s=json.load(open(sys.argv[1]))\n\

@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 use crate::util::{Repo, have, pattern_file, sh, sha256sum};
 
 /// A publishing repository with three images, its key, and DEST published.
-struct Published {
-    src: Repo,
-    key: PathBuf,
-    public: PathBuf,
-    dest: PathBuf,
+pub(crate) struct Published {
+    pub src: Repo,
+    pub key: PathBuf,
+    pub public: PathBuf,
+    pub dest: PathBuf,
 }
 
-fn published(sizes: &[usize]) -> Published {
+pub(crate) fn published(sizes: &[usize]) -> Published {
     let src = Repo::new();
     for (i, size) in sizes.iter().enumerate() {
         let f = src.scratch().join(format!("{i}.img"));
@@ -36,7 +36,7 @@ fn published(sizes: &[usize]) -> Published {
 }
 
 /// A second repository that trusts `public`.
-fn site(public: &Path) -> Repo {
+pub(crate) fn site(public: &Path) -> Repo {
     let r = Repo::new();
     r.ok(&["trust", "add", public.to_str().unwrap()]);
     r
@@ -47,7 +47,7 @@ fn url(dir: &Path) -> String {
 }
 
 /// Every published image is in `r`, byte for byte, and `md5sum -c` accepts its `.checksum`s.
-fn has_all_of(r: &Repo, p: &Published) {
+pub(crate) fn has_all_of(r: &Repo, p: &Published) {
     let catalog: serde_json::Value =
         serde_json::from_slice(&std::fs::read(p.dest.join("catalog.json")).unwrap()).unwrap();
     let mut want: Vec<String> = Vec::new();
@@ -70,12 +70,12 @@ fn has_all_of(r: &Repo, p: &Published) {
 }
 
 /// A free port on 127.0.0.1.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A child process killed when dropped.
-struct Guard(Child);
+pub(crate) struct Guard(pub Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -85,7 +85,7 @@ impl Drop for Guard {
 }
 
 /// Waits until something listens on `port`.
-fn wait_for(port: u16) {
+pub(crate) fn wait_for(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "nothing listens on {port}");

@@ -1,24 +1,37 @@
-//! Where `pull` reads from: a published folder (`file://`) or a web server
-//! (`http://`, `https://`), behind one interface that fetches a small file
+//! Where `pull` reads from: a published folder (`file://`), a web server
+//! (`http://`, `https://`) or an S3 bucket (`s3://bucket/prefix`, [`crate::s3`]),
+//! behind one interface that fetches a small file
 //! whole, with a cap, or opens a large one from an offset.
 //!
-//! Resuming asks the server for `Range: bytes=N-` only `If-Range` the
-//! entity is still the one the first attempt saw (its strong ETag); any
-//! other answer than 206 for exactly that range starts again from zero.
+//! Resuming asks the server for `Range: bytes=N-`, `If-Range` the entity
+//! is still the one an earlier attempt on the same server saw (its strong
+//! ETag); a 200 starts again from zero, a 206 for any other range than the
+//! one asked, or a `Content-Length` other than what the catalog's size
+//! leaves, is refused. From S3 the same: a ranged GET `If-Match` the ETag
+//! the first attempt saw. Bytes resumed from another server are spliced: the
+//! SHA-256 of the whole file proves them at the end.
+//!
+//! Redirects are followed (at most [`MAX_REDIRECTS`]), to any host, since
+//! nothing a server says is trusted, only the signed catalog's sizes and
+//! digests; from an `https://` source never to plain `http://`.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use vmrepo_repo::{Error, ErrorKind, Result, fsutil};
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a server may stay silent, before the answer or within the body:
-/// a stalled transfer fails (and is resumed by the next pull) instead of hanging.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may stay silent by default, before the answer or within
+/// the body: a stalled transfer fails (and goes to the next mirror, or is
+/// resumed by the next pull) instead of hanging.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most redirects followed for one request.
+pub const MAX_REDIRECTS: u32 = 5;
 /// The longest URL accepted as a source.
 const MAX_URL: usize = 2048;
 
@@ -29,6 +42,8 @@ pub enum Remote {
     Folder(PathBuf),
     /// A web server; the URL of the tree, without its trailing `/`.
     Web { base: String, agent: ureq::Agent },
+    /// A bucket and prefix.
+    S3(Arc<crate::s3::Bucket>),
 }
 
 /// A file opened for reading from some offset.
@@ -42,11 +57,21 @@ pub struct Opened {
 }
 
 impl Remote {
-    /// Parses `file:///path`, `http://host[:port][/prefix]` or `https://...`.
+    /// Parses `file:///path`, `http://host[:port][/prefix]`, `https://...`
+    /// or `s3://bucket[/prefix]` (the client's settings from the AWS
+    /// variables), with the default stall time-out.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`] for anything else.
     pub fn parse(source: &str) -> Result<Remote> {
+        Remote::parse_with(source, STALL_TIMEOUT)
+    }
+
+    /// [`Remote::parse`], failing a request when the server sends nothing for `stall`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] for a source of another form.
+    pub fn parse_with(source: &str, stall: Duration) -> Result<Remote> {
         let bad = |why: &str| Error::new(ErrorKind::InvalidInput, format!("pull source {source:?}: {why}"));
         if source.len() > MAX_URL || !source.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(bad("a URL of printable characters without spaces is expected"));
@@ -57,21 +82,29 @@ impl Remote {
             }
             return Ok(Remote::Folder(PathBuf::from(path)));
         }
+        if source.starts_with(crate::s3::SCHEME) {
+            let bucket = crate::s3::Bucket::open(source)
+                .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("pull source {e}")))?;
+            return Ok(Remote::S3(Arc::new(bucket)));
+        }
         let host = source.strip_prefix("http://").or_else(|| source.strip_prefix("https://"));
         match host {
             Some(h) if !h.is_empty() && !h.starts_with('/') && !source.contains(['?', '#']) => {
                 let config = ureq::Agent::config_builder()
                     .http_status_as_error(false)
                     .timeout_connect(Some(CONNECT_TIMEOUT))
-                    .timeout_recv_response(Some(READ_TIMEOUT))
+                    .timeout_recv_response(Some(stall))
                     .timeout_recv_body(None)
-                    .timeout_per_read(Some(READ_TIMEOUT))
-                    .max_redirects(5)
+                    .timeout_per_read(Some(stall))
+                    .max_redirects(MAX_REDIRECTS)
+                    .https_only(source.starts_with("https://"))
                     .user_agent(concat!("vmrepo/", env!("CARGO_PKG_VERSION")))
                     .build();
                 Ok(Remote::Web { base: source.trim_end_matches('/').to_string(), agent: config.into() })
             }
-            _ => Err(bad("file:///path, http://host[:port][/prefix] or https://... is expected")),
+            _ => Err(bad(
+                "file:///path, http://host[:port][/prefix], https://... or s3://bucket/prefix is expected",
+            )),
         }
     }
 
@@ -80,6 +113,7 @@ impl Remote {
         match self {
             Remote::Folder(p) => format!("file://{}", p.display()),
             Remote::Web { base, .. } => base.clone(),
+            Remote::S3(b) => b.url(),
         }
     }
 
@@ -88,6 +122,7 @@ impl Remote {
         match self {
             Remote::Folder(p) => p.join(rel).display().to_string(),
             Remote::Web { base, .. } => format!("{base}/{rel}"),
+            Remote::S3(b) => b.location(rel),
         }
     }
 
@@ -123,15 +158,19 @@ impl Remote {
                     e => net_error(&at, &e),
                 })
             }
+            Remote::S3(b) => b.get_small(rel, cap),
         }
     }
 
-    /// Opens `rel` to read from `offset`, if `etag` still names it; else from 0.
+    /// Opens `rel`, a file of `size` bytes, to read from `offset` (`If-Range`
+    /// `etag` when given); from 0 when the source cannot or will not continue.
     ///
     /// # Errors
-    /// [`ErrorKind::NotFound`] when it is not there; [`ErrorKind::Io`] for a
-    /// network error or an unexpected answer.
-    pub fn open_from(&self, rel: &str, offset: u64, etag: Option<&str>) -> Result<Opened> {
+    /// [`ErrorKind::NotFound`] when it is not there; [`ErrorKind::BadImage`]
+    /// when the server states another length than `size` leaves or answers
+    /// another range than the one asked; [`ErrorKind::Io`] for a network
+    /// error or another answer.
+    pub fn open_from(&self, rel: &str, size: u64, offset: u64, etag: Option<&str>) -> Result<Opened> {
         let at = self.location(rel);
         match self {
             Remote::Folder(p) => {
@@ -147,27 +186,30 @@ impl Remote {
             }
             Remote::Web { agent, .. } => {
                 let mut req = agent.get(&at);
-                let resuming = match etag {
-                    Some(tag) if offset > 0 => {
-                        req = req.header("Range", format!("bytes={offset}-")).header("If-Range", tag);
-                        true
+                if offset > 0 {
+                    req = req.header("Range", format!("bytes={offset}-"));
+                    if let Some(tag) = etag {
+                        req = req.header("If-Range", tag);
                     }
-                    _ => false,
-                };
+                }
                 let resp = req.call().map_err(|e| net_error(&at, &e))?;
                 let header =
                     |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+                let bad = |why: String| Error::new(ErrorKind::BadImage, format!("{at}: {why}"));
                 // Only a strong validator may resume (RFC 9110, If-Range).
-                let new_tag = header("etag").filter(|t| t.starts_with('"'));
+                let new_tag = header("etag").filter(|t| t.starts_with('"') && t.len() < MAX_ETAG);
                 let start = match resp.status().as_u16() {
                     200 => 0,
-                    206 if resuming => {
+                    206 if offset > 0 => {
                         let range = header("content-range").unwrap_or_default();
-                        if !range.starts_with(&format!("bytes {offset}-")) {
-                            return Err(Error::new(
-                                ErrorKind::Io,
-                                format!("{at}: asked for bytes from {offset}, the server sent {range:?}"),
-                            ));
+                        let last = size.saturating_sub(1);
+                        let fits = matches!(content_range(&range),
+                            Some((f, l, c)) if f == offset && l == last && (c == size || c == u64::MAX));
+                        if !fits {
+                            return Err(bad(format!(
+                                "asked for bytes {offset}-{} of {size}, the server sent the range {range:?}",
+                                size.saturating_sub(1)
+                            )));
                         }
                         offset
                     }
@@ -176,15 +218,63 @@ impl Remote {
                     }
                     s => return Err(Error::new(ErrorKind::Io, format!("{at}: the server answered {s}"))),
                 };
-                let etag = if start > 0 { etag.map(str::to_string) } else { new_tag };
+                let left = size.saturating_sub(start);
+                if let Some(len) = header("content-length") {
+                    match len.trim().parse::<u64>() {
+                        Ok(n) if n == left => {}
+                        _ => {
+                            return Err(bad(format!(
+                                "the server states a length of {len} bytes where {left} are due \
+                                 (the catalog's size {size}, from byte {start})"
+                            )));
+                        }
+                    }
+                }
+                let etag = match (start, etag) {
+                    (0, _) => new_tag,
+                    (_, Some(t)) => Some(t.to_string()),
+                    (_, None) => new_tag,
+                };
                 Ok(Opened { start, etag, body: Box::new(resp.into_body().into_reader()) })
+            }
+            Remote::S3(b) => {
+                let o = b.open_from(rel, offset, etag)?;
+                Ok(Opened { start: o.start, etag: o.etag, body: Box::new(o.body) })
             }
         }
     }
 }
 
+/// The longest ETag kept.
+const MAX_ETAG: usize = 256;
+
+/// `bytes FIRST-LAST/COMPLETE` (a complete length `*` is taken as unknown: `u64::MAX`).
+fn content_range(v: &str) -> Option<(u64, u64, u64)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (span, complete) = rest.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let complete = if complete == "*" { u64::MAX } else { complete.parse().ok()? };
+    Some((first.parse().ok()?, last.parse().ok()?, complete))
+}
+
 fn net_error(at: &str, e: &ureq::Error) -> Error {
-    Error::new(ErrorKind::Io, format!("{at}: {e}"))
+    match e {
+        ureq::Error::Timeout(_) => Error::new(ErrorKind::Io, format!("{at}: the server stalled ({e})")),
+        _ => Error::new(ErrorKind::Io, format!("{at}: {e}")),
+    }
+}
+
+/// A read error from a body, said plainly: a stall is named as one.
+pub fn body_error(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::TimedOut
+        || e.get_ref()
+            .and_then(|i| i.downcast_ref::<ureq::Error>())
+            .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)))
+    {
+        format!("the server stalled: {e}")
+    } else {
+        e.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +291,11 @@ mod tests {
         assert_eq!(web.key(), "http://127.0.0.1:8080/star");
         assert_eq!(web.location("catalog.json"), "http://127.0.0.1:8080/star/catalog.json");
         assert!(Remote::parse("https://vm.example.org").is_ok());
+        assert_eq!(content_range("bytes 10-99/100"), Some((10, 99, 100)));
+        assert_eq!(content_range("bytes 10-99/*"), Some((10, 99, u64::MAX)));
+        for bad in ["bytes 10-99", "bytes=10-99/100", "bytes a-99/100", "", "bytes 10-/100"] {
+            assert_eq!(content_range(bad), None, "{bad}");
+        }
         for bad in [
             "",
             "/srv/vm",
@@ -211,6 +306,7 @@ mod tests {
             "http://a b",
             "http://h/?q",
             "s3://b/p",
+            "s3://star-vm/../x",
         ] {
             assert_eq!(Remote::parse(bad).unwrap_err().kind(), ErrorKind::InvalidInput, "{bad}");
         }

@@ -9,13 +9,11 @@
 //! change).
 
 use std::fmt::Write as _;
-use std::fs;
-use std::path::Path;
-
 use vmrepo_repo::{Error, ErrorKind, Result};
 
 use crate::ledger::Entry;
 use crate::place;
+use crate::store::{self, Store};
 
 /// The extension added to the image's file name.
 pub const EXTENSION: &str = "meta4";
@@ -60,37 +58,63 @@ impl Metalink<'_> {
         Ok(x)
     }
 
-    /// Writes the document at `dest` (a temporary file, rename: publish syncs
-    /// the filesystem once) unless the file already there says the same: then
-    /// it is left untouched, and its `<published>` time stays. `known` is what
-    /// the ledger recorded for it. Returns whether it was written, and what
-    /// the ledger is to record.
+    /// Writes the document at `rel` in a publish destination (a folder or a
+    /// bucket) unless the file already there says the same: then it is left
+    /// untouched, and its `<published>` time stays. Returns whether it was
+    /// written and, in a folder, what the ledger is to record for it.
+    ///
+    /// In a folder (a temporary file, rename: publish syncs the filesystem
+    /// once), `known` is what the ledger recorded for it: its `<published>`
+    /// time, and the inode that proves it unchanged without reading it. In a
+    /// bucket the object is read back and compared.
     ///
     /// # Errors
-    /// Those of [`Metalink::render`]; an I/O error naming the file.
-    pub fn write(&self, dest: &Path, published: &str, known: Option<&Entry>) -> Result<(bool, Entry)> {
-        // The time it was published: as the ledger recorded it, else as the file says.
-        let before = known.and_then(|k| k.6.clone()).or_else(|| previous_published(dest));
-        if let Some(before) = before
-            && let Ok(same) = self.render(&before)
-            && let Some(mut entry) = place::unchanged(dest, same.as_bytes(), known)?
-        {
-            entry.6 = Some(before);
-            return Ok((false, entry));
+    /// Those of [`Metalink::render`]; an I/O or network error naming the file.
+    pub fn write_to(
+        &self,
+        store: &Store,
+        rel: &str,
+        published: &str,
+        known: Option<&Entry>,
+    ) -> Result<(bool, Option<Entry>)> {
+        if let Store::Folder(dest) = store {
+            let path = store::dest_path(dest, rel)?;
+            // The time it was published: as the ledger recorded it, else as the file says.
+            let before = known.and_then(|k| k.6.clone()).or_else(|| {
+                let bytes = store.read_small(rel, MAX_METALINK_FILE).ok().flatten()?;
+                previous_published(&bytes)
+            });
+            if let Some(before) = before
+                && let Ok(same) = self.render(&before)
+                && let Some(mut entry) = place::unchanged(&path, same.as_bytes(), known)?
+            {
+                entry.6 = Some(before);
+                return Ok((false, Some(entry)));
+            }
+            let (written, mut entry) = place::place_small(&path, self.render(published)?.as_bytes(), None)?;
+            entry.6 = Some(published.to_string());
+            return Ok((written, Some(entry)));
         }
-        let (written, mut entry) = place::place_small(dest, self.render(published)?.as_bytes(), None)?;
-        entry.6 = Some(published.to_string());
-        Ok((written, entry))
+        let before = store.read_small(rel, MAX_METALINK_FILE).ok().flatten();
+        if let Some(same) = self.unchanged(before.as_deref())? {
+            return Ok((!same, None));
+        }
+        Ok((store.put_small(rel, self.render(published)?.as_bytes())?, None))
+    }
+
+    /// `Some(true)` when `before` (the file already there) says the same
+    /// with its own `<published>` time; `None` when there is none to compare.
+    fn unchanged(&self, before: Option<&[u8]>) -> Result<Option<bool>> {
+        let Some(before) = before else { return Ok(None) };
+        let Some(time) = previous_published(before) else { return Ok(None) };
+        let same = self.render(&time)?;
+        Ok((before == same.as_bytes()).then_some(true))
     }
 }
 
-/// The `<published>` time of the Metalink file at `dest`, if there is one.
-fn previous_published(dest: &Path) -> Option<String> {
-    let md = fs::symlink_metadata(dest).ok()?;
-    if !md.is_file() || md.len() > MAX_METALINK_FILE {
-        return None;
-    }
-    let text = fs::read_to_string(dest).ok()?;
+/// The `<published>` time of a Metalink file's bytes, if it has one.
+fn previous_published(bytes: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
     let start = text.find("<published>")? + "<published>".len();
     let len = text.get(start..)?.find("</published>")?;
     let t = text.get(start..start + len)?;
@@ -147,6 +171,7 @@ pub fn encode_path(path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
@@ -194,14 +219,15 @@ mod tests {
     fn an_unchanged_metalink_is_not_written_again() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("a.img.meta4");
+        let store = Store::Folder(dir.path().to_path_buf());
         let bases = urls(&["http://127.0.0.1:1"]);
         let sha = "0".repeat(64);
         let m = Metalink { file: "a.img", path: "vm/kvm/a.img", size: 1, sha256: &sha, base_urls: &bases };
-        assert!(m.write(&dest, "2026-01-01T00:00:00Z", None).unwrap().0);
+        assert!(m.write_to(&store, "a.img.meta4", "2026-01-01T00:00:00Z", None).unwrap().0);
         let before = fs::metadata(&dest).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         // A later publish with nothing changed: same inode, same mtime, the first time kept.
-        assert!(!m.write(&dest, "2026-02-01T00:00:00Z", None).unwrap().0);
+        assert!(!m.write_to(&store, "a.img.meta4", "2026-02-01T00:00:00Z", None).unwrap().0);
         let after = fs::metadata(&dest).unwrap();
         assert_eq!(
             (before.ino(), before.mtime(), before.mtime_nsec()),
@@ -211,7 +237,7 @@ mod tests {
         // A new mirror changes it, with the new time.
         let more = urls(&["http://127.0.0.1:1", "http://127.0.0.1:2"]);
         let m2 = Metalink { base_urls: &more, ..m.clone() };
-        assert!(m2.write(&dest, "2026-02-01T00:00:00Z", None).unwrap().0);
+        assert!(m2.write_to(&store, "a.img.meta4", "2026-02-01T00:00:00Z", None).unwrap().0);
         let text = fs::read_to_string(&dest).unwrap();
         assert!(text.contains("2026-02-01T00:00:00Z") && text.contains("priority=\"2\""), "{text}");
         assert_ne!(fs::metadata(&dest).unwrap().ino(), before.ino());

@@ -32,6 +32,7 @@ use crate::place;
 use crate::publish;
 use crate::pull::{self, MAX_CATALOG, MAX_SIGNATURE};
 use crate::schema::{CATALOG_FILE, CatalogImage, SIGNATURE_FILE};
+use crate::store::Store;
 use crate::trust::TrustedKey;
 
 /// The largest sidecar, Metalink file or index file copied.
@@ -41,7 +42,22 @@ const CHUNK: usize = 1 << 20;
 /// Files of the tree other than the catalog and the images' own, copied
 /// when the source has them, each in the stage publish writes it in. An
 /// export that adds files adds their names here.
-const TREE_FILES: &[(&str, Stage)] = &[("style.css", Stage::Index), ("index.html", Stage::Index)];
+/// (404: that export was not published; skipped.)
+const TREE_FILES: &[(&str, Stage)] = &[
+    // simplestreams' products file, unsigned and clearsigned
+    // (export::simplestreams, `streams/v1/<CONTENT_ID>.json`).
+    ("streams/v1/gov.bnl.star.vmrepo:images.json", Stage::Signed),
+    ("streams/v1/gov.bnl.star.vmrepo:images.sjson", Stage::Signed),
+    // The HEPiX image list (export::hepix).
+    ("image.list", Stage::Signed),
+    // simplestreams' index, virt-builder's index, the static page.
+    ("streams/v1/index.json", Stage::Index),
+    ("streams/v1/index.sjson", Stage::Index),
+    ("index.asc", Stage::Index),
+    ("index", Stage::Index),
+    ("style.css", Stage::Index),
+    ("index.html", Stage::Index),
+];
 
 /// What a mirror did.
 #[derive(Clone, Debug, Serialize)]
@@ -96,10 +112,11 @@ pub fn mirror(
         })?;
     }
 
-    let dest = publish::prepare_dest(dest)?;
-    let _lock = publish::lock_dest(&dest)?;
-    publish::remove_dead_temps(&dest);
-    let (next, previous) = publish::read_previous(&dest)?;
+    let store = Store::folder(dest)?;
+    let dest = dest.to_path_buf();
+    let _lock = store.lock()?;
+    store.remove_dead_temps();
+    let (next, previous) = publish::read_previous(&store)?;
     // read_previous gives one more than DEST's serial, 1 when it has none.
     let here = next.saturating_sub(1);
     if doc.serial < here {
@@ -163,7 +180,7 @@ pub fn mirror(
             files.push(OutFile { path: (*rel).into(), bytes: b, stage: *stage });
         }
     }
-    publish::write_exports(&dest, &files)?;
+    publish::write_exports(&store, &files)?;
     report.removed = publish::remove_old(&dest, &doc, previous, known, &mut ledger)?;
     ledger.save(&dest)?;
     Ok(report)
@@ -212,7 +229,7 @@ fn mirror_image(
     let at = remote.location(&image.path);
     let tmp = fsutil::temp_sibling(&path);
     let result = (|| {
-        let mut opened = remote.open_from(&image.path, 0, None)?;
+        let mut opened = remote.open_from(&image.path, image.size, 0, None)?;
         let mut out = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -267,4 +284,24 @@ fn mirror_image(
     report.transferred = report.transferred.saturating_add(got);
     let md = fs::symlink_metadata(&path).map_err(|e| Error::io("read", &path, e))?;
     Ok(Entry::of(&image.sha256, &md))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::{hepix, html, simplestreams, virtbuilder};
+
+    #[test]
+    fn every_export_file_is_mirrored_in_its_stage() {
+        let listed = |p: &str, stage: Stage| TREE_FILES.iter().any(|(q, s)| *q == p && *s == stage);
+        let products = format!("streams/v1/{}", simplestreams::CONTENT_ID);
+        assert!(listed(&format!("{products}.json"), Stage::Signed));
+        assert!(listed(&format!("{products}.sjson"), Stage::Signed));
+        assert!(listed(hepix::FILE, Stage::Signed));
+        assert!(listed(simplestreams::INDEX, Stage::Index));
+        assert!(listed("streams/v1/index.sjson", Stage::Index));
+        assert!(listed(virtbuilder::SIGNED_INDEX, Stage::Index));
+        assert!(listed(virtbuilder::INDEX, Stage::Index));
+        assert!(listed(html::STYLE_FILE, Stage::Index) && listed(html::PAGE_FILE, Stage::Index));
+    }
 }

@@ -1,6 +1,7 @@
 //! `vmrepo publish DEST`: the selected images with their sidecars under
 //! `DEST/vm/<VM>/`, with `--base-url` a Metalink file beside each
-//! ([`crate::metalink`]), then `catalog.json` and its signature.
+//! ([`crate::metalink`]), then `catalog.json` and its signature. DEST is a
+//! folder or `s3://bucket/prefix` ([`crate::store`]).
 //!
 //! The order keeps readers consistent (docs/distribution.md): every image
 //! is complete and fsynced under its name before a catalog naming it
@@ -8,37 +9,38 @@
 //! rename); then the new signature and the new catalog are written to
 //! temporary files and fsynced, and renamed: the signature first, the
 //! catalog last, so that whoever sees the new catalog finds its signature
-//! already there. Images no catalog names any more are left in place.
+//! already there (in a bucket: one PUT each, in the same order). In a
+//! folder, what neither the new catalog nor the previous one names is then
+//! removed ([`remove_old`]); in a bucket old objects are left in place (not
+//! done yet).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use jiff::{SignedDuration, Timestamp, Unit};
 use serde::Serialize;
 use vmrepo_repo::checksum::{self, ChecksumLine, parse_hex};
-use vmrepo_repo::description::Description;
 use vmrepo_repo::layout::{ImageKind, Sidecars};
 use vmrepo_repo::{Catalog, Error, ErrorKind, ImageRecord, Query, Result, fsutil};
 
 use crate::digests::Sha512Cache;
+use crate::entries;
 use crate::export::{self, OutFile, Signers, Stage};
 use crate::key;
 use crate::ledger::{self, Entry, Ledger};
 use crate::metalink::{self, Metalink};
 use crate::place::{self, Placed};
 use crate::schema::{self, CATALOG_FILE, CatalogDoc, CatalogImage};
+use crate::store::Store;
 
-/// The lock file in DEST that keeps two publishes from choosing the same serial.
-const LOCK_FILE: &str = ".vmrepo-publish.lock";
 /// The largest previous catalog read (for its serial).
 const MAX_CATALOG_FILE: u64 = 1 << 30;
 
 /// What to publish, where, signed by what.
 #[derive(Clone, Debug)]
 pub struct PublishOptions {
+    /// A folder, or `s3://bucket[/prefix]`.
     pub dest: PathBuf,
     pub query: Query,
     pub base_url: Option<String>,
@@ -49,8 +51,13 @@ pub struct PublishOptions {
     pub expires: SignedDuration,
     /// The minisign secret key.
     pub key: PathBuf,
-    /// Its password, if it is encrypted.
+    /// Its password, if it is encrypted (it unlocks the OpenPGP key too).
     pub key_password: Option<String>,
+    /// The X.509 certificate (PEM) and its key that sign the HEPiX image list; both or neither.
+    pub smime: Option<(PathBuf, PathBuf)>,
+    /// The OpenPGP secret key that signs the simplestreams and virt-builder
+    /// files (`key generate --openpgp`); without it they are written unsigned.
+    pub openpgp_key: Option<PathBuf>,
 }
 
 /// What a publish did.
@@ -66,8 +73,8 @@ pub struct PublishReport {
     pub skipped: usize,
     /// Metalink files written (new or changed; those unchanged are left alone).
     pub metalinks: usize,
-    /// Files removed from DEST (images, sidecars, Metalink files) that
-    /// neither this catalog nor the previous one names.
+    /// Files removed from a folder DEST (images, sidecars, Metalink files)
+    /// that neither this catalog nor the previous one names (0 for a bucket).
     pub removed: usize,
     /// Selected images that cannot be published, with the reason.
     pub left_out: Vec<LeftOut>,
@@ -84,16 +91,25 @@ pub struct LeftOut {
     pub reason: &'static str,
 }
 
-/// Publishes the images `opts.query` selects to the folder `opts.dest`.
+/// Publishes the images `opts.query` selects to the folder or bucket `opts.dest`.
 ///
 /// # Errors
 /// [`ErrorKind::InvalidInput`] for a destination inside a repository, a
-/// bad base URL or an unusable key; [`ErrorKind::Locked`] while another
-/// publish writes to the same folder; [`ErrorKind::BadSidecar`] when the
+/// bad base URL or bucket URL, or an unusable key; [`ErrorKind::Locked`]
+/// while another publish writes to the same destination; [`ErrorKind::BadSidecar`] when the
 /// catalog already there cannot be read for its serial; the errors of
 /// placing an image; an interruption.
 pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) -> Result<PublishReport> {
     let (sk, pk) = key::load_secret_key(&opts.key, opts.key_password.clone())?;
+    let smime = match &opts.smime {
+        Some((cert, key)) => Some(crate::smime::SmimeSigner::load(cert, key, Timestamp::now())?),
+        None => None,
+    };
+    let openpgp = opts
+        .openpgp_key
+        .as_deref()
+        .map(|p| crate::openpgp::load_secret_key(p, opts.key_password.clone()))
+        .transpose()?;
     let base_url = opts.base_url.as_deref().map(check_base_url).transpose()?;
     let mut base_urls: Vec<String> = base_url.iter().cloned().collect();
     for m in &opts.mirrors {
@@ -102,20 +118,24 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         }
         base_urls.push(check_url("--mirror", m)?);
     }
-    let dest = prepare_dest(&opts.dest)?;
-    let _lock = lock_dest(&dest)?;
-    remove_dead_temps(&dest);
-    let (serial, previous) = read_previous(&dest)?;
-    let known = Ledger::load(&dest);
+    let store = Store::open(&opts.dest, &catalog.repo().meta_dir())?;
+    let _lock = store.lock()?;
+    store.remove_dead_temps();
+    let (serial, previous) = read_previous(&store)?;
+    // The ledger of a folder: what earlier publishes placed, proved by a stat.
+    let known = match &store {
+        Store::Folder(dest) => Ledger::load(dest),
+        Store::S3 { .. } => Ledger::default(),
+    };
     let mut ledger = Ledger::default();
     let mut made = BTreeSet::new();
-    // Sidecars written (new or changed).
+    // Small files written (new or changed).
     let mut sidecars = 0usize;
     let generated = Timestamp::now().round(Unit::Second).map_err(time_error)?;
     let expires = generated.checked_add(opts.expires).map_err(time_error)?;
 
     let mut report = PublishReport {
-        dest: dest.clone(),
+        dest: opts.dest.clone(),
         serial,
         images: 0,
         copied: 0,
@@ -135,7 +155,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         }
         let Some((sha256, md5)) = publishable(&rec, &mut report) else { continue };
         let mut to = Placing {
-            dest: &dest,
+            store: &store,
             known: &known,
             ledger: &mut ledger,
             made: &mut made,
@@ -150,6 +170,8 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         images.push(image);
     }
     report.images = images.len();
+    // Uploads a killed publish left for images not published now.
+    store.forget_uploads_but(&images.iter().map(|i| i.path.clone()).collect::<Vec<_>>());
     // Every image is in place: now the Metalink files that point at them.
     if !base_urls.is_empty() {
         for image in &mut images {
@@ -165,11 +187,12 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
                 base_urls: &base_urls,
             };
             let (written, entry) =
-                m.write(&dest.join(&relative), &report.generated, known.files.get(&relative))?;
+                m.write_to(&store, &relative, &report.generated, known.files.get(&relative))?;
             if written {
                 report.metalinks += 1;
             }
-            ledger.files.insert(relative.clone(), entry);
+            // In a bucket only listed (for the page): the ledger is not kept there.
+            ledger.files.insert(relative.clone(), entry.unwrap_or_default());
             image.metalink = Some(relative);
         }
     }
@@ -182,7 +205,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         base_url,
         images,
     };
-    let signers = Signers { minisign_secret: sk, minisign_public: pk };
+    let signers = Signers { minisign_secret: sk, minisign_public: pk, smime, openpgp };
     let mut sha512 = BTreeMap::new();
     if export::wants_sha512(&signers) {
         let mut cache = Sha512Cache::load(catalog.repo().root());
@@ -194,6 +217,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
             sha512.insert(image.sha256.clone(), got?);
         }
     }
+    // What this publish placed (relative to DEST): what a page may link to.
     let placed: BTreeSet<String> = ledger.files.keys().cloned().collect();
     let ctx = export::Context {
         doc: &doc,
@@ -205,15 +229,19 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         files: &placed,
     };
     let files = export::render_all(&ctx, &mut report.exports_skipped)?;
-    // Every image, sidecar and Metalink file durable before a catalog names
-    // them; when none was written, there is nothing to sync (syncfs also
-    // waits for whatever else was written to that filesystem).
-    if report.linked + report.copied + report.metalinks + sidecars > 0 {
-        place::sync_filesystem(&dest)?;
+    if let Store::Folder(dest) = &store {
+        // Every image, sidecar and Metalink file durable before a catalog
+        // names them; when none was written, there is nothing to sync
+        // (syncfs also waits for whatever else was written to that filesystem).
+        if report.linked + report.copied + report.metalinks + sidecars > 0 {
+            place::sync_filesystem(dest)?;
+        }
     }
-    write_exports(&dest, &files)?;
-    report.removed = remove_old(&dest, &doc, previous, known, &mut ledger)?;
-    ledger.save(&dest)?;
+    write_exports(&store, &files)?;
+    if let Store::Folder(dest) = &store {
+        report.removed = remove_old(dest, &doc, previous, known, &mut ledger)?;
+        ledger.save(dest)?;
+    }
     Ok(report)
 }
 
@@ -250,23 +278,15 @@ pub fn parse_expires(value: &str) -> Result<SignedDuration> {
 /// why, in the report) for one that cannot: a folder image, an image whose
 /// file is missing, or one without a recorded SHA-256 and MD5.
 fn publishable(rec: &ImageRecord, report: &mut PublishReport) -> Option<(String, String)> {
-    let reason = match (rec.image_kind(), &rec.sha256, &rec.md5, rec.size) {
-        (ImageKind::File, Some(s), Some(m), Some(_))
-            if parse_hex::<32>(s).is_some() && parse_hex::<16>(m).is_some() =>
-        {
-            return Some((s.to_ascii_lowercase(), m.to_ascii_lowercase()));
-        }
-        (ImageKind::Folder, ..) => "an image folder (several files): not published yet",
-        (ImageKind::Missing, ..) => "the image file is missing",
-        _ => "no well-formed recorded SHA-256 and MD5: run vmrepo verify",
-    };
-    report.left_out.push(LeftOut { path: rec.path.clone(), reason });
-    None
+    entries::digests(rec)
+        .map_err(|reason| report.left_out.push(LeftOut { path: rec.path.clone(), reason }))
+        .ok()
 }
 
-/// Where images are placed, and what is recorded of them.
+/// Where images are placed, and what is recorded of them (the ledger: kept
+/// in a folder only; for a bucket it only lists what was placed).
 struct Placing<'a> {
-    dest: &'a Path,
+    store: &'a Store,
     /// What the previous publishes recorded ([`Ledger`]).
     known: &'a Ledger,
     /// What this one records.
@@ -278,14 +298,58 @@ struct Placing<'a> {
 }
 
 impl Placing<'_> {
-    /// Places a small file at `rel` and records it.
+    /// Places the image `src` at `rel`: in a folder proved by the ledger
+    /// when it can be, and recorded; in a bucket as [`Store::put_image`].
+    fn image(
+        &mut self,
+        src: &Path,
+        rel: &str,
+        size: u64,
+        sha256: &str,
+        cancel: &AtomicBool,
+    ) -> Result<Placed> {
+        let Store::Folder(dest) = self.store else {
+            // In a bucket only listed (for the page): the ledger is not kept there.
+            self.ledger.files.insert(rel.to_string(), Entry::default());
+            return self.store.put_image(src, rel, size, sha256, cancel);
+        };
+        let path = self.folder_for(dest, rel)?;
+        let (placed, entry) =
+            place::place_image(src, &path, size, sha256, self.known.files.get(rel), cancel)?;
+        self.ledger.files.insert(rel.to_string(), entry);
+        Ok(placed)
+    }
+
+    /// Places a small file at `rel`, and in a folder records it.
     fn small(&mut self, rel: String, bytes: &[u8]) -> Result<()> {
-        let (written, entry) = place::place_small(&self.dest.join(&rel), bytes, self.known.files.get(&rel))?;
+        let written = match self.store {
+            Store::Folder(dest) => {
+                let path = self.folder_for(dest, &rel)?;
+                let (written, entry) = place::place_small(&path, bytes, self.known.files.get(&rel))?;
+                self.ledger.files.insert(rel, entry);
+                written
+            }
+            Store::S3 { .. } => {
+                let written = self.store.put_small(&rel, bytes)?;
+                self.ledger.files.insert(rel, Entry::default());
+                written
+            }
+        };
         if written {
             *self.written += 1;
         }
-        self.ledger.files.insert(rel, entry);
         Ok(())
+    }
+
+    /// `dest/rel`, its folder made and checked once per publish.
+    fn folder_for(&mut self, dest: &Path, rel: &str) -> Result<PathBuf> {
+        let dir = rel.rsplit_once('/').map_or("", |(d, _)| d);
+        if self.made.contains(dir) {
+            return crate::store::dest_path(dest, rel);
+        }
+        let path = self.store.folder_for(dest, rel)?;
+        self.made.insert(dir.to_string());
+        Ok(path)
     }
 }
 
@@ -307,164 +371,56 @@ fn publish_one(
         }
     }
     let src_dir = catalog.repo().vm_root().join(&rec.folder);
-    let dest_dir = to.dest.join("vm").join(&rec.folder);
-    if !to.made.contains(&rec.folder) {
-        fs::create_dir_all(&dest_dir).map_err(|e| Error::io("create the folder", &dest_dir, e))?;
-        fsutil::real_folder(to.dest, &dest_dir)?;
-        to.made.insert(rec.folder.clone());
-    }
+    let dest_dir = format!("{}/{}", vmrepo_repo::layout::VM_DIR, rec.folder);
     let size = rec.size.unwrap_or(0);
-    let rel = format!("vm/{}/{}", rec.folder, rec.file);
-    let (placed, entry) = place::place_image(
-        &src_dir.join(&rec.file),
-        &dest_dir.join(&rec.file),
-        size,
-        &sha256,
-        to.known.files.get(&rel),
-        cancel,
-    )
-    .map_err(|e| e.context(format!("publish {}", rec.path)))?;
-    to.ledger.files.insert(rel, entry);
+    let placed = to
+        .image(&src_dir.join(&rec.file), &format!("{dest_dir}/{}", rec.file), size, &sha256, cancel)
+        .map_err(|e| e.context(format!("publish {}", rec.path)))?;
     let sidecars = Sidecars::of(&src_dir, &rec.file, &rec.name, ImageKind::File);
     // The .checksum is written anew from the record, as md5sum -c reads it.
     let md5_bytes = parse_hex::<16>(&md5).ok_or_else(|| {
         Error::new(ErrorKind::BadSidecar, format!("{}: a malformed recorded MD5", rec.path))
     })?;
     let checksum = checksum::format(&[ChecksumLine { md5: md5_bytes, path: rec.file.clone() }]);
-    to.small(format!("vm/{}/{}.checksum", rec.folder, rec.name), checksum.as_bytes())?;
-    // The description is read once: copied as it is, and its facts go in the catalog.
-    let txt = vmrepo_repo::catalog::read_capped(
+    to.small(format!("{dest_dir}/{}.checksum", rec.name), checksum.as_bytes())?;
+    if let Ok(txt) = vmrepo_repo::catalog::read_capped(
         &sidecars.description,
         vmrepo_repo::description::MAX_DESCRIPTION_FILE,
-    )
-    .ok();
-    if let Some(txt) = &txt {
-        to.small(format!("vm/{}/{}.txt", rec.folder, rec.name), txt)?;
+    ) {
+        to.small(format!("{dest_dir}/{}.txt", rec.name), &txt)?;
     }
-    let facts =
-        txt.as_deref().and_then(|b| Description::parse(b).ok()).map(|d| d.facts().0).unwrap_or_default();
-    let description = serde_json::to_value(&facts)
-        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot encode the description: {e}")))?;
-    let r = rec;
-    let image = CatalogImage {
-        path: format!("vm/{}/{}", r.folder, r.file),
-        vm: r.vm,
-        name: r.name,
-        file: r.file,
-        size,
-        sha256,
-        md5,
-        format: r.format,
-        virtual_size: r.virtual_size,
-        storage: r.storage,
-        os: r.os,
-        osinfo: r.osinfo,
-        arch: r.arch,
-        bits: r.bits,
-        lib: r.lib,
-        maxsize: r.maxsize,
-        maxsize_bytes: r.maxsize_bytes,
-        detail: r.detail,
-        kernel: r.kernel,
-        added: r.added,
-        description,
-        metalink: None,
-    };
+    let image = entries::entry(catalog, rec, sha256, md5)?;
     Ok((placed, image))
-}
-
-/// Creates DEST if needed, refusing one inside a repository.
-pub(crate) fn prepare_dest(dest: &Path) -> Result<PathBuf> {
-    if let Some(root) = key::inside_repository(dest) {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!(
-                "{}: inside the repository {}: publish to a folder of its own",
-                dest.display(),
-                root.display()
-            ),
-        ));
-    }
-    fs::create_dir_all(dest).map_err(|e| Error::io("create the folder", dest, e))?;
-    let md = fs::metadata(dest).map_err(|e| Error::io("read", dest, e))?;
-    if !md.is_dir() {
-        return Err(Error::new(ErrorKind::InvalidInput, format!("{}: not a folder", dest.display())));
-    }
-    Ok(dest.to_path_buf())
-}
-
-/// Holds DEST's publish lock until dropped.
-pub(crate) fn lock_dest(dest: &Path) -> Result<File> {
-    let path = dest.join(LOCK_FILE);
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("open", &path, e))?;
-    rustix::fs::flock(f.as_fd(), rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-        Error::new(ErrorKind::Locked, format!("{}: another vmrepo publish is writing there", dest.display()))
-    })?;
-    Ok(f)
-}
-
-/// Removes the temporary files a publish killed in the middle left in DEST
-/// and its `vm/<VM>/` folders: under DEST's lock no other publish writes
-/// there, so every such file is dead, and a web server would serve it.
-/// Links are neither followed nor removed; what cannot be removed is left
-/// with a warning.
-pub(crate) fn remove_dead_temps(dest: &Path) {
-    let mut folders = vec![dest.to_path_buf()];
-    if let Ok(vms) = fs::read_dir(dest.join(vmrepo_repo::layout::VM_DIR)) {
-        folders.extend(vms.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
-    }
-    for folder in folders {
-        let Ok(entries) = fs::read_dir(&folder) else { continue };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            if e.file_type().is_ok_and(|t| t.is_file())
-                && fsutil::is_temp_sibling(&name.to_string_lossy())
-                && let Err(err) = fs::remove_file(e.path())
-            {
-                tracing::warn!("cannot remove {}: {err}", e.path().display());
-            }
-        }
-    }
 }
 
 /// What the catalog already in DEST says: the next serial (one more than
 /// its own, or 1), and the paths it names (`None` when there is none, or
 /// its images cannot be read: then nothing is removed).
-pub(crate) fn read_previous(dest: &Path) -> Result<(u64, Option<BTreeSet<String>>)> {
-    let path = dest.join(CATALOG_FILE);
+pub(crate) fn read_previous(store: &Store) -> Result<(u64, Option<BTreeSet<String>>)> {
+    let at = store.location(CATALOG_FILE);
     let mut named = None;
-    let previous = match fs::symlink_metadata(&path) {
-        Err(e) if fsutil::is_not_found(&e) => None,
-        _ => {
-            let bytes = vmrepo_repo::catalog::read_capped(&path, MAX_CATALOG_FILE).map_err(|e| {
-                Error::new(ErrorKind::BadSidecar, format!("cannot read {}: {e}", path.display()))
-            })?;
+    let previous = match store.read_small(CATALOG_FILE, MAX_CATALOG_FILE)? {
+        None => None,
+        Some(bytes) => {
             let serial = schema::previous_serial(&bytes).map_err(|e| {
                 Error::new(
                     ErrorKind::BadSidecar,
-                    format!(
-                        "{}: {e}; its serial cannot be known, so no new catalog is written",
-                        path.display()
-                    ),
+                    format!("{at}: {e}; its serial cannot be known, so no new catalog is written"),
                 )
             })?;
             match serde_json::from_slice::<Named>(&bytes) {
                 Ok(n) => named = Some(n.paths()),
-                Err(e) => tracing::warn!(
-                    "{}: its images cannot be read ({e}): no old image is removed this time",
-                    path.display()
-                ),
+                Err(e) => {
+                    tracing::warn!(
+                        "{at}: its images cannot be read ({e}): no old image is removed this time"
+                    );
+                }
             }
             Some(serial)
         }
     };
     let next = schema::next_serial(previous).ok_or_else(|| {
-        Error::new(ErrorKind::InvalidInput, format!("{}: the serial cannot grow any more", path.display()))
+        Error::new(ErrorKind::InvalidInput, format!("{at}: the serial cannot grow any more"))
     })?;
     Ok((next, named))
 }
@@ -566,56 +522,15 @@ pub(crate) fn remove_old(
     Ok(removed)
 }
 
-/// Writes the exports' files: those of each stage complete and fsynced
-/// under temporary names first, then renamed in their order, the folders
-/// fsynced, before the next stage starts. A file that already has its
-/// bytes is left alone (its modification time too, for web caches).
-pub(crate) fn write_exports(dest: &Path, files: &[OutFile]) -> Result<()> {
+/// Writes the exports' files, stage after stage: those of a stage in their
+/// order ([`Store::write_stage`]: in a folder complete and fsynced under
+/// temporary names first, then renamed), before the next stage starts.
+pub(crate) fn write_exports(store: &Store, files: &[OutFile]) -> Result<()> {
     for stage in [Stage::Signed, Stage::Index] {
-        let mut pending: Vec<(PathBuf, PathBuf)> = Vec::new();
-        let result = (|| {
-            for f in files.iter().filter(|f| f.stage == stage) {
-                let path = dest_path(dest, &f.path)?;
-                let same_len = fs::symlink_metadata(&path)
-                    .is_ok_and(|md| md.is_file() && md.len() == f.bytes.len() as u64);
-                if same_len && fs::read(&path).is_ok_and(|b| b == f.bytes) {
-                    continue;
-                }
-                let parent = fsutil::parent(&path);
-                fs::create_dir_all(parent).map_err(|e| Error::io("create the folder", parent, e))?;
-                fsutil::real_folder(dest, parent)?;
-                let tmp = fsutil::temp_sibling(&path);
-                pending.push((tmp.clone(), path));
-                fsutil::write_new(&tmp, &f.bytes, 0o644)?;
-            }
-            let mut dirs = std::collections::BTreeSet::new();
-            for (tmp, path) in &pending {
-                fs::rename(tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
-                dirs.insert(fsutil::parent(path).to_path_buf());
-            }
-            for d in dirs {
-                fsutil::fsync_dir(&d)?;
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            for (tmp, _) in &pending {
-                let _ = fs::remove_file(tmp);
-            }
-            return result;
-        }
+        let of_stage: Vec<&OutFile> = files.iter().filter(|f| f.stage == stage).collect();
+        store.write_stage(&of_stage)?;
     }
     Ok(())
-}
-
-/// DEST joined with an export's relative path, which must be made of plain
-/// names (no `..`, no absolute path, no empty part).
-fn dest_path(dest: &Path, rel: &str) -> Result<PathBuf> {
-    let ok = !rel.is_empty() && rel.split('/').all(|p| !p.is_empty() && p != "." && p != "..");
-    if !ok {
-        return Err(Error::new(ErrorKind::InvalidInput, format!("{rel:?}: not a path an export writes")));
-    }
-    Ok(dest.join(rel))
 }
 
 /// A base URL: `http://` or `https://`, printable ASCII without spaces;

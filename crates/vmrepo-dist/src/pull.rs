@@ -11,22 +11,22 @@
 //! imported, each through [`vmrepo_repo::add()`] (a hard link, not a copy).
 //! The source's serial is written last, and only after a pull that succeeded.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use vmrepo_name::{ImageName, Vm};
-use vmrepo_repo::checksum::{hex, parse_hex};
+use vmrepo_repo::checksum::parse_hex;
 use vmrepo_repo::{Catalog, Error, ErrorKind, Facts, NoProgress, Prehashed, Result, fsutil};
 
+use crate::download::{self, Fetched, Plan, PullProgress};
 use crate::fetch::Remote;
 use crate::schema::{self, CATALOG_FILE, CatalogDoc, CatalogImage, SIGNATURE_FILE};
 use crate::trust::{self, TrustedKey};
@@ -41,30 +41,67 @@ pub const MAX_IMAGE_SIZE: u64 = 1 << 50;
 pub const PULL_DIR: &str = "pull";
 /// The file under `.vmrepo/` with the newest serial seen per source.
 pub const SOURCES_FILE: &str = "sources.json";
-/// The read and write unit while downloading.
-const CHUNK: usize = 1 << 20;
+/// The most downloads at once.
+pub const MAX_JOBS: usize = 16;
+/// The most rounds over the source and its mirrors.
+pub const MAX_TRIES: u32 = 10;
+/// The most mirrors.
+pub const MAX_MIRRORS: usize = 32;
+/// How long an interrupted pull waits for its downloads to stop before it
+/// leaves them (a download stalled in a read notices only at its time-out;
+/// the process exits, its partial file stays for the next pull).
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// What to pull.
 #[derive(Clone, Debug)]
 pub struct PullOptions {
     pub source: String,
+    /// More base URLs serving the same tree, tried in order after the source.
+    pub mirrors: Vec<String>,
     pub select: Select,
     /// Say what would be fetched, fetch no image and record nothing.
     pub dry_run: bool,
     /// Accept a catalog without a signature from a trusted key.
     pub insecure: bool,
+    /// Downloads at once (1 to [`MAX_JOBS`]).
+    pub jobs: usize,
+    /// Rounds over the source and the mirrors (1 to [`MAX_TRIES`]).
+    pub tries: u32,
+    /// The wait before the second round, doubled for each later one.
+    pub backoff: Duration,
+    /// A server silent this long has stalled: the next one is asked.
+    pub stall: Duration,
+}
+
+impl PullOptions {
+    /// Everything from `source`, with the defaults.
+    pub fn new(source: &str) -> PullOptions {
+        PullOptions {
+            source: source.to_string(),
+            mirrors: Vec::new(),
+            select: Select::default(),
+            dry_run: false,
+            insecure: false,
+            jobs: 4,
+            tries: 3,
+            backoff: Duration::from_secs(1),
+            stall: crate::fetch::STALL_TIMEOUT,
+        }
+    }
 }
 
 /// What a pull did.
 #[derive(Clone, Debug, Serialize)]
 pub struct PullReport {
     pub source: String,
+    /// Where the catalog that was accepted came from (the source or a mirror).
+    pub catalog_from: String,
     pub serial: u64,
     pub expires: String,
     /// The trusted key that signed the catalog (`None` with `--insecure`).
     pub signer: Option<String>,
     pub images: Vec<PulledImage>,
-    /// Bytes read from the source for images.
+    /// Bytes read from the network for images.
     pub transferred: u64,
 }
 
@@ -76,8 +113,16 @@ pub struct PulledImage {
     pub sha256: String,
     /// `pulled`, `present` (the same SHA-256 is stored) or `would-pull` (`--dry-run`).
     pub action: &'static str,
-    /// Bytes read from the source for it (less than its size when resumed).
+    /// Bytes read from the network for it, over all attempts (less than its
+    /// size when resumed).
     pub transferred: u64,
+    /// The server whose answer completed it (`None`: not fetched, or whole
+    /// already from an earlier pull).
+    pub mirror: Option<String>,
+    /// The bytes an earlier pull had left, that this one continued from.
+    pub resumed_from: u64,
+    /// Requests made for it.
+    pub attempts: u32,
 }
 
 /// The newest serial seen per source (`.vmrepo/sources.json`).
@@ -93,7 +138,8 @@ struct SourceState {
     pulled: String,
 }
 
-/// Pulls from `opts.source` into the repository of `catalog`.
+/// Pulls from `opts.source` (and its mirrors) into the repository of
+/// `catalog`, telling `progress` how the downloads go.
 ///
 /// # Errors
 /// [`ErrorKind::InvalidInput`] for a bad source, an unsigned or untrusted,
@@ -103,33 +149,29 @@ struct SourceState {
 /// the same name; [`ErrorKind::Locked`] while another pull runs; network,
 /// I/O and import errors; an interruption. Images are imported only when
 /// all selected ones were fetched and proved.
-pub fn pull(catalog: &mut Catalog, opts: &PullOptions, cancel: &AtomicBool) -> Result<PullReport> {
+pub fn pull(
+    catalog: &mut Catalog,
+    opts: &PullOptions,
+    cancel: &AtomicBool,
+    progress: Arc<dyn PullProgress>,
+) -> Result<PullReport> {
     let repo = catalog.repo().clone();
-    let remote = Remote::parse(&opts.source)?;
+    if opts.mirrors.len() > MAX_MIRRORS {
+        return Err(Error::new(ErrorKind::InvalidInput, format!("pull: at most {MAX_MIRRORS} mirrors")));
+    }
+    let remotes = std::iter::once(&opts.source)
+        .chain(&opts.mirrors)
+        .map(|s| Remote::parse_with(s, opts.stall))
+        .collect::<Result<Vec<Remote>>>()?;
+    let source = remotes[0].key();
     let trusted = trust::list(&repo)?;
-    let bytes = remote.fetch_small(CATALOG_FILE, MAX_CATALOG)?.ok_or_else(|| {
-        Error::new(ErrorKind::NotFound, format!("{}: no catalog there", remote.location(CATALOG_FILE)))
-    })?;
-    let signature = remote.fetch_small(SIGNATURE_FILE, MAX_SIGNATURE)?;
-    let signer = check_signature(&remote, &bytes, signature.as_deref(), &trusted, opts.insecure)?;
-    let doc = check_catalog(&remote, &bytes, Timestamp::now())?;
     let sources_path = repo.meta_dir().join(SOURCES_FILE);
     let mut sources = read_sources(&sources_path)?;
-    if let Some(seen) = sources.sources.get(&remote.key())
-        && doc.serial < seen.serial
-    {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!(
-                "{}: serial {} is older than serial {} already pulled from there: refused (a rollback)",
-                remote.location(CATALOG_FILE),
-                doc.serial,
-                seen.serial
-            ),
-        ));
-    }
+    let seen = sources.sources.get(&source).map(|s| s.serial);
+    let (from, doc, signer) = first_good_catalog(&remotes, &trusted, opts.insecure, seen, &*progress)?;
     let mut report = PullReport {
-        source: remote.key(),
+        source: source.clone(),
+        catalog_from: from,
         serial: doc.serial,
         expires: doc.expires.clone(),
         signer: signer.as_ref().map(|k| k.name.clone()),
@@ -141,54 +183,84 @@ pub fn pull(catalog: &mut Catalog, opts: &PullOptions, cancel: &AtomicBool) -> R
     fs::create_dir_all(&pull_dir).map_err(|e| Error::io("create the folder", &pull_dir, e))?;
     let _lock = lock(&pull_dir)?;
 
-    let mut fetched = Vec::new();
+    let mut todo = Vec::new();
     for image in selected {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(Error::interrupted());
-        }
-        let (vm, folder) = vm_of(image)?;
+        let (_, folder) = vm_of(image)?;
         let present = match catalog.resolve(&format!("{folder}/{}", image.file)) {
             Ok(r) => r.sha256.map(|s| s.to_ascii_lowercase()),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let mut entry = PulledImage {
-            path: image.path.clone(),
-            size: image.size,
-            sha256: image.sha256.clone(),
-            action: "pulled",
-            transferred: 0,
-        };
-        match present {
-            Some(s) if s == image.sha256 => entry.action = "present",
+        let action = match present {
+            Some(s) if s == image.sha256 => "present",
             Some(_) => {
                 return Err(Error::new(
                     ErrorKind::AlreadyExists,
                     format!(
                         "{}: stored here with other bytes than {} has: not replaced, nothing imported",
                         image.path,
-                        remote.location(&image.path)
+                        remotes[0].location(&image.path)
                     ),
                 ));
             }
-            None if opts.dry_run => entry.action = "would-pull",
+            None if opts.dry_run => "would-pull",
             None => {
-                let (partial, transferred, prehashed) = download(&remote, image, &pull_dir, cancel)?;
-                entry.transferred = transferred;
-                report.transferred = report.transferred.saturating_add(transferred);
-                fetched.push((image, vm, partial, prehashed));
+                todo.push((report.images.len(), image.clone()));
+                "pulled"
             }
-        }
-        report.images.push(entry);
+        };
+        report.images.push(PulledImage {
+            path: image.path.clone(),
+            size: image.size,
+            sha256: image.sha256.clone(),
+            action,
+            transferred: 0,
+            mirror: None,
+            resumed_from: 0,
+            attempts: 0,
+        });
     }
+    let plan = Plan { remotes, tries: opts.tries.clamp(1, MAX_TRIES), backoff: opts.backoff, dir: pull_dir };
+    // The same bytes under two names are fetched once (into one partial
+    // file, which two downloads must not share) and imported under each.
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    let (unique, copies): (Vec<_>, Vec<_>) = todo
+        .into_iter()
+        .partition(|(slot, image)| *owner.entry(image.sha256.clone()).or_insert(*slot) == *slot);
+    let fetched = download_all(&plan, unique, opts.jobs, cancel, progress)?;
     let signed_by =
         signer.as_ref().map_or("nobody (--insecure)".to_string(), |k| format!("{} ({})", k.name, k.key_id));
-    for (image, vm, partial, prehashed) in fetched {
-        import(catalog, image, vm, &partial, prehashed, &remote, doc.serial, &signed_by, cancel)?;
+    let by_sha: HashMap<&str, &Fetched> = fetched.iter().map(|(_, i, f)| (i.sha256.as_str(), f)).collect();
+    // The copies first: each is a hard link to the partial file, which the
+    // import of its owner then moves.
+    for (slot, image) in &copies {
+        let Some(f) = by_sha.get(image.sha256.as_str()) else { continue };
+        let link = plan.dir.join(format!("{}.{slot}.part", image.sha256));
+        let _ = fs::remove_file(&link);
+        fs::hard_link(&f.partial, &link).map_err(|e| Error::io("link", &link, e))?;
+        let (vm, _) = vm_of(image)?;
+        let from = format!("{source}/{}", image.path);
+        let done = import(catalog, image, vm, &link, f.prehashed, &from, doc.serial, &signed_by, cancel);
+        download::discard(&link);
+        done?;
+    }
+    for (slot, image, f) in &fetched {
+        let entry = &mut report.images[*slot];
+        entry.transferred = f.transferred;
+        entry.mirror = f.mirror.clone();
+        entry.resumed_from = f.resumed_from;
+        entry.attempts = f.attempts;
+        report.transferred = report.transferred.saturating_add(f.transferred);
+        let (vm, _) = vm_of(image)?;
+        let from = match &f.mirror {
+            Some(m) if *m != source => format!("{source}/{} (through {m})", image.path),
+            _ => format!("{source}/{}", image.path),
+        };
+        import(catalog, image, vm, &f.partial, f.prehashed, &from, doc.serial, &signed_by, cancel)?;
     }
     if !opts.dry_run {
         sources.sources.insert(
-            remote.key(),
+            source,
             SourceState {
                 serial: doc.serial,
                 signer: signer.map(|k| k.key_id),
@@ -201,6 +273,137 @@ pub fn pull(catalog: &mut Catalog, opts: &PullOptions, cancel: &AtomicBool) -> R
         fsutil::write_atomic(&sources_path, &json, 0o644)?;
     }
     Ok(report)
+}
+
+/// The first catalog, from the source then each mirror in order, that is
+/// signed by a trusted key (unless `insecure`), unexpired, well-formed and
+/// not older than serial `seen`: (where it came from, it, its signer).
+///
+/// # Errors
+/// The source's reason when none is good (the others' are noted).
+fn first_good_catalog(
+    remotes: &[Remote],
+    trusted: &[TrustedKey],
+    insecure: bool,
+    seen: Option<u64>,
+    progress: &dyn PullProgress,
+) -> Result<(String, CatalogDoc, Option<TrustedKey>)> {
+    let mut first = None;
+    for remote in remotes {
+        match catalog_from(remote, trusted, insecure, seen) {
+            Ok((doc, signer)) => return Ok((remote.key(), doc, signer)),
+            Err(e) => {
+                if remotes.len() > 1 {
+                    progress.note(&e.to_string());
+                }
+                first.get_or_insert(e);
+            }
+        }
+    }
+    // `remotes` holds the source at least.
+    Err(first.unwrap_or_else(|| Error::new(ErrorKind::InvalidInput, "pull: no source")))
+}
+
+fn catalog_from(
+    remote: &Remote,
+    trusted: &[TrustedKey],
+    insecure: bool,
+    seen: Option<u64>,
+) -> Result<(CatalogDoc, Option<TrustedKey>)> {
+    let bytes = remote.fetch_small(CATALOG_FILE, MAX_CATALOG)?.ok_or_else(|| {
+        Error::new(ErrorKind::NotFound, format!("{}: no catalog there", remote.location(CATALOG_FILE)))
+    })?;
+    let signature = remote.fetch_small(SIGNATURE_FILE, MAX_SIGNATURE)?;
+    let signer = check_signature(remote, &bytes, signature.as_deref(), trusted, insecure)?;
+    let doc = check_catalog(remote, &bytes, Timestamp::now())?;
+    if let Some(seen) = seen
+        && doc.serial < seen
+    {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "{}: serial {} is older than serial {seen} already pulled from this source: refused (a rollback)",
+                remote.location(CATALOG_FILE),
+                doc.serial,
+            ),
+        ));
+    }
+    Ok((doc, signer))
+}
+
+/// Downloads `todo` (report slot, image) on up to `jobs` threads; every
+/// download goes on when another fails, so that the next pull has less to
+/// fetch. Returns the proved ones in slot order.
+///
+/// # Errors
+/// The first failure (the others are noted); an interruption, after which
+/// the downloads still under way stop (within [`STOP_GRACE`], or are left to
+/// the process's exit) and leave their partial files for the next pull.
+fn download_all(
+    plan: &Plan,
+    todo: Vec<(usize, CatalogImage)>,
+    jobs: usize,
+    cancel: &AtomicBool,
+    progress: Arc<dyn PullProgress>,
+) -> Result<Vec<(usize, CatalogImage, Fetched)>> {
+    if todo.is_empty() {
+        return Ok(Vec::new());
+    }
+    progress.begin(todo.len(), todo.iter().map(|(_, i)| i.size).fold(0u64, u64::saturating_add));
+    let threads = jobs.clamp(1, MAX_JOBS).min(todo.len());
+    let queue = Arc::new(Mutex::new(todo.into_iter().collect::<VecDeque<_>>()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let plan = Arc::new(plan.clone());
+    let (tx, rx) = mpsc::channel();
+    for _ in 0..threads {
+        let (queue, stop, plan, progress, tx) =
+            (Arc::clone(&queue), Arc::clone(&stop), Arc::clone(&plan), Arc::clone(&progress), tx.clone());
+        std::thread::spawn(move || {
+            loop {
+                let next = queue.lock().unwrap_or_else(PoisonError::into_inner).pop_front();
+                let Some((slot, image)) = next else { break };
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let result = download::fetch(&plan, &image, slot, &*progress, &stop);
+                if tx.send((slot, image, result)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut done = Vec::new();
+    let mut failure: Option<Error> = None;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            stop.store(true, Ordering::Relaxed);
+            let end = Instant::now() + STOP_GRACE;
+            while Instant::now() < end {
+                if let Err(RecvTimeoutError::Disconnected) = rx.recv_timeout(Duration::from_millis(50)) {
+                    break;
+                }
+            }
+            return Err(Error::interrupted());
+        }
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok((slot, image, Ok(f))) => done.push((slot, image, f)),
+            Ok((_, _, Err(e))) => match &failure {
+                None => failure = Some(e),
+                Some(_) => progress.note(&e.to_string()),
+            },
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::interrupted());
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    done.sort_by_key(|(slot, _, _)| *slot);
+    Ok(done)
 }
 
 /// The trusted key whose signature `bytes` carries; `None` with `insecure`
@@ -308,145 +511,6 @@ fn vm_of(i: &CatalogImage) -> Result<(Vm, String)> {
     Ok((vm, folder.to_string()))
 }
 
-/// Downloads one image into `.vmrepo/pull/<sha256>.part`, resuming what a
-/// previous attempt left, and proves it: (the file, bytes transferred, its digests).
-fn download(
-    remote: &Remote,
-    image: &CatalogImage,
-    dir: &Path,
-    cancel: &AtomicBool,
-) -> Result<(PathBuf, u64, Prehashed)> {
-    let partial = dir.join(format!("{}.part", image.sha256));
-    let etag_path = dir.join(format!("{}.etag", image.sha256));
-    let at = remote.location(&image.path);
-    let have = match fs::symlink_metadata(&partial) {
-        Ok(md) if md.is_file() && md.len() <= image.size => md.len(),
-        _ => 0,
-    };
-    let etag = fs::read_to_string(&etag_path).ok().filter(|t| t.len() < 256 && t.starts_with('"'));
-    let opened = remote.open_from(&image.path, have, etag.as_deref().filter(|_| have > 0))?;
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&partial)
-        .map_err(|e| Error::io("open", &partial, e))?;
-    file.set_len(opened.start).map_err(|e| Error::io("truncate", &partial, e))?;
-    let mut sha = Sha256::new();
-    let mut md5 = Md5::new();
-    // What is kept is hashed again: the digests cover the whole file.
-    hash_prefix(&mut file, opened.start, &mut sha, &mut md5, &partial, cancel)?;
-    match &opened.etag {
-        Some(t) if opened.start == 0 => fsutil::write_atomic(&etag_path, t.as_bytes(), 0o644)?,
-        Some(_) => {}
-        None => {
-            let _ = fs::remove_file(&etag_path);
-        }
-    }
-    let mut body = opened.body;
-    let mut total = opened.start;
-    let mut transferred = 0u64;
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(Error::interrupted());
-        }
-        let n = match body.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(Error::new(
-                    ErrorKind::Io,
-                    format!(
-                        "{at}: the transfer broke after {total} of {} bytes ({e}); pull again to resume",
-                        image.size
-                    ),
-                ));
-            }
-        };
-        let chunk = &buf[..n];
-        total = total.saturating_add(n as u64);
-        transferred = transferred.saturating_add(n as u64);
-        if total > image.size {
-            discard(&partial, &etag_path);
-            return Err(Error::new(
-                ErrorKind::BadImage,
-                format!(
-                    "{at}: longer than the {} bytes the catalog states: refused, nothing imported",
-                    image.size
-                ),
-            ));
-        }
-        sha.update(chunk);
-        md5.update(chunk);
-        file.write_all(chunk).map_err(|e| Error::io("write", &partial, e))?;
-    }
-    if total < image.size {
-        return Err(Error::new(
-            ErrorKind::Io,
-            format!("{at}: the transfer ended after {total} of {} bytes; pull again to resume", image.size),
-        ));
-    }
-    file.sync_all().map_err(|e| Error::io("sync", &partial, e))?;
-    let sha256: [u8; 32] = sha.finalize().into();
-    if hex(&sha256) != image.sha256 {
-        discard(&partial, &etag_path);
-        return Err(Error::new(
-            ErrorKind::BadImage,
-            format!(
-                "{at}: its SHA-256 is {}, the catalog states {}: refused, nothing imported",
-                hex(&sha256),
-                image.sha256
-            ),
-        ));
-    }
-    let md = file.metadata().map_err(|e| Error::io("read", &partial, e))?;
-    let prehashed = Prehashed {
-        md5: md5.finalize().into(),
-        sha256,
-        ino: md.ino(),
-        len: md.len(),
-        mtime_ns: fsutil::mtime_ns(&md),
-    };
-    Ok((partial, transferred, prehashed))
-}
-
-/// Hashes the first `len` bytes of `file` (what an earlier attempt kept),
-/// leaving the file positioned at `len`.
-fn hash_prefix(
-    file: &mut File,
-    len: u64,
-    sha: &mut Sha256,
-    md5: &mut Md5,
-    path: &Path,
-    cancel: &AtomicBool,
-) -> Result<()> {
-    use std::io::{Seek, SeekFrom};
-    file.seek(SeekFrom::Start(0)).map_err(|e| Error::io("read", path, e))?;
-    let mut left = len;
-    let mut buf = vec![0u8; CHUNK];
-    while left > 0 {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(Error::interrupted());
-        }
-        let want = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
-        let chunk = &mut buf[..want];
-        file.read_exact(chunk).map_err(|e| Error::io("read", path, e))?;
-        sha.update(&*chunk);
-        md5.update(&*chunk);
-        left = left.saturating_sub(want as u64);
-    }
-    file.seek(SeekFrom::Start(len)).map_err(|e| Error::io("read", path, e))?;
-    Ok(())
-}
-
-fn discard(partial: &Path, etag: &Path) {
-    let _ = fs::remove_file(partial);
-    let _ = fs::remove_file(etag);
-}
-
 /// `vmrepo add --move` of a proved download, named as the catalog says.
 #[allow(clippy::too_many_arguments)]
 fn import(
@@ -455,7 +519,7 @@ fn import(
     vm: Vm,
     partial: &Path,
     prehashed: Prehashed,
-    remote: &Remote,
+    from: &str,
     serial: u64,
     signed_by: &str,
     cancel: &AtomicBool,
@@ -464,11 +528,7 @@ fn import(
         ImageName::parse_file(&image.file).map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
     let content =
         vmrepo_repo::content::read(partial).map_err(|e| e.context(format!("pull {}", image.path)))?;
-    let notes = format!(
-        "Pulled from {}/{} (catalog serial {serial}, signed by {signed_by}).",
-        remote.key(),
-        image.path
-    );
+    let notes = format!("Pulled from {from} (catalog serial {serial}, signed by {signed_by}).");
     vmrepo_repo::add(
         catalog,
         vmrepo_repo::AddRequest {
@@ -490,8 +550,7 @@ fn import(
         },
     )
     .map_err(|e| e.context(format!("pull {}", image.path)))?;
-    let _ = fs::remove_file(partial);
-    let _ = fs::remove_file(partial.with_extension("etag"));
+    download::discard(partial);
     Ok(())
 }
 

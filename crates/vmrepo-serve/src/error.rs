@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use vmrepo_repo::ErrorKind;
 
 /// An error answer.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub kind: &'static str,

@@ -5,7 +5,8 @@
 //! CLI's `--json`, docs/json.md), downloads of images and sidecars under
 //! `/vm/` (byte ranges, `If-Range`, digests), a web page for people at `/`
 //! ([`web`]), `/healthz` and `/metrics`; and, with a token ([`auth`]),
-//! uploads and deletions ([`upload`]), each recorded in the audit log ([`audit`]).
+//! uploads and deletions ([`upload`]), each recorded in the audit log ([`audit`]);
+//! with a signing key, the signed catalog `vmrepo pull` reads ([`signed`]).
 //! Every answer comes from the same [`vmrepo_repo::Catalog`] the CLI uses,
 //! brought up to date on each request, so that what another process adds is
 //! seen at once. Nothing outside `vm/`, and nothing the catalog does not know
@@ -20,6 +21,7 @@ pub mod error;
 pub mod metrics;
 pub mod paths;
 pub mod server;
+pub mod signed;
 pub mod state;
 pub mod upload;
 pub mod web;
@@ -41,6 +43,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics::prometheus))
         .merge(api::routes())
         .merge(download::routes())
+        .merge(signed::routes())
         .merge(web::routes())
         .merge(upload::routes())
         .fallback(error::not_found)

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub uploads_in_flight: AtomicU64,
     /// API answers given again from [`crate::answers`] without the index.
     pub answers_reused: AtomicU64,
+    /// Signed catalogs built (`--sign-key`): once per change of the repository.
+    pub catalogs_signed: AtomicU64,
     /// Durations: counts per bucket (the last is +Inf), sum in microseconds.
     pub duration_buckets: [AtomicU64; BUCKETS.len() + 1],
     pub duration_sum_us: AtomicU64,
@@ -110,6 +112,12 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
             "API answers given again while the catalog was unchanged.",
             "counter",
             g(&m.answers_reused),
+        ),
+        (
+            "vmrepo_catalogs_signed_total",
+            "Signed catalogs built (--sign-key): one per change of the repository or renewal.",
+            "counter",
+            g(&m.catalogs_signed),
         ),
     ] {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");

@@ -88,6 +88,8 @@ pub struct AppState {
     pub scheme: &'static str,
     /// Answers of the read API kept while nothing they depend on changes.
     pub answers: crate::answers::Answers,
+    /// With `--sign-key`: the key and the signed catalog (`/catalog.json`).
+    pub signing: Option<crate::signed::Signing>,
     /// Inspections of images for their pages.
     pub inspections: crate::web::inspection::Inspections,
     /// Set at shutdown: a wait for the repository lock gives up, an import
@@ -125,6 +127,7 @@ impl AppState {
             public_url: None,
             scheme: "http",
             answers: Default::default(),
+            signing: None,
             inspections: Default::default(),
         }
     }

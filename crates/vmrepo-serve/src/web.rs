@@ -284,6 +284,16 @@ struct CatalogPage {
     matched: usize,
     filtered: bool,
     error: Option<String>,
+    /// With `--sign-key`: how to pull from this server with vmrepo.
+    pull: Option<PullHelp>,
+}
+
+/// The `vmrepo pull` commands the catalog page shows when the server signs its catalog.
+struct PullHelp {
+    key_id: String,
+    trust: String,
+    pull: String,
+    base_known: bool,
 }
 
 /// The form as asked.
@@ -469,6 +479,8 @@ fn row(rec: &ImageRecord) -> Row {
 async fn catalog(
     State(state): State<Arc<AppState>>,
     UrlQuery(params): UrlQuery<Vec<(String, String)>>,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> Response {
     let form = Form::parse(&params);
     let (query, words, error) = match form.query() {
@@ -519,7 +531,16 @@ async fn catalog(
         Ok(f) => f,
         Err(e) => return page_error(e),
     };
-    let page = catalog_page(&form, inventory, values, &matched, error.clone());
+    let mut page = catalog_page(&form, inventory, values, &matched, error.clone());
+    page.pull = state.signing.as_ref().map(|s| {
+        let base = base_url(&state, &headers, &uri);
+        PullHelp {
+            key_id: s.key_id.clone(),
+            trust: "vmrepo trust add KEYFILE.pub".into(),
+            pull: format!("vmrepo pull {}/", base.as_deref().unwrap_or("http://SERVER")),
+            base_known: base.is_some(),
+        }
+    });
     html(if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK }, &page)
 }
 
@@ -601,6 +622,7 @@ fn catalog_page(
         matched: matched.len(),
         filtered: !filter.is_empty(),
         error,
+        pull: None,
     }
 }
 

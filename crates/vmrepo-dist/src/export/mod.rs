@@ -8,10 +8,16 @@
 //! points that name the signed files.
 //!
 //! vmrepo's own `catalog.json` and its minisign signature are the first
-//! export ([`catalog`]); the static page `index.html` is another ([`html`]).
+//! export ([`catalog`]). Then simplestreams ([`simplestreams`]) and
+//! virt-builder's index ([`virtbuilder`]), signed with the OpenPGP key
+//! when there is one, the HEPiX image list, S/MIME-signed ([`hepix`]), and
+//! the static page `index.html` ([`html`]).
 
 pub mod catalog;
+pub mod hepix;
 pub mod html;
+pub mod simplestreams;
+pub mod virtbuilder;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -44,6 +50,18 @@ pub struct OutFile {
 pub struct Signers {
     pub minisign_secret: minisign::SecretKey,
     pub minisign_public: minisign::PublicKey,
+    /// The OpenPGP key (`--openpgp-key`) for the formats whose clients check
+    /// OpenPGP signatures (simplestreams, virt-builder).
+    pub openpgp: Option<crate::openpgp::OpenPgpSigner>,
+    /// The X.509 certificate and key of the S/MIME signature (the HEPiX image list).
+    pub smime: Option<crate::smime::SmimeSigner>,
+}
+
+impl Signers {
+    /// The minisign key alone (vmrepo's own catalog, as `vmrepo serve` signs it).
+    pub fn minisign(minisign_secret: minisign::SecretKey, minisign_public: minisign::PublicKey) -> Signers {
+        Signers { minisign_secret, minisign_public, smime: None, openpgp: None }
+    }
 }
 
 /// What every export reads.
@@ -75,8 +93,9 @@ pub struct Skipped {
 /// publish fills [`Context::sha512`], computing what the repository's
 /// `.vmrepo/sha512.json` does not hold yet: [`crate::digests`]).
 pub fn wants_sha512(signers: &Signers) -> bool {
+    // virt-builder's index (written with or without a key) names each image by it.
     let _ = signers;
-    false
+    true
 }
 
 /// Every export's files, in the order they are to be renamed within their stage.
@@ -84,8 +103,10 @@ pub fn wants_sha512(signers: &Signers) -> bool {
 /// # Errors
 /// An export that cannot be rendered (encoding, signing).
 pub fn render_all(ctx: &Context<'_>, skipped: &mut Vec<Skipped>) -> Result<Vec<OutFile>> {
-    let _ = &skipped;
     let mut files = catalog::render(ctx)?;
+    files.extend(simplestreams::render(ctx, skipped)?);
+    files.extend(virtbuilder::render(ctx, skipped)?);
+    files.extend(hepix::render(ctx, skipped)?);
     files.extend(html::render(ctx)?);
     // Sorted by stage only: within a stage, each export's own order stands.
     files.sort_by_key(|f| f.stage);

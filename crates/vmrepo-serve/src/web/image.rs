@@ -30,7 +30,7 @@ pub struct Download {
 
 /// A command to copy.
 pub struct Command {
-    pub label: &'static str,
+    pub label: String,
     pub text: String,
     pub id: String,
 }
@@ -167,7 +167,12 @@ async fn build(
         name: rec.name.clone(),
         summary: summary(rec),
         downloads: downloads(rec),
-        commands: commands(rec, base.as_deref().unwrap_or("http://SERVER"), sidecars.1),
+        commands: commands(
+            rec,
+            base.as_deref().unwrap_or("http://SERVER"),
+            sidecars.1,
+            state.signing.as_ref().map(|s| s.key_id.as_str()),
+        ),
         base_known: base.is_some(),
         sidecars: sidecars.0,
         notes: shown.notes.clone().filter(|n| !n.trim().is_empty()),
@@ -260,11 +265,13 @@ fn sh(s: &str) -> String {
     if safe { s.to_string() } else { format!("'{}'", s.replace('\'', r"'\''")) }
 }
 
-fn commands(rec: &ImageRecord, base: &str, checksum_inside: bool) -> Vec<Command> {
+/// The commands to copy; with the key id of `--sign-key`, `vmrepo pull`
+/// too, for an image the signed catalog lists.
+fn commands(rec: &ImageRecord, base: &str, checksum_inside: bool, key_id: Option<&str>) -> Vec<Command> {
     let mut out = Vec::new();
-    let mut add = |label, text: String| {
+    let mut add = |label: &str, text: String| {
         let id = format!("cmd-{}", out.len());
-        out.push(Command { label, text, id });
+        out.push(Command { label: label.to_string(), text, id });
     };
     let vm = encode(&rec.vm);
     let checksum = format!("{}.checksum", rec.name);
@@ -301,8 +308,25 @@ fn commands(rec: &ImageRecord, base: &str, checksum_inside: bool) -> Vec<Command
         }
         _ => {}
     }
-    // No `vmrepo pull` line: pull reads a signed catalog.json, which `vmrepo
-    // publish` writes and this server does not serve.
+    if let Some(id) = key_id
+        && vmrepo_dist::entries::digests(rec).is_ok()
+    {
+        add(
+            &format!(
+                "With vmrepo, once: trust the key that signs this server's catalog (its .pub file, from the administrator by a channel you trust; key id {id})"
+            ),
+            "vmrepo trust add KEYFILE.pub".to_string(),
+        );
+        add(
+            "With vmrepo: pull it, checked against the signed catalog (resumes where it stopped)",
+            format!(
+                "vmrepo pull {} {} {}",
+                sh(&format!("{base}/")),
+                sh(&format!("vm={}", rec.vm)),
+                sh(&format!("name={}", rec.name))
+            ),
+        );
+    }
     out
 }
 

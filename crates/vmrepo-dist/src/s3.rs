@@ -1,0 +1,688 @@
+//! An S3 bucket (AWS, Ceph RGW, MinIO, SeaweedFS) as `s3://bucket/prefix`,
+//! for publish ([`crate::store`]) and pull ([`crate::fetch`]).
+//!
+//! The client is the `object_store` crate, which is async: every call here
+//! runs it to completion on a small current-thread tokio runtime that the
+//! [`Bucket`] owns, so that the library stays blocking like the rest of
+//! vmrepo. Credentials, region and endpoint come from the standard AWS
+//! variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_SESSION_TOKEN`, `AWS_REGION` or `AWS_DEFAULT_REGION`,
+//! `AWS_ENDPOINT_URL`); requests are path-style (`endpoint/bucket/key`), as
+//! MinIO, SeaweedFS and Ceph expect; plain `http://` only to an endpoint the
+//! user gave as such (or with `AWS_ALLOW_HTTP=true`).
+//!
+//! Images are uploaded in parts of [`PART_SIZE`] (one part in memory at a
+//! time), hashed while they are read, and the upload is completed only when
+//! the SHA-256 is the recorded one: until then no object exists under the
+//! name. An object that already has the size and the SHA-256 (kept as the
+//! object's metadata `x-amz-meta-sha256`) is not sent again. A multipart
+//! upload under way is recorded in the repository (`.vmrepo/publish-s3/`):
+//! a publish killed in the middle is resumed by the next one, part by part,
+//! each kept part proved by its ETag (the MD5 of its bytes) against the
+//! file read again.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use md5::{Digest, Md5};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::{
+    Attribute, Attributes, ClientConfigKey, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload,
+};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use vmrepo_repo::checksum::hex;
+use vmrepo_repo::{Error, ErrorKind, Result, fsutil};
+
+use crate::place::Placed;
+
+/// The scheme of a bucket's URL.
+pub const SCHEME: &str = "s3://";
+/// The size of each part of a multipart upload (S3 allows 5 MiB to 5 GiB,
+/// and at most 10,000 parts: 64 MiB parts reach 625 GiB). An image smaller
+/// than one part is sent by one PUT.
+pub const PART_SIZE: u64 = 64 << 20;
+/// The variable that sets another part size, in MiB (5 to 5120): for tests
+/// and for links where a smaller retry unit pays.
+pub const PART_SIZE_ENV: &str = "VMREPO_S3_PART_MIB";
+/// The user metadata (`x-amz-meta-sha256`) that holds an image's SHA-256.
+pub const SHA256_META: &str = "sha256";
+/// The most parts S3 takes in one upload.
+const MAX_PARTS: u64 = 10_000;
+/// How long connecting may take, and a server may stay silent.
+const CONNECT_TIMEOUT: &str = "30s";
+const READ_TIMEOUT: &str = "60s";
+/// A whole request's bound: a part or an image body, on a slow link.
+const REQUEST_TIMEOUT: &str = "6h";
+/// The largest upload record read back.
+const MAX_STATE_FILE: u64 = 1 << 20;
+
+/// A bucket and a prefix in it, with the client that reaches them.
+pub struct Bucket {
+    rt: tokio::runtime::Runtime,
+    store: AmazonS3,
+    bucket: String,
+    /// Without a leading or trailing `/`; empty for the bucket's root.
+    prefix: String,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bucket({})", self.url())
+    }
+}
+
+/// What a HEAD says of an object.
+#[derive(Clone, Debug)]
+pub struct Head {
+    pub size: u64,
+    pub etag: Option<String>,
+    /// `x-amz-meta-sha256`, when set.
+    pub sha256: Option<String>,
+}
+
+/// An object opened for reading from some offset (see [`crate::fetch::Opened`]).
+pub struct OpenedObject {
+    pub start: u64,
+    pub etag: Option<String>,
+    pub body: ObjectReader,
+}
+
+/// `s3://bucket/prefix` split into the bucket and the prefix.
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] for a bucket name S3 does not allow (3 to 63
+/// lower-case letters, digits, `.` and `-`), or a prefix with an empty,
+/// `.` or `..` segment.
+pub fn parse_url(url: &str) -> Result<(String, String)> {
+    let bad = |why: &str| Error::new(ErrorKind::InvalidInput, format!("{url:?}: {why}"));
+    let rest = url.strip_prefix(SCHEME).ok_or_else(|| bad("s3://bucket[/prefix] is expected"))?;
+    if url.len() > 1024 || !url.bytes().all(|b| b.is_ascii_graphic()) || url.contains(['?', '#', '\\']) {
+        return Err(bad("s3://bucket[/prefix] of printable characters without spaces is expected"));
+    }
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !bucket_ok {
+        return Err(bad("not a bucket name (3 to 63 lower-case letters, digits, '.' and '-')"));
+    }
+    let prefix = prefix.trim_end_matches('/');
+    if !prefix.is_empty() && !prefix.split('/').all(|p| !p.is_empty() && p != "." && p != "..") {
+        return Err(bad("the prefix has an empty, '.' or '..' part"));
+    }
+    Ok((bucket.to_string(), prefix.to_string()))
+}
+
+impl Bucket {
+    /// The client for `url` (`s3://bucket[/prefix]`), from the AWS variables.
+    /// Nothing is sent until the first request.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] for a bad URL, a bad variable, or an
+    /// `http://` endpoint refused; [`ErrorKind::Io`] when no runtime can be made.
+    pub fn open(url: &str) -> Result<Bucket> {
+        let (bucket, prefix) = parse_url(url)?;
+        // reqwest is built without a default crypto provider: rustls's ring one,
+        // as ureq uses. An error only says one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|e| !e.is_empty()));
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&bucket)
+            .with_virtual_hosted_style_request(false)
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), CONNECT_TIMEOUT)
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ReadTimeout), READ_TIMEOUT)
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), REQUEST_TIMEOUT)
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::UserAgent),
+                concat!("vmrepo/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(e) = &endpoint {
+            builder = builder.with_endpoint(e.trim_end_matches('/'));
+            // Plain HTTP only where the user named it.
+            if e.starts_with("http://") {
+                builder = builder.with_allow_http(true);
+            }
+        }
+        if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            builder = builder.with_region("us-east-1");
+        }
+        let store = builder
+            .build()
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{url}: cannot reach S3: {e}")))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot start the S3 client: {e}")))?;
+        Ok(Bucket { rt, store, bucket, prefix })
+    }
+
+    /// `s3://bucket/prefix`, as given without a trailing `/`.
+    pub fn url(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("{SCHEME}{}", self.bucket)
+        } else {
+            format!("{SCHEME}{}/{}", self.bucket, self.prefix)
+        }
+    }
+
+    /// Where `rel` is, for messages.
+    pub fn location(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.url())
+    }
+
+    /// The key of `rel` (a relative path of plain names).
+    fn key(&self, rel: &str) -> Result<Path> {
+        let full = if self.prefix.is_empty() { rel.to_string() } else { format!("{}/{rel}", self.prefix) };
+        Path::parse(&full).map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{full:?}: {e}")))
+    }
+
+    fn error(&self, rel: &str, what: &str, e: &object_store::Error) -> Error {
+        let kind = match e {
+            object_store::Error::NotFound { .. } => ErrorKind::NotFound,
+            _ => ErrorKind::Io,
+        };
+        // object_store's messages nest their sources; the first line says it.
+        let said = e.to_string();
+        Error::new(
+            kind,
+            format!("{}: cannot {what}: {}", self.location(rel), said.lines().next().unwrap_or("")),
+        )
+    }
+
+    /// The object's size, ETag and recorded SHA-256; `None` when absent.
+    ///
+    /// # Errors
+    /// A network or permission error naming the object.
+    pub fn head(&self, rel: &str) -> Result<Option<Head>> {
+        let key = self.key(rel)?;
+        let got =
+            self.rt.block_on(self.store.get_opts(&key, GetOptions { head: true, ..Default::default() }));
+        match got {
+            Ok(r) => Ok(Some(Head {
+                size: r.meta.size,
+                etag: r.meta.e_tag.clone(),
+                sha256: r.attributes.get(&Attribute::Metadata(SHA256_META.into())).map(|v| v.to_string()),
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(rel, "read", &e)),
+        }
+    }
+
+    /// The whole object `rel`, at most `cap` bytes; `None` when absent.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] when it is larger than `cap`; network errors.
+    pub fn get_small(&self, rel: &str, cap: u64) -> Result<Option<Vec<u8>>> {
+        let key = self.key(rel)?;
+        let too_big = || {
+            Error::new(ErrorKind::InvalidInput, format!("{}: larger than {cap} bytes", self.location(rel)))
+        };
+        self.rt.block_on(async {
+            let r = match self.store.get_opts(&key, GetOptions::default()).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(self.error(rel, "read", &e)),
+            };
+            if r.meta.size > cap {
+                return Err(too_big());
+            }
+            // The size is the server's word: a capacity from it is bounded.
+            let mut out = Vec::with_capacity(usize::try_from(r.meta.size.min(1 << 20)).unwrap_or(0));
+            let mut stream = r.into_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| self.error(rel, "read", &e))?;
+                if (out.len() as u64).saturating_add(chunk.len() as u64) > cap {
+                    return Err(too_big());
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(Some(out))
+        })
+    }
+
+    /// Opens `rel` to read from `offset` if its ETag is still `etag`; else from 0.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] when absent; network errors.
+    pub fn open_from(self: &Arc<Self>, rel: &str, offset: u64, etag: Option<&str>) -> Result<OpenedObject> {
+        let key = self.key(rel)?;
+        if let Some(tag) = etag.filter(|_| offset > 0) {
+            let opts = GetOptions {
+                if_match: Some(tag.to_string()),
+                range: Some(GetRange::Offset(offset)),
+                ..Default::default()
+            };
+            match self.rt.block_on(self.store.get_opts(&key, opts)) {
+                Ok(r) if r.range.start == offset => {
+                    return Ok(OpenedObject {
+                        start: offset,
+                        etag: Some(tag.to_string()),
+                        body: ObjectReader::new(self, r.into_stream()),
+                    });
+                }
+                // Another object now, or a range the server would not give: from 0.
+                Ok(_) | Err(_) => {}
+            }
+        }
+        let r = self
+            .rt
+            .block_on(self.store.get_opts(&key, GetOptions::default()))
+            .map_err(|e| self.error(rel, "read", &e))?;
+        let etag = r.meta.e_tag.clone().map(|t| if t.starts_with('"') { t } else { format!("\"{t}\"") });
+        Ok(OpenedObject { start: 0, etag, body: ObjectReader::new(self, r.into_stream()) })
+    }
+
+    /// Puts a small object (a catalog, a signature, a sidecar) by one PUT,
+    /// which S3 makes visible whole or not at all, unless it already holds
+    /// these bytes (its ETag is their MD5). Returns whether it was sent.
+    ///
+    /// # Errors
+    /// A network or permission error naming the object.
+    pub fn put_small(&self, rel: &str, bytes: &[u8]) -> Result<bool> {
+        let md5 = format!("\"{}\"", hex(&Md5::digest(bytes)));
+        if let Some(h) = self.head(rel)?
+            && h.size == bytes.len() as u64
+            && h.etag.as_deref() == Some(md5.as_str())
+        {
+            return Ok(false);
+        }
+        let key = self.key(rel)?;
+        self.rt
+            .block_on(self.store.put(&key, PutPayload::from(bytes.to_vec())))
+            .map_err(|e| self.error(rel, "write", &e))?;
+        Ok(true)
+    }
+
+    /// Creates `rel` with `bytes` only if no object has that name
+    /// (`If-None-Match: *`). Returns whether it was created.
+    ///
+    /// # Errors
+    /// A network or permission error naming the object.
+    pub fn create(&self, rel: &str, bytes: &[u8]) -> Result<bool> {
+        let key = self.key(rel)?;
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.rt.block_on(self.store.put_opts(&key, PutPayload::from(bytes.to_vec()), opts)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                Ok(false)
+            }
+            Err(e) => Err(self.error(rel, "write", &e)),
+        }
+    }
+
+    /// Deletes `rel` (absent is no error).
+    ///
+    /// # Errors
+    /// A network or permission error naming the object.
+    pub fn delete(&self, rel: &str) -> Result<()> {
+        let key = self.key(rel)?;
+        match self.rt.block_on(self.store.delete(&key)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(rel, "delete", &e)),
+        }
+    }
+
+    /// Uploads the image `src` (of `size` bytes, SHA-256 `sha256` as
+    /// recorded) as `rel`, unless an object of that size and SHA-256 is
+    /// there. `state_dir` keeps the record of a multipart upload under way.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadImage`] when the file no longer has its recorded
+    /// SHA-256 (the upload is aborted: nothing appears); network and I/O
+    /// errors (a multipart upload is kept, to be resumed); an interruption.
+    pub fn upload(
+        &self,
+        src: &FsPath,
+        rel: &str,
+        size: u64,
+        sha256: &str,
+        state_dir: &FsPath,
+        cancel: &AtomicBool,
+    ) -> Result<Placed> {
+        if let Some(h) = self.head(rel)?
+            && h.size == size
+            && h.sha256.as_deref() == Some(sha256)
+        {
+            return Ok(Placed::Skipped);
+        }
+        let part = part_size()?;
+        let file = vmrepo_repo::hashing::open_nofollow(src)?;
+        let len = file.metadata().map_err(|e| Error::io("read", src, e))?.len();
+        if len != size {
+            return Err(changed(src, &format!("its size is {len}, not the recorded {size}")));
+        }
+        if size < part {
+            return self.upload_whole(file, src, rel, size, sha256);
+        }
+        let parts = size.div_ceil(part);
+        if parts > MAX_PARTS {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{}: {size} bytes need more than {MAX_PARTS} parts of {part}: set {PART_SIZE_ENV}",
+                    src.display()
+                ),
+            ));
+        }
+        let upload = Upload { bucket: self, rel, key: self.key(rel)?, src, size, sha256, part, parts };
+        upload.run(file, state_dir, cancel)
+    }
+
+    /// One PUT of an image smaller than a part: read whole, proved, sent.
+    fn upload_whole(
+        &self,
+        mut file: File,
+        src: &FsPath,
+        rel: &str,
+        size: u64,
+        sha256: &str,
+    ) -> Result<Placed> {
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        (&mut file)
+            .take(size.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read", src, e))?;
+        let got = hex(&Sha256::digest(&bytes));
+        if bytes.len() as u64 != size || got != sha256 {
+            return Err(changed(src, &format!("its SHA-256 is {got}, not the recorded {sha256}")));
+        }
+        let key = self.key(rel)?;
+        let opts = PutOptions { attributes: sha256_attribute(sha256), ..Default::default() };
+        self.rt
+            .block_on(self.store.put_opts(&key, PutPayload::from(bytes), opts))
+            .map_err(|e| self.error(rel, "write", &e))?;
+        Ok(Placed::Copied)
+    }
+
+    /// Aborts the multipart uploads recorded in `state_dir` for objects under
+    /// this bucket and prefix that `keep` does not name (what a killed publish
+    /// of another selection left), and forgets them.
+    pub fn abort_stale(&self, state_dir: &FsPath, keep: &[String]) {
+        let Ok(entries) = fs::read_dir(state_dir) else { return };
+        let mine = format!("{}/", self.url());
+        for e in entries.flatten() {
+            let path = e.path();
+            let Some(state) = UploadState::read(&path) else { continue };
+            let Some(rel) = state.object.strip_prefix(&mine) else { continue };
+            if keep.iter().any(|k| k == rel) {
+                continue;
+            }
+            if let Ok(key) = self.key(rel) {
+                match self.rt.block_on(self.store.abort_multipart(&key, &state.upload_id)) {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(err) => tracing::warn!("{}: cannot abort an upload: {err}", state.object),
+                }
+            }
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
+/// The part size: [`PART_SIZE`] unless [`PART_SIZE_ENV`] says otherwise.
+fn part_size() -> Result<u64> {
+    match std::env::var(PART_SIZE_ENV) {
+        Err(_) => Ok(PART_SIZE),
+        Ok(v) => match v.parse::<u64>() {
+            Ok(mib @ 5..=5120) => Ok(mib << 20),
+            _ => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{PART_SIZE_ENV}={v:?}: a number of MiB from 5 to 5120 is expected"),
+            )),
+        },
+    }
+}
+
+fn sha256_attribute(sha256: &str) -> Attributes {
+    let mut a = Attributes::new();
+    a.insert(Attribute::Metadata(SHA256_META.into()), sha256.to_string().into());
+    a
+}
+
+fn changed(src: &FsPath, why: &str) -> Error {
+    Error::new(ErrorKind::BadImage, format!("{}: {why}: the image changed; run vmrepo verify", src.display()))
+}
+
+/// The record of a multipart upload under way (`.vmrepo/publish-s3/*.json`).
+#[derive(Serialize, Deserialize, PartialEq, Eq, Debug)]
+struct UploadState {
+    /// `s3://bucket/prefix/rel`.
+    object: String,
+    sha256: String,
+    size: u64,
+    part_size: u64,
+    upload_id: String,
+    /// The ETag of each part sent, in order.
+    parts: Vec<String>,
+}
+
+impl UploadState {
+    fn read(path: &FsPath) -> Option<UploadState> {
+        let bytes = vmrepo_repo::catalog::read_capped(path, MAX_STATE_FILE).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn write(&self, path: &FsPath) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot encode an upload record: {e}")))?;
+        fsutil::write_atomic(path, &json, 0o644)
+    }
+}
+
+/// One multipart upload of an image.
+struct Upload<'a> {
+    bucket: &'a Bucket,
+    rel: &'a str,
+    key: Path,
+    src: &'a FsPath,
+    size: u64,
+    sha256: &'a str,
+    part: u64,
+    parts: u64,
+}
+
+impl Upload<'_> {
+    fn run(&self, file: File, state_dir: &FsPath, cancel: &AtomicBool) -> Result<Placed> {
+        fs::create_dir_all(state_dir).map_err(|e| Error::io("create the folder", state_dir, e))?;
+        let object = self.bucket.location(self.rel);
+        let state_path: PathBuf = state_dir.join(format!("{}.json", hex(&Sha256::digest(object.as_bytes()))));
+        let b = self.bucket;
+        let mut state = match UploadState::read(&state_path) {
+            Some(s)
+                if s.object == object
+                    && s.sha256 == self.sha256
+                    && s.size == self.size
+                    && s.part_size == self.part =>
+            {
+                s
+            }
+            other => {
+                if let Some(old) = other {
+                    let _ = b.rt.block_on(b.store.abort_multipart(&self.key, &old.upload_id));
+                }
+                self.start(&state_path, object)?
+            }
+        };
+        let mut sent = self.send(&file, &mut state, &state_path, cancel);
+        // The recorded upload is gone (aborted, or expired by a lifecycle rule): start again.
+        if matches!(&sent, Err(e) if e.kind() == ErrorKind::NotFound) {
+            state = self.start(&state_path, state.object.clone())?;
+            sent = self.send(&file, &mut state, &state_path, cancel);
+        }
+        match sent {
+            Ok(parts) => {
+                b.rt.block_on(b.store.complete_multipart(&self.key, &state.upload_id, parts))
+                    .map_err(|e| b.error(self.rel, "complete the upload of", &e))?;
+                let _ = fs::remove_file(&state_path);
+                Ok(Placed::Copied)
+            }
+            Err(e) if e.kind() == ErrorKind::BadImage => {
+                let _ = b.rt.block_on(b.store.abort_multipart(&self.key, &state.upload_id));
+                let _ = fs::remove_file(&state_path);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A new multipart upload, recorded before any part is sent.
+    fn start(&self, state_path: &FsPath, object: String) -> Result<UploadState> {
+        let b = self.bucket;
+        let opts = PutMultipartOptions { attributes: sha256_attribute(self.sha256), ..Default::default() };
+        let upload_id =
+            b.rt.block_on(b.store.create_multipart_opts(&self.key, opts))
+                .map_err(|e| b.error(self.rel, "start an upload of", &e))?;
+        let state = UploadState {
+            object,
+            sha256: self.sha256.to_string(),
+            size: self.size,
+            part_size: self.part,
+            upload_id,
+            parts: Vec::new(),
+        };
+        state.write(state_path)?;
+        Ok(state)
+    }
+
+    /// Reads the file part by part, hashing all of it; sends each part the
+    /// record does not already hold with the same MD5. Returns every part's id.
+    fn send(
+        &self,
+        file: &File,
+        state: &mut UploadState,
+        state_path: &FsPath,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<PartId>> {
+        let b = self.bucket;
+        let mut sha = Sha256::new();
+        let mut reader = file;
+        // From the start, also when sent again after a lost upload.
+        std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0))
+            .map_err(|e| Error::io("read", self.src, e))?;
+        for idx in 0..self.parts {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::interrupted());
+            }
+            let start = idx.saturating_mul(self.part);
+            let len = self.part.min(self.size.saturating_sub(start));
+            let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+            (&mut reader).take(len).read_to_end(&mut buf).map_err(|e| Error::io("read", self.src, e))?;
+            if buf.len() as u64 != len {
+                return Err(changed(self.src, "it is shorter than recorded"));
+            }
+            sha.update(&buf);
+            let i = usize::try_from(idx).unwrap_or(usize::MAX);
+            let md5 = format!("\"{}\"", hex(&Md5::digest(&buf)));
+            if state.parts.get(i).is_some_and(|kept| kept.trim_matches('"') == md5.trim_matches('"')) {
+                continue;
+            }
+            state.parts.truncate(i);
+            let id =
+                b.rt.block_on(b.store.put_part(
+                    &self.key,
+                    &state.upload_id,
+                    i,
+                    PutPayload::from(Bytes::from(buf)),
+                ))
+                .map_err(|e| b.error(self.rel, &format!("send part {} of", idx + 1), &e))?;
+            state.parts.push(id.content_id);
+            state.write(state_path)?;
+        }
+        let digest: [u8; 32] = sha.finalize().into();
+        let got = hex(&digest);
+        if got != self.sha256 {
+            return Err(changed(
+                self.src,
+                &format!("its SHA-256 is {got}, not the recorded {}", self.sha256),
+            ));
+        }
+        Ok(state.parts.iter().map(|p| PartId { content_id: p.clone() }).collect())
+    }
+}
+
+/// The body of an object, read as a blocking [`Read`].
+pub struct ObjectReader {
+    bucket: Arc<Bucket>,
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    pending: Bytes,
+}
+
+impl ObjectReader {
+    fn new(bucket: &Arc<Bucket>, stream: BoxStream<'static, object_store::Result<Bytes>>) -> ObjectReader {
+        ObjectReader { bucket: Arc::clone(bucket), stream, pending: Bytes::new() }
+    }
+}
+
+impl Read for ObjectReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pending.is_empty() {
+            match self.bucket.rt.block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(Ok(b)) => self.pending = b,
+                Some(Err(e)) => {
+                    let said = e.to_string();
+                    return Err(std::io::Error::other(said.lines().next().unwrap_or("").to_string()));
+                }
+            }
+        }
+        let n = out.len().min(self.pending.len());
+        out[..n].copy_from_slice(&self.pending.split_to(n));
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_urls_are_checked() {
+        assert_eq!(parse_url("s3://star-vm").unwrap(), ("star-vm".into(), String::new()));
+        assert_eq!(parse_url("s3://star-vm/pub/star/").unwrap(), ("star-vm".into(), "pub/star".into()));
+        for bad in [
+            "s3://",
+            "s3://b",
+            "s3://B-vm/x",
+            "s3://star_vm",
+            "s3://-star",
+            "s3://star-vm/a//b",
+            "s3://star-vm/../x",
+            "s3://star-vm/a b",
+            "s3://star-vm/x?y",
+            "http://star-vm",
+            "s3://star-vm/./x",
+        ] {
+            assert_eq!(parse_url(bad).unwrap_err().kind(), ErrorKind::InvalidInput, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_upload_record_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = UploadState {
+            object: "s3://star-vm/pub/vm/kvm/a.img".into(),
+            sha256: "ab".repeat(32),
+            size: 10,
+            part_size: 5 << 20,
+            upload_id: "u1".into(),
+            parts: vec!["\"e1\"".into()],
+        };
+        let p = dir.path().join("x.json");
+        s.write(&p).unwrap();
+        assert_eq!(UploadState::read(&p), Some(s));
+        fs::write(&p, b"{").unwrap();
+        assert_eq!(UploadState::read(&p), None);
+    }
+}
