@@ -361,7 +361,20 @@ fn published_to_seaweedfs_read_by_boto3_and_minisign_and_pulled_back() {
     let keys = sw.keys("star/pub/");
     let c = bucket_catalog(&sw, "star/pub");
     let images = c["images"].as_array().unwrap();
-    let mut want = vec!["star/pub/catalog.json".to_string(), "star/pub/catalog.json.minisig".to_string()];
+    // vmrepo's signed catalog, and the other clients' indexes, unsigned without
+    // an OpenPGP key (simplestreams, virt-builder), and the static page.
+    let mut want: Vec<String> = [
+        "catalog.json",
+        "catalog.json.minisig",
+        "index",
+        "index.html",
+        "streams/v1/gov.bnl.star.vmrepo:images.json",
+        "streams/v1/index.json",
+        "style.css",
+    ]
+    .iter()
+    .map(|f| format!("star/pub/{f}"))
+    .collect();
     for i in images {
         let path = i["path"].as_str().unwrap();
         want.push(format!("star/pub/{path}"));
