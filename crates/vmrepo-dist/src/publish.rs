@@ -11,7 +11,7 @@
 //! catalog last, so that whoever sees the new catalog finds its signature
 //! already there (in a bucket: one PUT each, in the same order). In a
 //! folder, what neither the new catalog nor the previous one names is then
-//! removed ([`remove_old`]); in a bucket old objects are left in place (not
+//! removed (`remove_old`); in a bucket old objects are left in place (not
 //! done yet).
 
 use std::collections::{BTreeMap, BTreeSet};
