@@ -2,46 +2,14 @@
 //! `aria2c -M` from plain web servers (Python's http.server), the download
 //! checked by `sha256sum`; a corrupted image refused by aria2c's own check.
 
-use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use crate::util::{Repo, have, pattern_file, sha256sum};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A web server killed when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `python3 -m http.server` serving `dir` on 127.0.0.1, once it listens.
-fn serve(dir: &Path, port: u16) -> Guard {
-    let g = Guard(
-        Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    g
-}
+use crate::util::{free_port, http_server as serve};
 
 /// `aria2c -M meta4 -d out`, without any user configuration.
 fn aria2c(meta4: &Path, out: &Path) -> Output {

@@ -6,10 +6,8 @@
 //! cannot be installed beside qemu-utils) and checked by
 //! `virt-index-validate`; a tampered file refused by each.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use crate::util::{Repo, have, pattern_file, sha256sum};
 
@@ -238,38 +236,10 @@ fn an_encrypted_openpgp_key_needs_its_password() {
 // ---------------------------------------------------------------------------
 // simplestreams
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A web server killed when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `python3 -m http.server` serving `dir` on 127.0.0.1, once it listens.
-fn serve(dir: &Path) -> (Guard, u16) {
-    let port = free_port();
-    let g = Guard(
-        Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (g, port)
+/// `python3 -m http.server` serving `dir` on a free port of 127.0.0.1, once it listens.
+fn serve(dir: &Path) -> (crate::util::WebServer, u16) {
+    let port = crate::util::free_port();
+    (crate::util::http_server(dir, port), port)
 }
 
 /// A virtualenv under target/ with python-simplestreams from PyPI, made
