@@ -197,36 +197,6 @@ fn the_static_page_is_valid_and_every_link_is_a_file_of_the_tree() {
     }
 }
 
-/// `python3 -m http.server` serving `dir` on a free port of 127.0.0.1,
-/// killed when dropped: (guard, port).
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(dir: &Path) -> (Server, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let g = Server(
-        std::process::Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    (g, port)
-}
-
 #[test]
 fn a_mirror_verifies_with_the_original_signature_and_is_pulled_from() {
     if !crate::util::have("minisign", "minisign") {
@@ -244,7 +214,8 @@ fn a_mirror_verifies_with_the_original_signature_and_is_pulled_from() {
     let src = format!("file://{}", dest.display());
     let out = r.json(&["mirror", &src, m1.to_str().unwrap(), "--key", public.to_str().unwrap()]);
     assert_eq!((out["images"].as_u64(), out["fetched"].as_u64()), (Some(3), Some(3)), "{out}");
-    let (_server, port) = serve(&dest);
+    let port = crate::util::free_port();
+    let _server = crate::util::http_server(&dest, port);
     let site = Repo::new();
     site.ok(&["trust", "add", public.to_str().unwrap()]);
     let m2 = r.tmp.path().join("mirror2");

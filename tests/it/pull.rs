@@ -4,7 +4,6 @@
 //! tampered or expired catalog, a rollback and a changed image refused with
 //! nothing imported; a killed pull resumed.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,10 +68,7 @@ pub(crate) fn has_all_of(r: &Repo, p: &Published) {
     }
 }
 
-/// A free port on 127.0.0.1.
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub(crate) use crate::util::free_port;
 
 /// A child process killed when dropped.
 pub(crate) struct Guard(pub Child);

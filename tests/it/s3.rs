@@ -9,13 +9,12 @@
 //!
 //! Every process is held by a guard that kills it; every wait has a deadline.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::util::{Repo, have, pattern_file, sha256sum};
+use crate::util::{Repo, free_port, have, pattern_file, sha256sum};
 
 const BUCKET: &str = "vmrepo-test";
 const ACCESS_KEY: &str = "vmrepotest";
@@ -34,10 +33,6 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The virtualenv with `weed` and boto3 (made once, then reused); `None`
@@ -115,7 +110,7 @@ http.server.ThreadingHTTPServer(('127.0.0.1', port), H).serve_forever()
 
 /// The independent client: `TOOL ENDPOINT COMMAND ARGS...`.
 const TOOL: &str = r#"
-import boto3, hashlib, json, sys, time
+import boto3, hashlib, json, sys
 from botocore.config import Config
 ep, cmd, args = sys.argv[1], sys.argv[2], sys.argv[3:]
 s3 = boto3.client('s3', endpoint_url=ep, aws_access_key_id='vmrepotest',
@@ -123,12 +118,7 @@ s3 = boto3.client('s3', endpoint_url=ep, aws_access_key_id='vmrepotest',
     config=Config(s3={'addressing_style': 'path'}, retries={'max_attempts': 1}))
 B = 'vmrepo-test'
 if cmd == 'mkbucket':
-    deadline = time.time() + 90
-    while True:
-        try: s3.create_bucket(Bucket=B); break
-        except Exception as e:
-            if time.time() > deadline: raise
-            time.sleep(0.3)
+    s3.create_bucket(Bucket=B)
 elif cmd == 'ls':
     keys = []
     for page in s3.get_paginator('list_objects_v2').paginate(Bucket=B, Prefix=args[0]):
@@ -164,8 +154,22 @@ struct Seaweed {
 }
 
 impl Seaweed {
+    /// SeaweedFS started, with its bucket made. `weed` binds eight ports and
+    /// exits when any of them is taken between our choice and its bind, so a
+    /// server that dies while starting is started again on other ports.
     fn start() -> Option<Seaweed> {
         let venv = venv()?;
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Seaweed::start_once(&venv) {
+                Ok(sw) => return Some(sw),
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("SeaweedFS did not start three times:\n{}", failures.join("\n---\n"));
+    }
+
+    fn start_once(venv: &Path) -> Result<Seaweed, String> {
         let tmp = tempfile::tempdir().unwrap();
         let config = tmp.path().join("s3.json");
         std::fs::write(
@@ -179,7 +183,8 @@ impl Seaweed {
         std::fs::create_dir(&data).unwrap();
         let s3 = free_port();
         let port = |flag: &str| format!("-{flag}={}", free_port());
-        let weed = Guard(
+        let weed_log = tmp.path().join("weed.log");
+        let mut weed = Guard(
             Command::new(venv.join("bin/weed"))
                 .arg("server")
                 .arg(format!("-dir={}", data.display()))
@@ -195,38 +200,65 @@ impl Seaweed {
                 ])
                 .arg(format!("-s3.config={}", config.display()))
                 .stdout(Stdio::null())
-                .stderr(std::fs::File::create(tmp.path().join("weed.log")).unwrap())
+                .stderr(std::fs::File::create(&weed_log).unwrap())
                 .spawn()
                 .unwrap(),
         );
+        // Ready in a few seconds: a bucket is made once the S3 port answers,
+        // unless weed exits first.
+        let deadline = Instant::now() + DEADLINE;
+        let python = venv.join("bin/python");
+        let script = tmp.path().join("tool.py");
+        std::fs::write(&script, TOOL).unwrap();
+        let direct = format!("http://127.0.0.1:{s3}");
+        loop {
+            let why = |what: String| {
+                let log = std::fs::read_to_string(&weed_log).unwrap_or_default();
+                // The fatal line, not the goroutine dump that follows it.
+                let fatal: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.starts_with('F') || l.contains("panic") || l.contains("bind"))
+                    .take(5)
+                    .collect();
+                format!("{what}; weed's log says: {}", fatal.join(" | "))
+            };
+            if let Ok(Some(status)) = weed.0.try_wait() {
+                return Err(why(format!("weed exited while starting ({status})")));
+            }
+            if Instant::now() > deadline {
+                return Err(why(format!("weed's S3 port {s3} did not make a bucket in {DEADLINE:?}")));
+            }
+            let made = Command::new(&python).arg(&script).arg(&direct).arg("mkbucket").output().unwrap();
+            if made.status.success() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
         let log = tmp.path().join("proxy.log");
         let slow = tmp.path().join("slow");
         let proxy_port = free_port();
-        let script = tmp.path().join("proxy.py");
-        std::fs::write(&script, PROXY).unwrap();
-        let python = venv.join("bin/python");
+        let proxy_script = tmp.path().join("proxy.py");
+        std::fs::write(&proxy_script, PROXY).unwrap();
         let proxy = Guard(
             Command::new(&python)
-                .arg(&script)
+                .arg(&proxy_script)
                 .args([s3.to_string(), proxy_port.to_string()])
                 .args([&log, &slow])
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap(),
         );
-        let sw = Seaweed {
+        crate::pull::wait_for(proxy_port);
+        Ok(Seaweed {
             python,
-            direct: format!("http://127.0.0.1:{s3}"),
+            direct,
             proxied: format!("http://127.0.0.1:{proxy_port}"),
             log,
             slow,
             tmp,
             _weed: weed,
             _proxy: proxy,
-        };
-        // Ready in a few seconds: polled until a bucket can be made.
-        sw.tool(&["mkbucket"]);
-        Some(sw)
+        })
     }
 
     /// Runs the boto3 tool; its stdout.

@@ -4,7 +4,7 @@
 //! page shows the digests the catalog records, which are those sha256sum
 //! and md5sum compute. Everything listens on 127.0.0.1 only.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,7 +44,7 @@ fn serve(r: &Repo) -> (Killed, String) {
 
 /// chromedriver on a free port of 127.0.0.1, once it accepts connections.
 fn chromedriver() -> (Killed, String) {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = crate::util::free_port();
     let child = Command::new("chromedriver")
         .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
         .stdout(Stdio::null())

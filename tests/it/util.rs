@@ -309,8 +309,30 @@ pub fn can_mount_tmpfs() -> bool {
 }
 
 /// A free TCP port on 127.0.0.1.
+///
+/// Chosen below the kernel's ephemeral range (32768 and up on Linux), where
+/// the outgoing connections of the tests running beside this one take their
+/// local ports: a port the kernel hands out for `bind(0)` can be taken by a
+/// client's `connect` before the server that was meant to have it starts,
+/// and a server such as SeaweedFS that dies when one of its eight ports is
+/// taken made CI fail that way. Each call returns a port not returned
+/// before in this process, free when checked.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // 20000..32000, starting at a place that differs between processes.
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + (start + n.wrapping_mul(7)) % SPAN;
+        let port = u16::try_from(port).expect("below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000 on 127.0.0.1")
 }
 
 /// A web server killed when dropped.
