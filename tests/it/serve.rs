@@ -2,7 +2,7 @@
 //! own `--json` documents, images added by the CLI seen without a restart,
 //! SIGTERM, and refusals at start.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -25,10 +25,14 @@ impl Server {
         let child = r.command(&args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         // Held by the guard from here on: a failure below still kills it.
         let mut server = Server { child, url: String::new(), addr: String::new() };
-        let mut line = String::new();
-        BufReader::new(server.child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("serve printed {line:?}: {e}"));
+        // The first JSON document on stdout (on one line or several), printed
+        // once the server listens; end of file if it exits instead.
+        let stdout = server.child.stdout.take().unwrap();
+        let v: serde_json::Value = serde_json::Deserializer::from_reader(stdout)
+            .into_iter()
+            .next()
+            .expect("vmrepo serve printed nothing: it did not start")
+            .unwrap_or_else(|e| panic!("vmrepo serve printed something that is not JSON: {e}"));
         server.url = v["url"].as_str().unwrap().trim_end_matches('/').to_string();
         server.addr = server.url.trim_start_matches("http://").to_string();
         server

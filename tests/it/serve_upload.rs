@@ -2,46 +2,18 @@
 //! digest refused leaving nothing, a right one seen by `vmrepo list`, and an
 //! upload cut by SIGTERM rolled back.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::serve::Server;
 use crate::util::{Repo, have};
 
 const NAME: &str = "sl5.3_x86_64_sl08e_8MB_demo.img";
 
 /// The server, killed when the test ends however it ends.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(repo: &Repo) -> Server {
-    let child = repo
-        .command(&["--json", "serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // The guard first: a failure below still kills the server.
-    let mut server = Server { child, url: String::new() };
-    // The document (pretty-printed) ends with a line that closes it.
-    let mut doc = String::new();
-    let mut out = BufReader::new(server.child.stdout.take().unwrap());
-    while !doc.ends_with("}\n") {
-        assert!(out.read_line(&mut doc).unwrap() > 0, "the server printed no address: {doc:?}");
-    }
-    let v: serde_json::Value = serde_json::from_str(&doc).unwrap_or_else(|e| panic!("{e}: {doc:?}"));
-    server.url = v["url"].as_str().unwrap().trim_end_matches('/').to_string();
-    server
+    Server::start(repo, &[])
 }
 
 /// An 8 MiB raw disk with an MBR and a Linux partition (as `vmrepo demo` makes).

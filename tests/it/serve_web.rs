@@ -23,25 +23,6 @@ impl Drop for Killed {
     }
 }
 
-/// The server's URL: the first line `vmrepo serve --json` prints.
-fn serve(r: &Repo) -> (Killed, String) {
-    let mut child = r
-        .command(&["--json", "serve", "--listen", "127.0.0.1:0", "--read-only"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let guard = Killed(child);
-    // The first document on stdout; the stream stays open while the server runs.
-    let v: serde_json::Value = serde_json::Deserializer::from_reader(stdout)
-        .into_iter()
-        .next()
-        .expect("the server printed nothing")
-        .unwrap();
-    (guard, v["url"].as_str().unwrap().trim_end_matches('/').to_string())
-}
-
 /// chromedriver on a free port of 127.0.0.1, once it accepts connections.
 fn chromedriver() -> (Killed, String) {
     let port = crate::util::free_port();
@@ -148,7 +129,8 @@ fn the_web_page_in_a_browser() {
     let wanted: Vec<&serde_json::Value> = wanted.as_array().unwrap().iter().collect();
     assert_eq!(wanted.len(), 2);
 
-    let (_server, url) = serve(&r);
+    let server = crate::serve::Server::start(&r, &["--read-only"]);
+    let url = server.url.clone();
     let (_driver, driver) = chromedriver();
     let profile = r.tmp.path().join("chromium-profile");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
