@@ -159,11 +159,18 @@ pub(crate) fn trust_list(ctx: &Ctx<'_>) -> Result<Outcome> {
 }
 
 pub(crate) fn trust_rm(ctx: &Ctx<'_>, name: &str) -> Result<Outcome> {
-    let k = trust::remove(&open_repo(ctx)?, name)?;
+    let removed = trust::remove(&open_repo(ctx)?, name)?;
     if ctx.cli.json {
-        output::json(&k)?;
+        output::json(&removed)?;
     } else if !ctx.cli.quiet {
+        let k = &removed.key;
         line(format_args!("no longer trusted: {} ({})", k.name, k.key_id))?;
+        for f in &removed.forgotten_sources {
+            line(format_args!(
+                "forgot serial {} of {}: its next catalog, signed by a key still trusted, is accepted from any serial",
+                f.serial, f.source
+            ))?;
+        }
     }
     Ok(Outcome::Clean)
 }

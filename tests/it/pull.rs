@@ -111,6 +111,46 @@ fn trusted_keys_are_kept_listed_and_removed() {
     assert_eq!(r.json(&["trust", "list"]), serde_json::json!([]));
 }
 
+/// A key that leaked may have signed a catalog with a serial so high that
+/// every honest catalog after it is a "rollback": `trust rm` of that key
+/// forgets the serials it signed, and the publisher's catalog signed by
+/// the new key is then accepted.
+#[test]
+fn removing_a_leaked_key_forgets_the_serials_it_signed() {
+    let old = published(&[3000]);
+    let dest = old.dest.to_str().unwrap().to_string();
+    let old_key = old.key.to_str().unwrap();
+    // The leaked key signs serial 3.
+    old.src.ok(&["publish", &dest, "--key", old_key]);
+    old.src.ok(&["publish", &dest, "--key", old_key]);
+    let r = site(&old.public);
+    assert_eq!(r.json(&["pull", &url(&old.dest)])["serial"], 3);
+    // The publisher starts again with a new key, in a new folder (serial 1),
+    // served at the same URL.
+    let keys = old.src.tmp.path().join("newkeys");
+    old.src.ok(&["key", "generate", "-o", keys.to_str().unwrap(), "--name", "star2"]);
+    let fresh = old.src.tmp.path().join("fresh");
+    old.src.ok(&["publish", fresh.to_str().unwrap(), "--key", keys.join("star2.key").to_str().unwrap()]);
+    std::fs::rename(&old.dest, old.src.tmp.path().join("leaked")).unwrap();
+    std::fs::rename(&fresh, &old.dest).unwrap();
+    if have("minisign", "minisign") {
+        // The catalog at the URL is the new key's, serial 1.
+        let said =
+            sh(&old.dest, &format!("minisign -V -m catalog.json -p {}", keys.join("star2.pub").display()));
+        assert!(said.contains("serial:1 "), "{said}");
+    }
+    r.ok(&["trust", "add", keys.join("star2.pub").to_str().unwrap()]);
+    let err = r.fails(6, &["pull", &url(&old.dest)]);
+    assert!(err.contains("serial"), "{err}");
+    let removed = r.json(&["trust", "rm", "star"]);
+    assert_eq!(removed["name"], "star");
+    assert_eq!(removed["forgotten_sources"], serde_json::json!([{ "source": url(&old.dest), "serial": 3 }]));
+    let out = r.json(&["pull", &url(&old.dest)]);
+    assert_eq!((out["serial"].as_u64(), out["signer"].as_str()), (Some(1), Some("star2")));
+    // From now on the new key's serial is the mark: nothing else was forgotten.
+    assert_eq!(r.json(&["trust", "rm", "star2"])["forgotten_sources"][0]["serial"], 1);
+}
+
 #[test]
 fn a_folder_is_pulled_once_and_the_images_are_the_published_ones() {
     let p = published(&[70_000, 71_000, 72_000]);

@@ -267,10 +267,7 @@ pub fn pull(
                 pulled: Timestamp::now().to_string(),
             },
         );
-        let mut json = serde_json::to_vec_pretty(&sources)
-            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot encode the sources: {e}")))?;
-        json.push(b'\n');
-        fsutil::write_atomic(&sources_path, &json, 0o644)?;
+        write_sources(&sources_path, &sources)?;
     }
     Ok(report)
 }
@@ -565,6 +562,43 @@ fn read_sources(path: &Path) -> Result<Sources> {
                 .map_err(|e| Error::new(ErrorKind::BadSidecar, format!("{}: {e}", path.display())))
         }
     }
+}
+
+fn write_sources(path: &Path, sources: &Sources) -> Result<()> {
+    let mut json = serde_json::to_vec_pretty(sources)
+        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot encode the sources: {e}")))?;
+    json.push(b'\n');
+    fsutil::write_atomic(path, &json, 0o644)
+}
+
+/// Forgets the newest serial of every source whose last catalog the key
+/// `key_id` signed, so that its next catalog, signed by another key, is
+/// accepted from any serial: what `trust rm` does, since a leaked key can
+/// have signed a catalog with a serial so high that every honest one after
+/// it would be refused. Runs under the pull lock (not while a pull runs).
+/// Returns the sources forgotten and their serials.
+///
+/// # Errors
+/// [`ErrorKind::Locked`] while a pull runs; I/O errors; a malformed
+/// `.vmrepo/sources.json`.
+pub(crate) fn forget_signer(repo: &vmrepo_repo::Repository, key_id: &str) -> Result<Vec<(String, u64)>> {
+    let pull_dir = repo.meta_dir().join(PULL_DIR);
+    fs::create_dir_all(&pull_dir).map_err(|e| Error::io("create the folder", &pull_dir, e))?;
+    let _lock = lock(&pull_dir)?;
+    let path = repo.meta_dir().join(SOURCES_FILE);
+    let mut sources = read_sources(&path)?;
+    let mut forgotten = Vec::new();
+    sources.sources.retain(|source, state| {
+        let signed = state.signer.as_deref() == Some(key_id);
+        if signed {
+            forgotten.push((source.clone(), state.serial));
+        }
+        !signed
+    });
+    if !forgotten.is_empty() {
+        write_sources(&path, &sources)?;
+    }
+    Ok(forgotten)
 }
 
 /// Holds the pull folder's lock until dropped: two pulls never write the same partial file.

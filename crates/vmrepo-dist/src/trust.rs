@@ -139,20 +139,51 @@ pub fn list(repo: &Repository) -> Result<Vec<TrustedKey>> {
     Ok(keys)
 }
 
-/// No longer trusts the key `name`.
+/// A key no longer trusted, and the sources whose serial was forgotten with it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RemovedKey {
+    #[serde(flatten)]
+    pub key: TrustedKey,
+    /// Each source whose last catalog this key signed, with the serial that
+    /// was its high-water mark: the next catalog from it is accepted from
+    /// any serial (signed by a key still trusted).
+    pub forgotten_sources: Vec<ForgottenSource>,
+}
+
+/// A source whose newest serial `trust rm` forgot.
+#[derive(Clone, Debug, Serialize)]
+pub struct ForgottenSource {
+    pub source: String,
+    pub serial: u64,
+}
+
+/// No longer trusts the key `name`, and forgets the serial of every source
+/// whose last catalog it signed (see [`crate::pull`]: a leaked key may have
+/// signed a catalog whose serial would block every honest one after it).
 ///
 /// # Errors
-/// [`ErrorKind::NotFound`] when no key has that name; I/O errors.
-pub fn remove(repo: &Repository, name: &str) -> Result<TrustedKey> {
+/// [`ErrorKind::NotFound`] when no key has that name;
+/// [`ErrorKind::Locked`] while a pull runs (nothing is removed); I/O errors.
+pub fn remove(repo: &Repository, name: &str) -> Result<RemovedKey> {
     key::check_key_name(name)?;
     let Some(k) = list(repo)?.into_iter().find(|k| k.name == name) else {
         return Err(Error::new(ErrorKind::NotFound, format!("no trusted key is named {name:?}")));
     };
+    // The serials first: a failure there leaves the key trusted, and the
+    // command can be run again; the other order could leave a removed key's
+    // serial blocking a source with no key left to name it by.
+    let forgotten = crate::pull::forget_signer(repo, &k.key_id)?;
     let dir = trusted_dir(repo);
     let path = dir.join(format!("{name}{KEY_EXT}"));
     fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
     fsutil::fsync_dir(&dir)?;
-    Ok(k)
+    Ok(RemovedKey {
+        key: k,
+        forgotten_sources: forgotten
+            .into_iter()
+            .map(|(source, serial)| ForgottenSource { source, serial })
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -191,7 +222,7 @@ mod tests {
         // The kept file is minisign's format.
         let kept = fs::read(trusted_dir(&repo).join("site-b.pub")).unwrap();
         assert_eq!(key_id(&parse_public_key(&kept).unwrap()), b.key_id);
-        assert_eq!(remove(&repo, "alpha").unwrap().key_id, a.key_id);
+        assert_eq!(remove(&repo, "alpha").unwrap().key.key_id, a.key_id);
         assert_eq!(remove(&repo, "alpha").unwrap_err().kind(), ErrorKind::NotFound);
         assert_eq!(list(&repo).unwrap().len(), 1);
     }
