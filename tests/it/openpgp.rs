@@ -138,6 +138,22 @@ fn gpgv_verifies_every_clearsigned_file_and_refuses_a_tampered_one() {
         assert!(o.status.success(), "gpgv refused {f}: {}", said(&o));
         assert!(said(&o).contains("Good signature"), "{}", said(&o));
     }
+    // A site mirror (`vmrepo mirror`) keeps the clearsigned files as they
+    // are: gpgv verifies the mirror's copies with the publisher's keyring.
+    let mirror = r.tmp.path().join("mirror");
+    let public = k.minisign.with_extension("pub");
+    r.ok(&[
+        "mirror",
+        &format!("file://{}", dest.display()),
+        mirror.to_str().unwrap(),
+        "--key",
+        public.to_str().unwrap(),
+    ]);
+    for f in SIGNED {
+        assert_eq!(std::fs::read(mirror.join(f)).unwrap(), std::fs::read(dest.join(f)).unwrap(), "{f}");
+        let o = gpgv(&k.keyring, &mirror.join(f));
+        assert!(o.status.success() && said(&o).contains("Good signature"), "mirrored {f}: {}", said(&o));
+    }
     // virt-builder's notes hold lines that end in a space (an empty line of
     // notes is one space): hashed without it, as gpgv does.
     let asc = std::fs::read_to_string(dest.join("index.asc")).unwrap();
