@@ -366,7 +366,7 @@ http.server.ThreadingHTTPServer(('127.0.0.1', port), H).serve_forever()
 
 /// Starts `vmrepo pull URL` in `r` and kills it (SIGKILL) once the partial
 /// file holds at least `at` bytes; returns its length then.
-fn kill_pull_at(r: &Repo, url: &str, partial: &Path, at: u64) -> u64 {
+pub(crate) fn kill_pull_at(r: &Repo, url: &str, partial: &Path, at: u64) -> u64 {
     let mut child =
         Guard(r.command(&["pull", url]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -14,9 +14,10 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::publish::check_against_schema;
+use crate::pull::kill_pull_at;
 use crate::serve::Server;
 use crate::util::{Repo, have, pattern_file, sha256sum};
 
@@ -262,29 +263,6 @@ fn pull_reads_a_signed_serve_grows_with_it_resumes_and_refuses_another_key() {
         .status()
         .unwrap();
     assert!(!st.success(), "minisign took a catalog signed by another key");
-}
-
-/// Starts `vmrepo pull URL` in `r` and kills it (SIGKILL) once the partial
-/// file holds at least `at` bytes; returns its length then.
-fn kill_pull_at(r: &Repo, url: &str, partial: &Path, at: u64) -> u64 {
-    struct Guard(std::process::Child);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child =
-        Guard(r.command(&["pull", url]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::metadata(partial).map_or(0, |m| m.len()) < at {
-        assert!(Instant::now() < deadline, "the pull did not get {at} bytes in time");
-        assert!(child.0.try_wait().unwrap().is_none(), "the pull ended before it was killed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
-    std::fs::metadata(partial).unwrap().len()
 }
 
 #[test]
