@@ -222,6 +222,14 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
             image.metalink = Some(relative);
         }
     }
+    if !base_urls.is_empty() && !folders.is_empty() {
+        // A Metalink file here describes one file: an image folder has none.
+        let paths: Vec<&str> = folders.iter().map(|f| f.path.as_str()).collect();
+        report.exports_skipped.push(export::Skipped {
+            export: "metalink",
+            reason: format!("image folders (several files) have no Metalink file: {}", paths.join(", ")),
+        });
+    }
     let doc = CatalogDoc {
         format: schema::FORMAT.into(),
         version: schema::VERSION,

@@ -130,6 +130,36 @@ impl CatalogFolder {
     pub fn file_paths(&self) -> impl Iterator<Item = String> + '_ {
         self.files.iter().map(|f| format!("{}/{}", self.path, f.path))
     }
+
+    /// One of its files as the entry of an image of one file (its path
+    /// `vm/<VM>/<name>/<file>`, its size and digests; no format, no
+    /// description): what is fetched and proved as an image is.
+    pub fn file_as_image(&self, f: &FolderFile) -> CatalogImage {
+        CatalogImage {
+            vm: self.vm.clone(),
+            name: self.name.clone(),
+            file: f.path.clone(),
+            path: format!("{}/{}", self.path, f.path),
+            size: f.size,
+            sha256: f.sha256.clone(),
+            md5: f.md5.clone().unwrap_or_default(),
+            format: None,
+            virtual_size: None,
+            storage: None,
+            os: self.os.clone(),
+            osinfo: None,
+            arch: self.arch.clone(),
+            bits: self.bits,
+            lib: self.lib.clone(),
+            maxsize: self.maxsize.clone(),
+            maxsize_bytes: self.maxsize_bytes,
+            detail: None,
+            kernel: None,
+            added: None,
+            description: serde_json::Value::Null,
+            metalink: None,
+        }
+    }
 }
 
 /// Whether `name` may name a file of the image folder named `stem`: one
