@@ -290,7 +290,7 @@ fn an_image_changed_after_publishing_is_refused() {
 /// A web server that serves `Range: bytes=N-` under `If-Range` with a
 /// strong ETag, as slowly as asked, and logs each answer's status and the
 /// bytes it sent.
-const RANGED_SERVER: &str = r#"
+pub(crate) const RANGED_SERVER: &str = r#"
 import http.server, os, sys, time
 root, port, rate, log = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 class H(http.server.BaseHTTPRequestHandler):
@@ -326,7 +326,7 @@ http.server.ThreadingHTTPServer(('127.0.0.1', port), H).serve_forever()
 
 /// Starts `vmrepo pull URL` in `r` and kills it (SIGKILL) once the partial
 /// file holds at least `at` bytes; returns its length then.
-fn kill_pull_at(r: &Repo, url: &str, partial: &Path, at: u64) -> u64 {
+pub(crate) fn kill_pull_at(r: &Repo, url: &str, partial: &Path, at: u64) -> u64 {
     let mut child =
         Guard(r.command(&["pull", url]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
