@@ -297,7 +297,7 @@ mod tests {
                 f.path = "vm/vmware/sl5.3_x86_64_sl08e_8GB_split.vmdk".into();
             }),
             ("name and file disagree", |f| f.name = "sl5.3_x86_64_sl08e_4GB_split".into()),
-            ("not a VM folder", |f| f.path = "vm/etc/sl5.3_x86_64_sl08e_8GB_split".into()),
+            ("not a VM folder", |f| f.path = "vm/hyper v/sl5.3_x86_64_sl08e_8GB_split".into()),
         ];
         for (what, b) in breaks {
             let mut f = folder();
