@@ -315,3 +315,39 @@ fn a_mirror_republishes_a_folder_image_unchanged() {
     r.ok(&["pull", &url(&m)]);
     holds_the_originals(&r.root, &s, &FILES);
 }
+
+#[test]
+fn files_with_the_same_bytes_are_fetched_once_and_each_imported() {
+    if !have("sha256sum", "coreutils") || !have("md5sum", "coreutils") {
+        return;
+    }
+    // Two files of the folder with the same bytes, and a single image with them too.
+    let r = Repo::new();
+    let parts = r.scratch().join("parts");
+    std::fs::create_dir(&parts).unwrap();
+    let originals = r.tmp.path().join("originals");
+    std::fs::create_dir(&originals).unwrap();
+    let files = [("a.vmdk", 50_000), ("b.vmdk", 50_000), ("c.vmdk", 1000)];
+    for (i, (name, size)) in files.iter().enumerate() {
+        pattern_file(&parts.join(name), *size, if i < 2 { 5 } else { 6 });
+        std::fs::copy(parts.join(name), originals.join(name)).unwrap();
+    }
+    let single = r.scratch().join("single.img");
+    pattern_file(&single, 50_000, 5);
+    r.add(&single, "kvm", &["--max-size", "8GB"]);
+    r.add(&parts, "vmware", &["--max-size", "4GB", "--detail", "split"]);
+    let keys = r.tmp.path().join("keys");
+    r.ok(&["key", "generate", "-o", keys.to_str().unwrap(), "--name", "star"]);
+    let s = Source { key: keys.join("star.key"), public: keys.join("star.pub"), originals, r };
+    let dest = s.r.tmp.path().join("pub");
+    publish(&s, &dest, &[]);
+    let site = site(&s.public);
+    let out = site.json(&["pull", &url(&dest)]);
+    assert_eq!(out["transferred"], 50_000 + 1000, "the same bytes are fetched once: {out}");
+    holds_the_originals(&site.root, &s, &files);
+    assert_eq!(
+        sha256sum(&site.vm_dir("kvm").join("sl5.3_x86_64_sl08e_8GB.img")),
+        sha256sum(&s.originals.join("a.vmdk"))
+    );
+    assert_eq!(sh(&site.root.join(".vmrepo/pull"), "ls"), "");
+}

@@ -10,6 +10,8 @@
 //! checked for its size and SHA-256; only when all are proved are they
 //! imported, each through [`vmrepo_repo::add()`] (a hard link, not a copy).
 //! The source's serial is written last, and only after a pull that succeeded.
+//! Image folders (the catalog's `folders`) are checked, fetched file by
+//! file in the same pool and imported whole: see `pull/folders.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
