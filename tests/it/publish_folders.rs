@@ -143,6 +143,14 @@ fn a_folder_image_is_published_signed_and_byte_for_byte() {
     publish(&s, &dest, &["vm=kvm"]);
     publish(&s, &dest, &["vm=kvm"]);
     assert!(!folder.exists(), "{:?}", crate::util::tree(&dest.join("vm")));
+
+    // A file in the repository's folder that its .txt does not record: the
+    // folder is left out, and said why.
+    std::fs::write(s.r.vm_dir("vmware").join(STEM).join("extra.vmdk"), b"not recorded").unwrap();
+    let out = publish(&s, &dest, &[]);
+    assert_eq!(out["left_out"][0]["path"], format!("vm/vmware/{STEM}"), "{out}");
+    assert!(out["left_out"][0]["reason"].as_str().unwrap().contains("vmrepo verify"), "{out}");
+    assert!(catalog(&dest).get("folders").is_none());
 }
 
 #[test]
@@ -175,6 +183,19 @@ fn a_folder_image_is_pulled_from_a_folder_and_from_a_web_server() {
     let again = r.json(&["pull", &url(&dest)]);
     assert_eq!(again["transferred"], 0);
     assert!(again["images"].as_array().unwrap().iter().all(|i| i["action"] == "present"), "{again}");
+
+    // Stored here under its name with other files: refused, not replaced.
+    let other = site(&s.public);
+    let mine = other.scratch().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    pattern_file(&mine.join("disk.vmdk"), 1000, 1);
+    other.add(&mine, "vmware", &["--max-size", "4GB", "--detail", "split"]);
+    let err = other.fails(5, &["pull", &url(&dest)]);
+    assert!(err.contains(&format!("vm/vmware/{STEM}")) && err.contains("other files"), "{err}");
+    assert_eq!(
+        sha256sum(&other.vm_dir("vmware").join(STEM).join("disk.vmdk")),
+        sha256sum(&mine.join("disk.vmdk"))
+    );
 
     // From python's http.server.
     let port = free_port();
