@@ -114,6 +114,7 @@ fn a_folder_image_is_published_signed_and_byte_for_byte() {
     holds_the_originals(&dest, &s, &FILES);
     assert!(dest.join(format!("vm/vmware/{STEM}.txt")).is_file());
     check_against_schema(&dest.join("catalog.json"));
+    schema_refuses_a_file_outside_the_folder(&dest.join("catalog.json"));
     // Only the single image is in the exports of one file per image.
     let index = std::fs::read_to_string(dest.join("index")).unwrap();
     assert!(!index.contains(STEM), "{index}");
@@ -371,4 +372,27 @@ fn files_with_the_same_bytes_are_fetched_once_and_each_imported() {
         sha256sum(&s.originals.join("a.vmdk"))
     );
     assert_eq!(sh(&site.root.join(".vmrepo/pull"), "ls"), "");
+}
+
+/// The JSON Schema refuses a folder's file named `..`, absolute, or with a
+/// `/` (Python's jsonschema; skipped without it, as check_against_schema is).
+fn schema_refuses_a_file_outside_the_folder(catalog: &Path) {
+    let ok =
+        Command::new("python3").args(["-c", "import jsonschema"]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "this test needs python3-jsonschema");
+        eprintln!("SKIPPED: the schema check (apt-get install python3-jsonschema)");
+        return;
+    }
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/catalog.schema.json");
+    let script = "import json,sys,jsonschema\n\
+        v=jsonschema.Draft202012Validator(json.load(open(sys.argv[1])))\n\
+        c=json.load(open(sys.argv[2]))\n\
+        assert not list(v.iter_errors(c)), 'the published catalog breaks the schema'\n\
+        for bad in ['..', '/etc/passwd', '../x', 'a/b', '.hidden', '']: c['folders'][0]['files'][0]['path'] = bad; assert list(v.iter_errors(c)), 'the schema took %r' % bad\n";
+    let out = Command::new("python3")
+        .args(["-c", script, schema.to_str().unwrap(), catalog.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
