@@ -396,3 +396,30 @@ fn schema_refuses_a_file_outside_the_folder(catalog: &Path) {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A pull that dies while it imports a folder (the repository's crash
+/// points: staged but not committed, then half committed): the folder is
+/// never half visible, and the next pull (or recovery) completes it.
+#[test]
+fn a_pull_that_dies_while_importing_a_folder_leaves_it_whole_or_absent() {
+    if !have("sha256sum", "coreutils") || !have("md5sum", "coreutils") {
+        return;
+    }
+    let s = source(&FILES);
+    let dest = s.r.tmp.path().join("pub");
+    publish(&s, &dest, &["vm=vmware"]);
+    for at in ["after-stage", "after-first-rename"] {
+        let r = site(&s.public);
+        let out = r.command(&["pull", &url(&dest)]).env("VMREPO_TEST_CRASH_AT", at).output().unwrap();
+        assert!(!out.status.success(), "{at}: the pull did not die");
+        // Whole or absent: never a folder without all its files.
+        let folder = r.vm_dir("vmware").join(STEM);
+        if folder.exists() {
+            holds_the_originals(&r.root, &s, &FILES);
+        }
+        r.ok(&["pull", &url(&dest)]);
+        holds_the_originals(&r.root, &s, &FILES);
+        assert_eq!(r.listed(), [format!("vmware/{STEM}")], "{at}");
+        r.ok(&["verify", "--md5"]);
+    }
+}
