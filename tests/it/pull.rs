@@ -330,7 +330,7 @@ fn an_image_changed_after_publishing_is_refused() {
 /// A web server that serves `Range: bytes=N-` under `If-Range` with a
 /// strong ETag, as slowly as asked, and logs each answer's status and the
 /// bytes it sent.
-const RANGED_SERVER: &str = r#"
+pub(crate) const RANGED_SERVER: &str = r#"
 import http.server, os, sys, time
 root, port, rate, log = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 class H(http.server.BaseHTTPRequestHandler):

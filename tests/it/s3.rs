@@ -596,3 +596,56 @@ fn a_killed_publish_leaves_no_half_image_and_the_next_one_resumes() {
     assert_eq!(entry["transferred"].as_u64().unwrap(), BIG as u64 - kept, "{out}");
     assert_eq!(sha256sum(&site.root.join("vm/kvm").join(&big)), sha);
 }
+
+/// An image folder (an image of several files) published to a bucket, each
+/// of its files an object read back by boto3 and checked by `sha256sum`
+/// against the original, then pulled from `s3://` into a fresh repository.
+#[test]
+fn an_image_folder_is_published_to_a_bucket_and_pulled_back() {
+    if !have("minisign", "minisign") {
+        return;
+    }
+    let Some(sw) = Seaweed::start() else { return };
+    let (r, key, public) = source(&[70_000]);
+    let parts = r.scratch().join("parts");
+    std::fs::create_dir(&parts).unwrap();
+    let originals = r.tmp.path().join("originals");
+    std::fs::create_dir(&originals).unwrap();
+    // One file below a part, one of two parts.
+    let files = [("disk.vmdk", 1000), ("disk-f001.vmdk", PART_MIB * MIB + 300_000)];
+    for (i, (name, size)) in files.iter().enumerate() {
+        pattern_file(&parts.join(name), *size, 50 + i as u64);
+        std::fs::copy(parts.join(name), originals.join(name)).unwrap();
+    }
+    r.add(&parts, "vmware", &["--max-size", "4GB", "--detail", "split"]);
+    let stem = "sl5.3_x86_64_sl08e_4GB_split";
+    let dest = format!("s3://{BUCKET}/star/folders");
+    let out = sw.json(&r, &["publish", dest.as_str(), "--key", key.to_str().unwrap()]);
+    assert_eq!((out["images"].as_u64(), out["folders"].as_u64()), (Some(2), Some(1)), "{out}");
+    assert!(minisign_verifies(&sw, "star/folders", &public).0);
+    let c = bucket_catalog(&sw, "star/folders");
+    assert_eq!(c["folders"][0]["files"].as_array().unwrap().len(), 2, "{c}");
+    let keys = sw.keys("star/folders/");
+    let dl = tempfile::tempdir().unwrap();
+    for (name, _) in &files {
+        let key = format!("star/folders/vm/vmware/{stem}/{name}");
+        assert!(keys.contains(&key), "{key} not in {keys:?}");
+        let got = sw.get(&key, dl.path());
+        assert_eq!(sha256sum(&got), sha256sum(&originals.join(name)), "{name}");
+    }
+    for sidecar in ["checksum", "txt"] {
+        assert!(keys.contains(&format!("star/folders/vm/vmware/{stem}.{sidecar}")), "{keys:?}");
+    }
+    // Again: no file of it is sent.
+    let again = sw.json(&r, &["publish", dest.as_str(), "--key", key.to_str().unwrap()]);
+    assert_eq!(again["skipped"], 2, "{again}");
+
+    let site = Repo::new();
+    site.ok(&["trust", "add", public.to_str().unwrap()]);
+    sw.json(&site, &["pull", &dest, "vm=vmware"]);
+    for (name, _) in &files {
+        let pulled = site.vm_dir("vmware").join(stem).join(name);
+        assert_eq!(sha256sum(&pulled), sha256sum(&originals.join(name)), "{name}");
+    }
+    assert_eq!(site.listed(), [format!("vmware/{stem}")]);
+}

@@ -125,11 +125,16 @@ impl Ledger {
     }
 }
 
-/// Whether `rel` is a path publish places: `vm/<VM>/<file>`, each part a
+/// Whether `rel` is a path publish places: `vm/<VM>/<file>`, or
+/// `vm/<VM>/<folder>/<file>` for a file of an image folder, each part a
 /// plain, visible name.
 pub fn is_placed_path(rel: &str) -> bool {
     let parts: Vec<&str> = rel.split('/').collect();
-    matches!(parts.as_slice(), ["vm", vm, file] if plain(vm) && plain(file))
+    match parts.as_slice() {
+        ["vm", vm, file] => plain(vm) && plain(file),
+        ["vm", vm, folder, file] => plain(vm) && plain(folder) && plain(file),
+        _ => false,
+    }
 }
 
 fn plain(part: &str) -> bool {
@@ -172,7 +177,7 @@ mod tests {
 
     #[test]
     fn only_paths_of_publish_shape_are_removable() {
-        for ok in ["vm/kvm/a.img", "vm/xen/sl5_x.txt"] {
+        for ok in ["vm/kvm/a.img", "vm/xen/sl5_x.txt", "vm/vmware/sl5_x/disk-f001.vmdk"] {
             assert!(is_placed_path(ok), "{ok}");
         }
         for bad in [
@@ -183,7 +188,10 @@ mod tests {
             "vm/kvm/.hidden",
             "vm//x",
             "x/kvm/a",
-            "vm/kvm/a/b",
+            "vm/kvm/a/b/c",
+            "vm/kvm/.a/b",
+            "vm/kvm/a/..",
+            "vm/kvm/a/",
             "/vm/kvm/a",
         ] {
             assert!(!is_placed_path(bad), "{bad}");

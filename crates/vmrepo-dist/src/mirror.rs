@@ -138,7 +138,7 @@ pub fn mirror(
         serial: doc.serial,
         expires: doc.expires.clone(),
         signer: signer.name.clone(),
-        images: doc.images.len(),
+        images: doc.images.len() + doc.folders.len(),
         fetched: 0,
         transferred: 0,
         removed: 0,
@@ -160,6 +160,29 @@ pub fn mirror(
         let mut smalls = vec![format!("{dir}/{}.checksum", image.name), format!("{dir}/{}.txt", image.name)];
         smalls.extend(image.metalink.clone());
         for rel in smalls {
+            if let Some(b) = remote.fetch_small(&rel, MAX_SMALL_FILE)? {
+                let (w, e) = place::place_small(&dest.join(&rel), &b, known.files.get(&rel))?;
+                wrote |= w;
+                ledger.files.insert(rel, e);
+            }
+        }
+    }
+    // Image folders: each file as an image, then the sidecars beside the folder.
+    for folder in &doc.folders {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::interrupted());
+        }
+        let d = dest.join(&folder.path);
+        fs::create_dir_all(&d).map_err(|e| Error::io("create the folder", &d, e))?;
+        fsutil::real_folder(&dest, &d)?;
+        for file in &folder.files {
+            let item = folder.file_as_image(file);
+            let entry = mirror_image(&remote, &dest, &item, known.files.get(&item.path), &mut report, cancel)
+                .map_err(|e| e.context(format!("mirror {}", folder.path)))?;
+            ledger.files.insert(item.path, entry);
+        }
+        let (dir, _) = folder.path.rsplit_once('/').unwrap_or(("", ""));
+        for rel in [format!("{dir}/{}.checksum", folder.name), format!("{dir}/{}.txt", folder.name)] {
             if let Some(b) = remote.fetch_small(&rel, MAX_SMALL_FILE)? {
                 let (w, e) = place::place_small(&dest.join(&rel), &b, known.files.get(&rel))?;
                 wrote |= w;

@@ -15,6 +15,7 @@
 //! done yet).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -31,7 +32,7 @@ use crate::key;
 use crate::ledger::{self, Entry, Ledger};
 use crate::metalink::{self, Metalink};
 use crate::place::{self, Placed};
-use crate::schema::{self, CATALOG_FILE, CatalogDoc, CatalogImage};
+use crate::schema::{self, CATALOG_FILE, CatalogDoc, CatalogFolder, CatalogImage, FolderFile};
 use crate::store::Store;
 
 /// The largest previous catalog read (for its serial).
@@ -65,8 +66,10 @@ pub struct PublishOptions {
 pub struct PublishReport {
     pub dest: PathBuf,
     pub serial: u64,
-    /// Images the catalog names.
+    /// Images the catalog names (image folders included).
     pub images: usize,
+    /// Of those, image folders (images of several files).
+    pub folders: usize,
     pub copied: usize,
     pub linked: usize,
     /// Already there with the same size and SHA-256.
@@ -138,6 +141,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         dest: opts.dest.clone(),
         serial,
         images: 0,
+        folders: 0,
         copied: 0,
         linked: 0,
         skipped: 0,
@@ -149,11 +153,11 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         expires: expires.to_string(),
     };
     let mut images = Vec::new();
+    let mut folders = Vec::new();
     for rec in catalog.find(&opts.query)? {
         if cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Error::interrupted());
         }
-        let Some((sha256, md5)) = publishable(&rec, &mut report) else { continue };
         let mut to = Placing {
             store: &store,
             known: &known,
@@ -161,6 +165,25 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
             made: &mut made,
             written: &mut sidecars,
         };
+        if rec.image_kind() == ImageKind::Folder {
+            // An image of several files: each file placed as an image is.
+            let files = match entries::folder_files(catalog, &rec) {
+                Ok(files) => files,
+                Err(reason) => {
+                    report.left_out.push(LeftOut { path: rec.path.clone(), reason });
+                    continue;
+                }
+            };
+            let (placed, folder) = publish_folder(catalog, &mut to, rec, files, cancel)?;
+            match placed {
+                Placed::Linked => report.linked += 1,
+                Placed::Copied => report.copied += 1,
+                Placed::Skipped => report.skipped += 1,
+            }
+            folders.push(folder);
+            continue;
+        }
+        let Some((sha256, md5)) = publishable(&rec, &mut report) else { continue };
         let (placed, image) = publish_one(catalog, &mut to, rec, sha256, md5, cancel)?;
         match placed {
             Placed::Linked => report.linked += 1,
@@ -169,9 +192,12 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         }
         images.push(image);
     }
-    report.images = images.len();
+    report.images = images.len() + folders.len();
+    report.folders = folders.len();
     // Uploads a killed publish left for images not published now.
-    store.forget_uploads_but(&images.iter().map(|i| i.path.clone()).collect::<Vec<_>>());
+    let mut uploads: Vec<String> = images.iter().map(|i| i.path.clone()).collect();
+    uploads.extend(folders.iter().flat_map(CatalogFolder::file_paths));
+    store.forget_uploads_but(&uploads);
     // Every image is in place: now the Metalink files that point at them.
     if !base_urls.is_empty() {
         for image in &mut images {
@@ -196,6 +222,14 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
             image.metalink = Some(relative);
         }
     }
+    if !base_urls.is_empty() && !folders.is_empty() {
+        // A Metalink file here describes one file: an image folder has none.
+        let paths: Vec<&str> = folders.iter().map(|f| f.path.as_str()).collect();
+        report.exports_skipped.push(export::Skipped {
+            export: "metalink",
+            reason: format!("image folders (several files) have no Metalink file: {}", paths.join(", ")),
+        });
+    }
     let doc = CatalogDoc {
         format: schema::FORMAT.into(),
         version: schema::VERSION,
@@ -204,6 +238,7 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         expires: report.expires.clone(),
         base_url,
         images,
+        folders,
     };
     let signers = Signers { minisign_secret: sk, minisign_public: pk, smime, openpgp };
     let mut sha512 = BTreeMap::new();
@@ -393,6 +428,60 @@ fn publish_one(
     Ok((placed, image))
 }
 
+/// Places the files of an image folder (each as an image is placed, under
+/// `vm/<VM>/<name>/`) and its sidecars beside it, and makes its catalog
+/// entry. What became of it: copied when a file was copied, else linked
+/// when one was linked, else already there.
+fn publish_folder(
+    catalog: &Catalog,
+    to: &mut Placing<'_>,
+    rec: ImageRecord,
+    files: Vec<FolderFile>,
+    cancel: &AtomicBool,
+) -> Result<(Placed, CatalogFolder)> {
+    entries::check_names(&rec)?;
+    let src_dir = catalog.repo().vm_root().join(&rec.folder);
+    let dest_dir = format!("{}/{}", vmrepo_repo::layout::VM_DIR, rec.folder);
+    let mut how = Placed::Skipped;
+    for f in &files {
+        let placed = to
+            .image(
+                &src_dir.join(&rec.file).join(&f.path),
+                &format!("{dest_dir}/{}/{}", rec.file, f.path),
+                f.size,
+                &f.sha256,
+                cancel,
+            )
+            .map_err(|e| e.context(format!("publish {}/{}", rec.path, f.path)))?;
+        how = match (how, placed) {
+            (Placed::Copied, _) | (_, Placed::Copied) => Placed::Copied,
+            (Placed::Linked, _) | (_, Placed::Linked) => Placed::Linked,
+            _ => Placed::Skipped,
+        };
+    }
+    // The .checksum anew from the record (md5sum -c reads it in vm/<VM>/),
+    // when every file has a recorded MD5.
+    let lines: Option<Vec<ChecksumLine>> = files
+        .iter()
+        .map(|f| {
+            let md5 = parse_hex::<16>(f.md5.as_deref()?)?;
+            Some(ChecksumLine { md5, path: format!("{}/{}", rec.file, f.path) })
+        })
+        .collect();
+    if let Some(lines) = lines {
+        to.small(format!("{dest_dir}/{}.checksum", rec.name), checksum::format(&lines).as_bytes())?;
+    }
+    let sidecars = Sidecars::of(&src_dir, &rec.file, &rec.name, ImageKind::Folder);
+    if let Ok(txt) = vmrepo_repo::catalog::read_capped(
+        &sidecars.description,
+        vmrepo_repo::description::MAX_DESCRIPTION_FILE,
+    ) {
+        to.small(format!("{dest_dir}/{}.txt", rec.name), &txt)?;
+    }
+    let folder = entries::folder_entry(catalog, rec, files)?;
+    Ok((how, folder))
+}
+
 /// What the catalog already in DEST says: the next serial (one more than
 /// its own, or 1), and the paths it names (`None` when there is none, or
 /// its images cannot be read: then nothing is removed).
@@ -429,6 +518,20 @@ pub(crate) fn read_previous(store: &Store) -> Result<(u64, Option<BTreeSet<Strin
 #[derive(serde::Deserialize)]
 struct Named {
     images: Vec<NamedImage>,
+    #[serde(default)]
+    folders: Vec<NamedFolder>,
+}
+
+#[derive(serde::Deserialize)]
+struct NamedFolder {
+    name: String,
+    path: String,
+    files: Vec<NamedFile>,
+}
+
+#[derive(serde::Deserialize)]
+struct NamedFile {
+    path: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -445,7 +548,27 @@ impl Named {
         for i in &self.images {
             names_of(&i.path, &i.name, i.metalink.as_deref(), &mut out);
         }
+        for f in &self.folders {
+            folder_names_of(&f.path, &f.name, f.files.iter().map(|x| x.path.as_str()), &mut out);
+        }
         out
+    }
+}
+
+/// The paths an image folder's catalog entry names: each of its files
+/// (`<path>/<file>`), its `.checksum` and `.txt` beside the folder.
+pub(crate) fn folder_names_of<'a>(
+    path: &str,
+    name: &str,
+    files: impl Iterator<Item = &'a str>,
+    out: &mut BTreeSet<String>,
+) {
+    for f in files {
+        out.insert(format!("{path}/{f}"));
+    }
+    if let Some((dir, _)) = path.rsplit_once('/') {
+        out.insert(format!("{dir}/{name}.checksum"));
+        out.insert(format!("{dir}/{name}.txt"));
     }
 }
 
@@ -482,6 +605,9 @@ pub(crate) fn remove_old(
     for i in &doc.images {
         names_of(&i.path, &i.name, i.metalink.as_deref(), &mut live);
     }
+    for f in &doc.folders {
+        folder_names_of(&f.path, &f.name, f.files.iter().map(|x| x.path.as_str()), &mut live);
+    }
     let Some(previous) = previous else {
         // Nothing is known to be dead: keep recording all of it.
         for (p, e) in known.files {
@@ -496,6 +622,20 @@ pub(crate) fn remove_old(
         if ledger::remove_placed(dest, rel)? {
             removed += 1;
             dirs.insert(fsutil::parent(&dest.join(rel)).to_path_buf());
+        }
+    }
+    // An image folder emptied of its files goes too (only when empty:
+    // a file a person put there keeps it).
+    let vm_dir = dest.join(vmrepo_repo::layout::VM_DIR);
+    let emptied: Vec<PathBuf> = dirs
+        .iter()
+        .filter(|d| d.parent().and_then(Path::parent) == Some(vm_dir.as_path()))
+        .cloned()
+        .collect();
+    for d in emptied {
+        if fsutil::real_folder(dest, &d).is_ok() && fs::remove_dir(&d).is_ok() {
+            dirs.remove(&d);
+            dirs.insert(fsutil::parent(&d).to_path_buf());
         }
     }
     for d in dirs {

@@ -10,6 +10,8 @@
 //! checked for its size and SHA-256; only when all are proved are they
 //! imported, each through [`vmrepo_repo::add()`] (a hard link, not a copy).
 //! The source's serial is written last, and only after a pull that succeeded.
+//! Image folders (the catalog's `folders`) are checked, fetched file by
+//! file in the same pool and imported whole: see `pull/folders.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -28,8 +30,10 @@ use vmrepo_repo::{Catalog, Error, ErrorKind, Facts, NoProgress, Prehashed, Resul
 
 use crate::download::{self, Fetched, Plan, PullProgress};
 use crate::fetch::Remote;
-use crate::schema::{self, CATALOG_FILE, CatalogDoc, CatalogImage, SIGNATURE_FILE};
+use crate::schema::{self, CATALOG_FILE, CatalogDoc, CatalogFolder, CatalogImage, SIGNATURE_FILE};
 use crate::trust::{self, TrustedKey};
+
+mod folders;
 
 /// The largest catalog fetched.
 pub const MAX_CATALOG: u64 = 64 << 20;
@@ -110,7 +114,12 @@ pub struct PullReport {
 pub struct PulledImage {
     pub path: String,
     pub size: u64,
-    pub sha256: String,
+    /// Absent for an image folder, whose files each have theirs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// For an image folder: how many files it has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<usize>,
     /// `pulled`, `present` (the same SHA-256 is stored) or `would-pull` (`--dry-run`).
     pub action: &'static str,
     /// Bytes read from the network for it, over all attempts (less than its
@@ -212,7 +221,8 @@ pub fn pull(
         report.images.push(PulledImage {
             path: image.path.clone(),
             size: image.size,
-            sha256: image.sha256.clone(),
+            sha256: Some(image.sha256.clone()),
+            files: None,
             action,
             transferred: 0,
             mirror: None,
@@ -220,16 +230,41 @@ pub fn pull(
             attempts: 0,
         });
     }
+    let folders_todo = folders::select(catalog, &doc, opts, &remotes[0], &mut report)?;
     let plan = Plan { remotes, tries: opts.tries.clamp(1, MAX_TRIES), backoff: opts.backoff, dir: pull_dir };
     // The same bytes under two names are fetched once (into one partial
     // file, which two downloads must not share) and imported under each.
     let mut owner: HashMap<String, usize> = HashMap::new();
-    let (unique, copies): (Vec<_>, Vec<_>) = todo
+    let (mut unique, copies): (Vec<_>, Vec<_>) = todo
         .into_iter()
         .partition(|(slot, image)| *owner.entry(image.sha256.clone()).or_insert(*slot) == *slot);
+    // Each file of an image folder is a download of its own, in the same
+    // pool (slots after the report's), its bytes shared by SHA-256 too.
+    let folder_files = folders::downloads(&folders_todo, report.images.len());
+    for (slot, item) in &folder_files {
+        if *owner.entry(item.sha256.clone()).or_insert(*slot) == *slot {
+            unique.push((*slot, item.clone()));
+        }
+    }
     let fetched = download_all(&plan, unique, opts.jobs, cancel, progress)?;
     let signed_by =
         signer.as_ref().map_or("nobody (--insecure)".to_string(), |k| format!("{} ({})", k.name, k.key_id));
+    // Folders first: their files are linked from the partial files, which
+    // the import of a single image with the same bytes then moves.
+    let (fetched, of_folders): (Vec<_>, Vec<_>) =
+        fetched.into_iter().partition(|(slot, _, _)| *slot < report.images.len());
+    let imported = folders::import_all(
+        catalog,
+        &folders_todo,
+        &of_folders,
+        &plan.dir,
+        (&source, doc.serial, &signed_by),
+        &mut report,
+        cancel,
+    );
+    // Kept when an import failed: the next pull has them at hand.
+    imported?;
+    folders::discard(&of_folders);
     let by_sha: HashMap<&str, &Fetched> = fetched.iter().map(|(_, i, f)| (i.sha256.as_str(), f)).collect();
     // The copies first: each is a hard link to the partial file, which the
     // import of its owner then moves.
@@ -468,6 +503,12 @@ pub(crate) fn check_catalog(remote: &Remote, bytes: &[u8], now: Timestamp) -> Re
             return Err(bad(format!("image {:?} is listed twice", image.path)));
         }
     }
+    for folder in &doc.folders {
+        folders::check(folder).map_err(|why| bad(format!("image folder {:?}: {why}", folder.path)))?;
+        if !paths.insert(folder.path.as_str()) {
+            return Err(bad(format!("image {:?} is listed twice", folder.path)));
+        }
+    }
     Ok(doc)
 }
 
@@ -489,23 +530,36 @@ fn check_image(i: &CatalogImage) -> std::result::Result<(), String> {
     if name.to_string() != i.file || name.stem() != i.name {
         return Err(format!("{:?} is not a convention name with the stem {:?}", i.file, i.name));
     }
-    if parse_hex::<32>(&i.sha256).is_none() || i.sha256.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err("sha256 is not 64 lower-case hex digits".into());
-    }
-    if parse_hex::<16>(&i.md5).is_none() || i.md5.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err("md5 is not 32 lower-case hex digits".into());
-    }
-    if i.size > MAX_IMAGE_SIZE {
-        return Err(format!("size {} is above {MAX_IMAGE_SIZE}", i.size));
-    }
-    Ok(())
+    check_digests(&i.sha256, Some(&i.md5), i.size)
 }
 
 /// The VM and the folder name of a checked entry.
 fn vm_of(i: &CatalogImage) -> Result<(Vm, String)> {
-    let folder = i.path.split('/').nth(1).unwrap_or_default();
+    vm_of_path(&i.path)
+}
+
+/// The VM and the VM folder's name of a checked `vm/<VM>/...` path.
+fn vm_of_path(path: &str) -> Result<(Vm, String)> {
+    let folder = path.split('/').nth(1).unwrap_or_default();
     let vm = Vm::from_user(folder).map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
     Ok((vm, folder.to_string()))
+}
+
+/// Whether the SHA-256 and size a catalog states of a file are well-formed
+/// (lower-case hex, at most [`MAX_IMAGE_SIZE`]).
+fn check_digests(sha256: &str, md5: Option<&str>, size: u64) -> std::result::Result<(), String> {
+    if parse_hex::<32>(sha256).is_none() || sha256.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err("sha256 is not 64 lower-case hex digits".into());
+    }
+    if let Some(md5) = md5
+        && (parse_hex::<16>(md5).is_none() || md5.bytes().any(|b| b.is_ascii_uppercase()))
+    {
+        return Err("md5 is not 32 lower-case hex digits".into());
+    }
+    if size > MAX_IMAGE_SIZE {
+        return Err(format!("size {size} is above {MAX_IMAGE_SIZE}"));
+    }
+    Ok(())
 }
 
 /// `vmrepo add --move` of a proved download, named as the catalog says.
@@ -663,6 +717,38 @@ impl Select {
             clauses.push(Clause { field: Some(field), op, value: rest[op.len()..].to_ascii_lowercase() });
         }
         Ok(Select { clauses })
+    }
+
+    /// Whether the image folder `f` is selected: as an image is, its
+    /// `sha256` matching when one of its files' does (and `!=`, `!~` when
+    /// none does).
+    pub fn matches_folder(&self, f: &CatalogFolder) -> bool {
+        self.clauses.iter().all(|c| {
+            let have: Vec<String> = match c.field {
+                None | Some("name") => vec![f.name.clone()],
+                Some("vm") => vec![f.vm.clone()],
+                Some("file") => vec![f.file.clone()],
+                Some("os") => vec![f.os.clone()],
+                Some("arch") => vec![f.arch.clone()],
+                Some("bits") => vec![f.bits.to_string()],
+                Some("lib") => vec![f.lib.clone()],
+                Some("maxsize") => vec![f.maxsize.clone()],
+                Some("format") => vec![f.format.clone().unwrap_or_default()],
+                Some("detail") => vec![f.detail.clone().unwrap_or_default()],
+                Some(_) => f.files.iter().map(|x| x.sha256.clone()).collect(),
+            };
+            let hit = |h: &String| {
+                let h = h.to_ascii_lowercase();
+                match c.op {
+                    "=" | "!=" => h == c.value,
+                    _ => glob(c.value.as_bytes(), h.as_bytes()),
+                }
+            };
+            match c.op {
+                "=" | "~" => have.iter().any(hit),
+                _ => !have.iter().any(hit),
+            }
+        })
     }
 
     /// Whether `i` is selected.

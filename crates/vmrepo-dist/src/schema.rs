@@ -33,6 +33,12 @@ pub struct CatalogDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
     pub images: Vec<CatalogImage>,
+    /// The images of several files (each a folder, `vm/<VM>/<name>/`), with
+    /// the list of their files. Absent when there is none: a reader that
+    /// does not know this field (an older vmrepo) reads the catalog as it
+    /// did, without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folders: Vec<CatalogFolder>,
 }
 
 /// One published image: the repository's record and its description's facts.
@@ -67,6 +73,122 @@ pub struct CatalogImage {
     /// only when published with a base URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metalink: Option<String>,
+}
+
+/// The most files an image folder may list (as many as the repository
+/// accepts in a folder: `vmrepo_repo::layout::folder_parts`).
+pub const MAX_FOLDER_FILES: usize = 4096;
+
+/// One published image of several files: a folder under `vm/<VM>/`, named
+/// as the image (without extension), holding its files. The same fields as
+/// [`CatalogImage`] but the digests, which each file has.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CatalogFolder {
+    pub vm: String,
+    pub name: String,
+    /// The folder's name: the image's name (no extension).
+    pub file: String,
+    /// Relative to the catalog's folder (and to `base_url`): `vm/<VM>/<name>`.
+    pub path: String,
+    /// The sum of its files' sizes.
+    pub size: u64,
+    /// Its files, sorted by name: each at `<path>/<file's path>`.
+    pub files: Vec<FolderFile>,
+    pub format: Option<String>,
+    pub virtual_size: Option<u64>,
+    pub storage: Option<String>,
+    pub os: String,
+    pub osinfo: Option<String>,
+    pub arch: String,
+    pub bits: u16,
+    pub lib: String,
+    pub maxsize: String,
+    pub maxsize_bytes: u64,
+    pub detail: Option<String>,
+    pub kernel: Option<String>,
+    pub added: Option<String>,
+    /// The description's facts, as `vmrepo show --json` gives them.
+    pub description: serde_json::Value,
+}
+
+/// One file of an image folder.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FolderFile {
+    /// Its name inside the folder: one plain name ([`check_folder_file_name`]).
+    pub path: String,
+    pub size: u64,
+    /// Lower-case hex.
+    pub sha256: String,
+    /// Lower-case hex, as in the image's `.checksum`; absent when the
+    /// repository does not record it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
+}
+
+impl CatalogFolder {
+    /// The relative path of each file (`vm/<VM>/<name>/<file>`).
+    pub fn file_paths(&self) -> impl Iterator<Item = String> + '_ {
+        self.files.iter().map(|f| format!("{}/{}", self.path, f.path))
+    }
+
+    /// One of its files as the entry of an image of one file (its path
+    /// `vm/<VM>/<name>/<file>`, its size and digests; no format, no
+    /// description): what is fetched and proved as an image is.
+    pub fn file_as_image(&self, f: &FolderFile) -> CatalogImage {
+        CatalogImage {
+            vm: self.vm.clone(),
+            name: self.name.clone(),
+            file: f.path.clone(),
+            path: format!("{}/{}", self.path, f.path),
+            size: f.size,
+            sha256: f.sha256.clone(),
+            md5: f.md5.clone().unwrap_or_default(),
+            format: None,
+            virtual_size: None,
+            storage: None,
+            os: self.os.clone(),
+            osinfo: None,
+            arch: self.arch.clone(),
+            bits: self.bits,
+            lib: self.lib.clone(),
+            maxsize: self.maxsize.clone(),
+            maxsize_bytes: self.maxsize_bytes,
+            detail: None,
+            kernel: None,
+            added: None,
+            description: serde_json::Value::Null,
+            metalink: None,
+        }
+    }
+}
+
+/// Whether `name` may name a file of the image folder named `stem`: one
+/// plain, visible name (no `/`, no `..`, not absolute, not empty, no
+/// control character or backslash), and not one of the image's sidecars
+/// (`<stem>.checksum`, `<stem>.txt`, which the repository keeps apart).
+///
+/// # Errors
+/// Why it may not, in a few words.
+pub fn check_folder_file_name(stem: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("an empty file name".into());
+    }
+    if name.len() > 255 {
+        return Err(format!("{name:?}: a file name longer than 255 bytes"));
+    }
+    if name.starts_with('/') || name.contains('/') {
+        return Err(format!("{name:?}: not a plain name inside the folder (a path)"));
+    }
+    if name.starts_with('.') {
+        return Err(format!("{name:?}: a hidden name, or . or .."));
+    }
+    if name.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(format!("{name:?}: a control character or a backslash"));
+    }
+    if name == format!("{stem}.checksum") || name == format!("{stem}.txt") {
+        return Err(format!("{name:?}: the name of one of the image's sidecars"));
+    }
+    Ok(())
 }
 
 /// The fields of a previous catalog that publishing again needs.
@@ -150,7 +272,70 @@ mod tests {
             expires: "2026-01-31T00:00:00Z".into(),
             base_url: None,
             images: vec![image()],
+            folders: Vec::new(),
         }
+    }
+
+    fn folder() -> CatalogFolder {
+        let i = image();
+        CatalogFolder {
+            vm: "vmware".into(),
+            name: "sl5.3_x86_64_sl08e_8GB_split".into(),
+            file: "sl5.3_x86_64_sl08e_8GB_split".into(),
+            path: "vm/vmware/sl5.3_x86_64_sl08e_8GB_split".into(),
+            size: 30,
+            files: vec![
+                FolderFile {
+                    path: "a.vmdk".into(),
+                    size: 10,
+                    sha256: "1".repeat(64),
+                    md5: Some("2".repeat(32)),
+                },
+                FolderFile { path: "a-f001.vmdk".into(), size: 20, sha256: "3".repeat(64), md5: None },
+            ],
+            format: i.format,
+            virtual_size: i.virtual_size,
+            storage: i.storage,
+            os: i.os,
+            osinfo: i.osinfo,
+            arch: i.arch,
+            bits: i.bits,
+            lib: i.lib,
+            maxsize: i.maxsize,
+            maxsize_bytes: i.maxsize_bytes,
+            detail: i.detail,
+            kernel: i.kernel,
+            added: i.added,
+            description: i.description,
+        }
+    }
+
+    #[test]
+    fn folder_file_names_are_plain_names_inside_the_folder() {
+        let stem = "sl5.3_x86_64_sl08e_8GB_split";
+        for ok in ["a.vmdk", "disk-f001.vmdk", "x y", "é"] {
+            assert_eq!(check_folder_file_name(stem, ok), Ok(()), "{ok}");
+        }
+        let long = "x".repeat(256);
+        let sidecar = format!("{stem}.txt");
+        for bad in
+            ["", ".", "..", ".hidden", "a/b", "/etc/passwd", "../x", "a\\b", "a\nb", "a\0b", &long, &sidecar]
+        {
+            assert!(check_folder_file_name(stem, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_catalog_without_folders_reads_and_writes_as_before() {
+        // Written without the field when there is none: what an older reader reads.
+        let v = serde_json::to_value(doc(1)).unwrap();
+        assert!(v.get("folders").is_none());
+        let mut with = doc(1);
+        with.folders.push(folder());
+        let v = serde_json::to_value(&with).unwrap();
+        assert_eq!(v["folders"][0]["files"][1]["path"], "a-f001.vmdk");
+        assert!(v["folders"][0]["files"][1].get("md5").is_none());
+        assert_eq!(serde_json::from_value::<CatalogDoc>(v).unwrap(), with);
     }
 
     #[test]
@@ -202,7 +387,18 @@ mod tests {
         assert_eq!(names(&v), listed(&schema));
         let item = &schema["$defs"]["image"];
         assert_eq!(names(&v["images"][0]), listed(item));
-        assert_eq!(names(&schema["properties"]).len(), names(&v).len() + 1);
+        // base_url and folders are optional, absent here.
+        assert_eq!(names(&schema["properties"]).len(), names(&v).len() + 2);
+        let mut with_folder = doc(1);
+        with_folder.folders.push(folder());
+        let wf = serde_json::to_value(&with_folder).unwrap();
+        let fdef = &schema["$defs"]["folder"];
+        assert_eq!(names(&wf["folders"][0]), listed(fdef));
+        assert_eq!(names(&fdef["properties"]), names(&wf["folders"][0]));
+        let file_def = &schema["$defs"]["folder_file"];
+        assert_eq!(names(&wf["folders"][0]["files"][0]), names(&file_def["properties"]));
+        assert_eq!(file_def["required"].as_array().unwrap().len(), 3, "md5 is optional");
+        assert_eq!(fdef["properties"]["files"]["maxItems"], MAX_FOLDER_FILES);
         // metalink is optional (only with a base URL) and absent here.
         let mut with_optional = names(&v["images"][0]);
         with_optional.push("metalink".into());

@@ -147,6 +147,8 @@ pub fn sign(
         expires: state.expires.to_string(),
         base_url: base_url.clone(),
         images,
+        // The server's downloads are of single files: image folders are not listed.
+        folders: Vec::new(),
     };
     let ctx = export::Context {
         doc: &doc,

@@ -300,6 +300,14 @@ fn remove_dead_temps(dest: &Path) {
     if let Ok(vms) = fs::read_dir(dest.join(vmrepo_repo::layout::VM_DIR)) {
         folders.extend(vms.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
     }
+    // And the image folders in them (vm/<VM>/<name>/), links not followed.
+    let image_folders: Vec<PathBuf> = folders
+        .iter()
+        .skip(2)
+        .filter_map(|vm| fs::read_dir(vm).ok())
+        .flat_map(|d| d.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()))
+        .collect();
+    folders.extend(image_folders);
     for folder in folders {
         let Ok(entries) = fs::read_dir(&folder) else { continue };
         for e in entries.flatten() {

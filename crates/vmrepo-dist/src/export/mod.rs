@@ -108,7 +108,31 @@ pub fn render_all(ctx: &Context<'_>, skipped: &mut Vec<Skipped>) -> Result<Vec<O
     files.extend(virtbuilder::render(ctx, skipped)?);
     files.extend(hepix::render(ctx, skipped)?);
     files.extend(html::render(ctx)?);
+    folders_left_out(ctx, &files, skipped);
     // Sorted by stage only: within a stage, each export's own order stands.
     files.sort_by_key(|f| f.stage);
     Ok(files)
+}
+
+/// The formats that name one file per image (simplestreams' items as
+/// vmrepo writes them, virt-builder's `file=`, the HEPiX list's `hv:uri`)
+/// leave image folders out: each written with folders to list says so.
+fn folders_left_out(ctx: &Context<'_>, files: &[OutFile], skipped: &mut Vec<Skipped>) {
+    if ctx.doc.folders.is_empty() {
+        return;
+    }
+    let paths: Vec<&str> = ctx.doc.folders.iter().map(|f| f.path.as_str()).collect();
+    let reason = format!(
+        "image folders (several files) are not listed: the format names one file per image: {}",
+        paths.join(", ")
+    );
+    for (export, file) in [
+        ("simplestreams entries", simplestreams::INDEX),
+        ("virt-builder index entries", virtbuilder::INDEX),
+        ("hepix entries", hepix::FILE),
+    ] {
+        if files.iter().any(|f| f.path == file) {
+            skipped.push(Skipped { export, reason: reason.clone() });
+        }
+    }
 }
