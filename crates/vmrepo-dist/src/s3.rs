@@ -37,8 +37,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, Certificate, ClientConfigKey, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
-    PutMultipartOptions, PutOptions, PutPayload,
+    Attribute, Attributes, Certificate, ClientConfigKey, ClientOptions, GetOptions, GetRange, ObjectStore,
+    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload,
 };
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -210,6 +210,8 @@ impl Bucket {
     /// request"). Other failures are left to the first real request.
     fn check_tls(&self, endpoint: &str, ca: Option<&[u8]>) -> Result<()> {
         let certs = ca.map(|pem| reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default());
+        // The client's connector is made inside the runtime.
+        let _in_rt = self.rt.enter();
         let client = reqwest::Client::builder()
             .tls_certs_merge(certs.unwrap_or_default())
             .connect_timeout(std::time::Duration::from_secs(30))
@@ -428,6 +430,33 @@ impl Bucket {
                 }
             }
             Ok(out)
+        })
+    }
+
+    /// Deletes the objects `rels` (absent ones are no error), a thousand per
+    /// request (S3's DeleteObjects).
+    ///
+    /// # Errors
+    /// A network or permission error (object_store's message names the object).
+    pub fn delete_all(&self, rels: &[&str]) -> Result<()> {
+        let keys = rels.iter().map(|r| self.key(r)).collect::<Result<Vec<Path>>>()?;
+        self.rt.block_on(async {
+            let input = futures_util::stream::iter(keys.into_iter().map(Ok)).boxed();
+            let mut out = self.store.delete_stream(input);
+            while let Some(r) = out.next().await {
+                match r {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => {
+                        // object_store's message names the object.
+                        let said = e.to_string();
+                        return Err(Error::new(
+                            ErrorKind::Io,
+                            format!("{}: cannot delete: {}", self.url(), said.lines().next().unwrap_or("")),
+                        ));
+                    }
+                }
+            }
+            Ok(())
         })
     }
 
@@ -724,7 +753,8 @@ impl Upload<'_> {
                     let (file, src) = (Arc::clone(file), self.src.to_path_buf());
                     let idx = next;
                     pending.push(Box::pin(async move {
-                        let read = tokio::task::spawn_blocking(move || read_part(&file, &src, start, len, hasher));
+                        let read =
+                            tokio::task::spawn_blocking(move || read_part(&file, &src, start, len, hasher));
                         match read.await {
                             Ok(r) => Event::Read(idx, r),
                             Err(e) => Event::Read(
@@ -761,7 +791,8 @@ impl Upload<'_> {
                     }
                     Some(Event::Sent(idx, sent)) => {
                         sending -= 1;
-                        let id = sent.map_err(|e| b.error(self.rel, &format!("send part {} of", idx + 1), &e))?;
+                        let id =
+                            sent.map_err(|e| b.error(self.rel, &format!("send part {} of", idx + 1), &e))?;
                         if let Some(slot) = usize::try_from(idx).ok().and_then(|i| state.parts.get_mut(i)) {
                             *slot = Some(id.content_id);
                         }
@@ -785,7 +816,10 @@ impl Upload<'_> {
             .enumerate()
             .map(|(i, p)| {
                 p.clone().map(|content_id| PartId { content_id }).ok_or_else(|| {
-                    Error::new(ErrorKind::Io, format!("{}: part {} was not sent", b.location(self.rel), i + 1))
+                    Error::new(
+                        ErrorKind::Io,
+                        format!("{}: part {} was not sent", b.location(self.rel), i + 1),
+                    )
                 })
             })
             .collect()
@@ -800,7 +834,13 @@ enum Event {
 }
 
 /// Reads `len` bytes of `file` at `start` and hashes them.
-fn read_part(file: &File, src: &FsPath, start: u64, len: u64, mut sha: Sha256) -> Result<(Vec<u8>, Sha256, String)> {
+fn read_part(
+    file: &File,
+    src: &FsPath,
+    start: u64,
+    len: u64,
+    mut sha: Sha256,
+) -> Result<(Vec<u8>, Sha256, String)> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; usize::try_from(len).map_err(|_| changed(src, "a part is too large"))?];
     file.read_exact_at(&mut buf, start).map_err(|e| {

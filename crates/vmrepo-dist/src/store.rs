@@ -298,12 +298,9 @@ impl Store {
             }
             Store::S3 { bucket, .. } => {
                 let there = bucket.list(vmrepo_repo::layout::VM_DIR, MAX_LISTED)?;
-                for rel in rels {
-                    if there.contains(rel) {
-                        bucket.delete(rel)?;
-                        removed += 1;
-                    }
-                }
+                let gone: Vec<&str> = rels.into_iter().filter(|r| there.contains(*r)).collect();
+                bucket.delete_all(&gone)?;
+                removed = gone.len();
             }
         }
         Ok(removed)
