@@ -7,12 +7,13 @@
 //! vmrepo. Credentials, region and endpoint come from the standard AWS
 //! variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //! `AWS_SESSION_TOKEN`, `AWS_REGION` or `AWS_DEFAULT_REGION`,
-//! `AWS_ENDPOINT_URL`); requests are path-style (`endpoint/bucket/key`), as
+//! `AWS_ENDPOINT_URL`, and `AWS_CA_BUNDLE` for a CA to trust beside the
+//! system's); requests are path-style (`endpoint/bucket/key`), as
 //! MinIO, SeaweedFS and Ceph expect; plain `http://` only to an endpoint the
 //! user gave as such (or with `AWS_ALLOW_HTTP=true`).
 //!
-//! Images are uploaded in parts of [`PART_SIZE`] (one part in memory at a
-//! time), hashed while they are read, and the upload is completed only when
+//! Images are uploaded in parts of [`PART_SIZE`], [`PARTS_IN_FLIGHT`] at a
+//! time (so at most that many parts in memory), read in order and hashed, and the upload is completed only when
 //! the SHA-256 is the recorded one: until then no object exists under the
 //! name. An object that already has the size and the SHA-256 (kept as the
 //! object's metadata `x-amz-meta-sha256`) is not sent again. A multipart
@@ -140,11 +141,13 @@ pub fn parse_url(url: &str) -> Result<(String, String)> {
 
 impl Bucket {
     /// The client for `url` (`s3://bucket[/prefix]`), from the AWS variables.
-    /// Nothing is sent until the first request.
+    /// Nothing is sent until the first request, except, to an `https://`
+    /// endpoint, one handshake that proves its certificate trusted.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`] for a bad URL, a bad variable, or an
-    /// `http://` endpoint refused; [`ErrorKind::Io`] when no runtime can be made.
+    /// `http://` endpoint refused; [`ErrorKind::Io`] when no runtime can be
+    /// made, or an `https://` endpoint's certificate is not trusted.
     pub fn open(url: &str) -> Result<Bucket> {
         let (bucket, prefix) = parse_url(url)?;
         // reqwest is built without a default crypto provider: rustls's ring one,
