@@ -487,6 +487,7 @@ impl Bucket {
             return Ok(Placed::Skipped);
         }
         let part = part_size()?;
+        let in_flight = parts_in_flight()?;
         let file = vmrepo_repo::hashing::open_nofollow(src)?;
         let len = file.metadata().map_err(|e| Error::io("read", src, e))?.len();
         if len != size {
@@ -505,7 +506,8 @@ impl Bucket {
                 ),
             ));
         }
-        let upload = Upload { bucket: self, rel, key: self.key(rel)?, src, size, sha256, part, parts };
+        let upload =
+            Upload { bucket: self, rel, key: self.key(rel)?, src, size, sha256, part, parts, in_flight };
         upload.run(file, state_dir, cancel)
     }
 
@@ -652,6 +654,8 @@ struct Upload<'a> {
     sha256: &'a str,
     part: u64,
     parts: u64,
+    /// How many parts are sent at a time ([`parts_in_flight`]).
+    in_flight: usize,
 }
 
 impl Upload<'_> {
@@ -733,7 +737,7 @@ impl Upload<'_> {
     ) -> Result<Vec<PartId>> {
         let b = self.bucket;
         let n = usize::try_from(self.parts).unwrap_or(usize::MAX);
-        let in_flight = parts_in_flight()?;
+        let in_flight = self.in_flight;
         state.parts.resize(n, None);
         let upload_id = state.upload_id.clone();
         let mut sha = Some(Sha256::new());
