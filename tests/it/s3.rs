@@ -563,6 +563,12 @@ fn kill_publish_after(sw: &Seaweed, r: &Repo, args: &[&str], parts: usize) {
 fn recorded_parts(r: &Repo) -> BTreeSet<usize> {
     let mut out = BTreeSet::new();
     for e in std::fs::read_dir(r.root.join(".vmrepo/publish-s3")).into_iter().flatten().flatten() {
+        // The records, not a temporary file a kill left before its rename.
+        if !e.file_name().to_string_lossy().ends_with(".json")
+            || e.file_name().to_string_lossy().starts_with('.')
+        {
+            continue;
+        }
         let Ok(bytes) = std::fs::read(e.path()) else { continue };
         let Ok(rec) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
         for (i, p) in rec["parts"].as_array().into_iter().flatten().enumerate() {

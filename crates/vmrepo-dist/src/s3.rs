@@ -545,6 +545,22 @@ impl Bucket {
         let mine = format!("{}/", self.url());
         for e in entries.flatten() {
             let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if fsutil::is_temp_sibling(&name) {
+                // A record being written when its publish was killed: dead
+                // once old (a publish to another bucket may be writing one now).
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(3600)));
+                if old {
+                    let _ = fs::remove_file(&path);
+                }
+                continue;
+            }
+            if !name.ends_with(".json") {
+                continue;
+            }
             let Some(state) = UploadState::read(&path) else { continue };
             let Some(rel) = state.object.strip_prefix(&mine) else { continue };
             if keep.iter().any(|k| k == rel) {
