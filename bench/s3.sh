@@ -4,7 +4,7 @@
 # same file (its defaults: 8 MiB parts, 10 threads), in the same run: vmrepo
 # one part at a time (VMREPO_S3_PARTS=1, as before parts went several at a
 # time) and with its default (4 parts of 64 MiB in flight). Each run starts
-# from an empty prefix. The virtualenv with weed and boto3 is the tests'
+# from an empty prefix. Then the peak memory of one publish each way. The virtualenv with weed and boto3 is the tests'
 # (target/seaweedfs-venv, made by `cargo test --test it s3::`) or VENV.
 source "$(dirname "$0")/lib.sh"
 venv=${VENV:-$top/target/seaweedfs-venv}
@@ -56,5 +56,9 @@ hyperfine --runs "${RUNS:-3}" --export-json "$BENCH_DIR/s3.json" \
   "$py $work/tool.py upload $img pub/vm/kvm/boto3.img" \
   "VMREPO_S3_PARTS=1 $pub" \
   "$pub"
+# Peak resident memory (KiB) of one publish from an empty prefix, each way.
+rss() { "$py" "$work/tool.py" clear pub/; /usr/bin/time -f %M env "$@" $pub 2>&1 >/dev/null | tail -1; }
+rss4=$(rss VMREPO_S3_PARTS=4); rss1=$(rss VMREPO_S3_PARTS=1)
+report "| peak memory of that publish | 4 parts in flight $((rss4 / 1024)) MiB; one at a time $((rss1 / 1024)) MiB | |"
 b=$(mean "$BENCH_DIR/s3.json" 0); one=$(mean "$BENCH_DIR/s3.json" 1); four=$(mean "$BENCH_DIR/s3.json" 2)
 report "| publish one 200 MiB image to SeaweedFS S3 (load $load) | 4 parts of 64 MiB in flight $(s "$four"); one at a time $(s "$one"); boto3 upload_file $(s "$b") | 4 in flight / boto3 = $(ratio "$four" "$b"), one at a time / boto3 = $(ratio "$one" "$b") |"
