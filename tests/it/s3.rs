@@ -5,7 +5,11 @@
 //! client that lists, reads and tampers with the bucket. The catalog is
 //! verified by the real `minisign`, the images by `sha256sum`. Killed with
 //! SIGKILL in the middle, publish leaves no half image and the next one
-//! resumes its upload, and pull resumes its download with a ranged GET.
+//! resumes its upload (sending exactly the parts its record does not hold,
+//! also when they were answered out of order), and pull resumes its
+//! download with a ranged GET. Old objects go once no live catalog names
+//! them, never another tool's. Over https, the endpoint's private CA is
+//! trusted only through AWS_CA_BUNDLE (certificates made by `openssl`).
 //!
 //! Every process is held by a guard that kills it; every wait has a deadline.
 
