@@ -5,10 +5,15 @@
 //! client that lists, reads and tampers with the bucket. The catalog is
 //! verified by the real `minisign`, the images by `sha256sum`. Killed with
 //! SIGKILL in the middle, publish leaves no half image and the next one
-//! resumes its upload, and pull resumes its download with a ranged GET.
+//! resumes its upload (sending exactly the parts its record does not hold,
+//! also when they were answered out of order), and pull resumes its
+//! download with a ranged GET. Old objects go once no live catalog names
+//! them, never another tool's. Over https, the endpoint's private CA is
+//! trusted only through AWS_CA_BUNDLE (certificates made by `openssl`).
 //!
 //! Every process is held by a guard that kills it; every wait has a deadline.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -71,7 +76,8 @@ fn venv() -> Option<PathBuf> {
 /// Host header too, which the signature covers) and appends `METHOD PATH
 /// STATUS RANGE` to the log; while the file `slow` exists, each part of a
 /// multipart upload waits half a second first, and an image is sent at about
-/// 4 MiB/s.
+/// 4 MiB/s; while the file `slow-part1` exists, the first part of an upload
+/// is held (up to a minute), so that the parts after it are answered first.
 const PROXY: &str = r#"
 import http.server, http.client, os, sys, threading, time
 up, port, log, slow = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -83,6 +89,9 @@ class H(http.server.BaseHTTPRequestHandler):
         n = int(self.headers.get('Content-Length') or 0)
         body = self.rfile.read(n) if n else None
         if 'partNumber=' in self.path and os.path.exists(slow): time.sleep(0.5)
+        t = time.time()
+        while 'partNumber=1&' in self.path and os.path.exists(slow + '-part1') and time.time() < t + 60:
+            time.sleep(0.05)
         skip = ('connection', 'keep-alive', 'transfer-encoding', 'content-length')
         hdrs = {k: v for k, v in self.headers.items() if k.lower() not in skip}
         if body is not None: hdrs['Content-Length'] = str(len(body))
@@ -149,8 +158,21 @@ struct Seaweed {
     proxied: String,
     log: PathBuf,
     slow: PathBuf,
+    /// The CA that signed an https endpoint's certificate (boto3 trusts it).
+    ca: Option<PathBuf>,
     _weed: Guard,
-    _proxy: Guard,
+    _proxy: Option<Guard>,
+}
+
+/// `python TOOL ENDPOINT`, trusting `ca` (boto3 reads AWS_CA_BUNDLE).
+fn tool_command(python: &Path, script: &Path, endpoint: &str, ca: Option<&Path>) -> Command {
+    let mut c = Command::new(python);
+    c.arg(script).arg(endpoint);
+    c.env_remove("AWS_CA_BUNDLE");
+    if let Some(ca) = ca {
+        c.env("AWS_CA_BUNDLE", ca);
+    }
+    c
 }
 
 impl Seaweed {
@@ -158,10 +180,16 @@ impl Seaweed {
     /// exits when any of them is taken between our choice and its bind, so a
     /// server that dies while starting is started again on other ports.
     fn start() -> Option<Seaweed> {
+        Seaweed::start_with(None)
+    }
+
+    /// As [`Seaweed::start`]; with `tls` (a certificate, its key and the CA
+    /// that signed it), S3 over https, reached directly (no proxy).
+    fn start_with(tls: Option<(&Path, &Path, &Path)>) -> Option<Seaweed> {
         let venv = venv()?;
         let mut failures = Vec::new();
         for _ in 0..3 {
-            match Seaweed::start_once(&venv) {
+            match Seaweed::start_once(&venv, tls) {
                 Ok(sw) => return Some(sw),
                 Err(why) => failures.push(why),
             }
@@ -169,7 +197,7 @@ impl Seaweed {
         panic!("SeaweedFS did not start three times:\n{}", failures.join("\n---\n"));
     }
 
-    fn start_once(venv: &Path) -> Result<Seaweed, String> {
+    fn start_once(venv: &Path, tls: Option<(&Path, &Path, &Path)>) -> Result<Seaweed, String> {
         let tmp = tempfile::tempdir().unwrap();
         let config = tmp.path().join("s3.json");
         std::fs::write(
@@ -199,6 +227,12 @@ impl Seaweed {
                     port("filer.port.grpc"),
                 ])
                 .arg(format!("-s3.config={}", config.display()))
+                .args(tls.map_or(Vec::new(), |(cert, key, _)| {
+                    vec![
+                        format!("-s3.cert.file={}", cert.display()),
+                        format!("-s3.key.file={}", key.display()),
+                    ]
+                }))
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&weed_log).unwrap())
                 .spawn()
@@ -210,7 +244,9 @@ impl Seaweed {
         let python = venv.join("bin/python");
         let script = tmp.path().join("tool.py");
         std::fs::write(&script, TOOL).unwrap();
-        let direct = format!("http://127.0.0.1:{s3}");
+        let ca = tls.map(|(_, _, ca)| ca.to_path_buf());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let direct = format!("{scheme}://127.0.0.1:{s3}");
         loop {
             let why = |what: String| {
                 let log = std::fs::read_to_string(&weed_log).unwrap_or_default();
@@ -228,7 +264,8 @@ impl Seaweed {
             if Instant::now() > deadline {
                 return Err(why(format!("weed's S3 port {s3} did not make a bucket in {DEADLINE:?}")));
             }
-            let made = Command::new(&python).arg(&script).arg(&direct).arg("mkbucket").output().unwrap();
+            let made =
+                tool_command(&python, &script, &direct, ca.as_deref()).arg("mkbucket").output().unwrap();
             if made.status.success() {
                 break;
             }
@@ -236,6 +273,19 @@ impl Seaweed {
         }
         let log = tmp.path().join("proxy.log");
         let slow = tmp.path().join("slow");
+        if tls.is_some() {
+            return Ok(Seaweed {
+                python,
+                proxied: direct.clone(),
+                direct,
+                log,
+                slow,
+                ca,
+                tmp,
+                _weed: weed,
+                _proxy: None,
+            });
+        }
         let proxy_port = free_port();
         let proxy_script = tmp.path().join("proxy.py");
         std::fs::write(&proxy_script, PROXY).unwrap();
@@ -255,9 +305,10 @@ impl Seaweed {
             proxied: format!("http://127.0.0.1:{proxy_port}"),
             log,
             slow,
+            ca,
             tmp,
             _weed: weed,
-            _proxy: proxy,
+            _proxy: Some(proxy),
         })
     }
 
@@ -267,7 +318,10 @@ impl Seaweed {
         if !script.exists() {
             std::fs::write(&script, TOOL).unwrap();
         }
-        let out = Command::new(&self.python).arg(&script).arg(&self.direct).args(args).output().unwrap();
+        let out = tool_command(&self.python, &script, &self.direct, self.ca.as_deref())
+            .args(args)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "boto3 {args:?}: {}\nweed: {}",
@@ -284,7 +338,7 @@ impl Seaweed {
     }
 
     fn keys(&self, prefix: &str) -> Vec<String> {
-        self.tool(&["ls", prefix]).lines().map(str::to_string).collect()
+        self.tool(&["ls", prefix]).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()
     }
 
     /// Downloads `key` into `dir` under its last name; the local path.
@@ -396,6 +450,8 @@ fn published_to_seaweedfs_read_by_boto3_and_minisign_and_pulled_back() {
     // vmrepo's signed catalog, and the other clients' indexes, unsigned without
     // an OpenPGP key (simplestreams, virt-builder), and the static page.
     let mut want: Vec<String> = [
+        // The ledger: what publish placed, that a later one may remove.
+        ".vmrepo-publish.json",
         "catalog.json",
         "catalog.json.minisig",
         "index",
@@ -507,6 +563,57 @@ fn kill_publish_after(sw: &Seaweed, r: &Repo, args: &[&str], parts: usize) {
     std::fs::remove_file(&sw.slow).unwrap();
 }
 
+/// The part numbers (from 1) the upload records in `r` hold an ETag for.
+fn recorded_parts(r: &Repo) -> BTreeSet<usize> {
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir(r.root.join(".vmrepo/publish-s3")).into_iter().flatten().flatten() {
+        // The records, not a temporary file a kill left before its rename.
+        if !e.file_name().to_string_lossy().ends_with(".json")
+            || e.file_name().to_string_lossy().starts_with('.')
+        {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(e.path()) else { continue };
+        let Ok(rec) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
+        for (i, p) in rec["parts"].as_array().into_iter().flatten().enumerate() {
+            if p.is_string() {
+                out.insert(i + 1);
+            }
+        }
+    }
+    out
+}
+
+/// Starts `vmrepo publish` slowed by the proxy and kills it (SIGKILL) once
+/// its upload record holds `parts` parts; the parts it holds then.
+fn kill_publish_when_recorded(sw: &Seaweed, r: &Repo, args: &[&str], parts: usize) -> BTreeSet<usize> {
+    std::fs::write(&sw.slow, b"").unwrap();
+    let mut child = Guard(sw.vmrepo(r, args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let deadline = Instant::now() + DEADLINE;
+    while recorded_parts(r).len() < parts {
+        assert!(
+            Instant::now() < deadline,
+            "publish did not record {parts} parts in time: {:?}",
+            sw.requests()
+        );
+        assert!(child.0.try_wait().unwrap().is_none(), "publish ended before it was killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    std::fs::remove_file(&sw.slow).unwrap();
+    recorded_parts(r)
+}
+
+/// The part numbers of the multipart uploads answered 200 among `lines`.
+fn parts_sent(lines: &[String]) -> BTreeSet<usize> {
+    lines
+        .iter()
+        .filter(|l| l.contains(" 200 "))
+        .filter_map(|l| l.split("partNumber=").nth(1)?.split(['&', ' ']).next()?.parse().ok())
+        .collect()
+}
+
 #[test]
 fn a_killed_publish_leaves_no_half_image_and_the_next_one_resumes() {
     let Some(sw) = Seaweed::start() else { return };
@@ -543,19 +650,23 @@ fn a_killed_publish_leaves_no_half_image_and_the_next_one_resumes() {
     sw.json(&r, &["publish", &dest, "--key", key.to_str().unwrap(), "maxsize=2GB"]);
     assert_eq!(sw.tool(&["uploads"]).trim(), "", "the stale upload was not aborted");
 
-    // Killed again, then published again: it resumes, sending only the parts not kept.
-    kill_publish_after(&sw, &r, &publish, 3);
+    // Killed again while the first part is held by the proxy and the parts
+    // after it (several are in flight) are answered first: the record keeps
+    // those in their places, with a gap for the first.
+    let hold = PathBuf::from(format!("{}-part1", sw.slow.display()));
+    std::fs::write(&hold, b"").unwrap();
+    let kept = kill_publish_when_recorded(&sw, &r, &publish, 3);
+    std::fs::remove_file(&hold).unwrap();
+    assert!(kept.len() >= 3 && !kept.contains(&1), "parts answered out of order: {kept:?}");
     catalog_names_only_present();
+    assert!(!sw.keys("killed/").iter().any(|k| k.ends_with(&big)), "a half image is visible");
+    // Published again: it resumes, sending exactly the parts not kept.
     let before = sw.requests().len();
     let out = sw.json(&r, &publish);
     assert_eq!((out["images"].as_u64(), out["copied"].as_u64()), (Some(2), Some(1)), "{out}");
     let said = sw.requests()[before..].to_vec();
-    let parts = said.iter().filter(|l| l.contains("partNumber=") && l.contains(" 200 ")).count();
-    // The proxy logs a part before vmrepo has its answer, and vmrepo sends a
-    // part only once the one before is answered and recorded: of the 3 logged
-    // before the kill, at least 2 were recorded, and are not sent again.
-    assert!((1..=6).contains(&parts), "8 parts, at least 2 kept, so at most 6 sent: {said:?}");
-    assert!(!said.iter().any(|l| l.contains("partNumber=1&")), "the first part was sent again: {said:?}");
+    let want: BTreeSet<usize> = (1..=8).filter(|p| !kept.contains(p)).collect();
+    assert_eq!(parts_sent(&said), want, "8 parts, {kept:?} kept: {said:?}");
     assert_eq!(sw.tool(&["uploads"]).trim(), "", "the upload is completed");
     let dl = tempfile::tempdir().unwrap();
     let got = sw.get(&format!("killed/vm/kvm/{big}"), dl.path());
@@ -648,4 +759,187 @@ fn an_image_folder_is_published_to_a_bucket_and_pulled_back() {
         assert_eq!(sha256sum(&pulled), sha256sum(&originals.join(name)), "{name}");
     }
     assert_eq!(site.listed(), [format!("vmware/{stem}")]);
+}
+
+#[test]
+fn objects_no_live_catalog_names_are_removed_from_the_bucket_and_foreign_ones_kept() {
+    let Some(sw) = Seaweed::start() else { return };
+    let (r, key, _public) = source(&[60_000, 80_000]);
+    let dest = format!("s3://{BUCKET}/old");
+    let base = ["--key", key.to_str().unwrap(), "--base-url", "https://vm.example.org/old"];
+    let publish = |find: &[&str]| {
+        let mut args = vec!["publish", dest.as_str()];
+        args.extend_from_slice(&base);
+        args.extend_from_slice(find);
+        sw.json(&r, &args)
+    };
+    // Objects vmrepo did not put there: under vm/kvm/ and beside the catalog.
+    sw.tool(&["putbytes", "old/vm/kvm/foreign.img", "not vmrepo's"]);
+    sw.tool(&["putbytes", "old/vm/kvm/foreign.img.meta4", "not vmrepo's"]);
+    sw.tool(&["putbytes", "old/notes.txt", "not vmrepo's"]);
+    let files_of = |c: &serde_json::Value, name: &str| -> Vec<String> {
+        let i = c["images"].as_array().unwrap().iter().find(|i| i["name"] == name).unwrap();
+        let path = i["path"].as_str().unwrap();
+        vec![
+            format!("old/{path}"),
+            format!("old/{path}.meta4"),
+            format!("old/vm/kvm/{name}.checksum"),
+            format!("old/vm/kvm/{name}.txt"),
+        ]
+    };
+
+    // A and B, then A only: B stays, the previous catalog names it.
+    assert_eq!(publish(&[])["images"], 2);
+    let both = bucket_catalog(&sw, "old");
+    let names: Vec<String> =
+        both["images"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_string()).collect();
+    let (a, b) = (files_of(&both, &names[0]), files_of(&both, &names[1]));
+    let (a_size, b_size) = (both["images"][0]["size"].as_u64(), both["images"][1]["size"].as_u64());
+    assert_eq!((a_size, b_size), (Some(60_000), Some(80_000)), "A is the 2 GB one");
+    let only_a = publish(&["maxsize=2GB"]);
+    assert_eq!((only_a["images"].as_u64(), only_a["removed"].as_u64()), (Some(1), Some(0)), "{only_a}");
+    let keys = sw.keys("old/");
+    for k in a.iter().chain(&b) {
+        assert!(keys.contains(k), "{k} is gone while a live catalog names it: {keys:?}");
+    }
+
+    // A only again: B's image, sidecars and Metalink file go, once the
+    // catalog and the indexes are written; A and foreign objects stay.
+    let before = sw.requests().len();
+    let again = publish(&["maxsize=2GB"]);
+    assert_eq!((again["images"].as_u64(), again["removed"].as_u64()), (Some(1), Some(4)), "{again}");
+    let keys = sw.keys("old/");
+    for k in &b {
+        assert!(!keys.contains(k), "{k} is still there: {keys:?}");
+    }
+    for k in a.iter().chain(&["old/vm/kvm/foreign.img".into(), "old/vm/kvm/foreign.img.meta4".into()]) {
+        assert!(keys.contains(k), "{k} was removed: {keys:?}");
+    }
+    assert!(keys.contains(&"old/notes.txt".to_string()), "{keys:?}");
+    let said = sw.requests()[before..].to_vec();
+    let last_write =
+        said.iter().rposition(|l| l.starts_with("PUT ") && !l.contains(".vmrepo-publish")).unwrap();
+    // (S3's DeleteObjects: a POST naming the keys in its body)
+    let first_delete = said.iter().position(|l| l.starts_with("POST ") && l.contains("?delete"));
+    let first_delete = first_delete.unwrap_or_else(|| panic!("no DELETE: {said:?}"));
+    assert!(
+        last_write < first_delete,
+        "an object removed before the catalog and indexes were written: {said:?}"
+    );
+    let c = bucket_catalog(&sw, "old");
+    assert_eq!(c["images"].as_array().unwrap().len(), 1);
+    assert_eq!(c["images"][0]["name"].as_str(), Some(names[0].as_str()));
+
+    // Nothing more to remove; B published again comes back, and A stays.
+    assert_eq!(publish(&["maxsize=2GB"])["removed"], 0);
+    assert_eq!(publish(&[])["images"], 2);
+    let keys = sw.keys("old/");
+    for k in a.iter().chain(&b) {
+        assert!(keys.contains(k), "{k}: {keys:?}");
+    }
+}
+
+/// A CA, and a certificate it signs for 127.0.0.1, made by openssl in `dir`:
+/// (certificate, key, CA certificate).
+fn make_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=vmrepo test CA",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "s3.key",
+        "-out",
+        "s3.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "s3.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "s3.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (dir.join("s3.pem"), dir.join("s3.key"), dir.join("ca.pem"))
+}
+
+#[test]
+fn an_https_endpoint_is_trusted_through_aws_ca_bundle_only() {
+    if !have("openssl", "openssl") || !have("minisign", "minisign") {
+        return;
+    }
+    let pki = tempfile::tempdir().unwrap();
+    let (cert, cert_key, ca) = make_ca(pki.path());
+    let Some(sw) = Seaweed::start_with(Some((&cert, &cert_key, &ca))) else { return };
+    assert!(sw.proxied.starts_with("https://"));
+    let (r, key, public) = source(&[70_000, PART_MIB * MIB + 4096]);
+    let dest = format!("s3://{BUCKET}/tls");
+    let publish = ["publish", dest.as_str(), "--key", key.to_str().unwrap()];
+
+    // Without the CA: refused at once, in one line that says what to do; nothing written.
+    let err = sw.fails(&r, 7, &publish);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("certificate is not trusted") && err.contains("AWS_CA_BUNDLE"), "{err}");
+    assert!(sw.keys("tls/").is_empty());
+    // A bundle that holds no certificate: a usage error naming it.
+    let out = sw.vmrepo(&r, &publish).env("AWS_CA_BUNDLE", &cert_key).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{said}");
+    assert!(said.contains("AWS_CA_BUNDLE") && said.contains("s3.key"), "{said}");
+
+    // With it: published (two parts at a time at most), verified by minisign, pulled back.
+    let out = sw
+        .vmrepo(&r, &["--json", "publish", &dest, "--key", key.to_str().unwrap()])
+        .env("AWS_CA_BUNDLE", &ca)
+        .env("VMREPO_S3_PARTS", "2")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["images"].as_u64(), report["copied"].as_u64()), (Some(2), Some(2)));
+    let (ok, said) = minisign_verifies(&sw, "tls", &public);
+    assert!(ok, "{said}");
+    let site = Repo::new();
+    site.ok(&["trust", "add", public.to_str().unwrap()]);
+    let out = sw.vmrepo(&site, &["--json", "pull", &dest]).env("AWS_CA_BUNDLE", &ca).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for i in bucket_catalog(&sw, "tls")["images"].as_array().unwrap() {
+        let path = i["path"].as_str().unwrap();
+        assert_eq!(sha256sum(&site.root.join(path)), i["sha256"].as_str().unwrap());
+    }
+    // And pull refuses it too without the CA.
+    let other = Repo::new();
+    let err = sw.fails(&other, 7, &["pull", &dest]);
+    assert!(err.contains("certificate is not trusted"), "{err}");
 }

@@ -84,7 +84,7 @@ impl Remote {
         }
         if source.starts_with(crate::s3::SCHEME) {
             let bucket = crate::s3::Bucket::open(source)
-                .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("pull source {e}")))?;
+                .map_err(|e| Error::new(e.kind(), format!("pull source {e}")))?;
             return Ok(Remote::S3(Arc::new(bucket)));
         }
         let host = source.strip_prefix("http://").or_else(|| source.strip_prefix("https://"));

@@ -25,7 +25,7 @@ use vmrepo_repo::{Error, ErrorKind, Result, fsutil};
 /// The ledger's file name in DEST.
 pub const LEDGER_FILE: &str = ".vmrepo-publish.json";
 /// The largest ledger read (about 200 bytes per file).
-const MAX_LEDGER_FILE: u64 = 1 << 30;
+pub(crate) const MAX_LEDGER_FILE: u64 = 1 << 30;
 /// The ledger's format version.
 const LEDGER_VERSION: u32 = 1;
 
@@ -95,21 +95,35 @@ impl Ledger {
                 return Ledger::default();
             }
         };
-        match serde_json::from_slice::<Ledger>(&bytes) {
+        Ledger::parse(&bytes, &path.display().to_string())
+    }
+
+    /// The ledger in `bytes` (read from `at`); an empty one, with a warning,
+    /// when this version cannot read it.
+    pub fn parse(bytes: &[u8], at: &str) -> Ledger {
+        match serde_json::from_slice::<Ledger>(bytes) {
             Ok(l) if l.version == LEDGER_VERSION => l,
             Ok(l) => {
-                tracing::warn!(
-                    "{}: version {} is not {LEDGER_VERSION}; starting a new one",
-                    path.display(),
-                    l.version
-                );
+                tracing::warn!("{at}: version {} is not {LEDGER_VERSION}; starting a new one", l.version);
                 Ledger::default()
             }
             Err(e) => {
-                tracing::warn!("{}: {e}; starting a new one", path.display());
+                tracing::warn!("{at}: {e}; starting a new one");
                 Ledger::default()
             }
         }
+    }
+
+    /// Its bytes, as [`Ledger::save`] writes them.
+    ///
+    /// # Errors
+    /// When it cannot be encoded.
+    pub fn to_bytes(&mut self) -> Result<Vec<u8>> {
+        self.version = LEDGER_VERSION;
+        let mut json = serde_json::to_vec(self)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot encode the publish ledger: {e}")))?;
+        json.push(b'\n');
+        Ok(json)
     }
 
     /// Writes it to `dest` whole (temporary file, fsync, rename).
@@ -117,10 +131,7 @@ impl Ledger {
     /// # Errors
     /// An I/O error naming the file.
     pub fn save(&mut self, dest: &Path) -> Result<()> {
-        self.version = LEDGER_VERSION;
-        let mut json = serde_json::to_vec(self)
-            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot encode the publish ledger: {e}")))?;
-        json.push(b'\n');
+        let json = self.to_bytes()?;
         fsutil::write_atomic(&dest.join(LEDGER_FILE), &json, 0o644)
     }
 }

@@ -204,7 +204,7 @@ pub fn mirror(
         }
     }
     publish::write_exports(&store, &files)?;
-    report.removed = publish::remove_old(&dest, &doc, previous, known, &mut ledger)?;
+    report.removed = publish::remove_old(&store, &doc, previous, known, &mut ledger)?;
     ledger.save(&dest)?;
     Ok(report)
 }

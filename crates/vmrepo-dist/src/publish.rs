@@ -10,12 +10,11 @@
 //! temporary files and fsynced, and renamed: the signature first, the
 //! catalog last, so that whoever sees the new catalog finds its signature
 //! already there (in a bucket: one PUT each, in the same order). In a
-//! folder, what neither the new catalog nor the previous one names is then
-//! removed (`remove_old`); in a bucket old objects are left in place (not
-//! done yet).
+//! folder or a bucket, what neither the new catalog nor the previous one
+//! names is then removed (`remove_old`), and the ledger of what publish
+//! placed written.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -23,7 +22,7 @@ use jiff::{SignedDuration, Timestamp, Unit};
 use serde::Serialize;
 use vmrepo_repo::checksum::{self, ChecksumLine, parse_hex};
 use vmrepo_repo::layout::{ImageKind, Sidecars};
-use vmrepo_repo::{Catalog, Error, ErrorKind, ImageRecord, Query, Result, fsutil};
+use vmrepo_repo::{Catalog, Error, ErrorKind, ImageRecord, Query, Result};
 
 use crate::digests::Sha512Cache;
 use crate::entries;
@@ -76,8 +75,8 @@ pub struct PublishReport {
     pub skipped: usize,
     /// Metalink files written (new or changed; those unchanged are left alone).
     pub metalinks: usize,
-    /// Files removed from a folder DEST (images, sidecars, Metalink files)
-    /// that neither this catalog nor the previous one names (0 for a bucket).
+    /// Files (objects in a bucket) removed from DEST (images, sidecars,
+    /// Metalink files) that neither this catalog nor the previous one names.
     pub removed: usize,
     /// Selected images that cannot be published, with the reason.
     pub left_out: Vec<LeftOut>,
@@ -125,11 +124,8 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
     let _lock = store.lock()?;
     store.remove_dead_temps();
     let (serial, previous) = read_previous(&store)?;
-    // The ledger of a folder: what earlier publishes placed, proved by a stat.
-    let known = match &store {
-        Store::Folder(dest) => Ledger::load(dest),
-        Store::S3 { .. } => Ledger::default(),
-    };
+    // What earlier publishes placed (in a folder, each file's proof by a stat).
+    let known = store.load_ledger()?;
     let mut ledger = Ledger::default();
     let mut made = BTreeSet::new();
     // Small files written (new or changed).
@@ -273,10 +269,8 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         }
     }
     write_exports(&store, &files)?;
-    if let Store::Folder(dest) = &store {
-        report.removed = remove_old(dest, &doc, previous, known, &mut ledger)?;
-        ledger.save(dest)?;
-    }
+    report.removed = remove_old(&store, &doc, previous, known, &mut ledger)?;
+    store.save_ledger(&mut ledger)?;
     Ok(report)
 }
 
@@ -585,17 +579,18 @@ pub(crate) fn names_of(path: &str, name: &str, metalink: Option<&str>, out: &mut
     }
 }
 
-/// Removes from DEST, once the new catalog and every index are in place,
+/// Removes from DEST (a folder or a bucket), once the new catalog and every index are in place,
 /// what publish placed there that no live catalog names (the new one, and
 /// the previous one that a reader may have fetched a moment ago); makes the
 /// new ledger. Returns how many files were removed.
 ///
 /// Only paths of the previous ledger are removed: files publish placed for
-/// a catalog it wrote, of the shape `vm/<VM>/<file>`, regular files in real
-/// folders (a link is neither followed nor removed). When the previous
+/// a catalog it wrote, of the shape `vm/<VM>/<file>`: in a folder regular
+/// files in real folders (a link is neither followed nor removed), in a
+/// bucket objects listed under `vm/` ([`Store::remove_placed`]). When the previous
 /// catalog cannot be read for its images, nothing is removed.
 pub(crate) fn remove_old(
-    dest: &Path,
+    store: &Store,
     doc: &CatalogDoc,
     previous: Option<BTreeSet<String>>,
     known: Ledger,
@@ -616,31 +611,7 @@ pub(crate) fn remove_old(
         return Ok(0);
     };
     live.extend(previous.iter().cloned());
-    let mut removed = 0;
-    let mut dirs = BTreeSet::new();
-    for rel in ledger::removable(&known, &live) {
-        if ledger::remove_placed(dest, rel)? {
-            removed += 1;
-            dirs.insert(fsutil::parent(&dest.join(rel)).to_path_buf());
-        }
-    }
-    // An image folder emptied of its files goes too (only when empty:
-    // a file a person put there keeps it).
-    let vm_dir = dest.join(vmrepo_repo::layout::VM_DIR);
-    let emptied: Vec<PathBuf> = dirs
-        .iter()
-        .filter(|d| d.parent().and_then(Path::parent) == Some(vm_dir.as_path()))
-        .cloned()
-        .collect();
-    for d in emptied {
-        if fsutil::real_folder(dest, &d).is_ok() && fs::remove_dir(&d).is_ok() {
-            dirs.remove(&d);
-            dirs.insert(fsutil::parent(&d).to_path_buf());
-        }
-    }
-    for d in dirs {
-        fsutil::fsync_dir(&d)?;
-    }
+    let removed = store.remove_placed(&ledger::removable(&known, &live))?;
     // Still recorded: what a live catalog names that this publish did not
     // place (removed by a later one once no live catalog names it): as the
     // ledger had it, or, for a path only the previous catalog names, as

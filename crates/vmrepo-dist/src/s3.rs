@@ -7,12 +7,13 @@
 //! vmrepo. Credentials, region and endpoint come from the standard AWS
 //! variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //! `AWS_SESSION_TOKEN`, `AWS_REGION` or `AWS_DEFAULT_REGION`,
-//! `AWS_ENDPOINT_URL`); requests are path-style (`endpoint/bucket/key`), as
+//! `AWS_ENDPOINT_URL`, and `AWS_CA_BUNDLE` for a CA to trust beside the
+//! system's); requests are path-style (`endpoint/bucket/key`), as
 //! MinIO, SeaweedFS and Ceph expect; plain `http://` only to an endpoint the
 //! user gave as such (or with `AWS_ALLOW_HTTP=true`).
 //!
-//! Images are uploaded in parts of [`PART_SIZE`] (one part in memory at a
-//! time), hashed while they are read, and the upload is completed only when
+//! Images are uploaded in parts of [`PART_SIZE`], [`PARTS_IN_FLIGHT`] at a
+//! time (so at most that many parts in memory), read in order and hashed, and the upload is completed only when
 //! the SHA-256 is the recorded one: until then no object exists under the
 //! name. An object that already has the size and the SHA-256 (kept as the
 //! object's metadata `x-amz-meta-sha256`) is not sent again. A multipart
@@ -21,6 +22,7 @@
 //! each kept part proved by its ETag (the MD5 of its bytes) against the
 //! file read again.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path as FsPath, PathBuf};
@@ -29,14 +31,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
+use futures_util::future::LocalBoxFuture;
+use futures_util::stream::{BoxStream, FuturesUnordered};
 use md5::{Digest, Md5};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, ClientConfigKey, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
-    PutMultipartOptions, PutOptions, PutPayload,
+    Attribute, Attributes, Certificate, ClientConfigKey, ClientOptions, GetOptions, GetRange, ObjectStore,
+    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload,
 };
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -56,6 +59,18 @@ pub const PART_SIZE: u64 = 64 << 20;
 pub const PART_SIZE_ENV: &str = "VMREPO_S3_PART_MIB";
 /// The user metadata (`x-amz-meta-sha256`) that holds an image's SHA-256.
 pub const SHA256_META: &str = "sha256";
+/// How many parts of an image are sent at a time (and so, at most, held in
+/// memory) unless [`PARTS_ENV`] says otherwise.
+pub const PARTS_IN_FLIGHT: usize = 4;
+/// The variable that sets how many parts are sent at a time (1 to 64).
+pub const PARTS_ENV: &str = "VMREPO_S3_PARTS";
+/// How often an upload under way looks for an interruption.
+const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// The variable naming a PEM file of CA certificates to trust beside the
+/// system's (the AWS CLI's and boto3's convention).
+pub const CA_BUNDLE_ENV: &str = "AWS_CA_BUNDLE";
+/// The largest CA bundle read (Mozilla's whole bundle is about 220 KB).
+const MAX_CA_BUNDLE: u64 = 16 << 20;
 /// The most parts S3 takes in one upload.
 const MAX_PARTS: u64 = 10_000;
 /// How long connecting may take, and a server may stay silent.
@@ -126,11 +141,13 @@ pub fn parse_url(url: &str) -> Result<(String, String)> {
 
 impl Bucket {
     /// The client for `url` (`s3://bucket[/prefix]`), from the AWS variables.
-    /// Nothing is sent until the first request.
+    /// Nothing is sent until the first request, except, to an `https://`
+    /// endpoint, one handshake that proves its certificate trusted.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`] for a bad URL, a bad variable, or an
-    /// `http://` endpoint refused; [`ErrorKind::Io`] when no runtime can be made.
+    /// `http://` endpoint refused; [`ErrorKind::Io`] when no runtime can be
+    /// made, or an `https://` endpoint's certificate is not trusted.
     pub fn open(url: &str) -> Result<Bucket> {
         let (bucket, prefix) = parse_url(url)?;
         // reqwest is built without a default crypto provider: rustls's ring one,
@@ -139,7 +156,24 @@ impl Bucket {
         let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
             .iter()
             .find_map(|v| std::env::var(v).ok().filter(|e| !e.is_empty()));
-        let mut builder = AmazonS3Builder::from_env()
+        // A private CA's certificates, trusted beside the system's, as the
+        // AWS CLI and boto3 take them.
+        let ca = ca_bundle()?;
+        let mut options = ClientOptions::new();
+        for c in ca.iter().flat_map(|(_, pem)| Certificate::from_pem_bundle(pem).unwrap_or_default()) {
+            options = options.with_root_certificate(c);
+        }
+        // As AmazonS3Builder::from_env, over these client options.
+        let mut builder = AmazonS3Builder::new().with_client_options(options);
+        for (k, v) in std::env::vars_os() {
+            if let (Some(k), Some(v)) = (k.to_str(), v.to_str())
+                && k.starts_with("AWS_")
+                && let Ok(key) = k.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
+            {
+                builder = builder.with_config(key, v);
+            }
+        }
+        let mut builder = builder
             .with_bucket_name(&bucket)
             .with_virtual_hosted_style_request(false)
             .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), CONNECT_TIMEOUT)
@@ -166,7 +200,47 @@ impl Bucket {
             .enable_all()
             .build()
             .map_err(|e| Error::new(ErrorKind::Io, format!("cannot start the S3 client: {e}")))?;
-        Ok(Bucket { rt, store, bucket, prefix })
+        let b = Bucket { rt, store, bucket, prefix };
+        if let Some(e) = endpoint.as_deref().filter(|e| e.starts_with("https://")) {
+            b.check_tls(e, ca.as_ref().map(|(_, pem)| pem.as_slice()))?;
+        }
+        Ok(b)
+    }
+
+    /// Whether `endpoint`'s TLS certificate is trusted: one handshake, so
+    /// that an untrusted one is refused at once with one clear line (the S3
+    /// client would retry it for a minute, then say "error sending
+    /// request"). Other failures are left to the first real request.
+    fn check_tls(&self, endpoint: &str, ca: Option<&[u8]>) -> Result<()> {
+        let certs = ca.map(|pem| reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default());
+        // The client's connector is made inside the runtime.
+        let _in_rt = self.rt.enter();
+        let client = reqwest::Client::builder()
+            .tls_certs_merge(certs.unwrap_or_default())
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot start the S3 client: {e}")))?;
+        let Err(e) = self.rt.block_on(client.head(endpoint).send()) else { return Ok(()) };
+        let mut why = None;
+        let mut cause: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(c) = cause {
+            let said = c.to_string();
+            if said.contains("certificate") {
+                why = Some(said);
+            }
+            cause = c.source();
+        }
+        match why {
+            None => Ok(()),
+            Some(why) => Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "{endpoint}: the server's TLS certificate is not trusted ({why}): add its CA to the \
+                     system's trust store, or set {CA_BUNDLE_ENV} to the CA's PEM file"
+                ),
+            )),
+        }
     }
 
     /// `s3://bucket/prefix`, as given without a trailing `/`.
@@ -335,6 +409,60 @@ impl Bucket {
         }
     }
 
+    /// The objects under `rel` (a folder's relative path), relative to the
+    /// prefix, at most `cap` of them.
+    ///
+    /// # Errors
+    /// A network or permission error naming the folder; more than `cap` objects.
+    pub fn list(&self, rel: &str, cap: usize) -> Result<BTreeSet<String>> {
+        let key = self.key(rel)?;
+        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        self.rt.block_on(async {
+            let mut out = BTreeSet::new();
+            let mut stream = self.store.list(Some(&key));
+            while let Some(meta) = stream.next().await {
+                let meta = meta.map_err(|e| self.error(rel, "list", &e))?;
+                if let Some(r) = meta.location.as_ref().strip_prefix(&strip) {
+                    out.insert(r.to_string());
+                }
+                if out.len() > cap {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("{}: more than {cap} objects", self.location(rel)),
+                    ));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Deletes the objects `rels` (absent ones are no error), a thousand per
+    /// request (S3's DeleteObjects).
+    ///
+    /// # Errors
+    /// A network or permission error (object_store's message names the object).
+    pub fn delete_all(&self, rels: &[&str]) -> Result<()> {
+        let keys = rels.iter().map(|r| self.key(r)).collect::<Result<Vec<Path>>>()?;
+        self.rt.block_on(async {
+            let input = futures_util::stream::iter(keys.into_iter().map(Ok)).boxed();
+            let mut out = self.store.delete_stream(input);
+            while let Some(r) = out.next().await {
+                match r {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => {
+                        // object_store's message names the object.
+                        let said = e.to_string();
+                        return Err(Error::new(
+                            ErrorKind::Io,
+                            format!("{}: cannot delete: {}", self.url(), said.lines().next().unwrap_or("")),
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Uploads the image `src` (of `size` bytes, SHA-256 `sha256` as
     /// recorded) as `rel`, unless an object of that size and SHA-256 is
     /// there. `state_dir` keeps the record of a multipart upload under way.
@@ -359,6 +487,7 @@ impl Bucket {
             return Ok(Placed::Skipped);
         }
         let part = part_size()?;
+        let in_flight = parts_in_flight()?;
         let file = vmrepo_repo::hashing::open_nofollow(src)?;
         let len = file.metadata().map_err(|e| Error::io("read", src, e))?.len();
         if len != size {
@@ -377,7 +506,8 @@ impl Bucket {
                 ),
             ));
         }
-        let upload = Upload { bucket: self, rel, key: self.key(rel)?, src, size, sha256, part, parts };
+        let upload =
+            Upload { bucket: self, rel, key: self.key(rel)?, src, size, sha256, part, parts, in_flight };
         upload.run(file, state_dir, cancel)
     }
 
@@ -415,6 +545,22 @@ impl Bucket {
         let mine = format!("{}/", self.url());
         for e in entries.flatten() {
             let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if fsutil::is_temp_sibling(&name) {
+                // A record being written when its publish was killed: dead
+                // once old (a publish to another bucket may be writing one now).
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(3600)));
+                if old {
+                    let _ = fs::remove_file(&path);
+                }
+                continue;
+            }
+            if !name.ends_with(".json") {
+                continue;
+            }
             let Some(state) = UploadState::read(&path) else { continue };
             let Some(rel) = state.object.strip_prefix(&mine) else { continue };
             if keep.iter().any(|k| k == rel) {
@@ -431,6 +577,23 @@ impl Bucket {
     }
 }
 
+/// The file [`CA_BUNDLE_ENV`] names and its bytes, checked to hold PEM
+/// certificates; `None` when it is not set.
+fn ca_bundle() -> Result<Option<(PathBuf, Vec<u8>)>> {
+    let Some(path) = std::env::var_os(CA_BUNDLE_ENV).filter(|p| !p.is_empty()).map(PathBuf::from) else {
+        return Ok(None);
+    };
+    let bad = |why: String| {
+        Error::new(ErrorKind::InvalidInput, format!("{CA_BUNDLE_ENV}={}: {why}", path.display()))
+    };
+    let pem = vmrepo_repo::catalog::read_capped(&path, MAX_CA_BUNDLE).map_err(|e| bad(e.to_string()))?;
+    match Certificate::from_pem_bundle(&pem) {
+        Ok(c) if !c.is_empty() => Ok(Some((path, pem))),
+        Ok(_) => Err(bad("no PEM certificate in it".into())),
+        Err(e) => Err(bad(format!("not PEM certificates: {e}"))),
+    }
+}
+
 /// The part size: [`PART_SIZE`] unless [`PART_SIZE_ENV`] says otherwise.
 fn part_size() -> Result<u64> {
     match std::env::var(PART_SIZE_ENV) {
@@ -440,6 +603,20 @@ fn part_size() -> Result<u64> {
             _ => Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!("{PART_SIZE_ENV}={v:?}: a number of MiB from 5 to 5120 is expected"),
+            )),
+        },
+    }
+}
+
+/// How many parts are sent at a time: [`PARTS_IN_FLIGHT`] unless [`PARTS_ENV`] says otherwise.
+fn parts_in_flight() -> Result<usize> {
+    match std::env::var(PARTS_ENV) {
+        Err(_) => Ok(PARTS_IN_FLIGHT),
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n @ 1..=64) => Ok(n),
+            _ => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{PARTS_ENV}={v:?}: a number of parts from 1 to 64 is expected"),
             )),
         },
     }
@@ -464,8 +641,10 @@ struct UploadState {
     size: u64,
     part_size: u64,
     upload_id: String,
-    /// The ETag of each part sent, in order.
-    parts: Vec<String>,
+    /// The ETag of each part, by part number (from 1); `null` for a part
+    /// not sent, or not answered yet (parts are sent several at a time and
+    /// answered in any order).
+    parts: Vec<Option<String>>,
 }
 
 impl UploadState {
@@ -491,6 +670,8 @@ struct Upload<'a> {
     sha256: &'a str,
     part: u64,
     parts: u64,
+    /// How many parts are sent at a time ([`parts_in_flight`]).
+    in_flight: usize,
 }
 
 impl Upload<'_> {
@@ -515,6 +696,7 @@ impl Upload<'_> {
                 self.start(&state_path, object)?
             }
         };
+        let file = Arc::new(file);
         let mut sent = self.send(&file, &mut state, &state_path, cancel);
         // The recorded upload is gone (aborted, or expired by a lifecycle rule): start again.
         if matches!(&sent, Err(e) if e.kind() == ErrorKind::NotFound) {
@@ -556,51 +738,94 @@ impl Upload<'_> {
         Ok(state)
     }
 
-    /// Reads the file part by part, hashing all of it; sends each part the
-    /// record does not already hold with the same MD5. Returns every part's id.
+    /// Reads the file part by part in order, hashing all of it, and sends
+    /// each part the record does not already hold with the same MD5, up to
+    /// [`parts_in_flight`] at a time: at most that many parts are in memory
+    /// (the one being read counts). Each part answered is recorded at once,
+    /// in its place, whatever the order the answers come in: a record may
+    /// have gaps, which the next publish fills. Returns every part's id.
     fn send(
         &self,
-        file: &File,
+        file: &Arc<File>,
         state: &mut UploadState,
         state_path: &FsPath,
         cancel: &AtomicBool,
     ) -> Result<Vec<PartId>> {
         let b = self.bucket;
-        let mut sha = Sha256::new();
-        let mut reader = file;
-        // From the start, also when sent again after a lost upload.
-        std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0))
-            .map_err(|e| Error::io("read", self.src, e))?;
-        for idx in 0..self.parts {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(Error::interrupted());
+        let n = usize::try_from(self.parts).unwrap_or(usize::MAX);
+        let in_flight = self.in_flight;
+        state.parts.resize(n, None);
+        let upload_id = state.upload_id.clone();
+        let mut sha = Some(Sha256::new());
+        let mut next = 0u64;
+        let mut reading = false;
+        let mut sending = 0usize;
+        b.rt.block_on(async {
+            let mut pending: FuturesUnordered<LocalBoxFuture<'_, Event>> = FuturesUnordered::new();
+            loop {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(Error::interrupted());
+                }
+                if !reading
+                    && next < self.parts
+                    && sending < in_flight
+                    && let Some(hasher) = sha.take()
+                {
+                    let start = next.saturating_mul(self.part);
+                    let len = self.part.min(self.size.saturating_sub(start));
+                    let (file, src) = (Arc::clone(file), self.src.to_path_buf());
+                    let idx = next;
+                    pending.push(Box::pin(async move {
+                        let read =
+                            tokio::task::spawn_blocking(move || read_part(&file, &src, start, len, hasher));
+                        match read.await {
+                            Ok(r) => Event::Read(idx, r),
+                            Err(e) => Event::Read(
+                                idx,
+                                Err(Error::new(ErrorKind::Io, format!("cannot read a part: {e}"))),
+                            ),
+                        }
+                    }));
+                    reading = true;
+                    next += 1;
+                }
+                if pending.is_empty() {
+                    break;
+                }
+                // Woken at least every 200 ms to see an interruption.
+                let Ok(event) = tokio::time::timeout(CANCEL_POLL, pending.next()).await else { continue };
+                match event {
+                    None => break,
+                    Some(Event::Read(idx, read)) => {
+                        reading = false;
+                        let (buf, hasher, md5) = read?;
+                        sha = Some(hasher);
+                        let i = usize::try_from(idx).unwrap_or(usize::MAX);
+                        let kept = state.parts.get(i).and_then(Option::as_deref);
+                        if kept.is_some_and(|k| k.trim_matches('"') == md5) {
+                            continue;
+                        }
+                        sending += 1;
+                        let (key, id) = (&self.key, &upload_id);
+                        pending.push(Box::pin(async move {
+                            let sent = b.store.put_part(key, id, i, PutPayload::from(Bytes::from(buf))).await;
+                            Event::Sent(idx, sent)
+                        }));
+                    }
+                    Some(Event::Sent(idx, sent)) => {
+                        sending -= 1;
+                        let id =
+                            sent.map_err(|e| b.error(self.rel, &format!("send part {} of", idx + 1), &e))?;
+                        if let Some(slot) = usize::try_from(idx).ok().and_then(|i| state.parts.get_mut(i)) {
+                            *slot = Some(id.content_id);
+                        }
+                        state.write(state_path)?;
+                    }
+                }
             }
-            let start = idx.saturating_mul(self.part);
-            let len = self.part.min(self.size.saturating_sub(start));
-            let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-            (&mut reader).take(len).read_to_end(&mut buf).map_err(|e| Error::io("read", self.src, e))?;
-            if buf.len() as u64 != len {
-                return Err(changed(self.src, "it is shorter than recorded"));
-            }
-            sha.update(&buf);
-            let i = usize::try_from(idx).unwrap_or(usize::MAX);
-            let md5 = format!("\"{}\"", hex(&Md5::digest(&buf)));
-            if state.parts.get(i).is_some_and(|kept| kept.trim_matches('"') == md5.trim_matches('"')) {
-                continue;
-            }
-            state.parts.truncate(i);
-            let id =
-                b.rt.block_on(b.store.put_part(
-                    &self.key,
-                    &state.upload_id,
-                    i,
-                    PutPayload::from(Bytes::from(buf)),
-                ))
-                .map_err(|e| b.error(self.rel, &format!("send part {} of", idx + 1), &e))?;
-            state.parts.push(id.content_id);
-            state.write(state_path)?;
-        }
-        let digest: [u8; 32] = sha.finalize().into();
+            Ok(())
+        })?;
+        let digest: [u8; 32] = sha.map(|s| s.finalize().into()).unwrap_or_default();
         let got = hex(&digest);
         if got != self.sha256 {
             return Err(changed(
@@ -608,8 +833,49 @@ impl Upload<'_> {
                 &format!("its SHA-256 is {got}, not the recorded {}", self.sha256),
             ));
         }
-        Ok(state.parts.iter().map(|p| PartId { content_id: p.clone() }).collect())
+        state
+            .parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                p.clone().map(|content_id| PartId { content_id }).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Io,
+                        format!("{}: part {} was not sent", b.location(self.rel), i + 1),
+                    )
+                })
+            })
+            .collect()
     }
+}
+
+/// What one of the futures of an upload gives: a part read (its bytes, the
+/// SHA-256 of the file so far, the part's MD5 in hex), or a part sent.
+enum Event {
+    Read(u64, Result<(Vec<u8>, Sha256, String)>),
+    Sent(u64, object_store::Result<PartId>),
+}
+
+/// Reads `len` bytes of `file` at `start` and hashes them.
+fn read_part(
+    file: &File,
+    src: &FsPath,
+    start: u64,
+    len: u64,
+    mut sha: Sha256,
+) -> Result<(Vec<u8>, Sha256, String)> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; usize::try_from(len).map_err(|_| changed(src, "a part is too large"))?];
+    file.read_exact_at(&mut buf, start).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            changed(src, "it is shorter than recorded")
+        } else {
+            Error::io("read", src, e)
+        }
+    })?;
+    sha.update(&buf);
+    let md5 = hex(&Md5::digest(&buf));
+    Ok((buf, sha, md5))
 }
 
 /// The body of an object, read as a blocking [`Read`].
@@ -677,7 +943,7 @@ mod tests {
             size: 10,
             part_size: 5 << 20,
             upload_id: "u1".into(),
-            parts: vec!["\"e1\"".into()],
+            parts: vec![Some("\"e1\"".into()), None, Some("\"e3\"".into())],
         };
         let p = dir.path().join("x.json");
         s.write(&p).unwrap();

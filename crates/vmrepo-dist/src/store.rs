@@ -20,6 +20,7 @@ use vmrepo_repo::{Error, ErrorKind, Result, fsutil};
 
 use crate::export::OutFile;
 use crate::key;
+use crate::ledger::{self, LEDGER_FILE, Ledger, MAX_LEDGER_FILE};
 use crate::place::{self, Placed};
 use crate::s3::{self, Bucket};
 
@@ -27,6 +28,9 @@ use crate::s3::{self, Bucket};
 pub const LOCK_FILE: &str = ".vmrepo-publish.lock";
 /// The folder under the repository's `.vmrepo/` with the multipart uploads under way.
 pub const UPLOADS_DIR: &str = "publish-s3";
+/// The most objects listed under a bucket's `vm/` (four per image: the
+/// image, its `.checksum`, `.txt` and Metalink file).
+const MAX_LISTED: usize = 4_000_000;
 
 /// A publish destination.
 pub enum Store {
@@ -234,6 +238,86 @@ impl Store {
                 Ok(())
             }
         }
+    }
+
+    /// What earlier publishes placed here ([`Ledger`]): in a folder
+    /// `DEST/.vmrepo-publish.json`, in a bucket the object of that name under
+    /// the prefix. An empty one when there is none (or, in a folder, one
+    /// that cannot be read, with a warning).
+    ///
+    /// # Errors
+    /// In a bucket, a network or permission error naming the object (the
+    /// publish stops rather than forget what it placed).
+    pub fn load_ledger(&self) -> Result<Ledger> {
+        match self {
+            Store::Folder(dest) => Ok(Ledger::load(dest)),
+            Store::S3 { bucket, .. } => Ok(match bucket.get_small(LEDGER_FILE, MAX_LEDGER_FILE)? {
+                Some(bytes) => Ledger::parse(&bytes, &bucket.location(LEDGER_FILE)),
+                None => Ledger::default(),
+            }),
+        }
+    }
+
+    /// Writes the ledger whole: in a folder by a rename, in a bucket by one PUT.
+    ///
+    /// # Errors
+    /// I/O and network errors naming it.
+    pub fn save_ledger(&self, ledger: &mut Ledger) -> Result<()> {
+        match self {
+            Store::Folder(dest) => ledger.save(dest),
+            Store::S3 { bucket, .. } => bucket.put_small(LEDGER_FILE, &ledger.to_bytes()?).map(|_| ()),
+        }
+    }
+
+    /// Removes the files `rels` (paths of publish's shape, `vm/<VM>/<file>`,
+    /// that the ledger names and no live catalog does). In a folder only
+    /// regular files in real folders ([`ledger::remove_placed`]), then their
+    /// folders are fsynced; in a bucket only objects a listing of `vm/`
+    /// shows. Returns how many were removed.
+    ///
+    /// # Errors
+    /// I/O and network errors naming the file.
+    pub fn remove_placed(&self, rels: &[&str]) -> Result<usize> {
+        let rels: Vec<&str> = rels.iter().copied().filter(|r| ledger::is_placed_path(r)).collect();
+        if rels.is_empty() {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        match self {
+            Store::Folder(dest) => {
+                let mut dirs = BTreeSet::new();
+                for rel in rels {
+                    if ledger::remove_placed(dest, rel)? {
+                        removed += 1;
+                        dirs.insert(fsutil::parent(&dest.join(rel)).to_path_buf());
+                    }
+                }
+                // An image folder emptied of its files goes too (only when
+                // empty: a file a person put there keeps it).
+                let vm_dir = dest.join(vmrepo_repo::layout::VM_DIR);
+                let emptied: Vec<PathBuf> = dirs
+                    .iter()
+                    .filter(|d| d.parent().and_then(Path::parent) == Some(vm_dir.as_path()))
+                    .cloned()
+                    .collect();
+                for d in emptied {
+                    if fsutil::real_folder(dest, &d).is_ok() && fs::remove_dir(&d).is_ok() {
+                        dirs.remove(&d);
+                        dirs.insert(fsutil::parent(&d).to_path_buf());
+                    }
+                }
+                for d in dirs {
+                    fsutil::fsync_dir(&d)?;
+                }
+            }
+            Store::S3 { bucket, .. } => {
+                let there = bucket.list(vmrepo_repo::layout::VM_DIR, MAX_LISTED)?;
+                let gone: Vec<&str> = rels.into_iter().filter(|r| there.contains(*r)).collect();
+                bucket.delete_all(&gone)?;
+                removed = gone.len();
+            }
+        }
+        Ok(removed)
     }
 
     /// `dest/rel` in a folder made if needed, and a real folder (no link) under `dest`.
