@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use vmrepo_dist::PullProgress;
 use vmrepo_dist::key::{self, PASSWORD_ENV};
@@ -212,13 +212,8 @@ pub(crate) fn pull(ctx: &Ctx<'_>, a: &PullArgs) -> Result<Outcome> {
 pub(crate) fn mirror(ctx: &Ctx<'_>, a: &MirrorArgs) -> Result<Outcome> {
     let trusted = match &a.key {
         Some(path) => {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let pk = trust::parse_public_key(&bytes).map_err(|e| {
-                vmrepo_repo::Error::new(
-                    vmrepo_repo::ErrorKind::InvalidInput,
-                    format!("{}: {e}", path.display()),
-                )
-            })?;
+            // Never blocking on a FIFO nor reading /dev/zero without end.
+            let pk = trust::read_public_key(path)?;
             let name = path.file_stem().map_or("key".into(), |s| s.to_string_lossy().into_owned());
             vec![trust::TrustedKey { name, key_id: key::key_id(&pk), public_key: pk.to_base64(), key: pk }]
         }

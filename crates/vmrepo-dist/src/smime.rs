@@ -58,12 +58,10 @@ enum Key {
     P256(Box<p256::ecdsa::SigningKey>),
 }
 
-/// A certificate or key file, as the minisign key is read: a regular file (a
-/// symbolic link is not followed), capped.
+/// A certificate or key file, as the minisign key is read
+/// ([`crate::key::read_key_file`]).
 fn read(file: &Path, what: &str) -> Result<Vec<u8>> {
-    vmrepo_repo::catalog::read_capped(file, MAX_PEM_FILE).map_err(|e| {
-        Error::new(ErrorKind::NotFound, format!("cannot read the S/MIME {what} {}: {e}", file.display()))
-    })
+    crate::key::read_key_file(file, MAX_PEM_FILE, &format!("the S/MIME {what}"))
 }
 
 fn bad(what: &Path, msg: impl std::fmt::Display) -> Error {
