@@ -16,6 +16,7 @@ mod name;
 mod openpgp;
 mod output;
 mod publish;
+mod publish_hostile;
 mod publish_kill;
 mod publish_more;
 mod pull;

@@ -121,7 +121,18 @@ impl Ledger {
         let mut json = serde_json::to_vec(self)
             .map_err(|e| Error::new(ErrorKind::Io, format!("cannot encode the publish ledger: {e}")))?;
         json.push(b'\n');
-        fsutil::write_atomic(&dest.join(LEDGER_FILE), &json, 0o644)
+        let path = dest.join(LEDGER_FILE);
+        // Its temporary file's name is no name a user knows.
+        fsutil::write_atomic(&path, &json, 0o644).map_err(|e| {
+            let message = e.to_string();
+            let message = match message.find(".tmp-") {
+                Some(_) => {
+                    format!("cannot write {}: {}", path.display(), message.rsplit(": ").next().unwrap_or(""))
+                }
+                None => message,
+            };
+            Error::new(e.kind(), message)
+        })
     }
 }
 

@@ -354,8 +354,8 @@ fn write_stage_folder(dest: &Path, files: &[&OutFile]) -> Result<()> {
             }
             make_real_folder(dest, fsutil::parent(&path))?;
             let tmp = fsutil::temp_sibling(&path);
-            pending.push((tmp.clone(), path));
-            fsutil::write_new(&tmp, &f.bytes, 0o644)?;
+            pending.push((tmp.clone(), path.clone()));
+            fsutil::write_new(&tmp, &f.bytes, 0o644).map_err(|e| place::named_final(e, &tmp, &path))?;
         }
         let mut dirs = BTreeSet::new();
         for (tmp, path) in &pending {
