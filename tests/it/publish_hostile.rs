@@ -243,3 +243,70 @@ cp -a "$D" '{last}'
     );
     assert_eq!(crate::publish::catalog(&r.tmp.path().join("last"))["images"].as_array().unwrap().len(), 3);
 }
+
+/// An S/MIME key encrypted as `openssl pkcs8 -topk8 -v2 aes-256-cbc` makes
+/// it: unlocked by --smime-key-pass-file or VMREPO_SMIME_KEY_PASSWORD, the
+/// image list verified by `openssl smime -verify`; without a passphrase or
+/// with a wrong one, one line naming the key (exit 6).
+#[test]
+fn an_encrypted_smime_key_with_its_passphrase_signs_the_image_list() {
+    if !have("openssl", "openssl") || !have("mkfifo", "coreutils") {
+        return;
+    }
+    let r = Repo::new();
+    populate(&r);
+    let (key, _) = keygen(&r);
+    let t = r.tmp.path();
+    std::fs::write(t.join("pass"), "correct horse\n").unwrap();
+    std::fs::write(t.join("wrong"), "battery staple\n").unwrap();
+    crate::util::sh(
+        t,
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout plain.pem -out cert.pem -subj '/CN=vmrepo test' \
+         -days 30 2>/dev/null && \
+         openssl pkcs8 -topk8 -v2 aes-256-cbc -in plain.pem -out enc.pem -passout file:pass",
+    );
+    assert!(
+        std::fs::read_to_string(t.join("enc.pem")).unwrap().starts_with("-----BEGIN ENCRYPTED PRIVATE KEY")
+    );
+    let dest = t.join("www");
+    let d = dest.to_str().unwrap();
+    let (cert, enc) = (t.join("cert.pem"), t.join("enc.pem"));
+    let base = [
+        "publish",
+        d,
+        "--key",
+        key.to_str().unwrap(),
+        "--base-url",
+        "https://x.example/v",
+        "--smime-cert",
+        cert.to_str().unwrap(),
+        "--smime-key",
+        enc.to_str().unwrap(),
+    ];
+    fn join<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [base, extra].concat()
+    }
+    let said = refused(&r, &base, 6, "enc.pem");
+    assert!(said.contains("encrypted") && said.contains("--smime-key-pass-file"), "{said}");
+    let wrong = t.join("wrong");
+    let said = refused(&r, &join(&base, &["--smime-key-pass-file", wrong.to_str().unwrap()]), 6, "enc.pem");
+    assert!(said.contains("passphrase is wrong"), "{said}");
+    let fifo = t.join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    refused(&r, &join(&base, &["--smime-key-pass-file", fifo.to_str().unwrap()]), 6, "fifo");
+    let verify = || {
+        let o = Command::new("openssl")
+            .args(["smime", "-verify", "-CAfile", cert.to_str().unwrap(), "-out", "/dev/null", "-in"])
+            .arg(dest.join("image.list"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "openssl smime -verify: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let pass = t.join("pass");
+    r.ok(&join(&base, &["--smime-key-pass-file", pass.to_str().unwrap()]));
+    verify();
+    std::fs::remove_dir_all(&dest).unwrap();
+    let out = r.command(&base).env("VMREPO_SMIME_KEY_PASSWORD", "correct horse").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    verify();
+}
