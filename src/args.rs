@@ -290,9 +290,15 @@ pub struct PublishArgs {
     /// HEPiX image list `image.list` (S/MIME); with --smime-key and --base-url.
     #[arg(long, env = "VMREPO_SMIME_CERT", value_name = "FILE", requires = "smime_key")]
     pub smime_cert: Option<PathBuf>,
-    /// The certificate's private key (PEM: RSA or EC P-256, unencrypted).
+    /// The certificate's private key (PEM: RSA or EC P-256; if encrypted,
+    /// PKCS #8 with the passphrase from --smime-key-pass-file or
+    /// VMREPO_SMIME_KEY_PASSWORD).
     #[arg(long, env = "VMREPO_SMIME_KEY", value_name = "FILE", requires = "smime_cert")]
     pub smime_key: Option<PathBuf>,
+    /// A file whose first line is the passphrase of an encrypted --smime-key
+    /// (never on the command line).
+    #[arg(long, env = "VMREPO_SMIME_KEY_PASS_FILE", value_name = "FILE", requires = "smime_key")]
+    pub smime_key_pass_file: Option<PathBuf>,
     /// The OpenPGP secret key (`key generate --openpgp`: NAME.openpgp.key)
     /// that signs the simplestreams .sjson files and virt-builder's index.asc;
     /// without it those are written unsigned. VMREPO_KEY_PASSWORD unlocks it.

@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use vmrepo_dist::PullProgress;
 use vmrepo_dist::key::{self, PASSWORD_ENV};
@@ -97,6 +97,24 @@ pub(crate) fn key_generate(
     Ok(Outcome::Clean)
 }
 
+/// The passphrase of an encrypted S/MIME key: the first line of
+/// `--smime-key-pass-file` (read as a key is: never a FIFO or /dev/zero),
+/// else the environment.
+fn smime_password(a: &PublishArgs) -> Result<Option<String>> {
+    if let Some(f) = &a.smime_key_pass_file {
+        let bytes = key::read_key_file(f, 4096, "the S/MIME key passphrase")?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            vmrepo_repo::Error::new(
+                vmrepo_repo::ErrorKind::InvalidInput,
+                format!("{}: not text", f.display()),
+            )
+        })?;
+        let line = text.lines().next().unwrap_or_default().trim_end_matches('\r').to_string();
+        return Ok(Some(line));
+    }
+    Ok(std::env::var(vmrepo_dist::smime::SMIME_PASSWORD_ENV).ok().filter(|p| !p.is_empty()))
+}
+
 pub(crate) fn publish(ctx: &Ctx<'_>, a: &PublishArgs) -> Result<Outcome> {
     let opts = PublishOptions {
         dest: a.dest.clone(),
@@ -107,6 +125,7 @@ pub(crate) fn publish(ctx: &Ctx<'_>, a: &PublishArgs) -> Result<Outcome> {
         key: a.key.clone(),
         key_password: std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
         smime: a.smime_cert.clone().zip(a.smime_key.clone()),
+        smime_password: smime_password(a)?,
         openpgp_key: a.openpgp_key.clone(),
     };
     let catalog = open_catalog(ctx)?;
@@ -219,13 +238,8 @@ pub(crate) fn pull(ctx: &Ctx<'_>, a: &PullArgs) -> Result<Outcome> {
 pub(crate) fn mirror(ctx: &Ctx<'_>, a: &MirrorArgs) -> Result<Outcome> {
     let trusted = match &a.key {
         Some(path) => {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let pk = trust::parse_public_key(&bytes).map_err(|e| {
-                vmrepo_repo::Error::new(
-                    vmrepo_repo::ErrorKind::InvalidInput,
-                    format!("{}: {e}", path.display()),
-                )
-            })?;
+            // Never blocking on a FIFO nor reading /dev/zero without end.
+            let pk = trust::read_public_key(path)?;
             let name = path.file_stem().map_or("key".into(), |s| s.to_string_lossy().into_owned());
             vec![trust::TrustedKey { name, key_id: key::key_id(&pk), public_key: pk.to_base64(), key: pk }]
         }

@@ -17,6 +17,8 @@ mod openpgp;
 mod output;
 mod publish;
 mod publish_folders;
+mod publish_hostile;
+mod publish_kill;
 mod publish_more;
 mod pull;
 mod pull_net;

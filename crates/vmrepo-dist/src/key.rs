@@ -100,9 +100,7 @@ pub fn key_id(pk: &PublicKey) -> String {
 /// an I/O error when it cannot be read.
 pub fn load_secret_key(path: &Path, password: Option<String>) -> Result<(SecretKey, PublicKey)> {
     let bad = |why: String| Error::new(ErrorKind::InvalidInput, format!("{}: {why}", path.display()));
-    let bytes = vmrepo_repo::catalog::read_capped(path, MAX_KEY_FILE).map_err(|e| {
-        Error::new(ErrorKind::NotFound, format!("cannot read the key {}: {e}", path.display()))
-    })?;
+    let bytes = read_key_file(path, MAX_KEY_FILE, "the key")?;
     let text = String::from_utf8(bytes).map_err(|_| bad("not a minisign secret key (not text)".into()))?;
     if text.lines().count() != 2 || !text.starts_with("untrusted comment: ") {
         return Err(bad("not a minisign secret key (two lines: a comment, then the key)".into()));
@@ -123,6 +121,30 @@ pub fn load_secret_key(path: &Path, password: Option<String>) -> Result<(SecretK
     };
     let pk = PublicKey::from_secret_key(&sk).map_err(|e| bad(format!("unusable secret key: {e}")))?;
     Ok((sk, pk))
+}
+
+/// The whole of a key or certificate file the user names (`what`: "the
+/// key"), at most `cap` bytes. A link is followed (keys are often links,
+/// as in a mounted secret); a FIFO, device or folder is refused without
+/// blocking or reading it.
+///
+/// # Errors
+/// One line naming the file: [`ErrorKind::NotFound`] when it is missing,
+/// [`ErrorKind::InvalidInput`] when it is not a regular file or is larger
+/// than `cap`, an I/O error otherwise.
+pub fn read_key_file(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let context = |e: Error| Error::new(e.kind(), format!("cannot read {what} {}: {e}", path.display()));
+    let f = fsutil::open_regular(path, true).map_err(context)?;
+    let mut buf = Vec::new();
+    f.take(cap.saturating_add(1)).read_to_end(&mut buf).map_err(|e| context(Error::io("read", path, e)))?;
+    if u64::try_from(buf.len()).unwrap_or(u64::MAX) > cap {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("cannot read {what} {}: larger than {cap} bytes", path.display()),
+        ));
+    }
+    Ok(buf)
 }
 
 /// A minisign signature of `data` (the `.minisig` file's text), with

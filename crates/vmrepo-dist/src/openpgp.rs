@@ -147,9 +147,7 @@ pub fn generate(dir: &Path, name: &str, password: Option<String>) -> Result<Gene
 /// password, or the password is wrong.
 pub fn load_secret_key(path: &Path, password: Option<String>) -> Result<OpenPgpSigner> {
     let bad = |why: String| Error::new(ErrorKind::InvalidInput, format!("{}: {why}", path.display()));
-    let bytes = vmrepo_repo::catalog::read_capped(path, MAX_KEY_FILE).map_err(|e| {
-        Error::new(ErrorKind::NotFound, format!("cannot read the OpenPGP key {}: {e}", path.display()))
-    })?;
+    let bytes = crate::key::read_key_file(path, MAX_KEY_FILE, "the OpenPGP key")?;
     let key = if bytes.starts_with(b"-----BEGIN ") {
         SignedSecretKey::from_armor_single(&bytes[..]).map(|(k, _)| k)
     } else {

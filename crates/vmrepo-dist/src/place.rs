@@ -63,7 +63,7 @@ pub fn place_image(
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    let placed = result?;
+    let placed = result.map_err(|e| named_final(e, &tmp, dest))?;
     let md = fs::symlink_metadata(dest).map_err(|e| Error::io("read", dest, e))?;
     Ok((placed, Entry::of(sha256, &md)))
 }
@@ -153,7 +153,7 @@ pub fn place_small(dest: &Path, bytes: &[u8], known: Option<&Entry>) -> Result<(
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result?;
+    result.map_err(|e| named_final(e, &tmp, dest))?;
     let md = fs::symlink_metadata(dest).map_err(|e| Error::io("read", dest, e))?;
     Ok((true, Entry::of(&sha256, &md)))
 }
@@ -186,6 +186,14 @@ pub fn unchanged(dest: &Path, bytes: &[u8], known: Option<&Entry>) -> Result<Opt
 pub fn sync_filesystem(dest: &Path) -> Result<()> {
     let f = File::open(dest).map_err(|e| Error::io("open folder", dest, e))?;
     rustix::fs::syncfs(&f).map_err(|e| Error::io("sync the filesystem of", dest, e.into()))
+}
+
+/// `e`, about the temporary file `tmp`, told of the file it was to become
+/// (`path`): the name a user knows ("cannot write DEST/catalog.json: No
+/// space left on device"), the kind kept.
+pub(crate) fn named_final(e: Error, tmp: &Path, path: &Path) -> Error {
+    let message = e.to_string().replace(&tmp.display().to_string(), &path.display().to_string());
+    Error::new(e.kind(), message)
 }
 
 fn new_file(path: &Path, mode: u32) -> Result<File> {

@@ -55,6 +55,8 @@ pub struct PublishOptions {
     pub key_password: Option<String>,
     /// The X.509 certificate (PEM) and its key that sign the HEPiX image list; both or neither.
     pub smime: Option<(PathBuf, PathBuf)>,
+    /// The passphrase of an encrypted S/MIME key.
+    pub smime_password: Option<String>,
     /// The OpenPGP secret key that signs the simplestreams and virt-builder
     /// files (`key generate --openpgp`); without it they are written unsigned.
     pub openpgp_key: Option<PathBuf>,
@@ -104,7 +106,12 @@ pub struct LeftOut {
 pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) -> Result<PublishReport> {
     let (sk, pk) = key::load_secret_key(&opts.key, opts.key_password.clone())?;
     let smime = match &opts.smime {
-        Some((cert, key)) => Some(crate::smime::SmimeSigner::load(cert, key, Timestamp::now())?),
+        Some((cert, key)) => Some(crate::smime::SmimeSigner::load_with_password(
+            cert,
+            key,
+            opts.smime_password.as_deref(),
+            Timestamp::now(),
+        )?),
         None => None,
     };
     let openpgp = opts

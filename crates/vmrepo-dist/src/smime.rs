@@ -58,12 +58,10 @@ enum Key {
     P256(Box<p256::ecdsa::SigningKey>),
 }
 
-/// A certificate or key file, as the minisign key is read: a regular file (a
-/// symbolic link is not followed), capped.
+/// A certificate or key file, as the minisign key is read
+/// ([`crate::key::read_key_file`]).
 fn read(file: &Path, what: &str) -> Result<Vec<u8>> {
-    vmrepo_repo::catalog::read_capped(file, MAX_PEM_FILE).map_err(|e| {
-        Error::new(ErrorKind::NotFound, format!("cannot read the S/MIME {what} {}: {e}", file.display()))
-    })
+    crate::key::read_key_file(file, MAX_PEM_FILE, &format!("the S/MIME {what}"))
 }
 
 fn bad(what: &Path, msg: impl std::fmt::Display) -> Error {
@@ -80,6 +78,22 @@ impl SmimeSigner {
     /// [`ErrorKind::NotFound`] for a file that cannot be read,
     /// [`ErrorKind::InvalidInput`] naming the file and the problem otherwise.
     pub fn load(cert_file: &Path, key_file: &Path, now: Timestamp) -> Result<SmimeSigner> {
+        SmimeSigner::load_with_password(cert_file, key_file, None, now)
+    }
+
+    /// As [`SmimeSigner::load`], for a key that may be encrypted (PKCS #8,
+    /// as `openssl pkcs8 -topk8 -v2 aes-256-cbc` makes it): `password`
+    /// decrypts it.
+    ///
+    /// # Errors
+    /// As [`SmimeSigner::load`]; [`ErrorKind::InvalidInput`] naming the key
+    /// file for an encrypted key without a password or with a wrong one.
+    pub fn load_with_password(
+        cert_file: &Path,
+        key_file: &Path,
+        password: Option<&str>,
+        now: Timestamp,
+    ) -> Result<SmimeSigner> {
         let cert_pem = read(cert_file, "certificate")?;
         let chain = Certificate::load_pem_chain(&cert_pem)
             .map_err(|e| bad(cert_file, format!("not a PEM certificate: {e}")))?;
@@ -90,7 +104,7 @@ impl SmimeSigner {
             return Err(bad(cert_file, format!("holds more than {MAX_CHAIN} certificates")));
         }
         let key_pem = read(key_file, "key")?;
-        let key = read_key(key_file, &key_pem)?;
+        let key = read_key(key_file, &key_pem, password)?;
         let cert = &chain[0];
         let tbs = &cert.tbs_certificate;
         let spki = &tbs.subject_public_key_info;
@@ -244,7 +258,63 @@ fn multipart(content: &[u8], der: &[u8]) -> Vec<u8> {
 }
 
 /// The private key in `pem`: the first PEM block that is a key.
-fn read_key(file: &Path, pem: &[u8]) -> Result<Key> {
+/// The environment variable holding the passphrase of an encrypted S/MIME key.
+pub const SMIME_PASSWORD_ENV: &str = "VMREPO_SMIME_KEY_PASSWORD";
+
+/// The most PBKDF2 iterations an encrypted key may ask for (OpenSSL makes 2048).
+const MAX_PBKDF2_ITERATIONS: u32 = 10_000_000;
+/// The most memory scrypt may take for an encrypted key (128 × N × r × p bytes).
+const MAX_SCRYPT_BYTES: u64 = 1 << 30;
+
+/// An encrypted PKCS #8 key (PBES2: PBKDF2 or scrypt, AES-CBC), decrypted
+/// with `password`, as a PEM `PRIVATE KEY` block. Its cost is checked
+/// first: a file asking for billions of iterations is refused, not run.
+fn decrypt_pkcs8(file: &Path, der_bytes: &[u8], password: &str) -> Result<Vec<u8>> {
+    use pkcs8::pkcs5::EncryptionScheme;
+    use pkcs8::pkcs5::pbes2::Kdf;
+    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der_bytes)
+        .map_err(|e| bad(file, format!("a malformed encrypted key: {e}")))?;
+    match &info.encryption_algorithm {
+        EncryptionScheme::Pbes2(p) => match &p.kdf {
+            Kdf::Pbkdf2(k) if k.iteration_count > MAX_PBKDF2_ITERATIONS => {
+                return Err(bad(
+                    file,
+                    format!(
+                        "its key derivation asks for {} iterations (at most {MAX_PBKDF2_ITERATIONS})",
+                        k.iteration_count
+                    ),
+                ));
+            }
+            Kdf::Scrypt(k) => {
+                let bytes = 128u64
+                    .checked_mul(k.cost_parameter)
+                    .and_then(|b| b.checked_mul(u64::from(k.block_size)))
+                    .and_then(|b| b.checked_mul(u64::from(k.parallelization)));
+                if bytes.is_none_or(|b| b > MAX_SCRYPT_BYTES) {
+                    return Err(bad(
+                        file,
+                        format!("its scrypt parameters ask for more than {MAX_SCRYPT_BYTES} bytes"),
+                    ));
+                }
+            }
+            _ => {}
+        },
+        _ => {
+            return Err(bad(
+                file,
+                "encrypted with an old scheme (PBES1): convert it (openssl pkcs8 -topk8 -v2 aes-256-cbc)",
+            ));
+        }
+    }
+    let doc = info
+        .decrypt(password)
+        .map_err(|_| bad(file, "cannot decrypt it: the passphrase is wrong, or the key is damaged"))?;
+    let pem = der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, doc.as_bytes())
+        .map_err(|e| bad(file, format!("cannot read the decrypted key: {e}")))?;
+    Ok(pem.into_bytes())
+}
+
+fn read_key(file: &Path, pem: &[u8], password: Option<&str>) -> Result<Key> {
     let text = std::str::from_utf8(pem).map_err(|_| bad(file, "not a PEM file"))?;
     let mut rest = text;
     while let Some(start) = rest.find("-----BEGIN ") {
@@ -285,16 +355,23 @@ fn read_key(file: &Path, pem: &[u8]) -> Result<Key> {
                 return Ok(Key::P256(Box::new(k.into())));
             }
             "ENCRYPTED PRIVATE KEY" => {
-                return Err(bad(
-                    file,
-                    "an encrypted key: give an unencrypted copy, readable by the publishing account only \
-                     (openssl pkey -in KEY -out PLAIN)",
-                ));
+                let Some(password) = password else {
+                    return Err(bad(
+                        file,
+                        format!(
+                            "an encrypted key: give its passphrase with --smime-key-pass-file or {SMIME_PASSWORD_ENV}"
+                        ),
+                    ));
+                };
+                let d = decode()?;
+                let plain = decrypt_pkcs8(file, &d, password)?;
+                return read_key(file, &plain, None);
             }
             _ if one.contains("Proc-Type: 4,ENCRYPTED") => {
                 return Err(bad(
                     file,
-                    "an encrypted key: give an unencrypted copy (openssl pkey -in KEY -out PLAIN)",
+                    "a key encrypted the old OpenSSL way: convert it to PKCS #8 \
+                     (openssl pkcs8 -topk8 -v2 aes-256-cbc -in KEY -out NEW)",
                 ));
             }
             _ => {}
@@ -446,7 +523,7 @@ mod tests {
             ("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "unsupported key"),
             ("-----BEGIN RSA PRIVATE KEY-----\nAAAA\n", "no end"),
         ] {
-            let Err(e) = read_key(p, pem.as_bytes()) else { panic!("{pem} was read") };
+            let Err(e) = read_key(p, pem.as_bytes(), None) else { panic!("{pem} was read") };
             assert!(e.to_string().contains(why), "{e}");
         }
     }

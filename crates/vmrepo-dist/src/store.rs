@@ -13,6 +13,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -90,6 +91,15 @@ impl Store {
                 ),
             ));
         }
+        // Something that is there and no folder (a FIFO, a file) is named as such, not "File exists".
+        if let Ok(md) = fs::metadata(dest)
+            && !md.is_dir()
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{}: {}, not a folder", dest.display(), fsutil::describe_type(md.file_type())),
+            ));
+        }
         fs::create_dir_all(dest).map_err(|e| Error::io("create the folder", dest, e))?;
         let md = fs::metadata(dest).map_err(|e| Error::io("read", dest, e))?;
         if !md.is_dir() {
@@ -125,12 +135,23 @@ impl Store {
         match self {
             Store::Folder(dest) => {
                 let path = dest.join(LOCK_FILE);
+                // Neither through a link (out of DEST) nor blocking on a FIFO.
                 let f = fs::OpenOptions::new()
                     .create(true)
                     .truncate(false)
                     .write(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                     .open(&path)
-                    .map_err(|e| Error::io("open", &path, e))?;
+                    .map_err(|e| {
+                        if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENXIO)) {
+                            not_regular(&path)
+                        } else {
+                            Error::io("open", &path, e)
+                        }
+                    })?;
+                if !f.metadata().is_ok_and(|md| md.is_file()) {
+                    return Err(not_regular(&path));
+                }
                 rustix::fs::flock(f.as_fd(), rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
                     |_| {
                         Error::new(
@@ -323,9 +344,7 @@ impl Store {
     /// `dest/rel` in a folder made if needed, and a real folder (no link) under `dest`.
     pub(crate) fn folder_for(&self, dest: &Path, rel: &str) -> Result<PathBuf> {
         let path = dest_path(dest, rel)?;
-        let parent = fsutil::parent(&path);
-        fs::create_dir_all(parent).map_err(|e| Error::io("create the folder", parent, e))?;
-        fsutil::real_folder(dest, parent)?;
+        make_real_folder(dest, fsutil::parent(&path))?;
         Ok(path)
     }
 }
@@ -381,7 +400,10 @@ fn lock_bucket(bucket: &Bucket) -> Result<Lock<'_>> {
 fn remove_dead_temps(dest: &Path) {
     // DEST, the exports' folders (simplestreams' streams/v1) and vm/<VM>/.
     let mut folders = vec![dest.to_path_buf(), dest.join("streams/v1")];
-    if let Ok(vms) = fs::read_dir(dest.join(vmrepo_repo::layout::VM_DIR)) {
+    let vm = dest.join(vmrepo_repo::layout::VM_DIR);
+    if fsutil::real_folder(dest, &vm).is_ok()
+        && let Ok(vms) = fs::read_dir(&vm)
+    {
         folders.extend(vms.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
     }
     // And the image folders in them (vm/<VM>/<name>/), links not followed.
@@ -393,6 +415,10 @@ fn remove_dead_temps(dest: &Path) {
         .collect();
     folders.extend(image_folders);
     for folder in folders {
+        // Nothing is removed through a link (out of DEST).
+        if fsutil::real_folder(dest, &folder).is_err() {
+            continue;
+        }
         let Ok(entries) = fs::read_dir(&folder) else { continue };
         for e in entries.flatten() {
             let name = e.file_name();
@@ -418,12 +444,10 @@ fn write_stage_folder(dest: &Path, files: &[&OutFile]) -> Result<()> {
             if same_len && fs::read(&path).is_ok_and(|b| b == f.bytes) {
                 continue;
             }
-            let parent = fsutil::parent(&path);
-            fs::create_dir_all(parent).map_err(|e| Error::io("create the folder", parent, e))?;
-            fsutil::real_folder(dest, parent)?;
+            make_real_folder(dest, fsutil::parent(&path))?;
             let tmp = fsutil::temp_sibling(&path);
-            pending.push((tmp.clone(), path));
-            fsutil::write_new(&tmp, &f.bytes, 0o644)?;
+            pending.push((tmp.clone(), path.clone()));
+            fsutil::write_new(&tmp, &f.bytes, 0o644).map_err(|e| place::named_final(e, &tmp, &path))?;
         }
         let mut dirs = BTreeSet::new();
         for (tmp, path) in &pending {
@@ -441,6 +465,38 @@ fn write_stage_folder(dest: &Path, files: &[&OutFile]) -> Result<()> {
         }
     }
     result
+}
+
+/// Makes `dir` (under `root`, which exists) one folder at a time, each
+/// checked before the next is made in it: a link on the way is refused
+/// before anything is made through it (`create_dir_all` would follow it out
+/// of DEST).
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] naming the link or the entry that is not a
+/// folder; I/O errors (a full disk: [`ErrorKind::NoSpace`]).
+pub(crate) fn make_real_folder(root: &Path, dir: &Path) -> Result<()> {
+    let rel = dir.strip_prefix(root).map_err(|_| {
+        Error::new(ErrorKind::InvalidInput, format!("{} is outside {}", dir.display(), root.display()))
+    })?;
+    let mut at = root.to_path_buf();
+    for c in rel.components() {
+        at.push(c);
+        match fs::create_dir(&at) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("create the folder", &at, e)),
+        }
+        // What is there now (made here or before) must be a real folder.
+        fsutil::real_folder(fsutil::parent(&at), &at)?;
+    }
+    Ok(())
+}
+
+fn not_regular(path: &Path) -> Error {
+    let what =
+        fs::symlink_metadata(path).map_or("not a regular file", |md| fsutil::describe_type(md.file_type()));
+    Error::new(ErrorKind::InvalidInput, format!("{}: {what}, not a regular file", path.display()))
 }
 
 /// DEST joined with a relative path, which must be made of plain names (no

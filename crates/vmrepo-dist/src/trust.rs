@@ -57,6 +57,18 @@ pub fn parse_public_key(bytes: &[u8]) -> std::result::Result<PublicKey, String> 
     pk.map_err(|e| format!("not a minisign public key: {e}"))
 }
 
+/// The minisign public key in the file `path` (as [`parse_public_key`]
+/// takes it), read as [`key::read_key_file`] reads a key.
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] naming the file when it is not a regular
+/// file or not such a key; [`ErrorKind::NotFound`] when it is missing.
+pub fn read_public_key(path: &Path) -> Result<PublicKey> {
+    let bytes = key::read_key_file(path, MAX_PUBLIC_KEY_FILE, "the key")?;
+    parse_public_key(&bytes)
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{}: {e}", path.display())))
+}
+
 /// Trusts the key in `keyfile` under `name` (default: the file's name
 /// without `.pub`).
 ///
@@ -64,13 +76,9 @@ pub fn parse_public_key(bytes: &[u8]) -> std::result::Result<PublicKey, String> 
 /// [`ErrorKind::InvalidInput`] for a file that is not a minisign public key
 /// or a bad name; [`ErrorKind::AlreadyExists`] when the name is taken or the
 /// same key is already trusted (under the name given in the message);
-/// [`ErrorKind::NotFound`] when the file cannot be read.
+/// [`ErrorKind::NotFound`] when the file is missing.
 pub fn add(repo: &Repository, keyfile: &Path, name: Option<&str>) -> Result<TrustedKey> {
-    let bytes = vmrepo_repo::catalog::read_capped(keyfile, MAX_PUBLIC_KEY_FILE).map_err(|e| {
-        Error::new(ErrorKind::NotFound, format!("cannot read the key {}: {e}", keyfile.display()))
-    })?;
-    let pk = parse_public_key(&bytes)
-        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{}: {e}", keyfile.display())))?;
+    let pk = read_public_key(keyfile)?;
     let name = match name {
         Some(n) => n.to_string(),
         None => {

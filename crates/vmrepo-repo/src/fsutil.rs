@@ -25,9 +25,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
             .create_new(true)
             .mode(mode)
             .open(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
+            .map_err(|e| Error::io("create", path, e))?;
+        // Errors name the file the user knows, not its temporary name.
+        f.write_all(bytes).map_err(|e| Error::io("write", path, e))?;
+        f.sync_all().map_err(|e| Error::io("sync", path, e))?;
         fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
         fsync_dir(dir)
     })();
