@@ -27,10 +27,11 @@ use vmrepo_repo::{Error, ErrorKind, Prehashed, Result, fsutil};
 use crate::fetch::{self, Remote};
 use crate::schema::CatalogImage;
 
-/// The read, write and hash unit while downloading.
-const CHUNK: usize = 1 << 20;
-/// Buffers in flight between a download's threads.
-const POOL: usize = 16;
+/// The largest read while downloading (a web server's body gives at most
+/// what ureq's buffer holds, 128 KiB, per read).
+const CHUNK: usize = 256 << 10;
+/// Buffers in flight between a download's threads (16 MiB).
+const POOL: usize = 64;
 /// Write-back is started every this many bytes, so that the final fsync has
 /// little left to do.
 const WRITEBACK: u64 = 16 << 20;
@@ -399,8 +400,8 @@ struct Piece {
 /// Reads at most `len` bytes with `read` (until it returns 0), writes them
 /// to `sink` from byte `offset` and feeds them to SHA-256 and MD5, each of
 /// the four on a thread of its own: this thread reads (the network or a
-/// file), one writes, one hashes SHA-256 and one MD5, passing large
-/// buffers along in that order and back to this thread through a bounded
+/// file), one writes, one hashes SHA-256 and one MD5, passing each buffer
+/// read along in that order and back to this thread through a bounded
 /// pool. So a read never waits for the disk or a digest, nor a digest for
 /// the other: on two cores MD5, the slowest step (see
 /// `vmrepo_repo::hashing`), has one to itself while SHA-256 (with the CPU's
@@ -488,26 +489,15 @@ fn pump(
                 }
                 let mut buf = pool.recv().map_err(|_| stopped())?;
                 let want = usize::try_from(end.saturating_sub(at)).unwrap_or(CHUNK).min(CHUNK);
-                let mut filled = 0;
-                while filled < want {
-                    let n = read(buf.get_mut(filled..want).unwrap_or_default())?;
-                    if n == 0 {
-                        break;
-                    }
-                    filled = filled.saturating_add(n);
-                    if stop.load(Ordering::Relaxed) {
-                        return Err(Error::interrupted());
-                    }
-                }
-                if filled == 0 {
+                // One read per buffer: what arrived is written at once, so
+                // that a transfer that breaks or stalls keeps every byte it gave.
+                let n = read(buf.get_mut(..want).unwrap_or_default())?;
+                if n == 0 {
                     break;
                 }
-                first.send(Piece { buf, len: filled, offset: at }).map_err(|_| stopped())?;
-                at = at.saturating_add(filled as u64);
-                advanced(filled as u64, at);
-                if filled < want {
-                    break;
-                }
+                first.send(Piece { buf, len: n, offset: at }).map_err(|_| stopped())?;
+                at = at.saturating_add(n as u64);
+                advanced(n as u64, at);
             }
             Ok(at)
         })();
