@@ -12,8 +12,8 @@
 //! image.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -27,10 +27,11 @@ use vmrepo_repo::{Error, ErrorKind, Prehashed, Result, fsutil};
 use crate::fetch::{self, Remote};
 use crate::schema::CatalogImage;
 
-/// The read and write unit while downloading.
+/// The largest read while downloading (a web server's body gives at most
+/// what ureq's buffer holds, 128 KiB, per read).
 const CHUNK: usize = 256 << 10;
-/// Buffers in flight between a download and its MD5 thread.
-const POOL: usize = 16;
+/// Buffers in flight between a download's threads (16 MiB).
+const POOL: usize = 64;
 /// Write-back is started every this many bytes, so that the final fsync has
 /// little left to do.
 const WRITEBACK: u64 = 16 << 20;
@@ -216,10 +217,8 @@ fn kept_whole(partial: &Path, image: &CatalogImage, stop: &AtomicBool) -> Result
         Ok(md) if md.is_file() && md.len() == image.size => {}
         _ => return Ok(None),
     }
-    let mut file = File::open(partial).map_err(|e| Error::io("open", partial, e))?;
-    let mut sha = Sha256::new();
-    let mut md5 = Md5::new();
-    hash_prefix(&mut file, image.size, &mut sha, &mut md5, partial, stop)?;
+    let file = File::open(partial).map_err(|e| Error::io("open", partial, e))?;
+    let Hashes { sha, md5 } = hash_prefix(&file, image.size, Hashes::new(), partial, stop)?;
     let sha256: [u8; 32] = sha.finalize().into();
     if hex(&sha256) != image.sha256 {
         discard(partial);
@@ -277,7 +276,7 @@ fn attempt(
         .map(|(_, v)| v);
     let opened = remote.open_from(&image.path, image.size, have, etag.as_deref())?;
     tally.start = opened.start;
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
@@ -286,10 +285,8 @@ fn attempt(
         .map_err(|e| Error::io("open", &partial, e))?;
     file.set_len(opened.start).map_err(|e| Error::io("truncate", &partial, e))?;
     progress.position(slot, opened.start);
-    let mut sha = Sha256::new();
-    let mut md5 = Md5::new();
     // What is kept is hashed again: the digests cover the whole file.
-    hash_prefix(&mut file, opened.start, &mut sha, &mut md5, &partial, stop)?;
+    let hashes = hash_prefix(&file, opened.start, Hashes::new(), &partial, stop)?;
     if opened.start == 0 {
         match &opened.etag {
             Some(t) => {
@@ -301,13 +298,12 @@ fn attempt(
         }
     }
     let mut body = opened.body;
-    let (total, md5) = receive(
+    let (total, Hashes { sha, md5 }) = receive(
         &mut *body,
         (&file, &partial),
         &at,
         (opened.start, image.size),
-        &mut sha,
-        md5,
+        hashes,
         slot,
         progress,
         stop,
@@ -331,126 +327,213 @@ fn attempt(
     prehashed(&file, &partial, sha256, md5)
 }
 
-/// Reads `body` into `file` from byte `total` up to `size` (never more: what
-/// a server sends beyond the catalog's size is not looked at), SHA-256 in
-/// this thread, MD5 in a thread of its own: MD5 is the slowest step (see
-/// `vmrepo_repo::hashing`), so it gets a core while this thread reads,
-/// writes and hashes SHA-256 (with the CPU's SHA extensions, several times
-/// faster). A third thread, mostly asleep, starts the write-back as the file
-/// grows. Returns the bytes the file holds and the MD5 state.
+/// The digests of a file as its bytes go by.
+struct Hashes {
+    sha: Sha256,
+    md5: Md5,
+}
+
+impl Hashes {
+    fn new() -> Hashes {
+        Hashes { sha: Sha256::new(), md5: Md5::new() }
+    }
+}
+
+/// Reads `body` into `file` from byte `start` up to `size` (never more: what
+/// a server sends beyond the catalog's size is not looked at), hashing as
+/// the bytes go by ([`pump`]). Returns the bytes the file holds and the
+/// digests' states.
 #[allow(clippy::too_many_arguments)]
 fn receive(
     body: &mut dyn Read,
     (file, path): (&File, &Path),
     at: &str,
-    (mut total, size): (u64, u64),
-    sha: &mut Sha256,
-    md5: Md5,
+    (start, size): (u64, u64),
+    hashes: Hashes,
     slot: usize,
     progress: &dyn PullProgress,
     stop: &AtomicBool,
     tally: &mut Tally,
-) -> Result<(u64, Md5)> {
+) -> Result<(u64, Hashes)> {
+    let mut total = start;
+    let mut read = |buf: &mut [u8]| loop {
+        match body.read(buf) {
+            Ok(n) => {
+                total = total.saturating_add(n as u64);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{at}: the transfer broke after {total} of {size} bytes ({})",
+                        fetch::body_error(&e)
+                    ),
+                ));
+            }
+        }
+    };
+    let mut advanced = |n: u64, held: u64| {
+        tally.transferred = tally.transferred.saturating_add(n);
+        progress.position(slot, held);
+    };
+    let (held, hashes) = pump(
+        &mut read,
+        Some((file, path)),
+        (start, size.saturating_sub(start)),
+        hashes,
+        &mut advanced,
+        stop,
+    )?;
+    Ok((held, hashes))
+}
+
+/// One buffer on its way through [`pump`]'s threads: the bytes, how many
+/// of them are used, and where they go in the file.
+struct Piece {
+    buf: Vec<u8>,
+    len: usize,
+    offset: u64,
+}
+
+/// Reads at most `len` bytes with `read` (until it returns 0), writes them
+/// to `sink` from byte `offset` and feeds them to SHA-256 and MD5, each of
+/// the four on a thread of its own: this thread reads (the network or a
+/// file), one writes, one hashes SHA-256 and one MD5, passing each buffer
+/// read along in that order and back to this thread through a bounded
+/// pool. So a read never waits for the disk or a digest, nor a digest for
+/// the other: on two cores MD5, the slowest step (see
+/// `vmrepo_repo::hashing`), has one to itself while SHA-256 (with the CPU's
+/// SHA extensions, several times faster), the copies and the system calls
+/// share the other. A fifth thread, mostly asleep, starts the write-back as
+/// the file grows, so that the final fsync has little left. `advanced` is
+/// told of each buffer read: its bytes and where the file now ends.
+///
+/// Returns where the bytes end (`offset` plus those read) and the digests'
+/// states, which cover exactly the bytes written.
+fn pump(
+    read: &mut dyn FnMut(&mut [u8]) -> Result<usize>,
+    sink: Option<(&File, &Path)>,
+    (offset, len): (u64, u64),
+    hashes: Hashes,
+    advanced: &mut dyn FnMut(u64, u64),
+    stop: &AtomicBool,
+) -> Result<(u64, Hashes)> {
+    let Hashes { sha, md5 } = hashes;
+    let stopped = || Error::new(ErrorKind::Io, "a hashing or writing thread stopped");
     std::thread::scope(|s| {
-        let (to_md5, chunks) = mpsc::sync_channel::<Vec<u8>>(POOL);
         let (back, pool) = mpsc::channel::<Vec<u8>>();
         for _ in 0..POOL {
             // The receiver is alive: it is `pool`, held here.
-            let _ = back.send(Vec::with_capacity(CHUNK));
+            let _ = back.send(vec![0u8; CHUNK]);
         }
+        let (to_md5, for_md5) = mpsc::channel::<Piece>();
         let md5_thread = s.spawn(move || {
             let mut md5 = md5;
-            while let Ok(buf) = chunks.recv() {
-                md5.update(&buf);
-                if back.send(buf).is_err() {
+            while let Ok(p) = for_md5.recv() {
+                md5.update(p.buf.get(..p.len).unwrap_or_default());
+                if back.send(p.buf).is_err() {
                     break;
                 }
             }
             md5
         });
-        let (to_writeback, ranges) = mpsc::channel::<(u64, u64)>();
-        s.spawn(move || {
-            while let Ok((offset, len)) = ranges.recv() {
-                start_writeback(file, offset, len);
+        let (to_sha, for_sha) = mpsc::channel::<Piece>();
+        let sha_thread = s.spawn(move || {
+            let mut sha = sha;
+            while let Ok(p) = for_sha.recv() {
+                sha.update(p.buf.get(..p.len).unwrap_or_default());
+                if to_md5.send(p).is_err() {
+                    break;
+                }
             }
+            sha
         });
-        let mut written_back = total;
+        // The first stage: the writer when there is a file, else SHA-256.
+        let (first, writer) = match sink {
+            None => (to_sha, None),
+            Some((file, path)) => {
+                let (to_writer, for_writer) = mpsc::channel::<Piece>();
+                let (to_writeback, ranges) = mpsc::channel::<(u64, u64)>();
+                s.spawn(move || {
+                    while let Ok((offset, len)) = ranges.recv() {
+                        start_writeback(file, offset, len);
+                    }
+                });
+                let writer = s.spawn(move || -> Result<()> {
+                    let mut written_back = offset;
+                    while let Ok(p) = for_writer.recv() {
+                        let bytes = p.buf.get(..p.len).unwrap_or_default();
+                        file.write_all_at(bytes, p.offset).map_err(|e| Error::io("write", path, e))?;
+                        let end = p.offset.saturating_add(p.len as u64);
+                        if end.saturating_sub(written_back) >= WRITEBACK {
+                            let _ = to_writeback.send((written_back, end.saturating_sub(written_back)));
+                            written_back = end;
+                        }
+                        if to_sha.send(p).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(())
+                });
+                (to_writer, Some(writer))
+            }
+        };
         let result = (|| {
-            let mut out = file;
-            while total < size {
+            let mut at = offset;
+            let end = offset.saturating_add(len);
+            while at < end {
                 if stop.load(Ordering::Relaxed) {
                     return Err(Error::interrupted());
                 }
-                let Ok(mut buf) = pool.recv() else {
-                    return Err(Error::new(ErrorKind::Io, format!("{at}: the MD5 thread stopped")));
-                };
-                let want = usize::try_from(size.saturating_sub(total)).unwrap_or(CHUNK).min(CHUNK);
-                buf.resize(want, 0);
-                let n = match body.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        return Err(Error::new(
-                            ErrorKind::Io,
-                            format!(
-                                "{at}: the transfer broke after {total} of {size} bytes ({})",
-                                fetch::body_error(&e)
-                            ),
-                        ));
-                    }
-                };
-                buf.truncate(n);
-                sha.update(&buf);
-                out.write_all(&buf).map_err(|e| Error::io("write", path, e))?;
-                if to_md5.send(buf).is_err() {
-                    return Err(Error::new(ErrorKind::Io, format!("{at}: the MD5 thread stopped")));
+                let mut buf = pool.recv().map_err(|_| stopped())?;
+                let want = usize::try_from(end.saturating_sub(at)).unwrap_or(CHUNK).min(CHUNK);
+                // One read per buffer: what arrived is written at once, so
+                // that a transfer that breaks or stalls keeps every byte it gave.
+                let n = read(buf.get_mut(..want).unwrap_or_default())?;
+                if n == 0 {
+                    break;
                 }
-                total = total.saturating_add(n as u64);
-                tally.transferred = tally.transferred.saturating_add(n as u64);
-                progress.position(slot, total);
-                if total.saturating_sub(written_back) >= WRITEBACK {
-                    let _ = to_writeback.send((written_back, total.saturating_sub(written_back)));
-                    written_back = total;
-                }
+                first.send(Piece { buf, len: n, offset: at }).map_err(|_| stopped())?;
+                at = at.saturating_add(n as u64);
+                advanced(n as u64, at);
             }
-            Ok(total)
+            Ok(at)
         })();
-        drop(to_md5);
-        drop(to_writeback);
-        let md5 = md5_thread
-            .join()
-            .map_err(|_| Error::new(ErrorKind::Io, format!("{at}: the MD5 thread failed")))?;
-        result.map(|total| (total, md5))
+        drop(first);
+        // A write error says more than the reader's "a thread stopped".
+        if let Some(w) = writer {
+            w.join().map_err(|_| stopped())??;
+        }
+        let sha = sha_thread.join().map_err(|_| stopped())?;
+        let md5 = md5_thread.join().map_err(|_| stopped())?;
+        result.map(|at| (at, Hashes { sha, md5 }))
     })
 }
 
-/// Hashes the first `len` bytes of `file` (what an earlier attempt kept),
-/// leaving the file positioned at `len`.
-fn hash_prefix(
-    file: &mut File,
-    len: u64,
-    sha: &mut Sha256,
-    md5: &mut Md5,
-    path: &Path,
-    stop: &AtomicBool,
-) -> Result<()> {
-    file.seek(SeekFrom::Start(0)).map_err(|e| Error::io("read", path, e))?;
-    let mut left = len;
-    let mut buf = vec![0u8; CHUNK];
-    while left > 0 {
-        if stop.load(Ordering::Relaxed) {
-            return Err(Error::interrupted());
-        }
-        let want = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
-        let chunk = &mut buf[..want];
-        file.read_exact(chunk).map_err(|e| Error::io("read", path, e))?;
-        sha.update(&*chunk);
-        md5.update(&*chunk);
-        left = left.saturating_sub(want as u64);
+/// Hashes the first `len` bytes of `file` (what an earlier attempt kept).
+fn hash_prefix(file: &File, len: u64, hashes: Hashes, path: &Path, stop: &AtomicBool) -> Result<Hashes> {
+    if len == 0 {
+        return Ok(hashes);
     }
-    file.seek(SeekFrom::Start(len)).map_err(|e| Error::io("read", path, e))?;
-    Ok(())
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(0)).map_err(|e| Error::io("read", path, e))?;
+    let mut read = |buf: &mut [u8]| loop {
+        match reader.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", path, e)),
+        }
+    };
+    let (got, hashes) = pump(&mut read, None, (0, len), hashes, &mut |_, _| {}, stop)?;
+    if got != len {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!("{}: {got} bytes where {len} were kept", path.display()),
+        ));
+    }
+    Ok(hashes)
 }
 
 /// `<sha256>.etag` beside `<sha256>.part`.
@@ -462,4 +545,137 @@ pub fn etag_path(partial: &Path) -> PathBuf {
 pub fn discard(partial: &Path) {
     let _ = fs::remove_file(partial);
     let _ = fs::remove_file(etag_path(partial));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err_of<T>(r: Result<T>) -> Error {
+        match r {
+            Err(e) => e,
+            Ok(_) => panic!("no error"),
+        }
+    }
+
+    /// The first field of `tool FILE` (sha256sum, md5sum): the oracle.
+    fn tool_digest(tool: &str, path: &Path) -> String {
+        let out = std::process::Command::new(tool).arg(path).output().unwrap();
+        assert!(out.status.success(), "{tool} failed");
+        String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+    }
+
+    fn bytes(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A source that gives `data` in reads of uneven sizes, some of them
+    /// interrupted, as a network does.
+    fn uneven(data: &[u8]) -> impl FnMut(&mut [u8]) -> Result<usize> + '_ {
+        let (mut at, mut i) = (0usize, 0usize);
+        move |buf: &mut [u8]| {
+            i += 1;
+            let n = [1, 4096, 7, CHUNK + 3, 65_536, 100_003][i % 6].min(buf.len()).min(data.len() - at);
+            buf[..n].copy_from_slice(&data[at..at + n]);
+            at += n;
+            Ok(n)
+        }
+    }
+
+    /// More bytes than the pool holds, read unevenly into a file that
+    /// already holds a prefix, only up to the length asked: the file holds
+    /// the prefix and those bytes, and the digests (the prefix hashed first,
+    /// as a resumed download does) are sha256sum's and md5sum's of it.
+    #[test]
+    fn the_pump_writes_and_hashes_what_it_reads() {
+        if !(vmrepo_testkit::have("sha256sum", "coreutils") && vmrepo_testkit::have("md5sum", "coreutils")) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.part");
+        let prefix = bytes(CHUNK / 2 + 5, 3);
+        let data = bytes(2 * POOL * CHUNK + 12_345, 7);
+        fs::write(&path, &prefix).unwrap();
+        let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let stop = AtomicBool::new(false);
+        let hashes = hash_prefix(&file, prefix.len() as u64, Hashes::new(), &path, &stop).unwrap();
+        let want = (data.len() - 1000) as u64;
+        let mut seen = 0u64;
+        let (end, Hashes { sha, md5 }) = pump(
+            &mut uneven(&data),
+            Some((&file, &path)),
+            (prefix.len() as u64, want),
+            hashes,
+            &mut |n, held| {
+                seen += n;
+                assert_eq!(held, prefix.len() as u64 + seen);
+            },
+            &stop,
+        )
+        .unwrap();
+        assert_eq!((end, seen), (prefix.len() as u64 + want, want));
+        let mut expected = prefix.clone();
+        expected.extend_from_slice(&data[..want as usize]);
+        assert!(fs::read(&path).unwrap() == expected, "the file holds other bytes");
+        assert_eq!(hex(&sha.finalize()), tool_digest("sha256sum", &path));
+        assert_eq!(hex(&md5.finalize()), tool_digest("md5sum", &path));
+        // A source that ends early: the bytes it gave, no more.
+        let short = bytes(3 * CHUNK + 1, 9);
+        let (end, _) =
+            pump(&mut uneven(&short), None, (0, 10 * CHUNK as u64), Hashes::new(), &mut |_, _| {}, &stop)
+                .unwrap();
+        assert_eq!(end, short.len() as u64);
+    }
+
+    /// A file that cannot be written ends the pump with the write's error,
+    /// naming the file; a stop ends it as an interruption; a read error is
+    /// the reader's.
+    #[test]
+    fn the_pump_stops_on_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro.part");
+        fs::write(&path, b"").unwrap();
+        // Opened for reading only: every write fails (EBADF).
+        let file = File::open(&path).unwrap();
+        let data = bytes(4 * POOL * CHUNK, 1);
+        let stop = AtomicBool::new(false);
+        let err = err_of(pump(
+            &mut uneven(&data),
+            Some((&file, &path)),
+            (0, data.len() as u64),
+            Hashes::new(),
+            &mut |_, _| {},
+            &stop,
+        ));
+        assert!(err.to_string().contains("ro.part"), "{err}");
+        let stop = AtomicBool::new(false);
+        let mut reads = 0;
+        let mut stopping = |buf: &mut [u8]| {
+            reads += 1;
+            if reads == 5 {
+                stop.store(true, Ordering::Relaxed);
+            }
+            Ok(buf.len())
+        };
+        let err = err_of(pump(&mut stopping, None, (0, 1 << 40), Hashes::new(), &mut |_, _| {}, &stop));
+        assert_eq!(err.kind(), ErrorKind::Interrupted);
+        let mut failing = |_: &mut [u8]| Err(Error::new(ErrorKind::Io, "the server went away"));
+        let err = err_of(pump(
+            &mut failing,
+            None,
+            (0, 100),
+            Hashes::new(),
+            &mut |_, _| {},
+            &AtomicBool::new(false),
+        ));
+        assert!(err.to_string().contains("went away"), "{err}");
+    }
 }

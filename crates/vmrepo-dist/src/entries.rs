@@ -59,8 +59,25 @@ pub fn check_names(rec: &ImageRecord) -> Result<()> {
 /// A record with a name that is not plain, or a description that cannot be encoded.
 pub fn entry(catalog: &Catalog, rec: ImageRecord, sha256: String, md5: String) -> Result<CatalogImage> {
     check_names(&rec)?;
-    let size = rec.size.unwrap_or(0);
-    let shown = vmrepo_repo::show::of_record(catalog, rec);
+    entry_of(vmrepo_repo::show::of_record(catalog, rec), sha256, md5)
+}
+
+/// [`entry`] with the description's bytes already read (`None`: it cannot be read).
+///
+/// # Errors
+/// As [`entry`].
+pub fn entry_described(
+    rec: ImageRecord,
+    description: Option<&[u8]>,
+    sha256: String,
+    md5: String,
+) -> Result<CatalogImage> {
+    check_names(&rec)?;
+    entry_of(vmrepo_repo::show::of_record_described(rec, description), sha256, md5)
+}
+
+fn entry_of(shown: vmrepo_repo::show::Shown, sha256: String, md5: String) -> Result<CatalogImage> {
+    let size = shown.image.size.unwrap_or(0);
     let description = serde_json::to_value(&shown.description)
         .map_err(|e| Error::new(ErrorKind::Io, format!("cannot encode the description: {e}")))?;
     let r = shown.image;

@@ -419,13 +419,16 @@ fn publish_one(
     })?;
     let checksum = checksum::format(&[ChecksumLine { md5: md5_bytes, path: rec.file.clone() }]);
     to.small(format!("{dest_dir}/{}.checksum", rec.name), checksum.as_bytes())?;
-    if let Ok(txt) = vmrepo_repo::catalog::read_capped(
+    // Read once: copied, and parsed for the catalog's facts.
+    let txt = vmrepo_repo::catalog::read_capped(
         &sidecars.description,
         vmrepo_repo::description::MAX_DESCRIPTION_FILE,
-    ) {
-        to.small(format!("{dest_dir}/{}.txt", rec.name), &txt)?;
+    )
+    .ok();
+    if let Some(txt) = &txt {
+        to.small(format!("{dest_dir}/{}.txt", rec.name), txt)?;
     }
-    let image = entries::entry(catalog, rec, sha256, md5)?;
+    let image = entries::entry_described(rec, txt.as_deref(), sha256, md5)?;
     Ok((placed, image))
 }
 

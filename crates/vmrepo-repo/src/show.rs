@@ -41,9 +41,14 @@ pub fn show(catalog: &Catalog, spec: &str) -> Result<Shown> {
 pub fn of_record(catalog: &Catalog, rec: ImageRecord) -> Shown {
     let dir = catalog.repo().vm_root().join(&rec.folder);
     let sidecars = Sidecars::of(&dir, &rec.file, &rec.name, rec.image_kind());
-    let parsed = catalog::read_capped(&sidecars.description, description::MAX_DESCRIPTION_FILE)
-        .ok()
-        .and_then(|b| Description::parse(&b).ok());
+    let bytes = catalog::read_capped(&sidecars.description, description::MAX_DESCRIPTION_FILE).ok();
+    of_record_described(rec, bytes.as_deref())
+}
+
+/// [`of_record`] with the description's bytes already read (`None`: it
+/// cannot be read), so that a caller that copies the file reads it once.
+pub fn of_record_described(rec: ImageRecord, description: Option<&[u8]>) -> Shown {
+    let parsed = description.and_then(|b| Description::parse(b).ok());
     let (facts, problems) = parsed.as_ref().map(Description::facts).unwrap_or_default();
     let notes = parsed.as_ref().and_then(Description::notes).map(str::to_string);
     Shown { image: rec, description: facts, description_problems: problems, notes }
