@@ -166,7 +166,7 @@ pub struct ForgottenSource {
 }
 
 /// No longer trusts the key `name`, and forgets the serial of every source
-/// whose last catalog it signed (see [`crate::pull`]: a leaked key may have
+/// whose last catalog it signed (see [`mod@crate::pull`]: a leaked key may have
 /// signed a catalog whose serial would block every honest one after it).
 ///
 /// # Errors
