@@ -310,3 +310,37 @@ fn an_encrypted_smime_key_with_its_passphrase_signs_the_image_list() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     verify();
 }
+
+/// A published folder (`file://`) whose catalog or signature is a FIFO, a
+/// link or /dev/zero: pull refuses it at once (exit 6, one line naming the
+/// file), without opening it, and records nothing.
+#[test]
+fn pull_from_a_folder_refuses_a_catalog_that_is_no_regular_file() {
+    if !have("mkfifo", "coreutils") || !have("timeout", "coreutils") {
+        return;
+    }
+    let p = crate::pull::published(&[4000]);
+    let site = crate::pull::site(&p.public);
+    let catalog = p.dest.join("catalog.json");
+    let real = p.src.tmp.path().join("real-catalog.json");
+    std::fs::rename(&catalog, &real).unwrap();
+    let url = format!("file://{}", p.dest.display());
+    for (i, kind) in ["fifo", "link", "/dev/zero"].iter().enumerate() {
+        let _ = std::fs::remove_file(&catalog);
+        match *kind {
+            "fifo" => assert!(Command::new("mkfifo").arg(&catalog).status().unwrap().success()),
+            "link" => symlink(&real, &catalog).unwrap(),
+            dev => symlink(dev, &catalog).unwrap(),
+        }
+        let said = refused(&site, &["pull", &url], 6, "catalog.json");
+        assert!(said.contains("not a regular file"), "{i}: {said}");
+    }
+    std::fs::remove_file(&catalog).unwrap();
+    std::fs::rename(&real, &catalog).unwrap();
+    let sig = p.dest.join("catalog.json.minisig");
+    std::fs::remove_file(&sig).unwrap();
+    assert!(Command::new("mkfifo").arg(&sig).status().unwrap().success());
+    refused(&site, &["pull", &url], 6, "catalog.json.minisig");
+    assert!(site.listed().is_empty());
+    assert!(!site.root.join(".vmrepo/sources.json").exists());
+}

@@ -139,6 +139,15 @@ impl Remote {
                 let path = p.join(rel);
                 match std::fs::symlink_metadata(&path) {
                     Err(e) if fsutil::is_not_found(&e) => return Ok(None),
+                    // A link, a FIFO, a device: not a file a publish writes,
+                    // and not followed or opened (a FIFO would block).
+                    Ok(md) if !md.file_type().is_file() => {
+                        let what = fsutil::describe_type(md.file_type());
+                        return Err(Error::new(
+                            ErrorKind::InvalidInput,
+                            format!("{at}: {what}, not a regular file"),
+                        ));
+                    }
                     Ok(md) if md.len() > cap => return Err(too_big()),
                     _ => {}
                 }
