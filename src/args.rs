@@ -180,6 +180,30 @@ Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo f
     /// Copy a published tree to a folder as it is, checked as pull checks it,
     /// still verifiable with the publisher's signature (docs/distribution.md).
     Mirror(MirrorArgs),
+    /// The month's root password of an image, as the specification's
+    /// `date '+%y%m SEED=...' | md5sum | base64` command gives it (docs/site.md).
+    Password(PasswordArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PasswordArgs {
+    /// The month, YYMM (default: this month, UTC).
+    #[arg(long, value_name = "YYMM")]
+    pub month: Option<String>,
+    /// A file whose first line is the seed (else VMREPO_PASSWORD_SEED); it
+    /// should be readable by its owner only.
+    #[arg(long, value_name = "FILE")]
+    pub seed_file: Option<PathBuf>,
+    /// `spec`: the specification's (MD5, 11 characters, about 33 bits);
+    /// `hmac`: HMAC-SHA-256, 20 characters, about 119 bits (for new images).
+    #[arg(long, value_enum, default_value = "spec")]
+    pub scheme: PasswordScheme,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum PasswordScheme {
+    Spec,
+    Hmac,
 }
 
 #[derive(Args, Debug)]

@@ -3,7 +3,8 @@
 //! show, inventory, lint, rm, mv, reindex), `name` the naming convention,
 //! `image` reads one image file (info, map, cat, check, inspect), `serve` the
 //! HTTP service, `token` its write tokens, `dist` the signed catalog and
-//! its keys (key generate, publish) and the other side (trust, pull), `demo` the demonstration.
+//! its keys (key generate, publish) and the other side (trust, pull), `site`
+//! what makes a started copy a node (password), `demo` the demonstration.
 
 mod demo;
 mod dist;
@@ -11,6 +12,7 @@ mod image;
 mod name;
 mod repo;
 mod serve;
+mod site;
 mod token;
 
 use std::sync::atomic::AtomicBool;
@@ -78,6 +80,7 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
         Command::Trust(TrustCommand::Rm { name }) => dist::trust_rm(&ctx, name),
         Command::Pull(a) => dist::pull(&ctx, a),
         Command::Mirror(a) => dist::mirror(&ctx, a),
+        Command::Password(a) => site::password(&ctx, a),
         Command::Info(a) => image::info(&ctx, a),
         Command::Map(a) => image::map(&ctx, a),
         Command::Cat { image, output, force } => image::cat(&ctx, image, output.as_deref(), *force),

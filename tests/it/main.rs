@@ -30,4 +30,5 @@ mod serve_clients;
 mod serve_pull;
 mod serve_upload;
 mod serve_web;
+mod site;
 mod verify;

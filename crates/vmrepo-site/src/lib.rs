@@ -1,0 +1,6 @@
+//! What a site needs to make each started copy of a STAR image a node of its
+//! own (the specification's last part). Today: the monthly root password
+//! ([`password`]), computed exactly as the specification's shell pipeline
+//! computes it, and a stronger scheme for new images.
+
+pub mod password;
