@@ -193,10 +193,10 @@ pub fn check_folder_file_name(stem: &str, name: &str) -> Result<(), String> {
 
 /// The fields of a previous catalog that publishing again needs.
 #[derive(Deserialize)]
-struct Head {
-    format: String,
-    version: u32,
-    serial: u64,
+pub(crate) struct Head {
+    pub(crate) format: String,
+    pub(crate) version: u32,
+    pub(crate) serial: u64,
 }
 
 /// The serial of a catalog already published, read from its bytes.
@@ -207,6 +207,14 @@ struct Head {
 /// serial cannot be known, and publishing must not guess it.
 pub fn previous_serial(bytes: &[u8]) -> Result<u64, String> {
     let head: Head = serde_json::from_slice(bytes).map_err(|e| format!("not a vmrepo catalog: {e}"))?;
+    head_serial(&head)
+}
+
+/// The serial of a catalog whose head is read: checked as [`previous_serial`] checks it.
+///
+/// # Errors
+/// As [`previous_serial`], but for the JSON.
+pub(crate) fn head_serial(head: &Head) -> Result<u64, String> {
     if head.format != FORMAT {
         return Err(format!("its format is {:?}, not {FORMAT:?}", head.format));
     }
