@@ -6,10 +6,10 @@
 //! with nothing visible; a pull killed with SIGKILL resumed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::publish::{catalog, check_against_schema, minisign_verifies};
-use crate::pull::{Guard, RANGED_SERVER, free_port, kill_pull_at, site, wait_for};
+use crate::pull::{free_port, kill_pull_at, site};
 use crate::util::{Repo, have, http_server, pattern_file, sh, sha256sum};
 
 /// The folder image's name, and its files with their sizes.
@@ -282,21 +282,7 @@ fn a_pull_of_a_folder_killed_with_sigkill_completes_the_next_time() {
     publish(&s, &dest, &["vm=vmware"]);
     let big = sha256sum(&s.originals.join(files[1].0));
     let log = s.r.tmp.path().join("server.log");
-    let script = s.r.tmp.path().join("ranged.py");
-    std::fs::write(&script, RANGED_SERVER).unwrap();
-    let port = free_port();
-    let _server = Guard(
-        Command::new("python3")
-            .arg(&script)
-            .arg(&dest)
-            .args([port.to_string(), (1u32 << 20).to_string()])
-            .arg(&log)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(port);
-    let ranged = format!("http://127.0.0.1:{port}");
+    let (_server, ranged) = crate::pull::ranged_server(&dest, &log);
     let r = site(&s.public);
     let partial = r.root.join(format!(".vmrepo/pull/{big}.part"));
     let kept = kill_pull_at(&r, &ranged, &partial, 1 << 20);

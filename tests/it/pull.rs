@@ -330,7 +330,7 @@ fn an_image_changed_after_publishing_is_refused() {
 /// A web server that serves `Range: bytes=N-` under `If-Range` with a
 /// strong ETag, as slowly as asked, and logs each answer's status and the
 /// bytes it sent.
-pub(crate) const RANGED_SERVER: &str = r#"
+const RANGED_SERVER: &str = r#"
 import http.server, os, sys, time
 root, port, rate, log = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 class H(http.server.BaseHTTPRequestHandler):
@@ -380,6 +380,26 @@ pub(crate) fn kill_pull_at(r: &Repo, url: &str, partial: &Path, at: u64) -> u64 
     std::fs::metadata(partial).unwrap().len()
 }
 
+/// [`RANGED_SERVER`] serving `dir` at 1 MiB/s on a free port, logging to
+/// `log`, once it listens: (its guard, its URL).
+pub(crate) fn ranged_server(dir: &Path, log: &Path) -> (Guard, String) {
+    let script = log.with_file_name("ranged.py");
+    std::fs::write(&script, RANGED_SERVER).unwrap();
+    let port = free_port();
+    let server = Guard(
+        Command::new("python3")
+            .arg(&script)
+            .arg(dir)
+            .args([port.to_string(), (1u32 << 20).to_string()])
+            .arg(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(port);
+    (server, format!("http://127.0.0.1:{port}"))
+}
+
 #[test]
 fn a_killed_pull_resumes_where_it_stopped() {
     if !have("python3", "python3") {
@@ -391,21 +411,7 @@ fn a_killed_pull_resumes_where_it_stopped() {
         serde_json::from_slice(&std::fs::read(p.dest.join("catalog.json")).unwrap()).unwrap();
     let sha = c["images"][0]["sha256"].as_str().unwrap();
     let log = p.src.tmp.path().join("server.log");
-    let port = free_port();
-    let script = p.src.tmp.path().join("ranged.py");
-    std::fs::write(&script, RANGED_SERVER).unwrap();
-    let _server = Guard(
-        Command::new("python3")
-            .arg(&script)
-            .arg(&p.dest)
-            .args([port.to_string(), (1u32 << 20).to_string()])
-            .arg(&log)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(port);
-    let ranged = format!("http://127.0.0.1:{port}");
+    let (_server, ranged) = ranged_server(&p.dest, &log);
 
     // Killed after a third: the second pull asks for the rest only.
     let r = site(&p.public);

@@ -566,15 +566,8 @@ mod tests {
     }
 
     fn bytes(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        let mut rng = vmrepo_testkit::Rng::new(seed);
+        (0..len).map(|_| rng.next_u64().to_le_bytes()[0]).collect()
     }
 
     /// A source that gives `data` in reads of uneven sizes, some of them
