@@ -26,3 +26,53 @@ random_file() {
   fi
 }
 report() { echo "$*" | tee -a "$BENCH_DIR/results.md"; }
+# nginx as the reference web server (sendfile, no access log) serving ROOT on
+# a free 127.0.0.1 port, started once PROBE (a path under ROOT) answers. Needs
+# the caller's $tmp and pids array (its EXIT trap kills them); sets nginx_url.
+start_nginx() {
+  local root=$1 probe=$2 dir=$tmp/nginx port
+  port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  mkdir -p "$dir/logs"
+  cat > "$dir/nginx.conf" <<EOF
+worker_processes auto;
+pid $dir/nginx.pid;
+error_log $dir/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  default_type application/octet-stream;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  server {
+    listen 127.0.0.1:$port;
+    root $root;
+  }
+}
+EOF
+  nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' 2> "$dir/stderr" &
+  pids+=($!)
+  nginx_url=http://127.0.0.1:$port
+  for _ in $(seq 50); do curl -sf -o /dev/null -r 0-0 "$nginx_url/$probe" && return 0; sleep 0.1; done
+  echo "bench: nginx did not start: $(cat "$dir/stderr" "$dir/error.log" 2>/dev/null)" >&2
+  exit 1
+}
+# `vmrepo serve` on REPO (and any further serve options), port 0; sets url
+# (without the final slash) once the server says where it listens. Not to be
+# called in a subshell: the server's pid must reach the caller's pids array.
+start_serve() {
+  local repo=$1 out=$tmp/serve-$RANDOM.json
+  shift
+  "$V" --repo "$repo" -q --json serve --listen 127.0.0.1:0 "$@" > "$out" 2> "$tmp/serve.log" &
+  pids+=($!)
+  for _ in $(seq 100); do
+    url=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['url'].rstrip('/'))" "$out" 2>/dev/null) && return 0
+    sleep 0.1
+  done
+  echo "bench: vmrepo serve did not start: $(cat "$tmp/serve.log")" >&2
+  exit 1
+}

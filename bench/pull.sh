@@ -39,34 +39,8 @@ chmod -R a+rX "$tmp/pub"
 path=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['images'][0]['path'])" "$tmp/pub/catalog.json")
 size=$(stat -c %s "$src")
 
-port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-mkdir -p "$tmp/nginx/logs"
-cat > "$tmp/nginx/nginx.conf" <<EOF
-worker_processes auto;
-pid $tmp/nginx/nginx.pid;
-error_log $tmp/nginx/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  default_type application/octet-stream;
-  client_body_temp_path $tmp/nginx/body;
-  proxy_temp_path $tmp/nginx/proxy;
-  fastcgi_temp_path $tmp/nginx/fastcgi;
-  uwsgi_temp_path $tmp/nginx/uwsgi;
-  scgi_temp_path $tmp/nginx/scgi;
-  server {
-    listen 127.0.0.1:$port;
-    root $tmp/pub;
-  }
-}
-EOF
-nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g "daemon off;" 2> "$tmp/nginx.err" &
-pids+=($!)
-url=http://127.0.0.1:$port
-for _ in $(seq 50); do curl -sf -o /dev/null "$url/catalog.json" && break; sleep 0.1; done
-curl -sf -o /dev/null "$url/catalog.json" || { echo "bench: nginx did not start: $(cat "$tmp/nginx.err" "$tmp/nginx/error.log" 2>/dev/null)" >&2; exit 1; }
+start_nginx "$tmp/pub" catalog.json
+url=$nginx_url
 
 # A fresh repository that trusts the key, for each pull.
 site=$BENCH_DIR/pull-site

@@ -37,14 +37,7 @@ load=$(cut -d' ' -f1 /proc/loadavg)
 start=$(date +%s.%N)
 "$V" --repo "$root" --json find > "$tmp/find.json"
 find=$(python3 -c "print($(date +%s.%N) - $start)")
-out=$tmp/serve.json
-"$V" --repo "$root" -q --json serve --listen 127.0.0.1:0 --sign-key "$tmp/keys/bench.key" > "$out" 2> "$tmp/serve.log" &
-pids+=($!)
-for _ in $(seq 100); do
-  url=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['url'].rstrip('/'))" "$out" 2>/dev/null) && break
-  sleep 0.1
-done
-[ -n "${url:-}" ] || { echo "bench: vmrepo serve did not start: $(cat "$tmp/serve.log")" >&2; exit 1; }
+start_serve "$root" --sign-key "$tmp/keys/bench.key"
 first=$(curl -sf -o "$tmp/served.json" -w '%{time_total}' "$url/catalog.json")
 python3 -c "import json,sys; assert len(json.load(open(sys.argv[1]))['images']) == len(json.load(open(sys.argv[2])))" \
   "$tmp/served.json" "$tmp/find.json" || { echo "bench: the catalog does not list every image" >&2; exit 1; }
@@ -53,34 +46,9 @@ size=$(stat -c %s "$tmp/served.json")
 report "| signed catalog of 20,000 images (load $load) | vmrepo find --json (the records alone) $(s "$find"); vmrepo serve --sign-key, first GET /catalog.json $(s "$first") ($size bytes) | first GET / find --json = $(ratio "$first" "$find") |"
 
 # (b) the kept catalog against nginx sending the same bytes.
-port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-mkdir -p "$tmp/nginx/logs"
-cat > "$tmp/nginx/nginx.conf" <<EOF
-worker_processes auto;
-pid $tmp/nginx/nginx.pid;
-error_log $tmp/nginx/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  default_type application/octet-stream;
-  client_body_temp_path $tmp/nginx/body;
-  proxy_temp_path $tmp/nginx/proxy;
-  fastcgi_temp_path $tmp/nginx/fastcgi;
-  uwsgi_temp_path $tmp/nginx/uwsgi;
-  scgi_temp_path $tmp/nginx/scgi;
-  server {
-    listen 127.0.0.1:$port;
-    root $tmp/www;
-  }
-}
-EOF
-nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g 'daemon off;' &
-pids+=($!)
-for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$port/catalog.json" && break; sleep 0.1; done
+start_nginx "$tmp/www" catalog.json
 hyperfine -N --warmup 2 --runs "${RUNS:-20}" --export-json "$tmp/kept.json" \
-  "curl -s -o /dev/null http://127.0.0.1:$port/catalog.json" \
+  "curl -s -o /dev/null $nginx_url/catalog.json" \
   "curl -s -o /dev/null $url/catalog.json" >/dev/null
 n=$(mean "$tmp/kept.json" 0); v=$(mean "$tmp/kept.json" 1)
 built=$(curl -sf "$url/metrics" | awk '/^vmrepo_catalogs_signed_total/ {print $2}')

@@ -23,19 +23,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts vmrepo serve on REPO, port 0, and sets url (without the final slash).
-# Not to be called in a subshell: the server's pid must reach cleanup.
-serve() {
-  local repo=$1 out=$tmp/serve-$RANDOM.json
-  "$V" --repo "$repo" --json serve --listen 127.0.0.1:0 > "$out" 2> "$tmp/serve.log" &
-  pids+=($!)
-  for _ in $(seq 100); do
-    url=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['url'].rstrip('/'))" "$out" 2>/dev/null) && return
-    sleep 0.1
-  done
-  echo "bench: vmrepo serve did not start: $(cat "$tmp/serve.log")" >&2; exit 1
-}
-
 # (a) 1 GiB download: vmrepo against nginx.
 src=$BENCH_DIR/serve-1g.img
 random_file "$src" 1024
@@ -45,44 +32,19 @@ if [ ! -f "$repo/.vmrepo/repository" ]; then
   "$V" --repo "$repo" -q add "$src" --vm kvm --os sl5.3 --arch x86 --bits 64 --lib sl08e --max-size 1GB
 fi
 file=$(cd "$repo/vm/kvm" && ls -- *.img | head -1)
-serve "$repo"
-port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-mkdir -p "$tmp/nginx/logs"
-cat > "$tmp/nginx/nginx.conf" <<EOF
-worker_processes auto;
-pid $tmp/nginx/nginx.pid;
-error_log $tmp/nginx/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  default_type application/octet-stream;
-  client_body_temp_path $tmp/nginx/body;
-  proxy_temp_path $tmp/nginx/proxy;
-  fastcgi_temp_path $tmp/nginx/fastcgi;
-  uwsgi_temp_path $tmp/nginx/uwsgi;
-  scgi_temp_path $tmp/nginx/scgi;
-  server {
-    listen 127.0.0.1:$port;
-    root $repo;
-  }
-}
-EOF
-nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g 'daemon off;' &
-pids+=($!)
-for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$port/vm/kvm/$file" -r 0-0 && break; sleep 0.1; done
-cmp <(curl -s "$url/vm/kvm/$file" | sha256sum) <(curl -s "http://127.0.0.1:$port/vm/kvm/$file" | sha256sum) \
+start_serve "$repo"
+start_nginx "$repo" "vm/kvm/$file"
+cmp <(curl -s "$url/vm/kvm/$file" | sha256sum) <(curl -s "$nginx_url/vm/kvm/$file" | sha256sum) \
   || { echo "bench: the two servers sent different bytes" >&2; exit 1; }
 load=$(cut -d' ' -f1 /proc/loadavg)
 # The machine's load moves: the two servers alternate, one run each, for
 # ROUNDS rounds, and the row gives the median of all runs.
 rounds=${ROUNDS:-9}
 rm -f "$tmp"/dl-*.json
-hyperfine -N --warmup 2 --runs 1 "curl -s -o /dev/null http://127.0.0.1:$port/vm/kvm/$file" "curl -s -o /dev/null $url/vm/kvm/$file" >/dev/null
+hyperfine -N --warmup 2 --runs 1 "curl -s -o /dev/null $nginx_url/vm/kvm/$file" "curl -s -o /dev/null $url/vm/kvm/$file" >/dev/null
 for ((r = 0; r < rounds; r++)); do
   hyperfine -N --runs 1 --export-json "$tmp/dl-$r.json" \
-    "curl -s -o /dev/null http://127.0.0.1:$port/vm/kvm/$file" \
+    "curl -s -o /dev/null $nginx_url/vm/kvm/$file" \
     "curl -s -o /dev/null $url/vm/kvm/$file" >/dev/null
 done
 # median of the times of command N over the rounds
@@ -98,7 +60,7 @@ if [ ! -f "$root/.vmrepo/repository" ]; then
   python3 "$here/make-tree.py" "$root" 20000
   "$V" init "$root" >/dev/null
 fi
-serve "$root"
+start_serve "$root"
 secs=${DURATION:-20}
 # /healthz first: what the machine and the HTTP stack give with no catalog work.
 for path in "/healthz" "/api/v1/images?q=vm=kvm+os=sl5.3+lib=sl10k+maxsize=16GB" \
