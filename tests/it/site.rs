@@ -424,3 +424,188 @@ fn boot_script_styles_json_and_the_systemd_unit() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && err.trim().is_empty(), "systemd-analyze verify: {err}");
 }
+
+/// A small ext4 guest (the whole disk, no partition) made by `mke2fs -d`
+/// from a folder holding /etc/passwd, /etc/shadow (root has a password) and
+/// `files` (path, content, mode); `links` are (path, target) symbolic links.
+pub fn monthly_guest(
+    dir: &std::path::Path,
+    name: &str,
+    files: &[(&str, &str, u32)],
+    links: &[(&str, &str)],
+) -> Option<std::path::PathBuf> {
+    if !have("mke2fs", "e2fsprogs") {
+        return None;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let tree = dir.join(format!("{name}.d"));
+    let base: [(&str, &str, u32); 3] = [
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/bash\nstar:x:1000:1000::/home/star:/bin/bash\n", 0o644),
+        ("etc/shadow", "root:$6$salt$hashhashhash:19000:0:99999:7:::\nstar:!!:19000::::::\n", 0o600),
+        ("etc/redhat-release", "Scientific Linux SL release 5.3 (Boron)\n", 0o644),
+    ];
+    for (path, content, mode) in base.iter().chain(files.iter()) {
+        let p = tree.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    for (path, target) in links {
+        let p = tree.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, &p).unwrap();
+    }
+    let img = dir.join(format!("{name}.img"));
+    let o = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&tree)
+        .arg(&img)
+        .arg("8M")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "mke2fs: {}", String::from_utf8_lossy(&o.stderr));
+    Some(img)
+}
+
+/// The four guests: the specification's rc.local, vmrepo's systemd unit and
+/// script, a cron entry, and none. Each seed is a string no output may hold.
+pub fn monthly_guests(dir: &std::path::Path) -> Option<Vec<(&'static str, std::path::PathBuf)>> {
+    let unit =
+        Command::new(bin()).args(["--json", "password", "boot-script", "--scheme", "hmac"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&unit.stdout).unwrap();
+    let script = v["files"][0]["content"].as_str().unwrap().to_string();
+    let unit = v["files"][1]["content"].as_str().unwrap().to_string();
+    let rc = "#!/bin/sh\ntouch /var/lock/subsys/local\n\
+              date '+%y%m SEED=seedOfTheRcLocal' | md5sum | base64 | sed 's|\\(...........\\).*|\\1|' | passwd --stdin root\n";
+    let cron = "SHELL=/bin/sh\n@reboot root date '+\\%y\\%m SEED=seedOfTheCron' | md5sum | base64 | head -c 11 | sed 's/^/root:/' | chpasswd\n";
+    Some(vec![
+        (
+            "spec-rc-local",
+            monthly_guest(
+                dir,
+                "rc",
+                &[("etc/rc.d/rc.local", rc, 0o755)],
+                &[("etc/rc.local", "rc.d/rc.local")],
+            )?,
+        ),
+        (
+            "hmac-systemd",
+            monthly_guest(
+                dir,
+                "unit",
+                &[
+                    ("etc/systemd/system/vmrepo-password.service", &unit, 0o644),
+                    ("usr/local/sbin/vmrepo-password-boot", &script, 0o755),
+                    ("etc/vmrepo/password-seed", "seedOfTheUnit\n", 0o600),
+                ],
+                &[(
+                    "etc/systemd/system/multi-user.target.wants/vmrepo-password.service",
+                    "/etc/systemd/system/vmrepo-password.service",
+                )],
+            )?,
+        ),
+        ("spec-cron", monthly_guest(dir, "cron", &[("etc/cron.d/rootpw", cron, 0o644)], &[])?),
+        (
+            "static",
+            monthly_guest(
+                dir,
+                "static",
+                &[("etc/rc.d/rc.local", "#!/bin/sh\ntouch /var/lock/subsys/local\n", 0o755)],
+                &[],
+            )?,
+        ),
+    ])
+}
+
+const GUEST_SEEDS: [&str; 3] = ["seedOfTheRcLocal", "seedOfTheUnit", "seedOfTheCron"];
+
+#[test]
+fn inspect_and_add_recognise_the_monthly_password_and_never_say_the_seed() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(guests) = monthly_guests(t.path()) else { return };
+    let r = crate::util::Repo::new();
+    for (what, img) in &guests {
+        let img = img.to_str().unwrap();
+        let o = Command::new(bin()).args(["--json", "inspect", img]).output().unwrap();
+        assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let m = &v["monthly_password"];
+        let setups = m["setups"].as_array().unwrap();
+        match *what {
+            "spec-rc-local" => {
+                // rc.local and its link rc.d/rc.local: the same file, found under both names.
+                assert!(setups.iter().all(|s| s["scheme"] == "spec" && s["line"] == 3), "{m}");
+                assert!(setups.iter().any(|s| s["file"] == "/etc/rc.d/rc.local"), "{m}");
+            }
+            "hmac-systemd" => {
+                assert!(!setups.is_empty(), "{m}");
+                for s in setups {
+                    assert_eq!(s["scheme"], "hmac", "{m}");
+                    assert_eq!(s["script"], "/usr/local/sbin/vmrepo-password-boot", "{m}");
+                    assert!(s["file"].as_str().unwrap().ends_with("vmrepo-password.service"), "{m}");
+                }
+            }
+            "spec-cron" => {
+                assert_eq!(setups.len(), 1, "{m}");
+                assert_eq!(setups[0]["scheme"], "spec");
+                assert_eq!(setups[0]["file"], "/etc/cron.d/rootpw");
+            }
+            _ => assert!(setups.is_empty(), "{m}"),
+        }
+        assert_eq!(m["root_password_static"], *what == "static", "{what}: {m}");
+        let human = Command::new(bin()).args(["inspect", img]).output().unwrap();
+        let human = String::from_utf8_lossy(&human.stdout).to_string();
+        let line = human.lines().find(|l| l.starts_with("monthly password")).unwrap_or_default().to_string();
+        assert!(
+            line.contains(if *what == "static" { "static" } else { what.split('-').next().unwrap() }),
+            "{human}"
+        );
+        // add writes the command into the description, never the seed.
+        let out = r.json(&[
+            "add",
+            img,
+            "--force",
+            "--vm",
+            "kvm",
+            "--os",
+            "sl5.3",
+            "--arch",
+            "x86",
+            "--bits",
+            "64",
+            "--lib",
+            "sl08e",
+            "--max-size",
+            "8GB",
+            "--detail",
+            what,
+        ]);
+        let path = r.root.join(out["image"]["path"].as_str().unwrap());
+        let txt = std::fs::read_to_string(path.with_extension("txt")).unwrap();
+        let want = match *what {
+            "hmac-systemd" => Some(
+                "Root password command: vmrepo password --scheme hmac --month YYMM --seed-file <your seed file>",
+            ),
+            "static" => None,
+            _ => Some(
+                "Root password command: vmrepo password --scheme spec --month YYMM --seed-file <your seed file>",
+            ),
+        };
+        match want {
+            Some(w) => assert!(txt.lines().any(|l| l == w), "{what}: {txt}"),
+            None => assert!(!txt.contains("Root password command"), "{txt}"),
+        }
+        for seed in GUEST_SEEDS {
+            for (name, out) in [
+                ("inspect --json", &String::from_utf8_lossy(&o.stdout).to_string()),
+                ("inspect", &human),
+                (".txt", &txt),
+            ] {
+                assert!(
+                    !out.contains(seed) && !out.contains("SEED="),
+                    "{what}: {name} says the seed:\n{out}"
+                );
+            }
+        }
+    }
+}
