@@ -423,6 +423,9 @@ fn print_report(r: &vmrepo_inspect::Report) -> Result<()> {
         ))?;
         line(format_args!("authorized_keys  {}", a.keys_summary()))?;
     }
+    if let Some(m) = &r.monthly_password {
+        line(format_args!("monthly password {}", m.summary()))?;
+    }
     let b = &r.budget;
     line(format_args!(
         "Budget           OS {} + swap {} + STAR {} = {} of {} maximum: {} left for data (free in the \

@@ -95,3 +95,50 @@ fn unreadable_descriptions_and_links_are_reported_not_followed() {
     assert!(problems.iter().any(|p| p["code"] == "description-unreadable"), "{v}");
     assert!(problems.iter().any(|p| p["message"].as_str().unwrap().contains("not UTF-8")), "{v}");
 }
+
+/// `root-password-static`: root has a password that nothing sets for the
+/// month; not said of the guests that set it at boot (nor their seeds said).
+#[test]
+fn a_static_root_password_is_a_warning() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(guests) = crate::site::monthly_guests(t.path()) else { return };
+    let r = Repo::new();
+    let mut paths = Vec::new();
+    for (what, img) in &guests {
+        let out = r.json(&[
+            "add",
+            img.to_str().unwrap(),
+            "--force",
+            "--vm",
+            "kvm",
+            "--os",
+            "sl5.3",
+            "--arch",
+            "x86",
+            "--bits",
+            "64",
+            "--lib",
+            "sl08e",
+            "--max-size",
+            "8GB",
+            "--detail",
+            what,
+        ]);
+        paths.push((*what, out["image"]["path"].as_str().unwrap().to_string()));
+    }
+    let out = r.run(&["--json", "lint"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!text.contains("seedOf"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (what, path) in paths {
+        let codes: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["path"] == path.as_str())
+            .map(|f| f["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(codes.contains(&"root-password-static"), what == "static", "{what}: {codes:?}");
+        assert!(!codes.contains(&"root-password-empty"), "{what}: {codes:?}");
+    }
+}

@@ -28,6 +28,7 @@ pub mod fs;
 pub mod guest;
 pub mod kernel;
 pub mod lvm;
+pub mod monthly_password;
 pub mod os;
 pub mod partition;
 pub mod star;
@@ -181,6 +182,9 @@ pub struct Report {
     pub star: star::Star,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accounts: Option<accounts::Accounts>,
+    /// Whether root's password is set for the month at each boot, and where.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly_password: Option<monthly_password::MonthlyPassword>,
     pub budget: Budget,
     /// Bytes read from the virtual disk.
     pub bytes_read: u64,
@@ -342,6 +346,7 @@ pub fn inspect(disk: Arc<dyn Disk>, opts: &Options) -> Report {
         }
         None => (None, None, None, None, star::Star::default(), None),
     };
+    let monthly = root.as_ref().map(|r| monthly_password::detect(r, accounts_info.as_ref()));
     let bare_disk = volumes.iter().any(|(v, _)| v.device == WHOLE_DISK && v.role.as_deref() == Some("/"));
     let boot = kernel::detect(root.as_ref(), boot_fs.as_ref(), bare_disk);
 
@@ -394,6 +399,7 @@ pub fn inspect(disk: Arc<dyn Disk>, opts: &Options) -> Report {
         arch,
         star: star_info,
         accounts: accounts_info,
+        monthly_password: monthly,
         budget,
         bytes_read: counter.load(Ordering::Relaxed),
         warnings: all_warnings,

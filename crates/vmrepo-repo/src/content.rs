@@ -448,6 +448,16 @@ fn guest_facts(r: &Report, max_size: u64) -> (Option<String>, Vec<(&'static str,
         );
         put(keys::AUTHORIZED_KEYS, vec![a.keys_summary()]);
     }
+    if let Some(scheme) =
+        r.monthly_password.as_ref().and_then(vmrepo_inspect::monthly_password::MonthlyPassword::scheme)
+    {
+        use vmrepo_inspect::monthly_password::Scheme;
+        let name = if scheme == Scheme::Hmac { "hmac" } else { "spec" };
+        put(
+            keys::ROOT_PASSWORD_COMMAND,
+            vec![format!("vmrepo password --scheme {name} --month YYMM --seed-file <your seed file>")],
+        );
+    }
     if r.root().is_some() || !r.swap.is_empty() {
         let b = r.budget.against(max_size);
         put(

@@ -67,10 +67,13 @@ pub mod keys {
     /// the month's password), and which vmrepo must keep as written.
     pub const ROOT_PASSWORD: &str = "Root password state";
     pub const AUTHORIZED_KEYS: &str = "SSH authorized keys";
+    /// The command that gives the month's root password, when the image
+    /// sets it at each boot (the command only, never a seed).
+    pub const ROOT_PASSWORD_COMMAND: &str = "Root password command";
     pub const BUDGET: &str = "Budget";
 
     /// The keys of what the inspection found.
-    pub const GUEST: [&str; 10] = [
+    pub const GUEST: [&str; 11] = [
         GUEST_OS,
         HOSTNAME,
         BOOTS,
@@ -79,12 +82,13 @@ pub mod keys {
         STAR_INSTALLED,
         STAR_ACCOUNT,
         ROOT_PASSWORD,
+        ROOT_PASSWORD_COMMAND,
         AUTHORIZED_KEYS,
         BUDGET,
     ];
 
     /// Every key, in writing order.
-    pub const ALL: [&str; 29] = [
+    pub const ALL: [&str; 30] = [
         IMAGE,
         VM,
         OS,
@@ -112,6 +116,7 @@ pub mod keys {
         STAR_INSTALLED,
         STAR_ACCOUNT,
         ROOT_PASSWORD,
+        ROOT_PASSWORD_COMMAND,
         AUTHORIZED_KEYS,
         BUDGET,
     ];

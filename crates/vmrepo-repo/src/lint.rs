@@ -361,6 +361,14 @@ fn guest_warnings(g: &vmrepo_inspect::Report) -> Vec<(&'static str, String)> {
             Password::Set => {}
         }
     }
+    if g.monthly_password.as_ref().is_some_and(|m| m.root_password_static) {
+        out.push((
+            "root-password-static",
+            "root's password is set and nothing sets it for the month at boot (the specification wants a hard \
+             password that changes: vmrepo password boot-script)"
+                .to_string(),
+        ));
+    }
     if !g.star.account {
         out.push(("no-star-account", "no star account: the specification's jobs run as star".to_string()));
     } else if g.star.startup_scripts.is_empty() {
