@@ -14,6 +14,8 @@
 //! list nobody can vouch for is not published). Other files (no `.pub`
 //! ending, hidden, vmrepo's temporary files) are not keys and are skipped.
 
+pub mod script;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
