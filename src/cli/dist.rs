@@ -75,11 +75,10 @@ pub(crate) fn key_generate(
             Err(e) => {
                 let _ = std::fs::remove_file(&k.secret);
                 let _ = std::fs::remove_file(&k.public);
-                if let Some(g) = &pgp {
+                if pgp.is_some() {
                     for p in vmrepo_dist::openpgp::key_files(dir, name) {
                         let _ = std::fs::remove_file(p);
                     }
-                    let _ = g;
                 }
                 return Err(e.into());
             }

@@ -57,7 +57,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 
 async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let s = current(&state).await?;
-    Ok(answer(&headers, Some(s.list.clone()), "text/plain; charset=utf-8", "")?)
+    answer(&headers, Some(s.list.clone()), "text/plain; charset=utf-8", "")
 }
 
 async fn sig(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
