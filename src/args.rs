@@ -183,6 +183,47 @@ Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo f
     /// The month's root password of an image, as the specification's
     /// `date '+%y%m SEED=...' | md5sum | base64` command gives it (docs/site.md).
     Password(PasswordArgs),
+    /// The SSH public keys of the repository (keys/NAME.pub), published
+    /// signed as keys/authorized_keys by `publish` and `serve` (docs/site.md).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Keep an OpenSSH public key (one key; `-` reads standard input).
+    Add {
+        #[arg(value_name = "FILE|-")]
+        file: PathBuf,
+        /// The name it is kept under (default: the key's comment, else the file's name, made a name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the keys: name, type, bits, SHA256 fingerprint, comment.
+    List,
+    /// Remove a key.
+    Rm { name: String },
+    /// Print the POSIX sh script an image runs at boot and from cron to
+    /// fetch the signed list and install it for root and star.
+    BootScript(KeysBootScriptArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeysBootScriptArgs {
+    /// The list's URL (`https://vm.example.org/keys/authorized_keys`); URL.sig is its RSA signature.
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    /// The RSA public key (PEM `PUBLIC KEY`, `key generate --rsa`'s NAME.rsa.pub.pem)
+    /// embedded in the script; without it the script reads /etc/vmrepo/keys.pub.pem.
+    #[arg(long, value_name = "FILE.pem")]
+    pub pubkey: Option<PathBuf>,
+    /// The accounts whose ~/.ssh/authorized_keys it installs (repeat) [default: root, star].
+    #[arg(long = "user", value_name = "USER")]
+    pub users: Vec<String>,
+    /// FOR TESTS ONLY: the script installs into DIR/USER/.ssh instead of
+    /// each account's home, and does not chown (docs/site.md).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub test_home_root: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -316,6 +357,11 @@ pub enum KeyCommand {
         /// a keyring for gpgv --keyring).
         #[arg(long)]
         openpgp: bool,
+        /// Also make an RSA key (3072 bits) that signs the SSH key list for
+        /// old images (openssl dgst -verify): NAME.rsa.pem (mode 0600) and
+        /// NAME.rsa.pub.pem (its public key).
+        #[arg(long)]
+        rsa: bool,
     },
 }
 
@@ -359,6 +405,10 @@ pub struct PublishArgs {
     /// without it those are written unsigned. VMREPO_KEY_PASSWORD unlocks it.
     #[arg(long, env = "VMREPO_OPENPGP_KEY", value_name = "FILE")]
     pub openpgp_key: Option<PathBuf>,
+    /// The RSA private key (PEM, unencrypted: `key generate --rsa`'s
+    /// NAME.rsa.pem) that signs keys/authorized_keys besides minisign.
+    #[arg(long, env = "VMREPO_KEYS_RSA_KEY", value_name = "FILE")]
+    pub keys_rsa_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -414,6 +464,10 @@ pub struct ServeArgs {
     /// (12h, 7d, 2w); it is signed again when half of that has passed.
     #[arg(long, value_name = "DURATION", default_value = "7d")]
     pub catalog_expires: String,
+    /// The RSA private key (PEM, unencrypted) that signs /keys/authorized_keys
+    /// besides the --sign-key minisign key.
+    #[arg(long, env = "VMREPO_KEYS_RSA_KEY", value_name = "FILE")]
+    pub keys_rsa_key: Option<PathBuf>,
 }
 
 /// A duration in seconds, decimals allowed (`0.5`), up to a day.

@@ -27,9 +27,23 @@ pub(crate) fn key_generate(
     dir: Option<&std::path::Path>,
     name: &str,
     openpgp: bool,
+    rsa: bool,
 ) -> Result<Outcome> {
     let dir = dir.unwrap_or(std::path::Path::new("."));
     let password = std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty());
+    if rsa {
+        // Refused before anything is written when one of its files exists.
+        let (secret, public) = vmrepo_dist::rsasig::files(dir, name);
+        for p in [secret, public] {
+            if std::fs::symlink_metadata(&p).is_ok() {
+                return Err(vmrepo_repo::Error::new(
+                    vmrepo_repo::ErrorKind::AlreadyExists,
+                    format!("{}: already exists", p.display()),
+                )
+                .into());
+            }
+        }
+    }
     if openpgp {
         // Refused before anything is written when one of its files exists.
         for p in vmrepo_dist::openpgp::key_files(dir, name) {
@@ -55,6 +69,23 @@ pub(crate) fn key_generate(
     } else {
         None
     };
+    let rsa = if rsa {
+        match vmrepo_dist::rsasig::generate(dir, name) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                let _ = std::fs::remove_file(&k.secret);
+                let _ = std::fs::remove_file(&k.public);
+                if pgp.is_some() {
+                    for p in vmrepo_dist::openpgp::key_files(dir, name) {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+                return Err(e.into());
+            }
+        }
+    } else {
+        None
+    };
     if ctx.cli.json {
         output::json(&serde_json::json!({
             "secret_key": k.secret,
@@ -63,6 +94,7 @@ pub(crate) fn key_generate(
             "key_id": k.key_id,
             "encrypted": k.encrypted,
             "openpgp": pgp,
+            "rsa": rsa,
         }))?;
     } else {
         line(k.public.display())?;
@@ -79,6 +111,17 @@ pub(crate) fn key_generate(
                 k.public.display(),
                 k.key_id
             );
+        }
+        if let Some(g) = &rsa {
+            line(g.public.display())?;
+            if !ctx.cli.quiet {
+                eprintln!(
+                    "RSA secret key {} ({} bits, mode 0600, unencrypted): it signs keys/authorized_keys (--keys-rsa-key); images check with {}",
+                    g.secret.display(),
+                    g.bits,
+                    g.public.display()
+                );
+            }
         }
         if let Some(g) = &pgp {
             line(g.keyring.display())?;
@@ -127,6 +170,7 @@ pub(crate) fn publish(ctx: &Ctx<'_>, a: &PublishArgs) -> Result<Outcome> {
         smime: a.smime_cert.clone().zip(a.smime_key.clone()),
         smime_password: smime_password(a)?,
         openpgp_key: a.openpgp_key.clone(),
+        keys_rsa_key: a.keys_rsa_key.clone(),
     };
     let catalog = open_catalog(ctx)?;
     let report = publish::publish(&catalog, &opts, ctx.cancel)?;

@@ -4,11 +4,12 @@
 //! `image` reads one image file (info, map, cat, check, inspect), `serve` the
 //! HTTP service, `token` its write tokens, `dist` the signed catalog and
 //! its keys (key generate, publish) and the other side (trust, pull), `site`
-//! what makes a started copy a node (password), `demo` the demonstration.
+//! what makes a started copy a node (password), `keys` the SSH public keys, `demo` the demonstration.
 
 mod demo;
 mod dist;
 mod image;
+mod keys;
 mod name;
 mod repo;
 mod serve;
@@ -21,7 +22,7 @@ use anyhow::{Context, Result};
 use vmrepo_repo::{Catalog, Repository};
 
 use crate::Outcome;
-use crate::args::{Cli, Command, KeyCommand, NameCommand, TokenCommand, TrustCommand};
+use crate::args::{Cli, Command, KeyCommand, KeysCommand, NameCommand, TokenCommand, TrustCommand};
 
 pub(crate) struct Ctx<'a> {
     pub cli: &'a Cli,
@@ -60,6 +61,7 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
                 public_url: None,
                 sign_key: None,
                 catalog_expires: "7d".into(),
+                keys_rsa_key: None,
             };
             serve::serve_repo(&ctx, Repository::open(&dir)?, &args)
         }
@@ -69,8 +71,8 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
         }
         Command::Token(TokenCommand::List) => token::list(&ctx),
         Command::Token(TokenCommand::Revoke { name }) => token::revoke(&ctx, name),
-        Command::Key(KeyCommand::Generate { output_dir, name, openpgp }) => {
-            dist::key_generate(&ctx, output_dir.as_deref(), name, *openpgp)
+        Command::Key(KeyCommand::Generate { output_dir, name, openpgp, rsa }) => {
+            dist::key_generate(&ctx, output_dir.as_deref(), name, *openpgp, *rsa)
         }
         Command::Publish(a) => dist::publish(&ctx, a),
         Command::Trust(TrustCommand::Add { keyfile, name }) => {
@@ -81,6 +83,10 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
         Command::Pull(a) => dist::pull(&ctx, a),
         Command::Mirror(a) => dist::mirror(&ctx, a),
         Command::Password(a) => site::password(&ctx, a),
+        Command::Keys(KeysCommand::Add { file, name }) => keys::add(&ctx, file, name.as_deref()),
+        Command::Keys(KeysCommand::List) => keys::list(&ctx),
+        Command::Keys(KeysCommand::Rm { name }) => keys::rm(&ctx, name),
+        Command::Keys(KeysCommand::BootScript(a)) => keys::boot_script(&ctx, a),
         Command::Info(a) => image::info(&ctx, a),
         Command::Map(a) => image::map(&ctx, a),
         Command::Cat { image, output, force } => image::cat(&ctx, image, output.as_deref(), *force),

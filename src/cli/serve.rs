@@ -74,10 +74,12 @@ pub(crate) fn serve_repo(ctx: &Ctx<'_>, repo: Repository, a: &ServeArgs) -> Resu
         ..defaults
     };
     let signing = signing(a, &repo, public_url.clone())?;
+    let keys_rsa = a.keys_rsa_key.as_deref().map(vmrepo_dist::rsasig::RsaSigner::load).transpose()?;
     let mut state = AppState::new(repo, a.read_only, limits);
     state.scheme = scheme;
     state.public_url = public_url;
     state.signing = signing;
+    state.ssh_keys = vmrepo_serve::ssh_keys::SshKeys::new(keys_rsa);
     let state = Arc::new(state);
     let cancel = ctx.cancel;
     runtime.block_on(async {

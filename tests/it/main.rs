@@ -10,6 +10,7 @@ mod formats;
 mod hepix;
 mod inspect;
 mod issue7;
+mod keys;
 mod lint;
 mod metalink;
 mod name;

@@ -34,6 +34,7 @@ pub mod openpgp;
 pub mod place;
 pub mod publish;
 pub mod pull;
+pub mod rsasig;
 pub mod s3;
 pub mod schema;
 pub mod served;

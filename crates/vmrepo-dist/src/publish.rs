@@ -37,6 +37,9 @@ use crate::store::Store;
 /// The largest previous catalog read (for its serial).
 const MAX_CATALOG_FILE: u64 = 1 << 30;
 
+/// The largest previous `keys/authorized_keys` read (to know it is there).
+const MAX_KEYS_LIST: u64 = 64 << 20;
+
 /// What to publish, where, signed by what.
 #[derive(Clone, Debug)]
 pub struct PublishOptions {
@@ -60,6 +63,9 @@ pub struct PublishOptions {
     /// The OpenPGP secret key that signs the simplestreams and virt-builder
     /// files (`key generate --openpgp`); without it they are written unsigned.
     pub openpgp_key: Option<PathBuf>,
+    /// The RSA key (PEM) that signs `keys/authorized_keys` besides minisign
+    /// ([`crate::export::keys`]); without it the list is signed with minisign only.
+    pub keys_rsa_key: Option<PathBuf>,
 }
 
 /// What a publish did.
@@ -119,6 +125,8 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         .as_deref()
         .map(|p| crate::openpgp::load_secret_key(p, opts.key_password.clone()))
         .transpose()?;
+    let keys_rsa = opts.keys_rsa_key.as_deref().map(crate::rsasig::RsaSigner::load).transpose()?;
+    let ssh_keys = vmrepo_site::keys::list(catalog.repo().root())?;
     let base_url = opts.base_url.as_deref().map(check_base_url).transpose()?;
     let mut base_urls: Vec<String> = base_url.iter().cloned().collect();
     for m in &opts.mirrors {
@@ -266,7 +274,20 @@ pub fn publish(catalog: &Catalog, opts: &PublishOptions, cancel: &AtomicBool) ->
         signers: &signers,
         files: &placed,
     };
-    let files = export::render_all(&ctx, &mut report.exports_skipped)?;
+    let mut files = export::render_all(&ctx, &mut report.exports_skipped)?;
+    // The SSH key list: when there are keys, or a list published before
+    // (the last key removed is published as an empty list).
+    if !ssh_keys.is_empty() || store.read_small(export::keys::FILE, MAX_KEYS_LIST)?.is_some() {
+        let keys = export::keys::render(
+            &ssh_keys,
+            (&signers.minisign_secret, &signers.minisign_public),
+            keys_rsa.as_ref(),
+            &report.generated,
+            &mut report.exports_skipped,
+        )?;
+        files.extend(keys);
+        files.sort_by_key(|f| f.stage);
+    }
     if let Store::Folder(dest) = &store {
         // Every image, sidecar and Metalink file durable before a catalog
         // names them; when none was written, there is nothing to sync

@@ -6,7 +6,8 @@
 //! `/vm/` (byte ranges, `If-Range`, digests), a web page for people at `/`
 //! ([`web`]), `/healthz` and `/metrics`; and, with a token ([`auth`]),
 //! uploads and deletions ([`upload`]), each recorded in the audit log ([`audit`]);
-//! with a signing key, the signed catalog `vmrepo pull` reads ([`signed`]).
+//! with a signing key, the signed catalog `vmrepo pull` reads ([`signed`])
+//! and the signed SSH key list `/keys/authorized_keys` ([`ssh_keys`]).
 //! Every answer comes from the same [`vmrepo_repo::Catalog`] the CLI uses,
 //! brought up to date on each request, so that what another process adds is
 //! seen at once. Nothing outside `vm/`, and nothing the catalog does not know
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod paths;
 pub mod server;
 pub mod signed;
+pub mod ssh_keys;
 pub mod state;
 pub mod upload;
 pub mod web;
@@ -44,6 +46,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .merge(api::routes())
         .merge(download::routes())
         .merge(signed::routes())
+        .merge(ssh_keys::routes())
         .merge(web::routes())
         .merge(upload::routes())
         .fallback(error::not_found)

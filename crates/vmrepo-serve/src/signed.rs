@@ -83,6 +83,11 @@ impl Signing {
         }
     }
 
+    /// The keys it signs with (the SSH key list is signed with them too).
+    pub fn signers(&self) -> &Signers {
+        &self.signers
+    }
+
     /// The catalog last built, if it still holds for a request that `arrived`.
     fn kept(&self, state: &AppState, arrived: Instant) -> Option<Arc<Built>> {
         let built = self.built.lock().unwrap_or_else(PoisonError::into_inner).clone()?;
@@ -192,13 +197,13 @@ async fn current(state: &Arc<AppState>) -> Result<Arc<Built>, ApiError> {
     Ok(built)
 }
 
-fn etag_of(body: &[u8]) -> String {
+pub(crate) fn etag_of(body: &[u8]) -> String {
     format!("\"{}\"", hex(&Sha256::digest(body)[..16]))
 }
 
 /// The body with its strong `ETag`, or `304` when the client has it;
 /// clients may keep it but must ask again before using it.
-fn respond(req: &HeaderMap, body: Bytes, etag: &str, content_type: &'static str) -> Response {
+pub(crate) fn respond(req: &HeaderMap, body: Bytes, etag: &str, content_type: &'static str) -> Response {
     let mut r = if if_none_match(req, etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {

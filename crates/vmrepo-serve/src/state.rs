@@ -90,6 +90,8 @@ pub struct AppState {
     pub answers: crate::answers::Answers,
     /// With `--sign-key`: the key and the signed catalog (`/catalog.json`).
     pub signing: Option<crate::signed::Signing>,
+    /// With `--keys-rsa-key`: the RSA key of `/keys/authorized_keys.sig`, and the list last signed.
+    pub ssh_keys: crate::ssh_keys::SshKeys,
     /// Inspections of images for their pages.
     pub inspections: crate::web::inspection::Inspections,
     /// Set at shutdown: a wait for the repository lock gives up, an import
@@ -128,6 +130,7 @@ impl AppState {
             scheme: "http",
             answers: Default::default(),
             signing: None,
+            ssh_keys: Default::default(),
             inspections: Default::default(),
         }
     }

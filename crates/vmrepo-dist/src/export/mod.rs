@@ -16,6 +16,7 @@
 pub mod catalog;
 pub mod hepix;
 pub mod html;
+pub mod keys;
 pub mod simplestreams;
 pub mod virtbuilder;
 
