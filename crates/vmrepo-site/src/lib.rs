@@ -4,4 +4,5 @@
 //! computes it, and a stronger scheme for new images.
 
 pub mod context;
+pub mod keys;
 pub mod password;
