@@ -5,6 +5,7 @@ mod util;
 
 mod add;
 mod catalog;
+mod context;
 mod crash;
 mod formats;
 mod hepix;
