@@ -3,4 +3,5 @@
 //! ([`password`]), computed exactly as the specification's shell pipeline
 //! computes it, and a stronger scheme for new images.
 
+pub mod iso;
 pub mod password;
