@@ -5,10 +5,12 @@ mod util;
 
 mod add;
 mod catalog;
+mod context_boot;
 mod crash;
 mod formats;
 mod hepix;
 mod inspect;
+mod iso;
 mod issue7;
 mod lint;
 mod metalink;

@@ -18,7 +18,8 @@
 //!   the `ER` entry `RRIP_1991A`;
 //! - the Joliet root folder, with the real names;
 //! - the continuation sector;
-//! - each file's data, from a sector boundary, in the order given.
+//! - each file's data, from a sector boundary, in the order given;
+//! - zeros up to [`MIN_SECTORS`], for small images.
 //!
 //! The layout is computed first, then the image is written through the given
 //! writer in one pass, sector after sector, never seeking. The same inputs
@@ -57,6 +58,11 @@ pub const MAX_TOTAL: u64 = u32::MAX as u64;
 /// The longest volume identifier (the primary descriptor's field; Joliet's
 /// holds the first 16 characters).
 pub const MAX_VOLUME_ID: usize = 32;
+/// The fewest sectors of an image (128 KiB): a smaller one is padded with
+/// zeros, inside the volume. busybox's `findfs`/`blkid` read 68 KiB before
+/// they look for a file system and find nothing in a smaller device
+/// (genisoimage pads every image with 300 KiB).
+pub const MIN_SECTORS: u32 = 64;
 /// The time [`write`] puts in every date: 2000-01-01 00:00:00 UTC.
 pub const FIXED_TIME: i64 = 946_684_800;
 
@@ -141,6 +147,9 @@ struct Layout<'a> {
     joliet_dir: u32,
     joliet_sectors: u32,
     continuation: u32,
+    /// The sector after the last file's data.
+    data_end: u32,
+    /// The sectors of the image, padding included.
     total: u32,
 }
 
@@ -185,6 +194,7 @@ impl<'a> Layout<'a> {
             joliet_dir: 0,
             joliet_sectors: 0,
             continuation: 0,
+            data_end: 0,
             total: 0,
         };
         // Record lengths do not depend on positions: count the folders'
@@ -202,11 +212,12 @@ impl<'a> Layout<'a> {
             e.extent = next;
             next = next.checked_add(n).ok_or_else(overflow)?;
         }
-        layout.total = next;
-        // Empty files after the last data would point past the end: they
-        // point at sector 0 instead.
+        layout.data_end = next;
+        layout.total = next.max(MIN_SECTORS);
+        // Empty files after the last data, in an image without padding,
+        // would point past the end: they point at sector 0 instead.
         for e in &mut layout.entries {
-            if e.extent == next {
+            if e.extent >= layout.total {
                 e.extent = 0;
             }
         }
@@ -285,6 +296,9 @@ impl<'a> Layout<'a> {
             if tail != 0 {
                 out.write_all(&zero[tail..])?;
             }
+        }
+        for _ in self.data_end..self.total {
+            out.write_all(&zero)?;
         }
         Ok(())
     }
