@@ -4,5 +4,6 @@
 //! computes it, and a stronger scheme for new images.
 
 pub mod context;
+pub mod iso;
 pub mod keys;
 pub mod password;
