@@ -190,7 +190,10 @@ Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo f
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct PasswordArgs {
+    #[command(subcommand)]
+    pub command: Option<PasswordCommand>,
     /// The month, YYMM (default: this month, UTC).
     #[arg(long, value_name = "YYMM")]
     pub month: Option<String>,
@@ -208,6 +211,34 @@ pub struct PasswordArgs {
 pub enum PasswordScheme {
     Spec,
     Hmac,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PasswordCommand {
+    /// Print what an image runs at each boot to set root's password for the
+    /// month from a root-only seed file, with chpasswd (docs/site.md).
+    BootScript(BootScriptArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BootScriptArgs {
+    /// The scheme the script computes (as `vmrepo password --scheme`).
+    #[arg(long, value_enum, default_value = "spec")]
+    pub scheme: PasswordScheme,
+    /// Where the seed file is in the image (readable by root only).
+    #[arg(long, value_name = "PATH", default_value = "/etc/vmrepo/password-seed")]
+    pub seed_path: String,
+    /// `sh`: the script alone; `rc-local`: the script and the rc.local line
+    /// (SL4/SL5 era); `systemd`: the script and a oneshot unit.
+    #[arg(long, value_enum, default_value = "systemd")]
+    pub style: BootStyle,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootStyle {
+    Sh,
+    RcLocal,
+    Systemd,
 }
 
 #[derive(Args, Debug)]

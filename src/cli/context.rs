@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use vmrepo_repo::{Error, ErrorKind};
-use vmrepo_site::context::cloud_config::{self, Image, Options, Password, SEED_PATH};
+use vmrepo_site::context::cloud_config::{Image, Options, Password, SEED_PATH};
 use vmrepo_site::context::output::{self, Format};
 use vmrepo_site::context::{network, nodes, yaml};
 
@@ -58,7 +58,7 @@ pub(crate) fn context(ctx: &Ctx<'_>, a: &ContextArgs) -> Result<Outcome> {
     };
     let password = match a.password_scheme {
         None => None,
-        Some(scheme) => Some(Password { script: password_script(scheme)?, seed: seed(ctx, a)? }),
+        Some(scheme) => Some(Password { script: password_script(scheme), seed: seed(ctx, a)? }),
     };
     let admin = match &a.user_data {
         Some(p) => Some(admin_user_data(p)?),
@@ -155,9 +155,13 @@ fn admin_user_data(p: &Path) -> Result<yaml::Value> {
     }
 }
 
-fn password_script(scheme: PasswordScheme) -> Result<String> {
-    let _ = (scheme, SEED_PATH);
-    Err(Error::new(ErrorKind::InvalidInput, "--password-scheme: the boot script is not in this build yet").into())
+/// `vmrepo password boot-script`'s script, reading the seed at [`SEED_PATH`].
+fn password_script(scheme: PasswordScheme) -> String {
+    let scheme = match scheme {
+        PasswordScheme::Spec => vmrepo_site::password::Scheme::Spec,
+        PasswordScheme::Hmac => vmrepo_site::password::Scheme::Hmac,
+    };
+    vmrepo_site::boot::password_script(scheme, SEED_PATH)
 }
 
 /// The seed of `--password-seed-file` (its first line), with a warning
@@ -186,9 +190,4 @@ fn seed(ctx: &Ctx<'_>, a: &ContextArgs) -> Result<Option<Vec<u8>>> {
         return Err(Error::new(ErrorKind::InvalidInput, format!("{}: the seed is empty", path.display())).into());
     }
     Ok(Some(first.to_vec()))
-}
-
-#[allow(dead_code)]
-fn unused() -> &'static str {
-    cloud_config::SCRIPT_PATH
 }
