@@ -363,6 +363,16 @@ open(sys.argv[3], "w").write(out)
             assert_eq!(u["vmrepo_test"][format!("k{k}")], *h, "kept from jinja");
         }
     }
+    // An admin's host name replaces ours, and is kept from jinja like the rest.
+    let adm = dir.join("adm");
+    std::fs::write(&adm, "#cloud-config\nhostname: \"{{ 7*7 }}\"\n").unwrap();
+    let a = ["context", &image, "--nodes", "r{1..2}", "--format", "ec2", "--force", "--user-data"];
+    r.ok(&[&a[..], &[adm.to_str().unwrap(), "-o", out.to_str().unwrap()]].concat());
+    let rendered = dir.join("rendered-admin");
+    let o = ci.python(&["-c", script, ud.to_str().unwrap(), "1", rendered.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ci.schema_ok(&rendered);
+    assert_eq!(ci.load(&rendered)["hostname"], "{{ 7*7 }}");
     // Not one range: no launch index can name them.
     let e = r.fails(
         6,

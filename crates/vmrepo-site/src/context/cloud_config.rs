@@ -88,9 +88,17 @@ pub fn user_data_ec2(o: &Options, run: &Run) -> Result<String, NotTemplatable> {
     let host = format!("{}{number}{}", run.prefix, run.suffix);
     let fqdn = o.domain.as_ref().map(|d| format!("{host}.{d}"));
     let Value::Map(mut all) = user_data_value(o, &host, fqdn.as_deref()) else { unreachable!("a map") };
-    let split = all.iter().position(|(k, _)| k.text != "hostname" && k.text != "fqdn").unwrap_or(all.len());
+    // Only our own host name and fqdn stay outside the raw block: an
+    // admin's value that replaced them is kept from jinja like the rest.
+    let ours = |k: &str, v: &Value| match k {
+        "hostname" => *v == s(&host),
+        "fqdn" => fqdn.as_ref().is_some_and(|f| *v == s(f)),
+        _ => false,
+    };
+    let split = all.iter().position(|(k, v)| !ours(&k.text, v)).unwrap_or(all.len());
     let rest = Value::Map(all.split_off(split));
-    let head = yaml::to_string("## template: jinja\n#cloud-config\n", &Value::Map(all));
+    let header = "## template: jinja\n#cloud-config\n";
+    let head = if all.is_empty() { header.to_string() } else { yaml::to_string(header, &Value::Map(all)) };
     let body = yaml::to_string("", &rest);
     if body.contains("endraw") {
         return Err(NotTemplatable);
