@@ -187,6 +187,10 @@ Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo f
     /// signed as keys/authorized_keys by `publish` and `serve` (docs/site.md).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// A cloud-init seed for each node of a list (NoCloud ISO, plain files or
+    /// one EC2 user-data), so that each started copy of IMAGE becomes a node
+    /// of its own (docs/site.md).
+    Context(ContextArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -590,4 +594,58 @@ pub struct ImageArgs {
     /// The format, instead of detecting it: raw, iso, qcow2, vmdk, vdi, vhd (or vpc), vhdx.
     #[arg(long, short = 'f', value_name = "FORMAT")]
     pub format: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ContextArgs {
+    /// The image the nodes run: its name in the repository, or a path to it.
+    pub image: String,
+    /// The nodes: `rcas1..rcas64`, `rcas{01..64}`, `rcas1,rcas5,web2`, mixes,
+    /// `@FILE` (one a line, # comments).
+    #[arg(long, value_name = "LIST")]
+    pub nodes: String,
+    /// The DNS domain: each node's fqdn is NODE.DOMAIN.
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Option<String>,
+    /// Static addresses: a CSV with the header node,address,gateway,dns (else DHCP).
+    #[arg(long, value_name = "CSV")]
+    pub network: Option<PathBuf>,
+    /// The network interface: a name (`eth0`, for the sysconfig and ENI
+    /// renderers) or a glob matched by name (netplan).
+    #[arg(long, value_name = "NAME", default_value = "e*")]
+    pub interface: String,
+    /// The admin's own #cloud-config, merged in (lists appended, maps merged, its values win).
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<PathBuf>,
+    /// Give root and star the repository's SSH keys (`vmrepo keys list`).
+    #[arg(long)]
+    pub keys: bool,
+    /// Set root's password each boot from the month and the seed in
+    /// /etc/vmrepo/password-seed (`vmrepo password`), with this scheme.
+    #[arg(long, value_enum, value_name = "SCHEME")]
+    pub password_scheme: Option<PasswordScheme>,
+    /// Put this seed in the user-data (root-only in the guest; the seeds are
+    /// written 0600, but the hypervisor and the metadata service can read it).
+    #[arg(long, value_name = "FILE", requires = "password_scheme")]
+    pub password_seed_file: Option<PathBuf>,
+    /// Let star use sudo without a password.
+    #[arg(long)]
+    pub star_sudo: bool,
+    /// nocloud: DIR/NODE.iso (volume cidata); plain: DIR/NODE/{meta-data,user-data,network-config};
+    /// ec2: one DIR/user-data naming each copy from its launch index.
+    #[arg(long, value_enum, default_value = "nocloud")]
+    pub format: ContextFormat,
+    /// The folder to write to (made if missing).
+    #[arg(long, short = 'o', value_name = "DIR", default_value = "seeds")]
+    pub output_dir: PathBuf,
+    /// Replace seeds already there.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ContextFormat {
+    Nocloud,
+    Plain,
+    Ec2,
 }

@@ -6,6 +6,7 @@
 //! its keys (key generate, publish) and the other side (trust, pull), `site`
 //! what makes a started copy a node (password), `keys` the SSH public keys, `demo` the demonstration.
 
+mod context;
 mod demo;
 mod dist;
 mod image;
@@ -87,6 +88,7 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
         Command::Keys(KeysCommand::List) => keys::list(&ctx),
         Command::Keys(KeysCommand::Rm { name }) => keys::rm(&ctx, name),
         Command::Keys(KeysCommand::BootScript(a)) => keys::boot_script(&ctx, a),
+        Command::Context(a) => context::context(&ctx, a),
         Command::Info(a) => image::info(&ctx, a),
         Command::Map(a) => image::map(&ctx, a),
         Command::Cat { image, output, force } => image::cat(&ctx, image, output.as_deref(), *force),

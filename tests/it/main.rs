@@ -5,10 +5,13 @@ mod util;
 
 mod add;
 mod catalog;
+mod context;
+mod context_boot;
 mod crash;
 mod formats;
 mod hepix;
 mod inspect;
+mod iso;
 mod issue7;
 mod keys;
 mod lint;
