@@ -183,10 +183,17 @@ Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo f
     /// The month's root password of an image, as the specification's
     /// `date '+%y%m SEED=...' | md5sum | base64` command gives it (docs/site.md).
     Password(PasswordArgs),
+    /// A cloud-init seed for each node of a list (NoCloud ISO, plain files or
+    /// one EC2 user-data), so that each started copy of IMAGE becomes a node
+    /// of its own (docs/site.md).
+    Context(ContextArgs),
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct PasswordArgs {
+    #[command(subcommand)]
+    pub command: Option<PasswordCommand>,
     /// The month, YYMM (default: this month, UTC).
     #[arg(long, value_name = "YYMM")]
     pub month: Option<String>,
@@ -204,6 +211,34 @@ pub struct PasswordArgs {
 pub enum PasswordScheme {
     Spec,
     Hmac,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PasswordCommand {
+    /// Print what an image runs at each boot to set root's password for the
+    /// month from a root-only seed file, with chpasswd (docs/site.md).
+    BootScript(BootScriptArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BootScriptArgs {
+    /// The scheme the script computes (as `vmrepo password --scheme`).
+    #[arg(long, value_enum, default_value = "spec")]
+    pub scheme: PasswordScheme,
+    /// Where the seed file is in the image (readable by root only).
+    #[arg(long, value_name = "PATH", default_value = "/etc/vmrepo/password-seed")]
+    pub seed_path: String,
+    /// `sh`: the script alone; `rc-local`: the script and the rc.local line
+    /// (SL4/SL5 era); `systemd`: the script and a oneshot unit.
+    #[arg(long, value_enum, default_value = "systemd")]
+    pub style: BootStyle,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootStyle {
+    Sh,
+    RcLocal,
+    Systemd,
 }
 
 #[derive(Args, Debug)]
@@ -505,4 +540,58 @@ pub struct ImageArgs {
     /// The format, instead of detecting it: raw, iso, qcow2, vmdk, vdi, vhd (or vpc), vhdx.
     #[arg(long, short = 'f', value_name = "FORMAT")]
     pub format: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ContextArgs {
+    /// The image the nodes run: its name in the repository, or a path to it.
+    pub image: String,
+    /// The nodes: `rcas1..rcas64`, `rcas{01..64}`, `rcas1,rcas5,web2`, mixes,
+    /// `@FILE` (one a line, # comments).
+    #[arg(long, value_name = "LIST")]
+    pub nodes: String,
+    /// The DNS domain: each node's fqdn is NODE.DOMAIN.
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Option<String>,
+    /// Static addresses: a CSV with the header node,address,gateway,dns (else DHCP).
+    #[arg(long, value_name = "CSV")]
+    pub network: Option<PathBuf>,
+    /// The network interface: a name (`eth0`, for the sysconfig and ENI
+    /// renderers) or a glob matched by name (netplan).
+    #[arg(long, value_name = "NAME", default_value = "e*")]
+    pub interface: String,
+    /// The admin's own #cloud-config, merged in (lists appended, maps merged, its values win).
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<PathBuf>,
+    /// Give root and star the repository's SSH keys (`vmrepo keys list`).
+    #[arg(long)]
+    pub keys: bool,
+    /// Set root's password each boot from the month and the seed in
+    /// /etc/vmrepo/password-seed (`vmrepo password`), with this scheme.
+    #[arg(long, value_enum, value_name = "SCHEME")]
+    pub password_scheme: Option<PasswordScheme>,
+    /// Put this seed in the user-data (root-only in the guest; the seeds are
+    /// written 0600, but the hypervisor and the metadata service can read it).
+    #[arg(long, value_name = "FILE", requires = "password_scheme")]
+    pub password_seed_file: Option<PathBuf>,
+    /// Let star use sudo without a password.
+    #[arg(long)]
+    pub star_sudo: bool,
+    /// nocloud: DIR/NODE.iso (volume cidata); plain: DIR/NODE/{meta-data,user-data,network-config};
+    /// ec2: one DIR/user-data naming each copy from its launch index.
+    #[arg(long, value_enum, default_value = "nocloud")]
+    pub format: ContextFormat,
+    /// The folder to write to (made if missing).
+    #[arg(long, short = 'o', value_name = "DIR", default_value = "seeds")]
+    pub output_dir: PathBuf,
+    /// Replace seeds already there.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ContextFormat {
+    Nocloud,
+    Plain,
+    Ec2,
 }

@@ -6,6 +6,7 @@
 //! its keys (key generate, publish) and the other side (trust, pull), `site`
 //! what makes a started copy a node (password), `demo` the demonstration.
 
+mod context;
 mod demo;
 mod dist;
 mod image;
@@ -81,6 +82,7 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
         Command::Pull(a) => dist::pull(&ctx, a),
         Command::Mirror(a) => dist::mirror(&ctx, a),
         Command::Password(a) => site::password(&ctx, a),
+        Command::Context(a) => context::context(&ctx, a),
         Command::Info(a) => image::info(&ctx, a),
         Command::Map(a) => image::map(&ctx, a),
         Command::Cat { image, output, force } => image::cat(&ctx, image, output.as_deref(), *force),

@@ -9,7 +9,7 @@ use vmrepo_site::password::{self, Month, Scheme};
 
 use super::Ctx;
 use crate::Outcome;
-use crate::args::{PasswordArgs, PasswordScheme};
+use crate::args::{BootScriptArgs, BootStyle, PasswordArgs, PasswordCommand, PasswordScheme};
 use crate::output::{self, line};
 
 /// The variable that holds the seed when no `--seed-file` is given.
@@ -25,6 +25,9 @@ struct Answer {
 }
 
 pub(crate) fn password(ctx: &Ctx<'_>, a: &PasswordArgs) -> Result<Outcome> {
+    if let Some(PasswordCommand::BootScript(b)) = &a.command {
+        return boot_script(ctx, b);
+    }
     let month = match &a.month {
         Some(m) => Month::parse(m)?,
         None => {
@@ -35,10 +38,7 @@ pub(crate) fn password(ctx: &Ctx<'_>, a: &PasswordArgs) -> Result<Outcome> {
         }
     };
     let seed = seed(ctx, a)?;
-    let scheme = match a.scheme {
-        PasswordScheme::Spec => Scheme::Spec,
-        PasswordScheme::Hmac => Scheme::Hmac,
-    };
+    let scheme = scheme_of(a.scheme);
     let password = password::password(scheme, &seed, month)?;
     if ctx.cli.json {
         output::json(&Answer { month: month.yymm(), scheme, password })?;
@@ -74,4 +74,128 @@ fn seed(ctx: &Ctx<'_>, a: &PasswordArgs) -> Result<Vec<u8>> {
     }
     let first = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
     Ok(first.strip_suffix(b"\r").unwrap_or(first).to_vec())
+}
+
+fn scheme_of(s: PasswordScheme) -> Scheme {
+    match s {
+        PasswordScheme::Spec => Scheme::Spec,
+        PasswordScheme::Hmac => Scheme::Hmac,
+    }
+}
+
+/// A file to put in the image.
+#[derive(serde::Serialize)]
+struct ImageFile {
+    path: &'static str,
+    /// Octal, as `install -m` takes it.
+    mode: &'static str,
+    /// `true`: the content is a line to append to the file, not the file.
+    append: bool,
+    content: String,
+}
+
+#[derive(serde::Serialize)]
+struct BootScriptAnswer<'a> {
+    scheme: Scheme,
+    style: &'static str,
+    seed_path: &'a str,
+    /// The seed file, to make in the image (never made by vmrepo).
+    seed_mode: &'static str,
+    files: Vec<ImageFile>,
+    /// What to run in the image (or its chroot) once the files are there.
+    enable: Vec<String>,
+    /// What gives whoever starts the image the month's password.
+    retrieval: String,
+}
+
+/// `vmrepo password boot-script`: what an image runs at each boot.
+fn boot_script(ctx: &Ctx<'_>, b: &BootScriptArgs) -> Result<Outcome> {
+    use vmrepo_site::boot;
+    if !b.seed_path.starts_with('/') || b.seed_path.bytes().any(|c| c == b'\n' || c == 0) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("--seed-path {:?}: an absolute path in the image, on one line", b.seed_path),
+        )
+        .into());
+    }
+    let scheme = scheme_of(b.scheme);
+    let script = boot::password_script(scheme, &b.seed_path);
+    let script_file =
+        ImageFile { path: boot::SCRIPT_PATH, mode: "0755", append: false, content: script.clone() };
+    let (style, files, enable) = match b.style {
+        BootStyle::Sh => ("sh", vec![script_file], Vec::new()),
+        BootStyle::RcLocal => (
+            "rc-local",
+            vec![
+                script_file,
+                ImageFile {
+                    path: "/etc/rc.d/rc.local",
+                    mode: "0755",
+                    append: true,
+                    content: boot::rc_local_line(),
+                },
+            ],
+            Vec::new(),
+        ),
+        BootStyle::Systemd => (
+            "systemd",
+            vec![
+                script_file,
+                ImageFile {
+                    path: boot::UNIT_PATH,
+                    mode: "0644",
+                    append: false,
+                    content: boot::systemd_unit(scheme),
+                },
+            ],
+            vec!["systemctl enable vmrepo-password.service".to_string()],
+        ),
+    };
+    let retrieval =
+        format!("vmrepo password --scheme {} --seed-file <your copy of the seed>", boot::scheme_name(scheme));
+    if ctx.cli.json {
+        output::json(&BootScriptAnswer {
+            scheme,
+            style,
+            seed_path: &b.seed_path,
+            seed_mode: "0600",
+            files,
+            enable,
+            retrieval,
+        })?;
+        return Ok(Outcome::Clean);
+    }
+    if b.style == BootStyle::Sh {
+        line(script.trim_end_matches('\n'))?;
+        return Ok(Outcome::Clean);
+    }
+    let mut out = String::new();
+    out.push_str("# Install in the image, as root (in the image's own root, or a chroot into it):\n");
+    out.push_str(&format!(
+        "#   install -d -m 700 {dir}\n#   install -m 600 -o root -g root /dev/null {seed}   # then write the seed on its first line\n",
+        dir = std::path::Path::new(&b.seed_path).parent().map_or("/".into(), |p| p.display().to_string()),
+        seed = b.seed_path
+    ));
+    for f in &files {
+        if f.append {
+            out.push_str(&format!("#   append the line below to {} (mode {})\n", f.path, f.mode));
+        } else {
+            out.push_str(&format!("#   install -m {} <the file below> {}\n", f.mode, f.path));
+        }
+    }
+    for e in &enable {
+        out.push_str(&format!("#   {e}\n"));
+    }
+    out.push_str(&format!("# Whoever starts the image gets the month's password with\n#   {retrieval}\n"));
+    for f in &files {
+        out.push_str(&format!(
+            "\n# ==> {} (mode {}{}) <==\n",
+            f.path,
+            f.mode,
+            if f.append { ", append" } else { "" }
+        ));
+        out.push_str(&f.content);
+    }
+    line(out.trim_end_matches('\n'))?;
+    Ok(Outcome::Clean)
 }

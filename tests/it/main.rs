@@ -5,6 +5,7 @@ mod util;
 
 mod add;
 mod catalog;
+mod context;
 mod context_boot;
 mod crash;
 mod formats;

@@ -131,3 +131,296 @@ fn a_seed_file_json_the_hmac_scheme_and_refusals() {
         assert_eq!(o.status.code(), Some(6), "{}", String::from_utf8_lossy(&o.stderr));
     }
 }
+
+/// A sandbox to run `vmrepo password boot-script`'s script in: `chpasswd`,
+/// `date` (a fixed day) and `logger` are stubs on PATH, the seed file is
+/// owned by root (`unshare -r` maps the test's user to root when it is not).
+struct BootBox {
+    dir: tempfile::TempDir,
+    as_root: Vec<&'static str>,
+}
+
+impl BootBox {
+    fn new() -> Option<BootBox> {
+        for (tool, pkg) in
+            [("dash", "dash"), ("bash", "bash"), ("md5sum", "coreutils"), ("base64", "coreutils")]
+                .into_iter()
+                .chain([
+                    ("od", "coreutils"),
+                    ("awk", "mawk"),
+                    ("sha256sum", "coreutils"),
+                    ("openssl", "openssl"),
+                ])
+        {
+            if !have(tool, pkg) {
+                return None;
+            }
+        }
+        let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let as_root = if root {
+            Vec::new()
+        } else if Command::new("unshare").args(["-r", "true"]).status().is_ok_and(|s| s.success()) {
+            vec!["unshare", "-r"]
+        } else {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("the boot script's test needs root or a working `unshare -r`");
+            }
+            eprintln!("SKIPPED: neither root nor `unshare -r`: the seed file cannot be owned by root");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let date = Command::new("sh").args(["-c", "command -v date"]).output().unwrap();
+        let date = String::from_utf8(date.stdout).unwrap().trim().to_string();
+        for (name, body) in [
+            ("chpasswd", "#!/bin/sh\nexec cat > \"$BOOT_OUT\"\n".to_string()),
+            ("date", format!("#!/bin/sh\nexec {date} -d \"$BOOT_DAY\" \"$@\"\n")),
+            ("logger", "#!/bin/sh\necho \"logger $*\" >> \"$BOOT_LOG\"\n".to_string()),
+        ] {
+            std::fs::write(bin.join(name), body).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Some(BootBox { dir, as_root })
+    }
+
+    fn seed_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("etc seed")
+    }
+
+    fn script(&self, scheme: &str) -> std::path::PathBuf {
+        let out = Command::new(bin())
+            .args(["password", "boot-script", "--style", "sh", "--scheme", scheme, "--seed-path"])
+            .arg(self.seed_path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let p = self.dir.path().join(format!("boot-{scheme}.sh"));
+        std::fs::write(&p, &out.stdout).unwrap();
+        p
+    }
+
+    /// Runs `script` with `shell` on `day`: its exit status, what chpasswd
+    /// read (None when it was not run), and what it said (stderr and syslog).
+    fn run(&self, shell: &str, script: &std::path::Path, day: &str) -> (bool, Option<String>, String) {
+        let out_file = self.dir.path().join("chpasswd.in");
+        let log = self.dir.path().join("log");
+        let _ = std::fs::remove_file(&out_file);
+        let _ = std::fs::remove_file(&log);
+        let path = format!("{}:{}", self.dir.path().join("bin").display(), std::env::var("PATH").unwrap());
+        let mut argv: Vec<String> = self.as_root.iter().map(|s| s.to_string()).collect();
+        argv.push(shell.into());
+        argv.push(script.display().to_string());
+        let o = Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("PATH", path)
+            .env("BOOT_OUT", &out_file)
+            .env("BOOT_LOG", &log)
+            .env("BOOT_DAY", day)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        (o.status.success(), std::fs::read_to_string(&out_file).ok(), said)
+    }
+
+    fn write_seed(&self, content: &[u8], mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.seed_path();
+        let _ = std::fs::remove_file(&p);
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+/// HMAC-SHA-256(seed, YYMM || counter) by openssl, mapped to 20 characters
+/// as docs/site.md says (bytes below 248, modulo 62 into A-Za-z0-9).
+fn openssl_hmac_password(seed: &str, yymm: &str) -> String {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let hexkey: String = seed.bytes().map(|b| format!("{b:02x}")).collect();
+    let mut pw = String::new();
+    let mut counter = 0u8;
+    while pw.len() < 20 {
+        let mut child = Command::new("openssl")
+            .args(["dgst", "-sha256", "-mac", "HMAC", "-macopt", &format!("hexkey:{hexkey}")])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut msg = yymm.as_bytes().to_vec();
+        msg.push(counter);
+        child.stdin.take().unwrap().write_all(&msg).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let hex = text.split_whitespace().last().unwrap().to_string();
+        assert_eq!(hex.len(), 64, "{text}");
+        for i in (0..64).step_by(2) {
+            let b = u8::from_str_radix(&hex[i..i + 2], 16).unwrap();
+            if b < 248 && pw.len() < 20 {
+                pw.push(char::from(alphabet[usize::from(b % 62)]));
+            }
+        }
+        counter += 1;
+    }
+    pw
+}
+
+#[test]
+fn the_boot_script_sets_the_months_password_as_vmrepo_and_the_specification_compute_it() {
+    let Some(bx) = BootBox::new() else { return };
+    let seeds = [
+        "someLongString",
+        "with spaces  and\ttabs",
+        "non-ASCII: Brookhaven – RHIC ☢ ünïcödé",
+        "quotes ' \" and $dollars `ticks` \\ backslash",
+        &"x".repeat(65), // longer than SHA-256's block: the HMAC key is hashed
+        &"y".repeat(1000),
+    ];
+    let (spec, hmac) = (bx.script("spec"), bx.script("hmac"));
+    let mut checked = 0;
+    for (i, seed) in seeds.iter().enumerate() {
+        for (j, day) in ["2009-01-31", "2026-12-02", "2027-02-28", "2031-10-01"].iter().enumerate() {
+            let yymm = format!("{}{}", &day[2..4], &day[5..7]);
+            // The file as an administrator writes it: a line break, or CRLF, or none.
+            let content = match (i + j) % 3 {
+                0 => format!("{seed}\n"),
+                1 => format!("{seed}\r\nsecond line\n"),
+                _ => seed.to_string(),
+            };
+            bx.write_seed(content.as_bytes(), 0o600);
+            for (scheme, script) in [("spec", &spec), ("hmac", &hmac)] {
+                let want =
+                    String::from_utf8(vmrepo_password(&yymm, seed, &["--scheme", scheme]).stdout).unwrap();
+                let want = want.trim_end();
+                let oracle =
+                    if scheme == "spec" { pipeline(day, seed) } else { openssl_hmac_password(seed, &yymm) };
+                assert_eq!(want, oracle, "{scheme} {yymm} seed #{i}");
+                for shell in ["dash", "bash"] {
+                    let (ok, got, said) = bx.run(shell, script, day);
+                    assert!(ok, "{scheme} {shell} {yymm} seed #{i}: {said}");
+                    assert_eq!(
+                        got.as_deref(),
+                        Some(format!("root:{want}\n").as_str()),
+                        "{scheme} {shell} {day} #{i}"
+                    );
+                    assert!(!said.contains(seed) && !said.contains(want), "{said}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, seeds.len() * 4 * 2 * 2);
+}
+
+#[test]
+fn the_boot_script_refuses_a_seed_others_can_read_and_leaves_the_password() {
+    let Some(bx) = BootBox::new() else { return };
+    let script = bx.script("hmac");
+    let secret = "topSecretSeed";
+    // Each refusal: the script fails, chpasswd is not run, the seed not said.
+    let refused = |why: &str| {
+        for shell in ["dash", "bash"] {
+            let (ok, got, said) = bx.run(shell, &script, "2026-12-02");
+            assert!(!ok && got.is_none(), "{why} ({shell}): {said}");
+            assert!(said.contains("left as it is") && !said.contains(secret), "{why}: {said}");
+            assert!(said.contains("logger -t vmrepo-password"), "{why}: not logged: {said}");
+        }
+    };
+    for mode in [0o644, 0o640, 0o604, 0o660, 0o700] {
+        bx.write_seed(format!("{secret}\n").as_bytes(), mode);
+        refused(&format!("mode {mode:o}"));
+    }
+    for bad in [&b""[..], b"\n", b"50%topSecretSeed\n", b"topSecret\0Seed\n", b"topSecret\rSeed\n"] {
+        bx.write_seed(bad, 0o600);
+        refused(&format!("{bad:?}"));
+    }
+    // A link to a good seed file, a folder, no file.
+    bx.write_seed(format!("{secret}\n").as_bytes(), 0o600);
+    let real = bx.dir.path().join("real");
+    std::fs::rename(bx.seed_path(), &real).unwrap();
+    std::os::unix::fs::symlink(&real, bx.seed_path()).unwrap();
+    refused("a symbolic link");
+    std::fs::remove_file(bx.seed_path()).unwrap();
+    refused("no seed file");
+    std::fs::create_dir(bx.seed_path()).unwrap();
+    refused("a folder");
+    std::fs::remove_dir(bx.seed_path()).unwrap();
+    // Not owned by root (when the test can give it to someone else).
+    if bx.as_root.is_empty() {
+        bx.write_seed(format!("{secret}\n").as_bytes(), 0o600);
+        let st = Command::new("chown").args(["65534"]).arg(bx.seed_path()).status().unwrap();
+        assert!(st.success());
+        refused("owned by nobody");
+    }
+    // And the good file is taken.
+    bx.write_seed(format!("{secret}\n").as_bytes(), 0o400);
+    let (ok, got, said) = bx.run("dash", &script, "2026-12-02");
+    assert!(ok && got.is_some(), "{said}");
+}
+
+#[test]
+fn boot_script_styles_json_and_the_systemd_unit() {
+    // The password command keeps its own options; they do not mix with the subcommand.
+    let o = Command::new(bin()).args(["password", "--month", "2612", "boot-script"]).output().unwrap();
+    assert!(!o.status.success());
+    let o = Command::new(bin())
+        .args(["password", "boot-script", "--seed-path", "relative/seed"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(6), "{}", String::from_utf8_lossy(&o.stderr));
+    // rc.local: the script and the line to append.
+    let o = Command::new(bin()).args(["password", "boot-script", "--style", "rc-local"]).output().unwrap();
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains(
+        "==> /etc/rc.d/rc.local (mode 0755, append) <==\n/usr/local/sbin/vmrepo-password-boot || :"
+    ));
+    assert!(text.contains("# vmrepo password boot-script scheme=spec\n"));
+    // systemd, as JSON: each file's path, mode and content.
+    let o = Command::new(bin())
+        .args(["--json", "password", "boot-script", "--scheme", "hmac", "--seed-path", "/etc/s"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["scheme"], "hmac");
+    assert_eq!(v["style"], "systemd");
+    let files = v["files"].as_array().unwrap();
+    assert_eq!(files[0]["path"], "/usr/local/sbin/vmrepo-password-boot");
+    assert_eq!(files[0]["mode"], "0755");
+    let script = files[0]["content"].as_str().unwrap();
+    assert!(script.starts_with("#!/bin/sh\n# vmrepo password boot-script scheme=hmac\n"));
+    assert!(script.contains("seed_file='/etc/s'\n"));
+    assert_eq!(files[1]["path"], "/etc/systemd/system/vmrepo-password.service");
+    let unit = files[1]["content"].as_str().unwrap();
+    if have("sh", "dash") {
+        let t = tempfile::tempdir().unwrap();
+        let s = t.path().join("boot.sh");
+        std::fs::write(&s, script).unwrap();
+        for shell in ["sh", "bash"] {
+            let o = Command::new(shell).arg("-n").arg(&s).output().unwrap();
+            assert!(o.status.success(), "{shell} -n: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+    if !have("systemd-analyze", "systemd") {
+        return;
+    }
+    // systemd-analyze verify checks that ExecStart is executable: the
+    // unit as printed, with the script's path moved into a folder of the test's.
+    let t = tempfile::tempdir().unwrap();
+    let s = t.path().join("vmrepo-password-boot");
+    std::fs::write(&s, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let u = t.path().join("vmrepo-password.service");
+    std::fs::write(&u, unit.replace("/usr/local/sbin/vmrepo-password-boot", s.to_str().unwrap())).unwrap();
+    assert!(unit.contains("Type=oneshot") && unit.contains("After=local-fs.target"));
+    let o = Command::new("systemd-analyze").arg("verify").arg(&u).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.trim().is_empty(), "systemd-analyze verify: {err}");
+}

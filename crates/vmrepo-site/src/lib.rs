@@ -3,5 +3,8 @@
 //! ([`password`]), computed exactly as the specification's shell pipeline
 //! computes it, and a stronger scheme for new images.
 
+pub mod boot;
+pub mod context;
 pub mod iso;
+pub mod keys;
 pub mod password;
