@@ -15,7 +15,8 @@ use crate::util::{Repo, have, pattern_file};
 
 /// The cloud-init release of Debian 12 the tests check against.
 const CLOUD_INIT: &str = "cloud-init";
-const PY_DEPS: [&str; 7] = ["jsonschema", "pyyaml", "jinja2", "configobj", "requests", "jsonpatch", "netifaces"];
+const PY_DEPS: [&str; 7] =
+    ["jsonschema", "pyyaml", "jinja2", "configobj", "requests", "jsonpatch", "netifaces"];
 
 struct CloudInit {
     python: PathBuf,
@@ -67,7 +68,10 @@ fn cloud_init() -> Option<CloudInit> {
     if !ok(Command::new("python3").args(["-m", "venv"]).arg(dir.join("venv"))) {
         return skip("cannot make a virtualenv (python3-venv)");
     }
-    if !ok(Command::new(dir.join("venv/bin/pip")).args(["install", "-q", "--disable-pip-version-check"]).args(PY_DEPS)) {
+    if !ok(Command::new(dir.join("venv/bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .args(PY_DEPS))
+    {
         return skip("cannot pip install cloud-init's dependencies (PyPI reachable?)");
     }
     std::fs::write(&marker, deb.file_name().unwrap().to_string_lossy().as_bytes()).unwrap();
@@ -82,7 +86,8 @@ impl CloudInit {
     /// `cloud-init schema --config-file F`: valid, with nothing to say.
     fn schema_ok(&self, f: &Path) {
         let out = self.python(&["-m", "cloudinit.cmd.main", "schema", "--config-file", f.to_str().unwrap()]);
-        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let said =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "cloud-init schema {}:\n{said}\n{}", f.display(), read(f));
         assert_eq!(said.trim(), format!("Valid cloud-config: {}", f.display()), "{}", read(f));
     }
@@ -111,7 +116,12 @@ print(json.dumps({
 }, default=str))
 "#;
         let out = self.python(&["-c", script, f.to_str().unwrap()]);
-        assert!(out.status.success(), "network_state {}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "network_state {}: {}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
@@ -131,7 +141,9 @@ fn repo_with_keys() -> (Repo, String, Vec<String>) {
     std::fs::create_dir_all(&keys).unwrap();
     let mut lines = Vec::new();
     if have("ssh-keygen", "openssh-client") {
-        for (n, comment) in [("alice", "alice \"the admin\": #1 {x}"), ("bob", "!!python/object:os.system 'rm'")] {
+        for (n, comment) in
+            [("alice", "alice \"the admin\": #1 {x}"), ("bob", "!!python/object:os.system 'rm'")]
+        {
             let k = r.scratch().join(n);
             let out = Command::new("ssh-keygen")
                 .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
@@ -160,7 +172,9 @@ const HOSTILE: [&str; 9] = [
 ];
 
 fn admin_file(dir: &Path) -> PathBuf {
-    let mut t = String::from("#cloud-config\n# the admin's own\npackages: [tcsh]\nruncmd:\n  - echo admin\nssh_pwauth: yes\nbootcmd: []\nwrite_files:\n  - path: /etc/motd\n    content: |\n      Welcome: STAR\n");
+    let mut t = String::from(
+        "#cloud-config\n# the admin's own\npackages: [tcsh]\nruncmd:\n  - echo admin\nssh_pwauth: yes\nbootcmd: []\nwrite_files:\n  - path: /etc/motd\n    content: |\n      Welcome: STAR\n",
+    );
     t.push_str("vmrepo_test:\n");
     for (i, h) in HOSTILE.iter().enumerate() {
         t.push_str(&format!("  k{i}: {}\n", serde_json::to_string(h).unwrap().replace("\\u0000", "\\0")));
@@ -222,9 +236,14 @@ fn plain_seeds_pass_cloud_init_and_read_back() {
         assert_eq!(users[1]["homedir"], "/home/star");
         assert_eq!(users[1]["sudo"], "ALL=(ALL) NOPASSWD:ALL");
         for user in &users[..2] {
-            let got: Vec<&str> =
-                user["ssh_authorized_keys"].as_array().map_or(vec![], |a| a.iter().map(|k| k.as_str().unwrap()).collect());
-            assert_eq!(got, keys.iter().map(String::as_str).collect::<Vec<_>>(), "the keys as ssh-keygen wrote them");
+            let got: Vec<&str> = user["ssh_authorized_keys"]
+                .as_array()
+                .map_or(vec![], |a| a.iter().map(|k| k.as_str().unwrap()).collect());
+            assert_eq!(
+                got,
+                keys.iter().map(String::as_str).collect::<Vec<_>>(),
+                "the keys as ssh-keygen wrote them"
+            );
         }
         // The STAR environment of the image's library, as a shell reads it.
         let files = u["write_files"].as_array().unwrap();
@@ -275,7 +294,19 @@ fn dhcp_by_default_and_a_named_interface() {
     ci.schema_ok(&out.join("web1/user-data"));
     let n = ci.load(&out.join("web1/network-config"));
     assert_eq!(n, json!({"version": 2, "ethernets": {"id0": {"match": {"name": "e*"}, "dhcp4": true}}}));
-    r.ok(&["context", &image, "--nodes", "web1", "--format", "plain", "-o", o, "--interface", "eth0", "--force"]);
+    r.ok(&[
+        "context",
+        &image,
+        "--nodes",
+        "web1",
+        "--format",
+        "plain",
+        "-o",
+        o,
+        "--interface",
+        "eth0",
+        "--force",
+    ]);
     let ns = ci.network_state(&out.join("web1/network-config"));
     assert_eq!(ns["interfaces"][0]["name"], "eth0");
     assert!(ns["interfaces"][0]["subnets"].to_string().contains("dhcp"), "{ns}");
@@ -314,7 +345,8 @@ open(sys.argv[3], "w").write(out)
 "#;
     for (index, name) in [(0, "rcas01"), (4, "rcas05"), (63, "rcas64")] {
         let rendered = dir.join(format!("rendered-{index}"));
-        let o = ci.python(&["-c", script, ud.to_str().unwrap(), &index.to_string(), rendered.to_str().unwrap()]);
+        let o =
+            ci.python(&["-c", script, ud.to_str().unwrap(), &index.to_string(), rendered.to_str().unwrap()]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         ci.schema_ok(&rendered);
         let u = ci.load(&rendered);
@@ -325,7 +357,10 @@ open(sys.argv[3], "w").write(out)
         }
     }
     // Not one range: no launch index can name them.
-    let e = r.fails(6, &["context", &image, "--nodes", "rcas1,rcas3", "--format", "ec2", "-o", out.to_str().unwrap()]);
+    let e = r.fails(
+        6,
+        &["context", &image, "--nodes", "rcas1,rcas3", "--format", "ec2", "-o", out.to_str().unwrap()],
+    );
     assert!(e.contains("one range"), "{e}");
 }
 
@@ -349,7 +384,8 @@ fn bad_input_is_refused_with_its_place() {
     assert!(e.contains(&f.display().to_string()), "{e}");
     let csv = dir.join("net.csv");
     std::fs::write(&csv, "node,address,gateway,dns\na1,10.0.0.1/24,,\nzz9,10.0.0.2/24,,\n").unwrap();
-    let e = r.fails(6, &["context", &image, "--nodes", "a1..a3", "--network", csv.to_str().unwrap(), "-o", o]);
+    let e =
+        r.fails(6, &["context", &image, "--nodes", "a1..a3", "--network", csv.to_str().unwrap(), "-o", o]);
     assert!(e.contains("a2, a3"), "{e}");
     let e = r.fails(6, &["context", &image, "--nodes", "a1", "--network", csv.to_str().unwrap(), "-o", o]);
     assert!(e.contains("zz9"), "{e}");
@@ -359,7 +395,8 @@ fn bad_input_is_refused_with_its_place() {
     // Seeds already there are kept unless --force.
     r.ok(&["context", &image, "--nodes", "a1", "--format", "plain", "-o", o]);
     let before = read(&Path::new(o).join("a1/user-data"));
-    let e = r.fails(5, &["context", &image, "--nodes", "a1", "--format", "plain", "-o", o, "--domain", "x.org"]);
+    let e =
+        r.fails(5, &["context", &image, "--nodes", "a1", "--format", "plain", "-o", o, "--domain", "x.org"]);
     assert!(e.contains("--force"), "{e}");
     assert_eq!(read(&Path::new(o).join("a1/user-data")), before);
     r.ok(&["context", &image, "--nodes", "a1", "--format", "plain", "-o", o, "--domain", "x.org", "--force"]);
