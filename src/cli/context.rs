@@ -46,11 +46,16 @@ pub(crate) fn context(ctx: &Ctx<'_>, a: &ContextArgs) -> Result<Outcome> {
     };
     let keys = if a.keys {
         let root = repo_root.ok_or_else(|| {
-            Error::new(ErrorKind::NotARepository, "--keys takes the keys of a repository: give an image of one")
+            Error::new(
+                ErrorKind::NotARepository,
+                "--keys takes the keys of a repository: give an image of one",
+            )
         })?;
         let keys = vmrepo_site::keys::list(&root)?;
         if keys.is_empty() && !ctx.cli.quiet {
-            eprintln!("vmrepo: warning: the repository has no SSH key (vmrepo keys add): nobody can log in by key");
+            eprintln!(
+                "vmrepo: warning: the repository has no SSH key (vmrepo keys add): nobody can log in by key"
+            );
         }
         keys.into_iter().map(|k| k.line).collect()
     } else {
@@ -106,8 +111,7 @@ fn image(ctx: &Ctx<'_>, spec: &str) -> Result<(Image, Option<std::path::PathBuf>
             let file = p.file_name().and_then(|f| f.to_str()).filter(|_| p.exists()).ok_or(e)?;
             let name = vmrepo_name::ImageName::parse(file)
                 .map_err(|n| Error::new(ErrorKind::InvalidInput, format!("{spec}: {n}")))?;
-            let stem = file.strip_suffix(&format!(".{}", name.ext.as_ref().map_or("", |x| x.as_str()))).unwrap_or(file);
-            Ok((Image { name: stem.to_string(), sha256: None, lib: Some(name.lib.to_string()) }, None))
+            Ok((Image { name: name.stem(), sha256: None, lib: Some(name.lib().to_string()) }, None))
         }
     }
 }
@@ -141,7 +145,9 @@ fn check_interface(i: &str) -> Result<()> {
 /// The admin's `#cloud-config`, parsed; refused with its line when it is not one.
 fn admin_user_data(p: &Path) -> Result<yaml::Value> {
     let bytes = vmrepo_dist::key::read_key_file(p, MAX_USER_DATA, "the user-data")?;
-    let bad = |line: usize, m: &str| Error::new(ErrorKind::InvalidInput, format!("{} line {line}: {m}", p.display()));
+    let bad = |line: usize, m: &str| {
+        Error::new(ErrorKind::InvalidInput, format!("{} line {line}: {m}", p.display()))
+    };
     let text = std::str::from_utf8(&bytes).map_err(|_| bad(1, "not UTF-8 text"))?;
     let first = text.lines().next().unwrap_or_default();
     if first.trim_end() != "#cloud-config" {
@@ -187,7 +193,9 @@ fn seed(ctx: &Ctx<'_>, a: &ContextArgs) -> Result<Option<Vec<u8>>> {
     let first = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
     let first = first.strip_suffix(b"\r").unwrap_or(first);
     if first.is_empty() {
-        return Err(Error::new(ErrorKind::InvalidInput, format!("{}: the seed is empty", path.display())).into());
+        return Err(
+            Error::new(ErrorKind::InvalidInput, format!("{}: the seed is empty", path.display())).into()
+        );
     }
     Ok(Some(first.to_vec()))
 }

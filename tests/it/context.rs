@@ -136,7 +136,7 @@ fn repo_with_keys() -> (Repo, String, Vec<String>) {
     let src = r.scratch().join("img.raw");
     pattern_file(&src, 1 << 16, 1);
     let added = r.add(&src, "kvm", &["--max-size", "2GB"]);
-    let name = added["name"].as_str().or_else(|| added[0]["name"].as_str()).unwrap_or_default().to_string();
+    let name = added["image"]["name"].as_str().unwrap().to_string();
     let keys = r.root.join("keys");
     std::fs::create_dir_all(&keys).unwrap();
     let mut lines = Vec::new();
@@ -173,11 +173,18 @@ const HOSTILE: [&str; 9] = [
 
 fn admin_file(dir: &Path) -> PathBuf {
     let mut t = String::from(
-        "#cloud-config\n# the admin's own\npackages: [tcsh]\nruncmd:\n  - echo admin\nssh_pwauth: yes\nbootcmd: []\nwrite_files:\n  - path: /etc/motd\n    content: |\n      Welcome: STAR\n",
+        "#cloud-config\n# the admin's own\npackages: [tcsh]\nruncmd:\n  - echo admin\nssh_pwauth: yes\nwrite_files:\n  - path: /etc/motd\n    content: |\n      Welcome: STAR\n",
     );
     t.push_str("vmrepo_test:\n");
     for (i, h) in HOSTILE.iter().enumerate() {
-        t.push_str(&format!("  k{i}: {}\n", serde_json::to_string(h).unwrap().replace("\\u0000", "\\0")));
+        t.push_str(&format!(
+            "  k{i}: {}\n",
+            serde_json::to_string(h)
+                .unwrap()
+                .replace("\\u0000", "\\0")
+                .replace('\u{2028}', "\\L")
+                .replace('\u{feff}', "\\ufeff")
+        ));
     }
     let p = dir.join("admin.yaml");
     std::fs::write(&p, t).unwrap();
@@ -406,4 +413,108 @@ fn bad_input_is_refused_with_its_place() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), 3, "no temporary file left: {names:?}");
+}
+
+#[test]
+fn nocloud_iso_holds_the_plain_files() {
+    if !have("xorriso", "xorriso") || !have("isoinfo", "genisoimage") {
+        return;
+    }
+    let (r, image, _) = repo_with_keys();
+    let dir = r.scratch();
+    let (iso, plain) = (dir.join("iso"), dir.join("plain"));
+    let common = ["--nodes", "rcas1..rcas2,web7", "--domain", "star.example.org", "--keys"];
+    let mut a = vec!["context", image.as_str()];
+    a.extend(common);
+    r.ok(&[&a[..], &["-o", iso.to_str().unwrap()]].concat());
+    r.ok(&[&a[..], &["--format", "plain", "-o", plain.to_str().unwrap()]].concat());
+    for node in ["rcas1", "rcas2", "web7"] {
+        let f = iso.join(format!("{node}.iso"));
+        let vol = crate::util::run("isoinfo", &["-d", "-i", f.to_str().unwrap()]);
+        assert!(vol.contains("Volume id: cidata"), "{vol}");
+        for name in ["meta-data", "user-data", "network-config"] {
+            let want = std::fs::read(plain.join(node).join(name)).unwrap();
+            let out = dir.join(format!("x-{node}-{name}"));
+            let x = Command::new("xorriso")
+                .args(["-indev", f.to_str().unwrap(), "-osirrox", "on", "-extract", &format!("/{name}")])
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert!(x.status.success(), "{}", String::from_utf8_lossy(&x.stderr));
+            assert_eq!(std::fs::read(&out).unwrap(), want, "xorriso, Rock Ridge: {node}/{name}");
+            for (how, path) in [("-R", format!("/{name}")), ("-J", format!("/{name}"))] {
+                let o = Command::new("isoinfo")
+                    .args(["-i", f.to_str().unwrap(), how, "-x", &path])
+                    .output()
+                    .unwrap();
+                assert_eq!(o.stdout, want, "isoinfo {how}: {node}/{name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_password_seed_only_when_asked_and_root_only() {
+    let Some(ci) = cloud_init() else { return };
+    let (r, image, _) = repo_with_keys();
+    let dir = r.scratch();
+    let out = dir.join("seeds");
+    let o = out.to_str().unwrap();
+    r.ok(&["context", &image, "--nodes", "n1", "--format", "plain", "-o", o, "--password-scheme", "hmac"]);
+    let ud = out.join("n1/user-data");
+    ci.schema_ok(&ud);
+    let u = ci.load(&ud);
+    let files = u["write_files"].as_array().unwrap();
+    assert!(!files.iter().any(|f| f["path"] == "/etc/vmrepo/password-seed"), "no seed unless asked");
+    let script = files.iter().find(|f| f["path"] == "/usr/local/sbin/vmrepo-root-password").unwrap();
+    assert_eq!(script["permissions"], "0700");
+    assert!(script["content"].as_str().unwrap().starts_with("#!/bin/sh\n"));
+    assert_eq!(u["runcmd"], json!([["/usr/local/sbin/vmrepo-root-password"]]));
+    assert_eq!(u["ssh_pwauth"], true);
+    let seed = dir.join("seed");
+    std::fs::write(&seed, "a seed: with \"quotes\" # and more\n").unwrap();
+    std::fs::set_permissions(&seed, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let run = r.run(&[
+        "context",
+        &image,
+        "--nodes",
+        "n1",
+        "--format",
+        "plain",
+        "-o",
+        o,
+        "--force",
+        "--password-scheme",
+        "spec",
+        "--password-seed-file",
+        seed.to_str().unwrap(),
+    ]);
+    assert!(run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("warning") && err.contains("metadata service"), "{err}");
+    assert!(!err.contains("a seed"), "the seed is never printed");
+    ci.schema_ok(&ud);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&ud).unwrap().permissions().mode() & 0o777, 0o600);
+    let u = ci.load(&ud);
+    let f = u["write_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/etc/vmrepo/password-seed")
+        .unwrap()
+        .clone();
+    assert_eq!(f["permissions"], "0600");
+    assert_eq!(f["encoding"], "b64");
+    let decoded = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let mut decoded = decoded;
+    decoded.stdin.take().unwrap().write_all(f["content"].as_str().unwrap().as_bytes()).unwrap();
+    let got = decoded.wait_with_output().unwrap();
+    assert_eq!(got.stdout, b"a seed: with \"quotes\" # and more");
 }

@@ -194,11 +194,11 @@ pub fn network_config(o: &Options, net: Option<&Static>) -> String {
             if !routes.is_empty() {
                 eth.push("routes", Value::Seq(routes));
             }
-            if !st.dns.is_empty() || o.domain.is_some() {
+            // cloud-init (22.4) fails on nameservers without addresses:
+            // the search domain goes only with servers.
+            if !st.dns.is_empty() {
                 let mut ns = map([]);
-                if !st.dns.is_empty() {
-                    ns.push("addresses", strs(&st.dns.iter().map(ToString::to_string).collect::<Vec<_>>()));
-                }
+                ns.push("addresses", strs(&st.dns.iter().map(ToString::to_string).collect::<Vec<_>>()));
                 if let Some(d) = &o.domain {
                     ns.push("search", strs(&[d]));
                 }

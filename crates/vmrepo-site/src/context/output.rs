@@ -143,7 +143,10 @@ fn write_all(
 ) -> Result<Vec<Seed>> {
     if let Some(run) = run {
         let text = cloud_config::user_data_ec2(o, run).map_err(|_| {
-            Error::new(ErrorKind::InvalidInput, "the user-data holds \"endraw\", which a jinja template cannot keep")
+            Error::new(
+                ErrorKind::InvalidInput,
+                "the user-data holds \"endraw\", which a jinja template cannot keep",
+            )
         })?;
         let f = stage(&dir.join("user-data"), text.as_bytes(), 0o644, pending)?;
         return Ok(vec![Seed { node: run.name(0), instance_id: None, files: vec![f] }]);
@@ -156,7 +159,8 @@ fn write_all(
         let written = match format {
             Format::NoCloud => {
                 iso.clear();
-                iso_image(&mut iso, &files).map_err(|e| Error::io("make the ISO of", &dir.join(&n.name), e))?;
+                iso_image(&mut iso, &files)
+                    .map_err(|e| Error::io("make the ISO of", &dir.join(&n.name), e))?;
                 vec![stage(&dir.join(format!("{}.iso", n.name)), &iso, mode(o), pending)?]
             }
             _ => {
@@ -193,7 +197,11 @@ fn stage(path: &Path, bytes: &[u8], mode: u32, pending: &mut Vec<Pending>) -> Re
         .map_err(|e| Error::io("create", path, e))?;
     pending.push(Pending { tmp, path: path.to_path_buf() });
     f.write_all(bytes).map_err(|e| Error::io("write", path, e))?;
-    Ok(WrittenFile { path: path.to_path_buf(), size: bytes.len() as u64, sha256: hex(&Sha256::digest(bytes)) })
+    Ok(WrittenFile {
+        path: path.to_path_buf(),
+        size: bytes.len() as u64,
+        sha256: hex(&Sha256::digest(bytes)),
+    })
 }
 
 fn commit(dir: &Path, format: Format, nodes: &[Node], pending: &[Pending]) -> Result<()> {

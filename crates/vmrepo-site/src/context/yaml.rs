@@ -214,6 +214,9 @@ pub fn quote(s: &str) -> String {
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
             '\0' => out.push_str("\\0"),
+            // Line breaks to YAML 1.1 (PyYAML): written raw, they would be folded.
+            '\u{2028}' => out.push_str("\\L"),
+            '\u{2029}' => out.push_str("\\P"),
             // Printable as YAML (and PyYAML's reader) defines it; the rest escaped.
             ' '..='~' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fefe}' | '\u{ff00}'..='\u{fffd}' => {
                 out.push(c)
@@ -453,7 +456,7 @@ mod tests {
 
     #[test]
     fn quoting() {
-        assert_eq!(quote("a\"b\\c\nd\u{7}\u{85}\u{feff}"), "\"a\\\"b\\\\c\\nd\\x07\\x85\\ufeff\"");
+        assert_eq!(quote("a\"b\\c\nd\u{7}\u{85}\u{feff}\u{2028}"), "\"a\\\"b\\\\c\\nd\\x07\\x85\\ufeff\\L\"");
         assert_eq!(to_string("", &map([("k", s("line\n  two\n"))])), "k: |\n  line\n    two\n");
         assert_eq!(to_string("", &map([("k", s("one\ntwo"))])), "k: |-\n  one\n  two\n");
         // Nothing that needs care goes into a literal block.
