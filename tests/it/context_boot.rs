@@ -545,7 +545,11 @@ fn a_machine_takes_the_seed_vmrepo_context_writes() {
     let src = r.scratch().join("img.raw");
     crate::util::pattern_file(&src, 1 << 16, 7);
     let added = r.add(&src, "kvm", &["--max-size", "2GB"]);
-    let image = added["name"].as_str().or_else(|| added[0]["name"].as_str()).unwrap().to_string();
+    let image = [&added["image"]["name"], &added["name"], &added[0]["name"], &added[0]["image"]["name"]]
+        .iter()
+        .find_map(|v| v.as_str())
+        .unwrap_or_else(|| panic!("no image name in vmrepo add's JSON: {added}"))
+        .to_string();
     std::fs::create_dir_all(r.root.join("keys")).unwrap();
     std::fs::write(r.root.join("keys/star.pub"), format!("{KEY}\n")).unwrap();
     let out = r.scratch().join("seeds");
