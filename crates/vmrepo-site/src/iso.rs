@@ -1,6 +1,6 @@
 //! A small ISO 9660 writer for cloud-init NoCloud seeds.
 //!
-//! [`write`] writes what `genisoimage -volid cidata -joliet -rock FILES...`
+//! [`write()`] writes what `genisoimage -volid cidata -joliet -rock FILES...`
 //! (the tool behind `cloud-localds`) writes for a flat folder of files:
 //!
 //! - sectors 0 to 15 empty (the system area);
@@ -63,7 +63,7 @@ pub const MAX_VOLUME_ID: usize = 32;
 /// they look for a file system and find nothing in a smaller device
 /// (genisoimage pads every image with 300 KiB).
 pub const MIN_SECTORS: u32 = 64;
-/// The time [`write`] puts in every date: 2000-01-01 00:00:00 UTC.
+/// The time [`write()`] puts in every date: 2000-01-01 00:00:00 UTC.
 pub const FIXED_TIME: i64 = 946_684_800;
 
 /// Files' Rock Ridge mode: regular, read by the owner (root) only, since a
@@ -97,11 +97,11 @@ pub fn write<W: Write>(out: W, volume_id: &str, files: &[File<'_>]) -> io::Resul
     write_at(out, volume_id, files, FIXED_TIME)
 }
 
-/// [`write`] with every date `unix_time` (seconds since 1970, UTC; from 1970
+/// [`write()`] with every date `unix_time` (seconds since 1970, UTC; from 1970
 /// to 2155, what the format's dates hold).
 ///
 /// # Errors
-/// As [`write`], and [`io::ErrorKind::InvalidInput`] for a time out of range.
+/// As [`write()`], and [`io::ErrorKind::InvalidInput`] for a time out of range.
 pub fn write_at<W: Write>(mut out: W, volume_id: &str, files: &[File<'_>], unix_time: i64) -> io::Result<()> {
     let sizes: Vec<(&str, u64)> = files.iter().map(|f| (f.name, f.data.len() as u64)).collect();
     let layout = Layout::new(volume_id, &sizes, unix_time)?;
@@ -109,10 +109,10 @@ pub fn write_at<W: Write>(mut out: W, volume_id: &str, files: &[File<'_>], unix_
     out.flush()
 }
 
-/// The size in bytes of the image [`write`] writes for these inputs.
+/// The size in bytes of the image [`write()`] writes for these inputs.
 ///
 /// # Errors
-/// As [`write`] for bad inputs.
+/// As [`write()`] for bad inputs.
 pub fn image_len(volume_id: &str, files: &[File<'_>]) -> io::Result<u64> {
     let sizes: Vec<(&str, u64)> = files.iter().map(|f| (f.name, f.data.len() as u64)).collect();
     let layout = Layout::new(volume_id, &sizes, FIXED_TIME)?;
