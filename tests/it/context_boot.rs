@@ -13,6 +13,8 @@
 //! beside a newer qemu-utils. A `qemu-system-x86_64` on PATH is used as is.
 //! Skipped with a notice where a piece cannot be had; under CI a failure.
 //! TCG is slow: the guest is given minutes, and the test is never timed.
+//! One seed is written with `vmrepo_site::iso::write` directly (a decoy disk
+//! beside it), the other by `vmrepo context IMAGE --nodes rcas7 --keys`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -312,7 +314,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -388,6 +390,9 @@ impl Drop for Guard {
 /// Boots the kernel and an initramfs built here with `disks` attached as
 /// virtio disks, in order; returns the serial console's text.
 fn boot(disks: &[&Path]) -> Option<String> {
+    // Two tests must not unpack the same packages at once.
+    static UNPACK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let held = UNPACK.lock().unwrap_or_else(|e| e.into_inner());
     let q = match qemu() {
         Ok(q) => q,
         Err(e) => {
@@ -409,7 +414,9 @@ fn boot(disks: &[&Path]) -> Option<String> {
             return None;
         }
     };
-    let mods = modules(&kroot, &version, &["virtio_pci", "virtio_blk", "isofs"]).unwrap();
+    drop(held);
+    let mods = modules(&kroot, &version, &["virtio_pci", "virtio_blk", "isofs"])
+        .unwrap_or_else(|e| panic!("the kernel's modules: {e}"));
     let names: Vec<String> = mods.iter().map(|(n, _)| n.clone()).collect();
     let mut cpio = Cpio::new();
     for d in ["bin", "dev", "proc", "sys", "lib", "lib/modules"] {
@@ -526,4 +533,58 @@ fn a_machine_finds_the_seed_labelled_cidata_and_reads_its_files() {
     // Linux saw Rock Ridge's ER entry; the mode and owner come from PX.
     assert!(console.contains("ISO 9660 Extensions: RRIP_1991A"), "no Rock Ridge in dmesg:\n{console}");
     assert!(console.contains("VMREPO-LS -r--------    1 0        0"), "the mode from PX:\n{console}");
+}
+
+/// An SSH public key (its private half was thrown away).
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF4K0NoxtbfG+NFQNthXoCDEdhVdU4BcDBOxSamXjlaD star@rcas-test";
+
+#[test]
+fn a_machine_takes_the_seed_vmrepo_context_writes() {
+    let r = crate::util::Repo::new();
+    let src = r.scratch().join("img.raw");
+    crate::util::pattern_file(&src, 1 << 16, 7);
+    let added = r.add(&src, "kvm", &["--max-size", "2GB"]);
+    let image = [&added["image"]["name"], &added["name"], &added[0]["name"], &added[0]["image"]["name"]]
+        .iter()
+        .find_map(|v| v.as_str())
+        .unwrap_or_else(|| panic!("no image name in vmrepo add's JSON: {added}"))
+        .to_string();
+    std::fs::create_dir_all(r.root.join("keys")).unwrap();
+    std::fs::write(r.root.join("keys/star.pub"), format!("{KEY}\n")).unwrap();
+    let out = r.scratch().join("seeds");
+    let o = out.to_str().unwrap();
+    r.ok(&["context", &image, "--nodes", "rcas7", "--keys", "-o", o]);
+    // The same seed as plain files: what the guest must read back.
+    let plain = r.scratch().join("plain");
+    r.ok(&[
+        "context",
+        &image,
+        "--nodes",
+        "rcas7",
+        "--keys",
+        "--format",
+        "plain",
+        "-o",
+        plain.to_str().unwrap(),
+    ]);
+    let read = |f: &str| std::fs::read(plain.join("rcas7").join(f)).unwrap();
+    let (meta, user, net) = (read("meta-data"), read("user-data"), read("network-config"));
+
+    let Some(console) = boot(&[&out.join("rcas7.iso")]) else { return };
+    assert!(console.contains("VMREPO-DONE"), "the guest did not finish:\n{console}");
+    assert!(!console.contains("VMREPO-ERROR"), "the guest failed:\n{console}");
+    assert_eq!(between(&console, "meta-data").as_bytes(), &meta[..]);
+    assert_eq!(between(&console, "user-data").as_bytes(), &user[..]);
+    assert_eq!(between(&console, "network-config").as_bytes(), &net[..]);
+    let hostname = between(&console, "meta-data")
+        .lines()
+        .find_map(|l| l.strip_prefix("local-hostname: "))
+        .unwrap_or_else(|| panic!("no local-hostname:\n{console}"));
+    assert_eq!(hostname.trim_matches('"'), "rcas7");
+    assert!(
+        between(&console, "user-data").contains(KEY),
+        "the key is not in the user-data the machine read:\n{console}"
+    );
+    assert!(console.contains("ISO 9660 Extensions: RRIP_1991A"), "no Rock Ridge in dmesg:\n{console}");
 }

@@ -91,7 +91,7 @@ fn check(volume: &str, files: &[(String, Vec<u8>)], iso: &Path) {
     for (name, data) in files {
         let line = listing
             .lines()
-            .find(|l| l.ends_with(&format!("'/{name}'")))
+            .find(|l| l.ends_with(&format!("'/{}'", name.replace('\'', "'\"'\"'"))))
             .unwrap_or_else(|| panic!("xorriso does not list {name:?}:\n{listing}"));
         assert!(line.starts_with("-r--------"), "{line}");
         assert!(line.contains(&format!(" {} ", data.len())), "{line}");
@@ -103,10 +103,17 @@ fn check(volume: &str, files: &[(String, Vec<u8>)], iso: &Path) {
     let report = run(Command::new("xorriso").arg("-indev").arg(iso).arg("-pvd_info"));
     assert!(report.contains(&format!("Volume Id    : {volume}")), "{report}");
 
-    // xorriso again, from the Joliet tree alone.
+    // xorriso again, from the Joliet tree alone (no Rock Ridge mode then).
+    let listing = run(Command::new("xorriso")
+        .args(["-read_fs", "norock", "-indev"])
+        .arg(iso)
+        .args(["-find", "/", "-exec", "lsdl"]));
+    let plain = listing.lines().filter(|l| l.starts_with('-'));
+    assert!(plain.clone().all(|l| l.starts_with("-r-xr-xr-x")), "not the Joliet tree:\n{listing}");
+    assert_eq!(plain.count(), files.len(), "{listing}");
     let joliet = tmp.path().join("joliet");
     run(Command::new("xorriso")
-        .args(["-rockridge", "off", "-joliet", "on", "-osirrox", "on", "-indev"])
+        .args(["-read_fs", "norock", "-osirrox", "on", "-indev"])
         .arg(iso)
         .args(["-extract", "/"])
         .arg(&joliet));
@@ -167,7 +174,7 @@ fn check(volume: &str, files: &[(String, Vec<u8>)], iso: &Path) {
 import hashlib, io, sys, pycdlib
 iso = pycdlib.PyCdlib()
 iso.open(sys.argv[1])
-print("rock", iso.has_rock_ridge())
+print("rock", iso.has_rock_ridge(), iso.rock_ridge)
 print("joliet", iso.has_joliet())
 for rec in iso.list_children(rr_path="/"):
     if rec.is_dot() or rec.is_dotdot():
@@ -186,7 +193,7 @@ for rec in iso.list_children(joliet_path="/"):
 iso.close()
 "#;
         let text = run(Command::new(py).arg("-c").arg(script).arg(iso));
-        assert!(text.contains("rock 1.09\n"), "{text}");
+        assert!(text.contains("rock True 1.09\n"), "{text}");
         assert!(text.contains("joliet True\n"), "{text}");
         for tree in ["rr", "joliet"] {
             let got: BTreeMap<String, String> = text
@@ -198,6 +205,8 @@ iso.close()
             assert_eq!(got, want, "pycdlib's {tree} tree:\n{text}");
         }
     }
+    // The Joliet tree's extraction is read-only: let the temporary folder go.
+    let _ = Command::new("chmod").args(["-R", "u+w"]).arg(tmp.path()).output();
 }
 
 /// python3 of a virtualenv under target/ with pycdlib from PyPI (made once,

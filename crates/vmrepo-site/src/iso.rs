@@ -1,6 +1,6 @@
 //! A small ISO 9660 writer for cloud-init NoCloud seeds.
 //!
-//! [`write`] writes what `genisoimage -volid cidata -joliet -rock FILES...`
+//! [`write()`] writes what `genisoimage -volid cidata -joliet -rock FILES...`
 //! (the tool behind `cloud-localds`) writes for a flat folder of files:
 //!
 //! - sectors 0 to 15 empty (the system area);
@@ -63,7 +63,7 @@ pub const MAX_VOLUME_ID: usize = 32;
 /// they look for a file system and find nothing in a smaller device
 /// (genisoimage pads every image with 300 KiB).
 pub const MIN_SECTORS: u32 = 64;
-/// The time [`write`] puts in every date: 2000-01-01 00:00:00 UTC.
+/// The time [`write()`] puts in every date: 2000-01-01 00:00:00 UTC.
 pub const FIXED_TIME: i64 = 946_684_800;
 
 /// Files' Rock Ridge mode: regular, read by the owner (root) only, since a
@@ -97,11 +97,11 @@ pub fn write<W: Write>(out: W, volume_id: &str, files: &[File<'_>]) -> io::Resul
     write_at(out, volume_id, files, FIXED_TIME)
 }
 
-/// [`write`] with every date `unix_time` (seconds since 1970, UTC; from 1970
+/// [`write()`] with every date `unix_time` (seconds since 1970, UTC; from 1970
 /// to 2155, what the format's dates hold).
 ///
 /// # Errors
-/// As [`write`], and [`io::ErrorKind::InvalidInput`] for a time out of range.
+/// As [`write()`], and [`io::ErrorKind::InvalidInput`] for a time out of range.
 pub fn write_at<W: Write>(mut out: W, volume_id: &str, files: &[File<'_>], unix_time: i64) -> io::Result<()> {
     let sizes: Vec<(&str, u64)> = files.iter().map(|f| (f.name, f.data.len() as u64)).collect();
     let layout = Layout::new(volume_id, &sizes, unix_time)?;
@@ -109,10 +109,10 @@ pub fn write_at<W: Write>(mut out: W, volume_id: &str, files: &[File<'_>], unix_
     out.flush()
 }
 
-/// The size in bytes of the image [`write`] writes for these inputs.
+/// The size in bytes of the image [`write()`] writes for these inputs.
 ///
 /// # Errors
-/// As [`write`] for bad inputs.
+/// As [`write()`] for bad inputs.
 pub fn image_len(volume_id: &str, files: &[File<'_>]) -> io::Result<u64> {
     let sizes: Vec<(&str, u64)> = files.iter().map(|f| (f.name, f.data.len() as u64)).collect();
     let layout = Layout::new(volume_id, &sizes, FIXED_TIME)?;
@@ -633,5 +633,267 @@ impl Civil {
             *d = c;
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(volume: &str, files: &[File<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write(&mut out, volume, files).unwrap();
+        out
+    }
+
+    fn sector(img: &[u8], n: u32) -> &[u8] {
+        &img[n as usize * SECTOR..(n as usize + 1) * SECTOR]
+    }
+
+    fn u32_both(b: &[u8]) -> u32 {
+        let le = u32::from_le_bytes(b[0..4].try_into().unwrap());
+        assert_eq!(le, u32::from_be_bytes(b[4..8].try_into().unwrap()), "both-endian halves differ");
+        le
+    }
+
+    /// The records of a folder of `sectors` sectors at `lba`, checking that
+    /// none crosses a sector.
+    fn records(img: &[u8], lba: u32, sectors: u32) -> Vec<Vec<u8>> {
+        let mut out = vec![];
+        for s in 0..sectors {
+            let sec = sector(img, lba + s);
+            let mut at = 0;
+            while at < SECTOR && sec[at] != 0 {
+                let len = sec[at] as usize;
+                assert!(at + len <= SECTOR, "a record crosses a sector");
+                assert_eq!(len % 2, 0, "a record of odd length");
+                out.push(sec[at..at + len].to_vec());
+                at += len;
+            }
+        }
+        out
+    }
+
+    fn seed() -> Vec<(String, Vec<u8>)> {
+        vec![
+            ("meta-data".into(), b"instance-id: a\n".to_vec()),
+            ("user-data".into(), vec![7; 3000]),
+            ("network-config".into(), vec![]),
+        ]
+    }
+
+    fn files(v: &[(String, Vec<u8>)]) -> Vec<File<'_>> {
+        v.iter().map(|(n, d)| File { name: n, data: d }).collect()
+    }
+
+    #[test]
+    fn the_descriptors_name_the_volume_and_joliet() {
+        let s = seed();
+        let img = image("cidata", &files(&s));
+        assert_eq!(img.len() % SECTOR, 0);
+        assert_eq!(img.len(), MIN_SECTORS as usize * SECTOR, "a small image is padded to the minimum");
+        assert!(img[..16 * SECTOR].iter().all(|&b| b == 0));
+        let pvd = sector(&img, 16);
+        assert_eq!(&pvd[..7], b"\x01CD001\x01");
+        assert_eq!(&img[32808..32840], b"cidata                          ");
+        assert_eq!(u32_both(&pvd[80..88]) as usize * SECTOR, img.len());
+        let svd = sector(&img, 17);
+        assert_eq!(&svd[..7], b"\x02CD001\x01");
+        assert_eq!(&svd[88..91], b"%/E");
+        assert_eq!(&svd[40..52], "cidata".encode_utf16().flat_map(u16::to_be_bytes).collect::<Vec<u8>>());
+        assert_eq!(&svd[52..54], &[0, 0x20]);
+        assert_eq!(&sector(&img, 18)[..7], b"\xffCD001\x01");
+        assert_eq!(&pvd[813..830], b"2000010100000000\0");
+    }
+
+    #[test]
+    fn names_in_each_tree_and_data_at_their_extents() {
+        let s = seed();
+        let img = image("cidata", &files(&s));
+        let pvd = sector(&img, 16);
+        let root = &pvd[156..190];
+        let (lba, len) = (u32_both(&root[2..10]), u32_both(&root[10..18]));
+        let recs = records(&img, lba, len / SECTOR as u32);
+        assert_eq!(recs.len(), 5);
+        // `.` starts its system use area with SP, then RR.
+        assert_eq!(&recs[0][34..41], &[b'S', b'P', 7, 1, 0xBE, 0xEF, 0]);
+        let ids: Vec<&[u8]> = recs[2..].iter().map(|r| &r[33..33 + r[32] as usize]).collect();
+        assert_eq!(ids, [&b"META_DAT.;1"[..], b"NETWORK_.;1", b"USER_DAT.;1"]);
+        for r in &recs[2..] {
+            let ext = u32_both(&r[2..10]) as usize;
+            let size = u32_both(&r[10..18]) as usize;
+            let su = &r[33 + r[32] as usize + (1 - r[32] as usize % 2)..];
+            let nm = su.windows(2).position(|w| w == b"NM").unwrap();
+            let name = std::str::from_utf8(&su[nm + 5..nm + su[nm + 2] as usize]).unwrap();
+            let (_, data) = s.iter().find(|(n, _)| n == name).unwrap();
+            assert_eq!(size, data.len());
+            assert_eq!(&img[ext * SECTOR..ext * SECTOR + size], &data[..]);
+        }
+        let svd = sector(&img, 17);
+        let jroot = &svd[156..190];
+        let recs = records(&img, u32_both(&jroot[2..10]), u32_both(&jroot[10..18]) / SECTOR as u32);
+        let names: Vec<String> = recs[2..]
+            .iter()
+            .map(|r| {
+                let id = &r[33..33 + r[32] as usize];
+                String::from_utf16(
+                    &id.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect::<Vec<_>>(),
+                )
+                .unwrap()
+            })
+            .collect();
+        assert_eq!(names, ["meta-data", "network-config", "user-data"]);
+    }
+
+    #[test]
+    fn the_same_inputs_give_the_same_bytes_and_image_len_says_the_size() {
+        let s = seed();
+        let a = image("cidata", &files(&s));
+        assert_eq!(a, image("cidata", &files(&s)));
+        assert_eq!(a.len() as u64, image_len("cidata", &files(&s)).unwrap());
+        let big = vec![1u8; 300_000];
+        let f = [File { name: "big", data: &big }];
+        assert_eq!(image("cidata", &f).len() as u64, image_len("cidata", &f).unwrap());
+        let mut other = Vec::new();
+        write_at(&mut other, "cidata", &files(&s), 1_700_000_000).unwrap();
+        assert_ne!(a, other, "the time is in the image");
+    }
+
+    #[test]
+    fn a_folder_of_many_files_never_splits_a_record() {
+        let names: Vec<String> = (0..MAX_FILES).map(|i| format!("{i}-{}", "y".repeat(i % 60))).collect();
+        let fs: Vec<File> = names.iter().map(|n| File { name: n, data: b"x" }).collect();
+        let img = image("cidata", &fs);
+        let root = &sector(&img, 16)[156..190];
+        let recs = records(&img, u32_both(&root[2..10]), u32_both(&root[10..18]) / SECTOR as u32);
+        assert_eq!(recs.len(), MAX_FILES + 2);
+        let mut ids: Vec<&[u8]> = recs[2..].iter().map(|r| &r[33..33 + r[32] as usize]).collect();
+        let n = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "level 1 names are unique");
+        let jroot = &sector(&img, 17)[156..190];
+        assert_eq!(
+            records(&img, u32_both(&jroot[2..10]), u32_both(&jroot[10..18]) / SECTOR as u32).len(),
+            MAX_FILES + 2
+        );
+    }
+
+    #[test]
+    fn level_1_names() {
+        let mut taken = BTreeSet::new();
+        let mut id = |n: &str| String::from_utf8(unique_iso_id(n, &mut taken).unwrap()).unwrap();
+        assert_eq!(id("meta-data"), "META_DAT.;1");
+        assert_eq!(id("user-data"), "USER_DAT.;1");
+        assert_eq!(id("network-config"), "NETWORK_.;1");
+        assert_eq!(id("archive.tar.gz"), "ARCHIVE_.GZ;1");
+        assert_eq!(id(".hidden"), "_HIDDEN.;1");
+        assert_eq!(id("données"), "DONN_ES.;1");
+        assert_eq!(id("meta_data"), "META_DA1.;1");
+        assert_eq!(id("META-DATA"), "META_DA2.;1");
+        assert_eq!(id("節点"), "__.;1");
+        assert_eq!(id("節"), "_.;1");
+        assert_eq!(id("点"), "_1.;1");
+    }
+
+    #[test]
+    fn bad_names_and_volumes_are_refused_before_anything_is_written() {
+        let bad_names = [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a\\b",
+            "a:b",
+            "a;1",
+            "a*",
+            "a?",
+            "tab\there",
+            "nl\n",
+            "nul\0",
+            "del\x7f",
+            "emoji😀",
+        ];
+        for name in bad_names {
+            let mut out = Vec::new();
+            let e = write(&mut out, "cidata", &[File { name, data: b"" }]).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{name:?}");
+            assert!(out.is_empty(), "{name:?}: something was written");
+        }
+        let long = "n".repeat(MAX_NAME_UTF16 + 1);
+        assert!(write(Vec::new(), "cidata", &[File { name: &long, data: b"" }]).is_err());
+        assert!(
+            write(Vec::new(), "cidata", &[File { name: &"n".repeat(MAX_NAME_UTF16), data: b"" }]).is_ok()
+        );
+        let wide = "節".repeat(MAX_NAME_BYTES / 3 + 1);
+        assert!(wide.encode_utf16().count() <= MAX_NAME_UTF16);
+        assert!(write(Vec::new(), "cidata", &[File { name: &wide, data: b"" }]).is_err());
+        let widest = "節".repeat(MAX_NAME_BYTES / 3);
+        assert!(write(Vec::new(), "cidata", &[File { name: &widest, data: b"" }]).is_ok());
+        let twice = [File { name: "a", data: b"" }, File { name: "a", data: b"1" }];
+        assert!(write(Vec::new(), "cidata", &twice).unwrap_err().to_string().contains("twice"));
+        for v in ["", "ci data", "cidata\n", "é", "a/b", &"v".repeat(MAX_VOLUME_ID + 1)] {
+            assert!(write(Vec::new(), v, &[]).is_err(), "{v:?}");
+        }
+        assert!(write(Vec::new(), &"V".repeat(MAX_VOLUME_ID), &[]).is_ok());
+    }
+
+    #[test]
+    fn caps_on_files_sizes_and_times() {
+        let many: Vec<String> = (0..=MAX_FILES).map(|i| i.to_string()).collect();
+        let fs: Vec<(&str, u64)> = many.iter().map(|n| (n.as_str(), 0)).collect();
+        assert!(Layout::new("cidata", &fs, FIXED_TIME).is_err());
+        assert!(Layout::new("cidata", &fs[..MAX_FILES], FIXED_TIME).is_ok());
+        assert!(Layout::new("cidata", &[("a", u64::from(u32::MAX) + 1)], FIXED_TIME).is_err());
+        assert!(Layout::new("cidata", &[("a", u64::from(u32::MAX))], FIXED_TIME).is_ok());
+        assert!(Layout::new("cidata", &[("a", u64::from(u32::MAX)), ("b", 1)], FIXED_TIME).is_err());
+        assert!(Layout::new("cidata", &[("a", u64::MAX), ("b", u64::MAX)], FIXED_TIME).is_err());
+        let l = Layout::new("cidata", &[("a", u64::from(u32::MAX))], FIXED_TIME).unwrap();
+        assert_eq!(l.total, FIRST_DIR + 3 + u32::MAX.div_ceil(SECTOR as u32));
+        assert!(Layout::new("cidata", &[], -1).is_err());
+        assert!(Layout::new("cidata", &[], 5_869_584_000).is_err());
+        assert!(Layout::new("cidata", &[], i64::MAX).is_err());
+        assert!(Layout::new("cidata", &[], i64::MIN).is_err());
+    }
+
+    #[test]
+    fn dates() {
+        let c = Civil::from_unix(0).unwrap();
+        assert_eq!(c.dir_time(), [70, 1, 1, 0, 0, 0, 0]);
+        let c = Civil::from_unix(951_782_400).unwrap(); // 2000-02-29
+        assert_eq!((c.year, c.month, c.day), (2000, 2, 29));
+        let c = Civil::from_unix(1_764_689_415).unwrap(); // 2025-12-02 15:30:15
+        assert_eq!(&c.volume_time()[..16], b"2025120215301500");
+        let c = Civil::from_unix(5_869_583_999).unwrap();
+        assert_eq!(c.dir_time(), [255, 12, 31, 23, 59, 59, 0]);
+    }
+
+    /// A writer that fails after `left` bytes.
+    struct Failing {
+        left: usize,
+    }
+
+    impl Write for Failing {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return Err(io::Error::other("disk full"));
+            }
+            let n = buf.len().min(self.left);
+            self.left -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_writer_is_an_error_at_every_point() {
+        let s = seed();
+        let len = image("cidata", &files(&s)).len();
+        for left in (0..len).step_by(997) {
+            let e = write(Failing { left }, "cidata", &files(&s)).unwrap_err();
+            assert_eq!(e.to_string(), "disk full");
+        }
     }
 }
