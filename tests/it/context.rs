@@ -476,10 +476,28 @@ fn the_password_seed_only_when_asked_and_root_only() {
     let u = ci.load(&ud);
     let files = u["write_files"].as_array().unwrap();
     assert!(!files.iter().any(|f| f["path"] == "/etc/vmrepo/password-seed"), "no seed unless asked");
-    let script = files.iter().find(|f| f["path"] == "/usr/local/sbin/vmrepo-root-password").unwrap();
+    let script = files.iter().find(|f| f["path"] == "/usr/local/sbin/vmrepo-password-boot").unwrap();
     assert_eq!(script["permissions"], "0700");
-    assert!(script["content"].as_str().unwrap().starts_with("#!/bin/sh\n"));
-    assert_eq!(u["runcmd"], json!([["/usr/local/sbin/vmrepo-root-password"]]));
+    // Read back by cloud-init's YAML reader, the script is byte for byte the
+    // one tests/it/site.rs runs with dash, bash and the real chpasswd.
+    let boot = r.ok(&["password", "boot-script", "--style", "sh", "--scheme", "hmac"]);
+    assert_eq!(script["content"].as_str().unwrap(), boot);
+    // Set at the first boot (runcmd), at every later one (bootcmd), and on a
+    // running node when the month turns (cron).
+    assert_eq!(u["runcmd"], json!([["/usr/local/sbin/vmrepo-password-boot"]]));
+    assert_eq!(
+        u["bootcmd"],
+        json!([
+            "if [ -x /usr/local/sbin/vmrepo-password-boot ]; then /usr/local/sbin/vmrepo-password-boot || :; fi"
+        ])
+    );
+    let cron = files.iter().find(|f| f["path"] == "/etc/cron.d/vmrepo-password").unwrap();
+    assert!(
+        cron["content"]
+            .as_str()
+            .unwrap()
+            .ends_with("\n5 * 1 * * root /usr/local/sbin/vmrepo-password-boot\n")
+    );
     assert_eq!(u["ssh_pwauth"], true);
     let seed = dir.join("seed");
     std::fs::write(&seed, "a seed: with \"quotes\" # and more\n").unwrap();

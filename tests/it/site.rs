@@ -609,3 +609,79 @@ fn inspect_and_add_recognise_the_monthly_password_and_never_say_the_seed() {
         }
     }
 }
+
+/// The boot script with the real `chpasswd` (PAM, the host's hashing) on a
+/// copy of /etc bind-mounted in a mount namespace of its own: the hash it
+/// writes for root is checked with the C library's crypt(3) (through perl)
+/// against the password `vmrepo password` and the specification's pipeline
+/// give. Needs root (to mount and to be chpasswd's root).
+#[test]
+fn the_boot_script_sets_roots_password_with_the_real_chpasswd() {
+    if !vmrepo_testkit::root("the real chpasswd on a copy of /etc mounted in a namespace")
+        || !have("chpasswd", "passwd")
+        || !have("unshare", "util-linux")
+        || !have("perl", "perl-base")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let st = Command::new("cp").arg("-a").arg("/etc").arg(&etc).status().unwrap();
+    assert!(st.success(), "cp -a /etc");
+    let seed_file = dir.path().join("seed");
+    let seed = "some Long String – ünïcödé";
+    std::fs::write(&seed_file, format!("{seed}\n")).unwrap();
+    std::fs::set_permissions(&seed_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let host_shadow = std::fs::read("/etc/shadow").unwrap();
+    for scheme in ["spec", "hmac"] {
+        let out = Command::new(bin())
+            .args(["password", "boot-script", "--style", "sh", "--scheme", scheme, "--seed-path"])
+            .arg(&seed_file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let script = dir.path().join(format!("boot-{scheme}.sh"));
+        std::fs::write(&script, &out.stdout).unwrap();
+        let run = Command::new("unshare")
+            .args(["-m", "sh", "-c", r#"mount --bind "$1" /etc && exec sh "$2""#, "sh"])
+            .arg(&etc)
+            .arg(&script)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "{scheme}: {said}");
+        assert!(!said.contains(seed), "{said}");
+        // The month the script saw: this one (UTC), or the next if it turned meanwhile.
+        let want: Vec<String> = ["now", "now + 1 minute"]
+            .iter()
+            .map(|when| {
+                let day = String::from_utf8(
+                    Command::new("date").args(["-u", "-d", when, "+%F"]).output().unwrap().stdout,
+                )
+                .unwrap();
+                let day = day.trim();
+                let yymm = format!("{}{}", &day[2..4], &day[5..7]);
+                let pw =
+                    String::from_utf8(vmrepo_password(&yymm, seed, &["--scheme", scheme]).stdout).unwrap();
+                let pw = pw.trim_end().to_string();
+                if scheme == "spec" {
+                    assert_eq!(pw, pipeline(day, seed), "{day}");
+                }
+                pw
+            })
+            .collect();
+        let shadow = std::fs::read_to_string(etc.join("shadow")).unwrap();
+        let hash = shadow.lines().find_map(|l| l.strip_prefix("root:")).unwrap().split(':').next().unwrap();
+        let crypt_ok = |pw: &str| {
+            Command::new("perl")
+                .args(["-e", "exit(crypt($ARGV[0], $ARGV[1]) eq $ARGV[1] ? 0 : 1)", pw, hash])
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(hash.starts_with('$'), "{scheme}: chpasswd wrote no hash: {hash}");
+        assert!(want.iter().any(|pw| crypt_ok(pw)), "{scheme}: root's hash is not of the month's password");
+        assert!(!crypt_ok("not the password"), "crypt accepts anything");
+    }
+    assert_eq!(std::fs::read("/etc/shadow").unwrap(), host_shadow, "the host's /etc/shadow changed");
+}

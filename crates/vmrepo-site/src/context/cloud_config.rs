@@ -10,9 +10,14 @@ use super::nodes::Run;
 use super::yaml::{self, Value, map, s, strs};
 
 /// Where the seed of the monthly password lives in the guest.
-pub const SEED_PATH: &str = "/etc/vmrepo/password-seed";
-/// Where the script that sets the month's root password is written.
-pub const SCRIPT_PATH: &str = "/usr/local/sbin/vmrepo-root-password";
+pub const SEED_PATH: &str = crate::boot::DEFAULT_SEED_PATH;
+/// Where the script that sets the month's root password is written: where
+/// `vmrepo password boot-script` puts it in an image.
+pub const SCRIPT_PATH: &str = crate::boot::SCRIPT_PATH;
+/// The crontab that sets a running node's password when the month turns:
+/// hourly on the first day of a month (local time), so that the month the
+/// script computes (UTC) has turned whatever the node's time zone.
+pub const CRON_PATH: &str = "/etc/cron.d/vmrepo-password";
 
 /// What is known of the image the nodes run.
 #[derive(Clone, Debug, Default)]
@@ -148,6 +153,7 @@ fn user_data_value(o: &Options, host: &str, fqdn: Option<&str>) -> Value {
         files.push(file("/etc/profile.d/star.csh", "0644", s(csh)));
     }
     let mut runcmd = Vec::new();
+    let mut bootcmd = Vec::new();
     if let Some(p) = &o.password {
         if let Some(seed) = &p.seed {
             let mut f = file(SEED_PATH, "0600", s(base64::engine::general_purpose::STANDARD.encode(seed)));
@@ -155,10 +161,20 @@ fn user_data_value(o: &Options, host: &str, fqdn: Option<&str>) -> Value {
             files.push(f);
         }
         files.push(file(SCRIPT_PATH, "0700", s(p.script.clone())));
+        let cron = format!(
+            "# vmrepo context: root's password for the new month on a running node\n5 * 1 * * root {SCRIPT_PATH}\n"
+        );
+        files.push(file(CRON_PATH, "0644", s(cron)));
+        // The first boot: after write_files. Every later boot: bootcmd (the
+        // file is there by then; write_files and runcmd run once an instance).
         runcmd.push(strs(&[SCRIPT_PATH]));
+        bootcmd.push(s(format!("if [ -x {SCRIPT_PATH} ]; then {SCRIPT_PATH} || :; fi")));
     }
     if !files.is_empty() {
         v.push("write_files", Value::Seq(files));
+    }
+    if !bootcmd.is_empty() {
+        v.push("bootcmd", Value::Seq(bootcmd));
     }
     if !runcmd.is_empty() {
         v.push("runcmd", Value::Seq(runcmd));
