@@ -546,3 +546,44 @@ fn the_password_seed_only_when_asked_and_root_only() {
     let got = decoded.wait_with_output().unwrap();
     assert_eq!(got.stdout, b"a seed: with \"quotes\" # and more");
 }
+
+/// A run killed (SIGKILL, by strace) between its renames leaves seeds of the
+/// old run or the new, never a torn file; the next run removes the hidden
+/// temporary files the killed one left, and leaves other files alone.
+#[test]
+fn a_killed_run_leaves_whole_seeds_and_the_next_removes_its_temporary_files() {
+    if !have("strace", "strace") {
+        return;
+    }
+    let (r, image, _) = repo_with_keys();
+    let out = r.scratch().join("seeds");
+    let o = out.to_str().unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join(".keep.tmp-not-ours"), b"x").unwrap();
+    let st = std::process::Command::new("strace")
+        .args(["-f", "-o", "/dev/null", "-e", "inject=rename:signal=SIGKILL:when=3", crate::util::bin()])
+        .args(["--repo", r.root.to_str().unwrap(), "context", &image, "--nodes", "rcas1..rcas5", "-o", o])
+        .status()
+        .unwrap();
+    assert!(!st.success(), "the kill did not happen");
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let left = names(&out);
+    assert!(left.iter().any(|n| n.starts_with(".rcas") && n.contains(".tmp-")), "{left:?}");
+    for n in left.iter().filter(|n| n.ends_with(".iso")) {
+        assert_eq!(std::fs::metadata(out.join(n)).unwrap().len(), 128 * 1024, "{n} is torn");
+    }
+    r.ok(&["context", &image, "--nodes", "rcas1..rcas5", "-o", o, "--force"]);
+    let after = names(&out);
+    assert_eq!(
+        after,
+        [".keep.tmp-not-ours", "rcas1.iso", "rcas2.iso", "rcas3.iso", "rcas4.iso", "rcas5.iso"],
+        "{after:?}"
+    );
+}

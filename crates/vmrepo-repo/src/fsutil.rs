@@ -68,14 +68,35 @@ pub fn unique_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{}-{}-{nanos:x}-{}", host_id(), std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// FNV-1a of the host name: keeps ids short and stable per host.
+fn host_id() -> String {
     let host = rustix::system::uname();
-    let host = host.nodename().to_bytes();
-    // FNV-1a of the host name keeps ids short and stable per host.
     let mut h: u32 = 0x811c_9dc5;
-    for &b in host {
+    for &b in host.nodename().to_bytes() {
         h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
     }
-    format!("{h:08x}-{}-{nanos:x}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!("{h:08x}")
+}
+
+/// Whether a [`temp_sibling`] name was made on this host by a process that
+/// no longer runs (killed before it renamed or removed its file), so that
+/// removing it takes nothing from a command still at work.
+pub fn is_stale_temp_sibling(name: &str) -> bool {
+    if !is_temp_sibling(name) {
+        return false;
+    }
+    let Some((_, id)) = name.rsplit_once(".tmp-") else { return false };
+    let mut parts = id.split('-');
+    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else { return false };
+    if host != host_id() {
+        return false;
+    }
+    let Some(pid) = pid.parse::<i32>().ok().and_then(rustix::process::Pid::from_raw) else { return false };
+    pid.as_raw_nonzero().get() != i32::try_from(std::process::id()).unwrap_or(0)
+        && rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
 }
 
 /// The folder holding `path` (`.` for a bare file name).
@@ -257,4 +278,31 @@ pub fn real_folder(root: &Path, dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_temp_file_is_stale_only_when_its_process_is_gone_on_this_host() {
+        let mine = temp_sibling(Path::new("/x/seed.iso"));
+        let mine = mine.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(is_temp_sibling(&mine) && !is_stale_temp_sibling(&mine), "{mine}");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let dead = mine.replacen(&format!("-{}-", std::process::id()), &format!("-{gone}-"), 1);
+        assert!(is_stale_temp_sibling(&dead), "{dead}");
+        let elsewhere = format!(
+            ".seed.iso.tmp-{}",
+            dead.rsplit_once(".tmp-").unwrap().1.replacen(&host_id(), "00000000", 1)
+        );
+        assert!(!is_stale_temp_sibling(&elsewhere), "{elsewhere}");
+        for odd in
+            [".seed.iso.tmp-", ".seed.iso.tmp-zz", ".seed.iso.tmp-x-y", "seed.iso", ".a.tmp-ffffffff-0-1-2"]
+        {
+            assert!(!is_stale_temp_sibling(odd), "{odd}");
+        }
+    }
 }

@@ -195,10 +195,10 @@ fn range(item: &str) -> std::result::Result<Option<Run>, String> {
     let (lp, ld) = split_digits(left);
     let (rp, rd) = split_digits(right);
     if ld.is_empty() {
-        return Err(format!("{left:?} does not end in a number"));
+        return Err(format!("{item:?}: {left:?} does not end in a number (a range is rcas1..rcas64)"));
     }
     if rd.is_empty() {
-        return Err(format!("{right:?} does not end in a number"));
+        return Err(format!("{item:?}: {right:?} does not end in a number (a range is rcas1..rcas64)"));
     }
     if !rp.is_empty() && rp != lp {
         return Err(format!("the two ends have different names ({lp:?} and {rp:?})"));

@@ -109,6 +109,7 @@ pub fn write(
         Format::Ec2 => vec![dir.join("user-data")],
     };
     make_dir(dir)?;
+    remove_stale_temp_files(&targets);
     if !force && let Some(t) = targets.iter().find(|t| t.symlink_metadata().is_ok()) {
         return Err(Error::new(
             ErrorKind::AlreadyExists,
@@ -122,6 +123,25 @@ pub fn write(
         let _ = fs::remove_file(&p.tmp);
     }
     result
+}
+
+/// The temporary files a killed run left beside the targets (regular files
+/// named as [`fsutil::temp_sibling`] names them, by a process of this host
+/// that is gone); links and other programs' files are left alone.
+fn remove_stale_temp_files(targets: &[PathBuf]) {
+    let mut folders: Vec<&Path> = targets.iter().map(|t| fsutil::parent(t)).collect();
+    folders.sort();
+    folders.dedup();
+    for folder in folders {
+        let Ok(entries) = fs::read_dir(folder) else { continue };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_file())
+                && fsutil::is_stale_temp_sibling(&e.file_name().to_string_lossy())
+            {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 fn make_dir(dir: &Path) -> Result<()> {
