@@ -125,14 +125,20 @@ impl Disk for VdiDisk {
                 continue;
             }
             let slot = usize::try_from(e).unwrap_or(0);
+            // A shared or out-of-file block is a problem already; its stretch
+            // is not kept for the overlap check, so that a hostile map of
+            // millions of blocks all naming block 0 costs no more memory
+            // than the file's real blocks.
             if seen[slot] {
                 r.problem(format!("block {i} shares stored block {e} with another block"));
+                continue;
             }
             seen[slot] = true;
             let start = self.offset_data + u64::from(e) * (self.block + self.extra);
             let end = start + self.block + self.extra;
             if end > self.src.len() {
                 r.problem(format!("block {i} at offset {start:#x} lies past the end of the file"));
+                continue;
             }
             used.push(Used::new(start, end, "block", i as u64));
         }
