@@ -55,7 +55,9 @@ fn cloud_init() -> Option<CloudInit> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let ok = |c: &mut Command| c.output().is_ok_and(|o| o.status.success());
-    if !ok(Command::new("apt-get").args(["download", CLOUD_INIT]).current_dir(&dir)) {
+    let download = || ok(Command::new("apt-get").args(["download", CLOUD_INIT]).current_dir(&dir));
+    // A fresh machine may have no package lists yet: fetched once, then again.
+    if !download() && (!ok(Command::new("apt-get").args(["update", "-qq"])) || !download()) {
         return skip("cannot apt-get download cloud-init (Debian's package lists reachable?)");
     }
     let deb = std::fs::read_dir(&dir)
