@@ -130,6 +130,11 @@ impl ExtFs {
         Some(format!("/{}", done.join("/")))
     }
 
+    /// The path `path` names once every link in it is followed, if it exists.
+    pub fn real_path(&self, path: &str) -> Option<String> {
+        self.resolve(path, true)
+    }
+
     /// The length and kind of what `path` names (links followed), if it exists.
     pub fn stat(&self, path: &str) -> Option<(u64, Kind)> {
         self.lstat_resolved(&self.resolve(path, true)?)

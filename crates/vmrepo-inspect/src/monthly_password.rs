@@ -171,7 +171,15 @@ pub fn detect(root: &ExtFs, accounts: Option<&Accounts>) -> MonthlyPassword {
         m.files_read += 1;
         root.read(path, MAX_FILE).map(|b| String::from_utf8_lossy(&b).into_owned())
     };
+    // A file reached under two names (`/etc/rc.local` a link to
+    // `/etc/rc.d/rc.local`, a unit and its link in a `.wants` folder) is read,
+    // and reported, once, under its real name: the file to edit.
+    let mut seen = std::collections::HashSet::new();
     for (file, cron) in boot_files(root) {
+        let Some(file) = root.real_path(&file) else { continue };
+        if !seen.insert(file.clone()) {
+            continue;
+        }
         let Some(text) = read(&file, &mut m) else { continue };
         if let Some((scheme, line)) = classify(&text, cron) {
             m.setups.push(Setup { scheme, file: file.clone(), script: None, line });
