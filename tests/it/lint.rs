@@ -105,25 +105,7 @@ fn a_static_root_password_is_a_warning() {
     let r = Repo::new();
     let mut paths = Vec::new();
     for (what, img) in &guests {
-        let out = r.json(&[
-            "add",
-            img.to_str().unwrap(),
-            "--force",
-            "--vm",
-            "kvm",
-            "--os",
-            "sl5.3",
-            "--arch",
-            "x86",
-            "--bits",
-            "64",
-            "--lib",
-            "sl08e",
-            "--max-size",
-            "8GB",
-            "--detail",
-            what,
-        ]);
+        let out = r.add(img, "kvm", &["--max-size", "8GB", "--detail", what]);
         paths.push((*what, out["image"]["path"].as_str().unwrap().to_string()));
     }
     let out = r.run(&["--json", "lint"]);

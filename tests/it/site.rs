@@ -564,25 +564,7 @@ fn inspect_and_add_recognise_the_monthly_password_and_never_say_the_seed() {
             "{human}"
         );
         // add writes the command into the description, never the seed.
-        let out = r.json(&[
-            "add",
-            img,
-            "--force",
-            "--vm",
-            "kvm",
-            "--os",
-            "sl5.3",
-            "--arch",
-            "x86",
-            "--bits",
-            "64",
-            "--lib",
-            "sl08e",
-            "--max-size",
-            "8GB",
-            "--detail",
-            what,
-        ]);
+        let out = r.add(std::path::Path::new(img), "kvm", &["--max-size", "8GB", "--detail", what]);
         let path = r.root.join(out["image"]["path"].as_str().unwrap());
         let txt = std::fs::read_to_string(path.with_extension("txt")).unwrap();
         let want = match *what {

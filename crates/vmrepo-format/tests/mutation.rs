@@ -218,23 +218,7 @@ fn a_refcount_table_naming_one_block_a_million_times_stays_small() {
     if !have("qemu-img", "qemu-utils") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let raw = tmp.path().join("guest.raw");
-    guest(&raw);
-    let img = tmp.path().join("big-clusters.qcow2");
-    qemu(&[
-        "convert",
-        "-q",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        "-o",
-        "cluster_size=2M",
-        raw.to_str().unwrap(),
-        img.to_str().unwrap(),
-    ]);
-    let mut data = std::fs::read(&img).unwrap();
+    let mut data = converted_guest(&["-O", "qcow2", "-o", "cluster_size=2M"]);
     let be64 = |d: &[u8], at: usize| u64::from_be_bytes(d[at..at + 8].try_into().unwrap());
     let cluster = 2u64 << 20;
     let block = be64(&data, be64(&data, 48) as usize);
@@ -246,12 +230,7 @@ fn a_refcount_table_naming_one_block_a_million_times_stays_small() {
     }
     data[48..56].copy_from_slice(&(table as u64).to_be_bytes());
     data[56..60].copy_from_slice(&4u32.to_be_bytes());
-    let before = Counting::reset_peak();
-    let src = Arc::new(MemSource::new(data, "hostile"));
-    let image =
-        open_source(src, &NoResolver, &OpenOptions { follow: false, format: Some(Format::Qcow2) }).unwrap();
-    let report = vmrepo_format::check::check(&image).unwrap();
-    let used = Counting::peak_since(before);
+    let (report, used) = check_counted(data, Format::Qcow2);
     assert!(!report.problems.is_empty(), "a block counted a million times is corruption");
     assert!(used < MEMORY_BOUND, "check used {} MiB", used >> 20);
 }
@@ -265,23 +244,7 @@ fn a_vdi_map_naming_one_block_a_million_times_stays_small() {
     if !have("qemu-img", "qemu-utils") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let raw = tmp.path().join("guest.raw");
-    guest(&raw);
-    let img = tmp.path().join("static.vdi");
-    qemu(&[
-        "convert",
-        "-q",
-        "-f",
-        "raw",
-        "-O",
-        "vdi",
-        "-o",
-        "static=on",
-        raw.to_str().unwrap(),
-        img.to_str().unwrap(),
-    ]);
-    let mut data = std::fs::read(&img).unwrap();
+    let mut data = converted_guest(&["-O", "vdi", "-o", "static=on"]);
     let le32 = |d: &[u8], at: usize| u32::from_le_bytes(d[at..at + 4].try_into().unwrap());
     let map = le32(&data, 0x154) as usize;
     let blocks = le32(&data, 0x180) + (1 << 20);
@@ -291,12 +254,29 @@ fn a_vdi_map_naming_one_block_a_million_times_stays_small() {
         data.resize(end, 0);
     }
     data[map..end].fill(0);
-    let before = Counting::reset_peak();
-    let src = Arc::new(MemSource::new(data, "hostile"));
-    let image =
-        open_source(src, &NoResolver, &OpenOptions { follow: false, format: Some(Format::Vdi) }).unwrap();
-    let report = vmrepo_format::check::check(&image).unwrap();
-    let used = Counting::peak_since(before);
+    let (report, used) = check_counted(data, Format::Vdi);
     assert!(report.problems.iter().any(|p| p.contains("shares stored block 0")), "{:?}", report.problems);
     assert!(used < MEMORY_BOUND, "check used {} MiB", used >> 20);
+}
+
+/// The test guest converted by `qemu-img convert -f raw ARGS`, as bytes.
+fn converted_guest(args: &[&str]) -> Vec<u8> {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("guest.raw");
+    guest(&raw);
+    let img = tmp.path().join("guest.img");
+    let mut a = vec!["convert", "-q", "-f", "raw"];
+    a.extend_from_slice(args);
+    a.extend([raw.to_str().unwrap(), img.to_str().unwrap()]);
+    qemu(&a);
+    std::fs::read(&img).unwrap()
+}
+
+/// `check` of a hostile image held in memory, and the peak memory it took.
+fn check_counted(data: Vec<u8>, format: Format) -> (vmrepo_format::check::CheckReport, usize) {
+    let before = Counting::reset_peak();
+    let src = Arc::new(MemSource::new(data, "hostile"));
+    let image = open_source(src, &NoResolver, &OpenOptions { follow: false, format: Some(format) }).unwrap();
+    let report = vmrepo_format::check::check(&image).unwrap();
+    (report, Counting::peak_since(before))
 }
