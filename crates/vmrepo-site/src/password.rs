@@ -130,12 +130,7 @@ fn spec(seed: &[u8], month: Month) -> String {
     line.extend_from_slice(seed);
     line.push(b'\n');
     // What md5sum prints for standard input: "<hex>  -\n".
-    let digest = Md5::digest(&line);
-    let mut out = String::with_capacity(36);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out.push_str("  -\n");
+    let out = format!("{}  -\n", vmrepo_repo::checksum::hex(&Md5::digest(&line)));
     let encoded = base64::engine::general_purpose::STANDARD.encode(out.as_bytes());
     encoded[..11].to_string()
 }

@@ -220,7 +220,7 @@ fn stage(path: &Path, bytes: &[u8], mode: u32, pending: &mut Vec<Pending>) -> Re
     Ok(WrittenFile {
         path: path.to_path_buf(),
         size: bytes.len() as u64,
-        sha256: hex(&Sha256::digest(bytes)),
+        sha256: vmrepo_repo::checksum::hex(&Sha256::digest(bytes)),
     })
 }
 
@@ -236,10 +236,6 @@ fn commit(dir: &Path, format: Format, nodes: &[Node], pending: &[Pending]) -> Re
         }
     }
     fsutil::fsync_dir(dir)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The NoCloud ISO of one node's files.
