@@ -2,7 +2,6 @@
 //! (vmrepo_site::context). This file reads the flags and the files they
 //! name, and prints what was written.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::Result;
@@ -18,8 +17,6 @@ use crate::output::{self as out, line};
 
 /// The largest `--user-data` file read.
 const MAX_USER_DATA: u64 = 1 << 20;
-/// The largest seed file read.
-const MAX_SEED_FILE: u64 = 64 << 10;
 
 #[derive(serde::Serialize)]
 struct Answer<'a> {
@@ -163,39 +160,24 @@ fn admin_user_data(p: &Path) -> Result<yaml::Value> {
 
 /// `vmrepo password boot-script`'s script, reading the seed at [`SEED_PATH`].
 fn password_script(scheme: PasswordScheme) -> String {
-    let scheme = match scheme {
-        PasswordScheme::Spec => vmrepo_site::password::Scheme::Spec,
-        PasswordScheme::Hmac => vmrepo_site::password::Scheme::Hmac,
-    };
-    vmrepo_site::boot::password_script(scheme, SEED_PATH)
+    vmrepo_site::boot::password_script(super::site::scheme_of(scheme), SEED_PATH)
 }
 
 /// The seed of `--password-seed-file` (its first line), with a warning
 /// that user-data is readable by the hypervisor and the metadata service.
 fn seed(ctx: &Ctx<'_>, a: &ContextArgs) -> Result<Option<Vec<u8>>> {
     let Some(path) = &a.password_seed_file else { return Ok(None) };
-    let bytes = vmrepo_dist::key::read_key_file(path, MAX_SEED_FILE, "the seed file")?;
+    let seed = super::site::read_seed_file(ctx, path)?;
     if !ctx.cli.quiet {
-        if let Ok(md) = std::fs::metadata(path)
-            && md.permissions().mode() & 0o077 != 0
-        {
-            eprintln!(
-                "vmrepo: warning: {} can be read by others than its owner (mode {:o}): chmod 600 it",
-                path.display(),
-                md.permissions().mode() & 0o777
-            );
-        }
         eprintln!(
             "vmrepo: warning: the password seed goes into each user-data: whoever reads the seeds, the hypervisor's \
              host or the metadata service can read it; the seed files are written mode 600"
         );
     }
-    let first = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
-    let first = first.strip_suffix(b"\r").unwrap_or(first);
-    if first.is_empty() {
+    if seed.is_empty() {
         return Err(
             Error::new(ErrorKind::InvalidInput, format!("{}: the seed is empty", path.display())).into()
         );
     }
-    Ok(Some(first.to_vec()))
+    Ok(Some(seed))
 }

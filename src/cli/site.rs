@@ -61,6 +61,12 @@ fn seed(ctx: &Ctx<'_>, a: &PasswordArgs) -> Result<Vec<u8>> {
             .into()),
         };
     };
+    read_seed_file(ctx, path)
+}
+
+/// The seed in `path`: its first line without the line break (and a CR
+/// before it); a file others can read is used, with a warning.
+pub(crate) fn read_seed_file(ctx: &Ctx<'_>, path: &std::path::Path) -> Result<Vec<u8>> {
     let bytes = vmrepo_dist::key::read_key_file(path, MAX_SEED_FILE, "the seed file")?;
     if let Ok(md) = std::fs::metadata(path)
         && md.permissions().mode() & 0o077 != 0
@@ -76,7 +82,7 @@ fn seed(ctx: &Ctx<'_>, a: &PasswordArgs) -> Result<Vec<u8>> {
     Ok(first.strip_suffix(b"\r").unwrap_or(first).to_vec())
 }
 
-fn scheme_of(s: PasswordScheme) -> Scheme {
+pub(crate) fn scheme_of(s: PasswordScheme) -> Scheme {
     match s {
         PasswordScheme::Spec => Scheme::Spec,
         PasswordScheme::Hmac => Scheme::Hmac,
