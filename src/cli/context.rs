@@ -174,10 +174,9 @@ fn seed(ctx: &Ctx<'_>, a: &ContextArgs) -> Result<Option<Vec<u8>>> {
              host or the metadata service can read it; the seed files are written mode 600"
         );
     }
-    if seed.is_empty() {
-        return Err(
-            Error::new(ErrorKind::InvalidInput, format!("{}: the seed is empty", path.display())).into()
-        );
-    }
+    // What the image's boot script would refuse (a `%`, a NUL, more than
+    // 4096 bytes) is refused here, not found at the node's first boot.
+    vmrepo_site::password::check_seed(&seed)
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{}: {e}", path.display())))?;
     Ok(Some(seed))
 }

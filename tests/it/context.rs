@@ -547,6 +547,13 @@ fn the_password_seed_only_when_asked_and_root_only() {
     decoded.stdin.take().unwrap().write_all(f["content"].as_str().unwrap().as_bytes()).unwrap();
     let got = decoded.wait_with_output().unwrap();
     assert_eq!(got.stdout, b"a seed: with \"quotes\" # and more");
+    // A seed the boot script would refuse at the node's first boot is refused now.
+    for bad in ["100% sure\n", "\n"] {
+        std::fs::write(&seed, bad).unwrap();
+        let args = ["context", &image, "--nodes", "n1", "-o", o, "--force", "--password-scheme", "spec"];
+        let err = r.fails(6, &[&args[..], &["--password-seed-file", seed.to_str().unwrap()]].concat());
+        assert!(err.contains("the password seed cannot be used") && !err.contains("sure"), "{err}");
+    }
 }
 
 /// A run killed (SIGKILL, by strace) between its renames leaves seeds of the
