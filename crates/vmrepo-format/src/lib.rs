@@ -1,4 +1,4 @@
-//! Native readers for the disk image formats a STAR image may come in: raw,
+//! Native readers and writers for the disk image formats a STAR image may come in: raw,
 //! ISO 9660, qcow2, VMDK, VDI, VHD and VHDX, with `qemu-img` as the reference.
 //!
 //! [`open`] detects the format from the content (never from the name),
@@ -32,7 +32,8 @@
 //! a referenced file that is needed, and I/O.
 //!
 //! Formats live in one folder each (`qcow2/`, `vmdk/` ...), split into the
-//! on-disk structures and the reader.
+//! on-disk structures, the reader and the writer; [`write`] writes a disk in
+//! any format but ISO, streamed, holes kept.
 #![forbid(unsafe_code)]
 
 pub mod cat;
@@ -42,6 +43,7 @@ pub mod disk;
 mod error;
 pub mod info;
 pub mod source;
+pub mod write;
 
 mod compress;
 mod iso;

@@ -2,6 +2,7 @@
 //! entries (subclusters), zero clusters, snapshots, dirty and corrupt bits,
 //! backing and external data files.
 
+pub(crate) mod writer;
 mod check;
 mod header;
 mod reader;

@@ -1,6 +1,8 @@
 //! VDI (VirtualBox): fixed and dynamic images; differencing and undo images
 //! are reported, not read.
 
+pub(crate) mod writer;
+
 use std::sync::Arc;
 
 use serde_json::json;

@@ -1,6 +1,8 @@
 //! VHD (qemu-img's `vpc`): fixed (a footer after the data) and dynamic (a
 //! block allocation table); differencing images are reported, not read.
 
+pub(crate) mod writer;
+
 use std::sync::Arc;
 
 use serde_json::json;

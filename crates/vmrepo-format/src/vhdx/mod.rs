@@ -1,6 +1,8 @@
 //! VHDX: fixed and dynamic images; a parent (differencing) is reported, and a
 //! log that needs replaying is reported, not replayed.
 
+pub(crate) mod writer;
+
 use std::sync::Arc;
 
 use serde_json::json;

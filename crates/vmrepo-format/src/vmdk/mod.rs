@@ -2,6 +2,7 @@
 //! the end), monolithicFlat, twoGbMaxExtentSparse and twoGbMaxExtentFlat, with
 //! their descriptor and extent files; deflate-compressed grains.
 
+pub(crate) mod writer;
 mod descriptor;
 mod sparse;
 
