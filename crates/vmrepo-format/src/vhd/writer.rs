@@ -31,13 +31,15 @@
 
 use std::fs::File;
 use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{BAT_UNUSED, DYN_COOKIE, MAX_GEOMETRY_SECTORS, MAX_SECTORS, TYPE_DYNAMIC, TYPE_FIXED, checksum};
 use crate::detect::VHD_COOKIE;
 use crate::disk::Disk;
-use crate::error::{Error, Result};
-use crate::write::{WriteCtx, for_each_nonzero, write_at};
+use crate::error::{Error, ErrorKind, Result};
+use crate::write::{WriteCtx, write_at};
 
 const MIB: u64 = 1 << 20;
 const SECTOR: u64 = 512;
@@ -76,8 +78,6 @@ const MAX_BAT_ENTRIES: u64 = MAX_SIZE / BLOCK;
 const HOST_ALIGN: u64 = 4096;
 /// The grain in which zeros are found and left as holes.
 const GRAIN: usize = 4096;
-/// The most bytes gathered into one write.
-const MAX_RUN: usize = 4 << 20;
 
 /// Writes `disk` as a VHD image, fixed or dynamic. Returns the guest bytes written.
 ///
@@ -100,60 +100,56 @@ fn vhd_size(guest: u64) -> Result<u64> {
 }
 
 fn write_fixed(disk: &dyn Disk, size: u64, out: &File, ctx: &WriteCtx<'_>) -> Result<u64> {
-    let mut run = Coalesce::new(out);
-    let mut seed = Seed::default();
-    let data = for_each_nonzero(disk, GRAIN, ctx, &mut |off, g| {
-        seed.add(off, g);
-        run.push(off, g)
-    })?;
-    run.flush()?;
+    // The data region is the guest's bytes as a raw disk is written: two
+    // workers overlapping reads and writes, zero stretches left as holes.
+    crate::cat::to_file(disk, out, ctx.progress, ctx.cancel)?;
+    ctx.check_cancel()?;
     out.set_len(size + SECTOR).map_err(|e| Error::io("cannot set the output's length", e))?;
-    let footer = Footer { size, disk_type: TYPE_FIXED, data_offset: DATA_OFFSET_NONE, uuid: seed.id(size) };
+    let footer =
+        Footer { size, disk_type: TYPE_FIXED, data_offset: DATA_OFFSET_NONE, uuid: image_id(disk, size)? };
     write_at(out, &footer.to_bytes(), size)?;
+    // The guest bytes stored, as for a raw output: what the map says holds data.
+    let mut data = 0u64;
+    crate::disk::map_each(disk, 0, disk.size(), &mut |e| {
+        if !e.zero {
+            data = data.saturating_add(e.length);
+        }
+        Ok(())
+    })?;
     Ok(data)
 }
 
 fn write_dynamic(disk: &dyn Disk, size: u64, out: &File, ctx: &WriteCtx<'_>) -> Result<u64> {
     let entries = size.div_ceil(BLOCK);
     if entries > MAX_BAT_ENTRIES {
-        return Err(Error::too_large(format!("{entries} VHD blocks, more than the {MAX_BAT_ENTRIES} a VHD holds")));
+        return Err(Error::too_large(format!(
+            "{entries} VHD blocks, more than the {MAX_BAT_ENTRIES} a VHD holds"
+        )));
     }
     let entries_usize = usize::try_from(entries).map_err(|_| Error::too_large("the VHD's BAT"))?;
     let mut bat = vec![BAT_UNUSED; entries_usize];
     let bat_bytes = (entries * 4).next_multiple_of(SECTOR);
     let mut next = BAT_OFFSET + bat_bytes;
-    let mut current: Option<(u64, u64)> = None;
-    let mut run = Coalesce::new(out);
-    let mut seed = Seed::default();
     let ones = [0xffu8; BITMAP_SIZE as usize];
-    let data = for_each_nonzero(disk, GRAIN, ctx, &mut |off, g| {
-        seed.add(off, g);
-        let block = off / BLOCK;
-        let data_start = match current {
-            Some((b, start)) if b == block => start,
-            _ => {
-                let start = (next + BITMAP_SIZE).next_multiple_of(HOST_ALIGN);
-                let bitmap_at = start - BITMAP_SIZE;
-                let entry = usize::try_from(block).ok().and_then(|i| bat.get_mut(i));
-                let sector = u32::try_from(bitmap_at / SECTOR).ok();
-                let (Some(entry), Some(sector)) = (entry, sector) else {
-                    return Err(Error::too_large(format!("VHD block {block} at offset {bitmap_at}")));
-                };
-                *entry = sector;
-                run.push(bitmap_at, &ones)?;
-                next = start + BLOCK;
-                current = Some((block, start));
-                start
-            }
+    // A block: its bitmap, then its data on a host page boundary.
+    let data = write_placed(disk, BLOCK, out, ctx, &mut |block| {
+        let start = (next + BITMAP_SIZE).next_multiple_of(HOST_ALIGN);
+        let bitmap_at = start - BITMAP_SIZE;
+        let entry = usize::try_from(block).ok().and_then(|i| bat.get_mut(i));
+        let sector = u32::try_from(bitmap_at / SECTOR).ok();
+        let (Some(entry), Some(sector)) = (entry, sector) else {
+            return Err(Error::too_large(format!("VHD block {block} at offset {bitmap_at}")));
         };
-        run.push(data_start + off % BLOCK, g)
+        *entry = sector;
+        write_at(out, &ones, bitmap_at)?;
+        next = start + BLOCK;
+        Ok(start)
     })?;
-    run.flush()?;
     let bat_buf: Vec<u8> = bat.iter().flat_map(|e| e.to_be_bytes()).collect();
     write_at(out, &bat_buf, BAT_OFFSET)?;
     write_at(out, &dyn_header(u32::try_from(entries).unwrap_or(u32::MAX)), DYN_HEADER_OFFSET)?;
-    let footer = Footer { size, disk_type: TYPE_DYNAMIC, data_offset: DYN_HEADER_OFFSET, uuid: seed.id(size) };
-    let footer = footer.to_bytes();
+    let uuid = image_id(disk, size)?;
+    let footer = Footer { size, disk_type: TYPE_DYNAMIC, data_offset: DYN_HEADER_OFFSET, uuid }.to_bytes();
     write_at(out, &footer, 0)?;
     write_at(out, &footer, next)?;
     Ok(data)
@@ -213,11 +209,7 @@ impl Footer {
 /// footer's size (see the module's doc).
 fn footer_geometry(size: u64) -> (u16, u8, u8) {
     let (c, h, s) = spec_geometry(size / SECTOR);
-    if u64::from(c) * u64::from(h) * u64::from(s) * SECTOR == size {
-        (c, h, s)
-    } else {
-        (65535, 16, 255)
-    }
+    if u64::from(c) * u64::from(h) * u64::from(s) * SECTOR == size { (c, h, s) } else { (65535, 16, 255) }
 }
 
 /// The specification's CHS algorithm (its appendix, "CHS Calculation").
@@ -250,76 +242,203 @@ fn spec_geometry(total: u64) -> (u16, u8, u8) {
     )
 }
 
-/// Consecutive writes gathered into one `pwrite` of up to [`MAX_RUN`] bytes.
-pub(crate) struct Coalesce<'a> {
-    out: &'a File,
-    buf: Vec<u8>,
-    at: u64,
+/// A random-ish version 4 UUID (RFC 4122 layout) for an image: the
+/// process's random hash keys over the time, the process, `salt` and the
+/// guest's first sector.
+///
+/// # Errors
+/// Reading the guest's first sector fails.
+pub(crate) fn image_id(disk: &dyn Disk, salt: u64) -> Result<[u8; 16]> {
+    let mut first = [0u8; SECTOR as usize];
+    let n = usize::try_from(disk.size().min(SECTOR)).unwrap_or(0);
+    disk.read_at(&mut first[..n], 0)?;
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let state = RandomState::new();
+    let half = |i: u64| {
+        let mut h = state.build_hasher();
+        h.write_u64(i);
+        h.write_u64(salt);
+        h.write(&first);
+        h.write_u128(nanos);
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&half(1).to_be_bytes());
+    id[8..].copy_from_slice(&half(2).to_be_bytes());
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    Ok(id)
 }
 
-impl<'a> Coalesce<'a> {
-    pub(crate) fn new(out: &'a File) -> Self {
-        Coalesce { out, buf: Vec::new(), at: 0 }
-    }
+/// Guest bytes each worker of [`write_placed`] reads at a time: 2 MiB,
+/// aligned, so that a piece never straddles a block of either format.
+const PIECE: u64 = 2 * MIB;
+/// Pieces queued for the workers.
+const QUEUED: usize = 4;
 
-    /// Writes `data` at `offset` of the output, now or with the next flush.
-    pub(crate) fn push(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        let contiguous = self.at.checked_add(self.buf.len() as u64) == Some(offset);
-        if !self.buf.is_empty() && (!contiguous || self.buf.len() + data.len() > MAX_RUN) {
-            self.flush()?;
+/// The workers' turn to place blocks, in guest order.
+struct Turn<'p> {
+    /// The sequence number of the piece whose turn it is.
+    next: u64,
+    /// The last block placed and its host offset.
+    placed: Option<(u64, u64)>,
+    place: &'p mut (dyn FnMut(u64) -> Result<u64> + Send),
+}
+
+/// Writes the guest's data into blocks of `block` bytes (a multiple of
+/// [`PIECE`]) that `place` allocates: `place(index)` is called once for
+/// each block that holds a byte other than zero, in guest order, and
+/// returns the host offset of the block's first byte. Zero stretches of 4
+/// KiB inside a block are left as holes. Returns the guest bytes written.
+///
+/// Two workers each read a piece into a buffer of their own, find its zero
+/// grains, take their turn (in guest order) to have the piece's block
+/// placed, and write the stretches between the zeros straight from that
+/// buffer, so that one worker's read overlaps the other's write while each
+/// buffer stays in its core's cache (as `cat::to_file` does for raw).
+///
+/// # Errors
+/// Reading the disk, `place` or writing `out` fails, or the write is cancelled.
+pub(crate) fn write_placed(
+    disk: &dyn Disk,
+    block: u64,
+    out: &File,
+    ctx: &WriteCtx<'_>,
+    place: &mut (dyn FnMut(u64) -> Result<u64> + Send),
+) -> Result<u64> {
+    if block == 0 || !block.is_multiple_of(PIECE) {
+        return Err(Error::unsupported(format!("a block of {block} bytes")));
+    }
+    let (to_workers, pieces) = mpsc::sync_channel::<(u64, u64, usize)>(QUEUED);
+    // Dropped when both workers are gone, so that handing out fails then.
+    let pieces = Arc::new(Mutex::new(pieces));
+    let turn = Mutex::new(Turn { next: 0, placed: None, place });
+    let turned = Condvar::new();
+    let failed = AtomicBool::new(false);
+    let written = AtomicU64::new(0);
+    let stopped = || Error::new(ErrorKind::Io, "the output writer stopped");
+    std::thread::scope(|s| {
+        let worker = |pieces: Arc<Mutex<mpsc::Receiver<(u64, u64, usize)>>>| {
+            let (turn, turned, failed, written) = (&turn, &turned, &failed, &written);
+            move || -> Result<()> {
+                let mut buf = vec![0u8; PIECE as usize];
+                let mut runs = Vec::new();
+                loop {
+                    let next = pieces.lock().map_err(|_| stopped())?.recv();
+                    let Ok((seq, pos, n)) = next else { return Ok(()) };
+                    let done = (|| {
+                        disk.read_at(&mut buf[..n], pos)?;
+                        nonzero_runs(&buf[..n], &mut runs);
+                        let base = {
+                            let mut t = turned
+                                .wait_while(turn.lock().map_err(|_| stopped())?, |t| {
+                                    t.next != seq && !failed.load(Ordering::Relaxed)
+                                })
+                                .map_err(|_| stopped())?;
+                            if failed.load(Ordering::Relaxed) {
+                                return Err(stopped());
+                            }
+                            let index = pos / block;
+                            let base = match t.placed {
+                                _ if runs.is_empty() => 0,
+                                Some((b, host)) if b == index => host,
+                                _ => {
+                                    let host = (t.place)(index)?;
+                                    t.placed = Some((index, host));
+                                    host
+                                }
+                            };
+                            t.next += 1;
+                            base
+                        };
+                        turned.notify_all();
+                        for &(a, b) in &runs {
+                            write_at(out, &buf[a..b], base + pos % block + a as u64)?;
+                            written.fetch_add((b - a) as u64, Ordering::Relaxed);
+                        }
+                        Ok(())
+                    })();
+                    if done.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                        // Wake the other worker, waiting for a turn that will not come.
+                        drop(turn.lock());
+                        turned.notify_all();
+                        return done;
+                    }
+                }
+            }
+        };
+        let workers = [s.spawn(worker(Arc::clone(&pieces))), s.spawn(worker(pieces))];
+        let handed = hand_out(disk, ctx, &failed, &mut |seq, pos, n| {
+            to_workers.send((seq, pos, n)).map_err(|_| stopped())
+        });
+        drop(to_workers);
+        let mut worked = Ok(());
+        for w in workers {
+            let r = w.join().unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, "the output writer failed")));
+            worked = worked.and(r);
         }
-        if self.buf.is_empty() {
-            self.at = offset;
-            if self.buf.capacity() == 0 {
-                self.buf.reserve_exact(MAX_RUN);
+        // A read or write error explains why handing out stopped.
+        worked.and(handed)
+    })?;
+    Ok(written.into_inner())
+}
+
+/// Hands out, in guest order and numbered, the [`PIECE`]-aligned pieces of
+/// the disk that the map does not say read as zeros.
+fn hand_out(
+    disk: &dyn Disk,
+    ctx: &WriteCtx<'_>,
+    failed: &AtomicBool,
+    send: &mut dyn FnMut(u64, u64, usize) -> Result<()>,
+) -> Result<()> {
+    let size = disk.size();
+    let mut pos = 0u64;
+    let mut seq = 0u64;
+    while pos < size {
+        ctx.check_cancel()?;
+        if failed.load(Ordering::Relaxed) {
+            return Err(Error::new(ErrorKind::Io, "the output writer stopped"));
+        }
+        let e = disk.status(pos, size - pos)?;
+        if e.zero {
+            let zero_end = pos.saturating_add(e.length.max(1)).min(size);
+            let skip_to = if zero_end == size { size } else { zero_end - zero_end % PIECE };
+            if skip_to > pos {
+                pos = skip_to;
+                (ctx.progress)(pos);
+                continue;
             }
         }
-        self.buf.extend_from_slice(data);
-        Ok(())
+        let end = (pos - pos % PIECE).saturating_add(PIECE).min(size);
+        let n = usize::try_from(end - pos).unwrap_or(0);
+        send(seq, pos, n)?;
+        seq += 1;
+        pos = end;
+        (ctx.progress)(pos);
     }
-
-    /// Writes what is gathered.
-    pub(crate) fn flush(&mut self) -> Result<()> {
-        if !self.buf.is_empty() {
-            write_at(self.out, &self.buf, self.at)?;
-            self.buf.clear();
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
-/// What makes an image's identifiers unique: a digest of where its data
-/// lies and how it begins, with the time and the process.
-#[derive(Default)]
-pub(crate) struct Seed(u64);
-
-impl Seed {
-    pub(crate) fn add(&mut self, off: u64, grain: &[u8]) {
-        let mut head = [0u8; 8];
-        let n = grain.len().min(8);
-        head[..n].copy_from_slice(&grain[..n]);
-        self.0 = (self.0.rotate_left(7) ^ off).wrapping_add(u64::from_le_bytes(head));
+/// The stretches of `buf` between its all-zero grains of [`GRAIN`] bytes
+/// (the last grain may be short), as `(start, end)`.
+fn nonzero_runs(buf: &[u8], runs: &mut Vec<(usize, usize)>) {
+    runs.clear();
+    let mut open: Option<usize> = None;
+    for (i, g) in buf.chunks(GRAIN).enumerate() {
+        let at = i * GRAIN;
+        match (crate::cat::is_zero(g), open) {
+            (false, None) => open = Some(at),
+            (true, Some(from)) => {
+                runs.push((from, at));
+                open = None;
+            }
+            _ => {}
+        }
     }
-
-    /// A random-ish version 4 UUID (RFC 4122 layout) for the image, salted with `salt`.
-    pub(crate) fn id(&self, salt: u64) -> [u8; 16] {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let state = RandomState::new();
-        let half = |i: u64| {
-            let mut h = state.build_hasher();
-            h.write_u64(i);
-            h.write_u64(self.0);
-            h.write_u64(salt);
-            h.write_u128(nanos);
-            h.write_u32(std::process::id());
-            h.finish()
-        };
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&half(1).to_be_bytes());
-        id[8..].copy_from_slice(&half(2).to_be_bytes());
-        id[6] = (id[6] & 0x0f) | 0x40;
-        id[8] = (id[8] & 0x3f) | 0x80;
-        id
+    if let Some(from) = open {
+        runs.push((from, buf.len()));
     }
 }
 
@@ -375,10 +494,23 @@ mod tests {
 
     #[test]
     fn ids_are_version_4_and_differ() {
-        let s = Seed::default();
-        let (a, b) = (s.id(1), s.id(1));
+        let src = std::sync::Arc::new(crate::MemSource::new(vec![1u8; 100], "mem"));
+        let disk = crate::raw::RawDisk::new(src, 0, 100, false);
+        let (a, b) = (image_id(&disk, 1).unwrap(), image_id(&disk, 1).unwrap());
         assert_ne!(a, b);
         assert_eq!(a[6] >> 4, 4);
         assert_eq!(a[8] >> 6, 2);
+    }
+
+    #[test]
+    fn runs_skip_zero_grains() {
+        let mut buf = vec![0u8; 5 * GRAIN + 100];
+        buf[10] = 1;
+        buf[GRAIN + 1] = 1;
+        buf[3 * GRAIN] = 1;
+        buf[5 * GRAIN + 99] = 1;
+        let mut runs = Vec::new();
+        nonzero_runs(&buf, &mut runs);
+        assert_eq!(runs, vec![(0, 2 * GRAIN), (3 * GRAIN, 4 * GRAIN), (5 * GRAIN, 5 * GRAIN + 100)]);
     }
 }

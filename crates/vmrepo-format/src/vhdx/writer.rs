@@ -33,8 +33,8 @@ use super::{
 };
 use crate::disk::Disk;
 use crate::error::{Error, Result};
-use crate::vhd::writer::{Coalesce, Seed};
-use crate::write::{WriteCtx, for_each_nonzero, write_at};
+use crate::vhd::writer::{image_id, write_placed};
+use crate::write::{WriteCtx, write_at};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -70,8 +70,6 @@ const REGION_REQUIRED: u32 = 1;
 /// Metadata entry flags: IsVirtualDisk and IsRequired.
 const META_VIRTUAL_DISK: u32 = 2;
 const META_REQUIRED: u32 = 4;
-/// The grain in which zeros are found and left as holes.
-const GRAIN: usize = 4096;
 
 /// Writes `disk` as a dynamic VHDX. Returns the guest bytes written.
 ///
@@ -80,9 +78,10 @@ const GRAIN: usize = 4096;
 /// writing `out` fails, or the write is cancelled.
 pub(crate) fn write(disk: &dyn Disk, out: &File, ctx: &WriteCtx<'_>) -> Result<u64> {
     let guest = disk.size();
-    let size = guest.checked_next_multiple_of(u64::from(LOGICAL_SECTOR)).filter(|&s| s <= MAX_SIZE).ok_or_else(
-        || Error::too_large(format!("a disk of {guest} bytes is larger than the 64 TiB a VHDX holds")),
-    )?;
+    let size =
+        guest.checked_next_multiple_of(u64::from(LOGICAL_SECTOR)).filter(|&s| s <= MAX_SIZE).ok_or_else(
+            || Error::too_large(format!("a disk of {guest} bytes is larger than the 64 TiB a VHDX holds")),
+        )?;
     let data_blocks = size.div_ceil(BLOCK);
     let bat_entries = data_blocks + data_blocks.saturating_sub(1) / CHUNK_RATIO;
     let bat_length = (bat_entries * 8).next_multiple_of(MIB).max(MIB);
@@ -90,30 +89,17 @@ pub(crate) fn write(disk: &dyn Disk, out: &File, ctx: &WriteCtx<'_>) -> Result<u
         return Err(Error::too_large(format!("a VHDX BAT of {bat_length} bytes")));
     }
     let mut next = BAT_OFFSET + bat_length;
-    let mut current: Option<(u64, u64)> = None;
-    let mut run = Coalesce::new(out);
-    let mut seed = Seed::default();
-    let data = for_each_nonzero(disk, GRAIN, ctx, &mut |off, g| {
-        seed.add(off, g);
-        let block = off / BLOCK;
-        let host = match current {
-            Some((b, host)) if b == block => host,
-            _ => {
-                let host = next;
-                let entry = host | PAYLOAD_FULLY_PRESENT;
-                write_at(out, &entry.to_le_bytes(), BAT_OFFSET + 8 * (block + block / CHUNK_RATIO))?;
-                next += BLOCK;
-                current = Some((block, host));
-                host
-            }
-        };
-        run.push(host + off % BLOCK, g)
+    let data = write_placed(disk, BLOCK, out, ctx, &mut |block| {
+        let host = next;
+        let entry = host | PAYLOAD_FULLY_PRESENT;
+        write_at(out, &entry.to_le_bytes(), BAT_OFFSET + 8 * (block + block / CHUNK_RATIO))?;
+        next += BLOCK;
+        Ok(host)
     })?;
-    run.flush()?;
     out.set_len(next).map_err(|e| Error::io("cannot set the output's length", e))?;
     write_at(out, &file_identifier(), 0)?;
-    let file_write = seed.id(1);
-    let data_write = seed.id(2);
+    let file_write = image_id(disk, 1)?;
+    let data_write = image_id(disk, 2)?;
     for (i, &at) in HEADER_OFFSETS.iter().enumerate() {
         write_at(out, &header(i as u64 + 1, &file_write, &data_write), at)?;
     }
@@ -121,7 +107,7 @@ pub(crate) fn write(disk: &dyn Disk, out: &File, ctx: &WriteCtx<'_>) -> Result<u
     for &at in &REGION_OFFSETS {
         write_at(out, &regions, at)?;
     }
-    write_at(out, &metadata(size, &seed.id(3)), METADATA_OFFSET)?;
+    write_at(out, &metadata(size, &image_id(disk, 3)?), METADATA_OFFSET)?;
     Ok(data)
 }
 
