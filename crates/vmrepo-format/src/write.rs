@@ -238,7 +238,8 @@ pub fn write(
 
 /// Writes all of `buf` at `offset` of the output.
 pub(crate) fn write_at(out: &File, buf: &[u8], offset: u64) -> Result<()> {
-    out.write_all_at(buf, offset).map_err(|e| Error::io(format!("cannot write the output at offset {offset}"), e))
+    out.write_all_at(buf, offset)
+        .map_err(|e| Error::io(format!("cannot write the output at offset {offset}"), e))
 }
 
 /// Calls `f(guest_offset, grain)` for every grain of `grain` bytes (a power
@@ -293,6 +294,9 @@ pub(crate) fn for_each_nonzero(
     Ok(handed)
 }
 
+/// What [`parallel_ordered`]'s producer calls with each item.
+pub(crate) type Push<'a, T> = &'a mut dyn FnMut(T) -> Result<()>;
+
 /// Runs `work` on `threads` threads over the items `produce` pushes, and
 /// hands the results to `sink` in the order the items were pushed. At most
 /// `2 × threads + 2` items are in flight, so memory stays bounded whatever
@@ -304,7 +308,7 @@ pub(crate) fn for_each_nonzero(
 pub(crate) fn parallel_ordered<T: Send, R: Send>(
     threads: usize,
     work: &(dyn Fn(T) -> Result<R> + Sync),
-    produce: &mut dyn FnMut(&mut dyn FnMut(T) -> Result<()>) -> Result<()>,
+    produce: &mut dyn FnMut(Push<'_, T>) -> Result<()>,
     sink: &mut dyn FnMut(R) -> Result<()>,
 ) -> Result<()> {
     let threads = threads.clamp(1, 64);
@@ -409,7 +413,7 @@ mod tests {
                 std::thread::sleep(std::time::Duration::from_micros(1000 - i * 9));
                 Ok(i * 2)
             },
-            &mut |push| (0..100).try_for_each(|i| push(i)),
+            &mut |push| (0..100).try_for_each(&mut *push),
             &mut |r| {
                 out.push(r);
                 Ok(())
@@ -421,7 +425,7 @@ mod tests {
         let e = parallel_ordered(
             2,
             &|i: u64| if i == 50 { Err(Error::malformed("item 50")) } else { Ok(i) },
-            &mut |push| (0..10_000).try_for_each(|i| push(i)),
+            &mut |push| (0..10_000).try_for_each(&mut *push),
             &mut |_| Ok(()),
         )
         .unwrap_err();
@@ -430,7 +434,7 @@ mod tests {
         let e = parallel_ordered(
             2,
             &|i: u64| Ok(i),
-            &mut |push| (0..10_000).try_for_each(|i| push(i)),
+            &mut |push| (0..10_000).try_for_each(&mut *push),
             &mut |r| if r == 7 { Err(Error::malformed("sink 7")) } else { Ok(()) },
         )
         .unwrap_err();

@@ -2,11 +2,11 @@
 //! entries (subclusters), zero clusters, snapshots, dirty and corrupt bits,
 //! backing and external data files.
 
-pub(crate) mod writer;
 mod check;
 mod header;
 mod reader;
 mod snapshot;
+pub(crate) mod writer;
 
 use std::sync::Arc;
 

@@ -2,9 +2,9 @@
 //! the end), monolithicFlat, twoGbMaxExtentSparse and twoGbMaxExtentFlat, with
 //! their descriptor and extent files; deflate-compressed grains.
 
-pub(crate) mod writer;
 mod descriptor;
 mod sparse;
+pub(crate) mod writer;
 
 use std::sync::Arc;
 
