@@ -7,3 +7,4 @@
 static ALLOC: vmrepo_testkit::Counting = vmrepo_testkit::Counting;
 
 mod common;
+mod qcow2;
