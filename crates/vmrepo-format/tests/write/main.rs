@@ -7,4 +7,6 @@
 static ALLOC: vmrepo_testkit::Counting = vmrepo_testkit::Counting;
 
 mod common;
+mod qcow2;
 mod vhdvhdx;
+mod vmdkvdi;
