@@ -6,8 +6,8 @@
 //!
 //! - **dynamic** (type 1): a block is stored when one of its bytes is not
 //!   zero, in guest order as the walk reaches it; the map is written last,
-//!   `0xFFFFFFFF` for the blocks not stored. Zero 64 KiB grains inside a
-//!   stored block are left as holes in the host file.
+//!   `0xFFFFFFFF` for the blocks not stored. A stored block is written
+//!   whole, zeros included.
 //! - **fixed** (type 2): block *n* at data + *n* MiB for every block, the
 //!   file's length set to hold them all, and zero grains left as holes.
 //!
@@ -40,9 +40,10 @@ const BLOCK: u64 = 1 << 20;
 /// VirtualBox aligns the block map and the data to 1 MiB (`VDI_DATA_ALIGN`).
 const ALIGN: u64 = 1 << 20;
 const BLOCK_FREE: u32 = 0xffff_ffff;
-/// Data is found and written 64 KiB at a time, so zeros inside a stored
-/// block stay holes.
-const GRAIN: usize = 64 << 10;
+/// A fixed image's data is found and written 64 KiB at a time, so zeros
+/// inside a block stay holes; a dynamic image stores whole blocks, as
+/// VirtualBox and qemu-img do, so that consecutive blocks go out in one write.
+const FIXED_GRAIN: usize = 64 << 10;
 /// The most blocks written: the 8 Mi that vmrepo's reader takes (an 8 TiB
 /// disk, a 32 MiB block map held in memory).
 pub const MAX_BLOCKS: u64 = super::MAX_BLOCKS as u64;
@@ -89,7 +90,8 @@ pub(crate) fn write(disk: &dyn Disk, fixed: bool, out: &File, ctx: &WriteCtx<'_>
     let mut stored = 0u32;
     let mut batch = Batch::new(out);
     let mut seed = Seed(0xcbf2_9ce4_8422_2325);
-    let data = for_each_nonzero(disk, GRAIN, ctx, &mut |off, g| {
+    let grain = if fixed { FIXED_GRAIN } else { BLOCK as usize };
+    let data = for_each_nonzero(disk, grain, ctx, &mut |off, g| {
         seed.grain(off, g);
         let index = usize::try_from(off / BLOCK).unwrap_or(usize::MAX);
         let slot = if fixed {

@@ -64,6 +64,8 @@ pub const MAX_CAPACITY_SECTORS: u64 = 1 << 32;
 const MAX_IDE_CYLINDERS: u64 = 16383;
 /// Bytes gathered before one pwrite: consecutive grains go out together.
 const WRITE_BATCH: usize = 8 << 20;
+/// A piece this large is written as it comes, not copied into a batch.
+const DIRECT_WRITE: usize = 1 << 20;
 /// The deflate level of streamOptimized grains: 1, the fastest. qemu-img
 /// deflates at zlib's default (6), single-threaded; level 1 (zlib-rs's quick
 /// strategy) runs several times faster for output typically 5 to 15% larger,
@@ -232,6 +234,10 @@ impl<'a> Batch<'a> {
             self.flush()?;
         }
         if self.buf.is_empty() {
+            if data.len() >= DIRECT_WRITE {
+                // Large enough for one write of its own: no copy.
+                return write_at(self.out, data, offset);
+            }
             self.start = offset;
         }
         self.buf.extend_from_slice(data);
