@@ -1,13 +1,231 @@
-//! The VDI writer: dynamic and fixed.
+//! The VDI writer: dynamic and fixed, VDI 1.1 as VirtualBox creates it.
+//!
+//! Layout (VirtualBox's `vdiInitHeader`): the pre-header text and signature,
+//! the 0x190-byte 1.1 header, the block map at 1 MiB, the data at the next
+//! MiB boundary after the map; 1 MiB blocks, no extra bytes per block.
+//!
+//! - **dynamic** (type 1): a block is stored when one of its bytes is not
+//!   zero, in guest order as the walk reaches it; the map is written last,
+//!   `0xFFFFFFFF` for the blocks not stored. A stored block is written
+//!   whole, zeros included.
+//! - **fixed** (type 2): block *n* at data + *n* MiB for every block, the
+//!   file's length set to hold them all, and zero grains left as holes.
+//!
+//! The disk size is rounded up to a whole sector, as qemu-img does
+//! (`vdi_co_create_opts` rounds to `BDRV_SECTOR_SIZE`, and QEMU rounds an odd
+//! size up when it opens one that `VBoxManage convertfromraw` made); the
+//! last block is padded with zeros.
 
+use std::collections::hash_map::RandomState;
 use std::fs::File;
+use std::hash::{BuildHasher, Hasher};
 
 use crate::disk::Disk;
 use crate::error::{Error, Result};
-use crate::write::WriteCtx;
+use crate::vmdk::writer::Batch;
+use crate::write::{WriteCtx, for_each_nonzero, write_at};
+
+/// "<<< Oracle VM VirtualBox Disk Image >>>\n", in a 64-byte field.
+const PRE_HEADER_TEXT: &[u8] = b"<<< Oracle VM VirtualBox Disk Image >>>\n";
+const SIGNATURE: u32 = 0xbeda_107f;
+const VERSION_1_1: u32 = 0x0001_0001;
+/// `sizeof(VDIHEADER1PLUS)`, counted from offset 0x48.
+const HEADER_SIZE: u32 = 0x190;
+const HEADER_END: usize = 0x48 + HEADER_SIZE as usize;
+const TYPE_DYNAMIC: u32 = 1;
+const TYPE_FIXED: u32 = 2;
+const SECTOR: u64 = 512;
+/// Block size: 1 MiB, VirtualBox's and qemu-img's.
+const BLOCK: u64 = 1 << 20;
+/// VirtualBox aligns the block map and the data to 1 MiB (`VDI_DATA_ALIGN`).
+const ALIGN: u64 = 1 << 20;
+const BLOCK_FREE: u32 = 0xffff_ffff;
+/// A fixed image's data is found and written 64 KiB at a time, so zeros
+/// inside a block stay holes; a dynamic image stores whole blocks, as
+/// VirtualBox and qemu-img do, so that consecutive blocks go out in one write.
+const FIXED_GRAIN: usize = 64 << 10;
+/// The most blocks written: the 8 Mi that vmrepo's reader takes (an 8 TiB
+/// disk, a 32 MiB block map held in memory).
+pub const MAX_BLOCKS: u64 = super::MAX_BLOCKS as u64;
+
+/// Where things are in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Layout {
+    size: u64,
+    blocks: u64,
+    map_offset: u64,
+    data_offset: u64,
+}
+
+impl Layout {
+    fn new(disk_size: u64) -> Result<Layout> {
+        let size = disk_size
+            .checked_next_multiple_of(SECTOR)
+            .ok_or_else(|| Error::too_large(format!("a disk of {disk_size} bytes")))?;
+        let blocks = size.div_ceil(BLOCK);
+        if blocks > MAX_BLOCKS {
+            return Err(Error::too_large(format!(
+                "a disk of {size} bytes: vmrepo writes VDI images of at most {} TiB ({MAX_BLOCKS} blocks of 1 MiB)",
+                (MAX_BLOCKS * BLOCK) >> 40
+            )));
+        }
+        let map_offset = ALIGN;
+        let data_offset = (map_offset + blocks * 4).next_multiple_of(ALIGN);
+        Ok(Layout { size, blocks, map_offset, data_offset })
+    }
+}
 
 /// Writes `disk` as a VDI image, fixed or dynamic. Returns the guest bytes written.
+///
+/// # Errors
+/// The disk is larger than [`MAX_BLOCKS`] blocks, reading it or writing
+/// `out` fails, or the write is cancelled.
 pub(crate) fn write(disk: &dyn Disk, fixed: bool, out: &File, ctx: &WriteCtx<'_>) -> Result<u64> {
-    let _ = (disk, fixed, out, ctx);
-    Err(Error::unsupported("writing VDI"))
+    let l = Layout::new(disk.size())?;
+    let mut map: Vec<u32> = if fixed {
+        (0..l.blocks as u32).collect()
+    } else {
+        vec![BLOCK_FREE; usize::try_from(l.blocks).unwrap_or(0)]
+    };
+    let mut stored = 0u32;
+    let mut batch = Batch::new(out);
+    let mut seed = Seed(0xcbf2_9ce4_8422_2325);
+    let grain = if fixed { FIXED_GRAIN } else { BLOCK as usize };
+    let data = for_each_nonzero(disk, grain, ctx, &mut |off, g| {
+        seed.grain(off, g);
+        let index = usize::try_from(off / BLOCK).unwrap_or(usize::MAX);
+        let slot = if fixed {
+            off / BLOCK
+        } else {
+            let e = map.get_mut(index).ok_or_else(|| Error::malformed("a grain past the end of the disk"))?;
+            if *e == BLOCK_FREE {
+                *e = stored;
+                stored += 1;
+            }
+            u64::from(*e)
+        };
+        batch.put(l.data_offset + slot * BLOCK + off % BLOCK, g)
+    })?;
+    batch.flush()?;
+
+    let allocated = if fixed { l.blocks as u32 } else { stored };
+    let mut map_bytes = Vec::with_capacity(map.len() * 4);
+    for e in &map {
+        map_bytes.extend_from_slice(&e.to_le_bytes());
+    }
+    drop(map);
+    write_at(out, &map_bytes, l.map_offset)?;
+    write_at(out, &header(&l, fixed, allocated, seed.0), 0)?;
+    let end = l.data_offset + u64::from(allocated) * BLOCK;
+    out.set_len(end).map_err(|e| Error::io("cannot set the length of the VDI", e))?;
+    Ok(data)
+}
+
+/// What the data was, to make the UUIDs differ with it.
+struct Seed(u64);
+
+impl Seed {
+    fn grain(&mut self, off: u64, g: &[u8]) {
+        for &b in off.to_le_bytes().iter().chain(&g[..g.len().min(32)]) {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+/// A version 4 UUID in VirtualBox's mixed-endian byte order. Random: two
+/// conversions of one image must not share a UUID, or VirtualBox refuses to
+/// register the second.
+fn uuid(seed: u64, which: u8) -> [u8; 16] {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let state = RandomState::new();
+    let half = |n: u8| {
+        let mut h = state.build_hasher();
+        h.write_u64(seed);
+        h.write_u128(nanos);
+        h.write_u32(std::process::id());
+        h.write_u8(which);
+        h.write_u8(n);
+        h.finish()
+    };
+    let mut u = [0u8; 16];
+    u[..8].copy_from_slice(&half(0).to_le_bytes());
+    u[8..].copy_from_slice(&half(1).to_le_bytes());
+    // time_hi_and_version is a little-endian u16 at 6: its high byte is 7.
+    u[7] = (u[7] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
+}
+
+/// The pre-header and the 1.1 header, as VirtualBox's `vdiInitHeader` fills
+/// it: no flags, an empty comment, the legacy (physical) geometry of an IDE
+/// disk, 16 heads and 63 sectors with cylinders capped at 16383, as
+/// `VBoxManage createmedium` passes it; the logical geometry left 0 ("not
+/// calculated", the BIOS picks it at the first boot), both with 512-byte
+/// sectors; create and modify UUIDs random, linkage and parent zero.
+fn header(l: &Layout, fixed: bool, allocated: u32, seed: u64) -> Vec<u8> {
+    let mut h = vec![0u8; HEADER_END.next_multiple_of(SECTOR as usize)];
+    h[..PRE_HEADER_TEXT.len()].copy_from_slice(PRE_HEADER_TEXT);
+    let mut put = |off: usize, v: u32| h[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    put(0x40, SIGNATURE);
+    put(0x44, VERSION_1_1);
+    put(0x48, HEADER_SIZE);
+    put(0x4c, if fixed { TYPE_FIXED } else { TYPE_DYNAMIC });
+    put(0x50, 0);
+    // 0x54: the comment, 256 bytes.
+    put(0x154, l.map_offset as u32);
+    put(0x158, l.data_offset as u32);
+    let cylinders = (l.size / SECTOR / (16 * 63)).min(16383) as u32;
+    put(0x15c, cylinders);
+    put(0x160, 16);
+    put(0x164, 63);
+    put(0x168, SECTOR as u32);
+    put(0x178, BLOCK as u32);
+    put(0x17c, 0);
+    put(0x180, l.blocks as u32);
+    put(0x184, allocated);
+    // LCHS geometry at 0x1c8: cylinders, heads, sectors 0, sector size 512.
+    put(0x1d4, SECTOR as u32);
+    h[0x170..0x178].copy_from_slice(&l.size.to_le_bytes());
+    h[0x188..0x198].copy_from_slice(&uuid(seed, 0));
+    h[0x198..0x1a8].copy_from_slice(&uuid(seed, 1));
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bytes::{le32, le64};
+
+    #[test]
+    fn layout_is_aligned_to_a_mib_and_capped() {
+        let l = Layout::new(1000).unwrap();
+        assert_eq!((l.size, l.blocks, l.map_offset, l.data_offset), (1024, 1, 1 << 20, 2 << 20));
+        // 1 TiB: a 4 MiB map from 1 MiB, data at 5 MiB.
+        let l = Layout::new(1 << 40).unwrap();
+        assert_eq!((l.blocks, l.data_offset), (1 << 20, 5 << 20));
+        assert!(Layout::new(MAX_BLOCKS * BLOCK).is_ok());
+        let e = Layout::new(MAX_BLOCKS * BLOCK + 1).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::TooLarge);
+        assert!(Layout::new(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn header_fields_at_virtualbox_offsets() {
+        let l = Layout::new(3 << 20).unwrap();
+        let h = header(&l, true, 3, 1);
+        assert!(h.starts_with(b"<<< Oracle VM VirtualBox Disk Image >>>\n"));
+        assert_eq!(le32(&h, 0x40), SIGNATURE);
+        assert_eq!(le32(&h, 0x44), 0x0001_0001);
+        assert_eq!(le32(&h, 0x48), 0x190);
+        assert_eq!(le32(&h, 0x4c), 2);
+        assert_eq!((le32(&h, 0x154), le32(&h, 0x158)), (1 << 20, 2 << 20));
+        assert_eq!((le32(&h, 0x160), le32(&h, 0x164), le32(&h, 0x168)), (16, 63, 512));
+        assert_eq!(le64(&h, 0x170), 3 << 20);
+        assert_eq!((le32(&h, 0x178), le32(&h, 0x180), le32(&h, 0x184)), (1 << 20, 3, 3));
+        assert_eq!(h[0x18f] >> 4, 4);
+        assert_ne!(h[0x188..0x198], h[0x198..0x1a8]);
+        assert!(h[0x1a8..0x1c8].iter().all(|&b| b == 0), "linkage and parent UUIDs are zero");
+        assert_eq!(le32(&h, 0x1d4), 512);
+    }
 }
