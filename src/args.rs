@@ -191,6 +191,10 @@ Examples: vmrepo find os=sl5.3   vmrepo find lib=sl08e 'maxsize>=4GB'   vmrepo f
     /// one EC2 user-data), so that each started copy of IMAGE becomes a node
     /// of its own (docs/site.md).
     Context(ContextArgs),
+    /// Convert an image for another VM software, saying first whether it
+    /// will boot there (a Xen paravirtual guest to a VM software that needs
+    /// a kernel of its own is refused, exit 11, unless --force).
+    Convert(ConvertArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -594,6 +598,44 @@ pub struct ImageArgs {
     /// The format, instead of detecting it: raw, iso, qcow2, vmdk, vdi, vhd (or vpc), vhdx.
     #[arg(long, short = 'f', value_name = "FORMAT")]
     pub format: Option<String>,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("dest").required(true).args(["output", "add"])))]
+pub struct ConvertArgs {
+    #[command(flatten)]
+    pub image: ImageArgs,
+    /// The VM software the result is for: xen, kvm, virtualBox, vmware, ec2, or another (then -O).
+    #[arg(long, value_name = "VM")]
+    pub to: String,
+    /// The format to write: raw, qcow2, vmdk, vdi, vhd (or vpc), vhdx; by default what VM runs.
+    #[arg(short = 'O', long = "output-format", value_name = "FORMAT")]
+    pub output_format: Option<String>,
+    /// vmdk: monolithicSparse or streamOptimized; vdi, vhd: dynamic or fixed.
+    #[arg(long, value_name = "SUBFORMAT")]
+    pub subformat: Option<String>,
+    /// qcow2: compress every cluster, with zlib (the default) or zstd.
+    #[arg(long, num_args = 0..=1, default_missing_value = "zlib", value_name = "ALGORITHM")]
+    pub compress: Option<String>,
+    /// qcow2: the cluster size, a power of two from 512 to 2M (64k by default).
+    #[arg(long, value_name = "BYTES")]
+    pub cluster_size: Option<String>,
+    /// Write the result here (a new file, written under a temporary name then renamed).
+    #[arg(short = 'o', long, value_name = "OUT")]
+    pub output: Option<PathBuf>,
+    /// Import the result into the repository, in vm/VM/ under its convention name.
+    #[arg(long)]
+    pub add: bool,
+    /// With --add: the detail field of the new name (by default the source's).
+    #[arg(long, requires = "add")]
+    pub detail: Option<String>,
+    /// With --add: replace an image stored under the same name.
+    #[arg(long, requires = "add")]
+    pub replace: bool,
+    /// Convert even where the guest will not boot on VM (the verdict is kept in
+    /// the description), and overwrite OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]

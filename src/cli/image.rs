@@ -16,7 +16,7 @@ use crate::output::{self, line, size};
 /// The file to open: the path given, or the cataloged image of that name;
 /// and whether the image is a folder whose files may be opened (asking for
 /// a cataloged image folder asks for its parts, which live inside it).
-fn image_path(ctx: &Ctx<'_>, spec: &str) -> Result<(PathBuf, bool)> {
+pub(crate) fn image_path(ctx: &Ctx<'_>, spec: &str) -> Result<(PathBuf, bool)> {
     let p = Path::new(spec);
     if p.exists() {
         if p.is_dir() {
@@ -42,7 +42,7 @@ fn open(ctx: &Ctx<'_>, a: &ImageArgs) -> Result<Image> {
     open_path(a, &path, folder)
 }
 
-fn open_path(a: &ImageArgs, path: &Path, folder: bool) -> Result<Image> {
+pub(crate) fn open_path(a: &ImageArgs, path: &Path, folder: bool) -> Result<Image> {
     let format = match &a.format {
         None => None,
         Some(f) => Some(
@@ -232,7 +232,7 @@ fn interrupted_or(ctx: &Ctx<'_>, outcome: Outcome) -> Result<Outcome> {
 
 /// The files `cat` reads: the image and those it names (extents, data file,
 /// backing file), resolved in its folder, so that none is written over.
-fn input_files(path: &Path, info: &vmrepo_format::Info) -> Vec<PathBuf> {
+pub(crate) fn input_files(path: &Path, info: &vmrepo_format::Info) -> Vec<PathBuf> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut out = vec![path.to_path_buf()];
     let named = info

@@ -4,9 +4,11 @@
 //! `image` reads one image file (info, map, cat, check, inspect), `serve` the
 //! HTTP service, `token` its write tokens, `dist` the signed catalog and
 //! its keys (key generate, publish) and the other side (trust, pull), `site`
-//! what makes a started copy a node (password), `keys` the SSH public keys, `demo` the demonstration.
+//! what makes a started copy a node (password), `keys` the SSH public keys, `context`
+//! the nodes' seeds, `convert` an image for another VM software, `demo` the demonstration.
 
 mod context;
+mod convert;
 mod demo;
 mod dist;
 mod image;
@@ -89,6 +91,7 @@ pub fn run(cli: Cli, cancel: &AtomicBool) -> Result<Outcome> {
         Command::Keys(KeysCommand::Rm { name }) => keys::rm(&ctx, name),
         Command::Keys(KeysCommand::BootScript(a)) => keys::boot_script(&ctx, a),
         Command::Context(a) => context::context(&ctx, a),
+        Command::Convert(a) => convert::convert(&ctx, a),
         Command::Info(a) => image::info(&ctx, a),
         Command::Map(a) => image::map(&ctx, a),
         Command::Cat { image, output, force } => image::cat(&ctx, image, output.as_deref(), *force),

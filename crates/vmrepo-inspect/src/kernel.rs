@@ -69,6 +69,60 @@ pub struct Boot {
     pub xen_evidence: Vec<String>,
     /// How the guest starts.
     pub verdict: Verdict,
+    /// The disk drivers each module tree holds (as a module or built in):
+    /// which disk bus a hypervisor may give the guest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub disk_drivers: Vec<DiskDrivers>,
+}
+
+/// The disk drivers of one kernel's module tree.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DiskDrivers {
+    /// The module tree (`/lib/modules/<version>`).
+    pub version: String,
+    /// The drivers found, by their names in [`DISK_DRIVERS`].
+    pub drivers: Vec<&'static str>,
+}
+
+/// The disk drivers looked for, and where a module tree keeps each (under
+/// `kernel/`, as a `.ko` possibly compressed, or listed in `modules.builtin`).
+pub const DISK_DRIVERS: [(&str, &[&str]); 10] = [
+    ("virtio_blk", &["drivers/block/virtio_blk"]),
+    ("virtio_scsi", &["drivers/scsi/virtio_scsi"]),
+    ("ahci", &["drivers/ata/ahci"]),
+    ("ata_piix", &["drivers/ata/ata_piix"]),
+    ("ide_piix", &["drivers/ide/pci/piix", "drivers/ide/piix"]),
+    ("mptspi", &["drivers/message/fusion/mptspi"]),
+    ("vmw_pvscsi", &["drivers/scsi/vmw_pvscsi"]),
+    ("BusLogic", &["drivers/scsi/BusLogic"]),
+    ("xen_blkfront", &["drivers/block/xen-blkfront", "drivers/xen/blkfront/xenblk"]),
+    ("nvme", &["drivers/nvme/host/nvme", "drivers/block/nvme"]),
+];
+
+/// The most module trees whose drivers are listed.
+const MAX_DRIVER_TREES: usize = 16;
+/// The largest `modules.builtin` read.
+const MAX_BUILTIN: u64 = 1 << 20;
+
+/// The disk drivers in `/lib/modules/<version>`: a module file (`.ko`,
+/// `.ko.xz`, `.ko.gz`, `.ko.zst`) or a line of `modules.builtin`.
+fn disk_drivers(root: &ExtFs, version: &str) -> Vec<&'static str> {
+    let tree = format!("/lib/modules/{version}");
+    let builtin = root.read(&format!("{tree}/modules.builtin"), MAX_BUILTIN).unwrap_or_default();
+    let builtin = String::from_utf8_lossy(&builtin);
+    let builtin: Vec<&str> = builtin.lines().map(|l| l.trim().trim_end_matches(".ko")).collect();
+    DISK_DRIVERS
+        .iter()
+        .filter(|(_, paths)| {
+            paths.iter().any(|p| {
+                builtin.contains(&format!("kernel/{p}").as_str())
+                    || ["ko", "ko.xz", "ko.gz", "ko.zst"]
+                        .iter()
+                        .any(|ext| root.stat(&format!("{tree}/kernel/{p}.{ext}")).is_some())
+            })
+        })
+        .map(|(name, _)| *name)
+        .collect()
 }
 
 impl Boot {
@@ -255,6 +309,12 @@ pub fn detect(root: Option<&ExtFs>, boot_fs: Option<&ExtFs>, bare_disk: bool) ->
         }
         b.module_trees =
             r.list("/lib/modules").into_iter().filter(|(_, k)| *k == Kind::Dir).map(|(n, _)| n).collect();
+        b.disk_drivers = b
+            .module_trees
+            .iter()
+            .take(MAX_DRIVER_TREES)
+            .map(|v| DiskDrivers { version: v.clone(), drivers: disk_drivers(r, v) })
+            .collect();
     }
     b.kernels.sort_by(|a, c| a.path.cmp(&c.path));
     b.bootloader.dedup();

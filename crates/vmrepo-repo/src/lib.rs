@@ -36,6 +36,7 @@ pub mod add;
 pub mod catalog;
 pub mod checksum;
 pub mod content;
+pub mod convert;
 pub mod description;
 pub mod error;
 pub mod fsutil;
