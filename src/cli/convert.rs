@@ -315,21 +315,20 @@ fn converted_name(
 ) -> Result<ImageName> {
     let ext = Extension::from_user(output.format().extension())?;
     let Some(n) = source else {
-        let fields = vmrepo_repo::naming::NameFields {
-            detail: detail.map(str::to_string),
-            ext: Some(output.format().extension().to_string()),
-            ..Default::default()
-        };
+        // Named as the source would be, then given the new format's extension.
+        let fields =
+            vmrepo_repo::naming::NameFields { detail: detail.map(str::to_string), ..Default::default() };
         let info = vmrepo_repo::naming::SourceInfo {
             path: &content.entry,
             is_folder: false,
             content: Some(content),
             force: false,
         };
-        return vmrepo_repo::naming::build_name(&fields, Some(&info)).map_err(|e| {
+        let named = vmrepo_repo::naming::build_name(&fields, Some(&info)).map_err(|e| {
             anyhow::Error::from(e)
                 .context("the source has no convention name; naming the result from the guest")
-        });
+        })?;
+        return Ok(named.with_ext(Some(ext))?);
     };
     let detail = match detail {
         Some(d) => Some(Detail::parse(d)?),

@@ -7,6 +7,7 @@ mod add;
 mod catalog;
 mod context;
 mod context_boot;
+mod convert;
 mod crash;
 mod formats;
 mod hepix;
