@@ -130,7 +130,8 @@ impl Target {
             }
             Err(_) => {}
         }
-        let tmp = dir.join(format!(".{}.vmrepo-tmp-{}", name.to_string_lossy(), fsutil::unique_id()));
+        remove_stale_temporaries(&dir, &name.to_string_lossy());
+        let tmp = fsutil::temp_sibling(&dest);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -138,6 +139,23 @@ impl Target {
             .open(&tmp)
             .map_err(|e| Error::io("create", &tmp, e))?;
         Ok(Target::New(TempOut { tmp, dest, file, done: false }))
+    }
+}
+
+/// Removes the temporary files an earlier `cat -o` or `convert -o` of the
+/// same name left when it was killed (`.NAME.tmp-ID` of a process gone from
+/// this host); a command still at work keeps its own.
+fn remove_stale_temporaries(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix)
+            && fsutil::is_stale_temp_sibling(&n)
+            && e.file_type().is_ok_and(|t| t.is_file())
+        {
+            let _ = fs::remove_file(e.path());
+        }
     }
 }
 

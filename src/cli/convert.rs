@@ -217,8 +217,16 @@ fn write_file(
         ))
         .into()),
         crate::outfile::Target::New(tmp) => {
-            let written = vmrepo_format::write::write(disk, output, tmp.file(), progress, ctx.cancel)
-                .with_context(|| format!("writing {}", out.display()))?;
+            let name = out.file_name().map(|n| n.to_string_lossy().into_owned());
+            let written = vmrepo_format::write::write_named(
+                disk,
+                output,
+                tmp.file(),
+                name.as_deref(),
+                progress,
+                ctx.cancel,
+            )
+            .with_context(|| format!("writing {}", out.display()))?;
             if ctx.cancel.load(Ordering::Relaxed) {
                 return Err(vmrepo_repo::Error::interrupted().into());
             }
@@ -257,8 +265,16 @@ fn convert_and_add(
         .tempfile_in(catalog.repo().meta_dir())
         .map_err(|e| vmrepo_repo::Error::io("create a temporary file in", &catalog.repo().meta_dir(), e))?;
     bar.start(disk.size(), "converting");
-    let written = vmrepo_format::write::write(disk, output, tmp.as_file(), progress, ctx.cancel)
-        .with_context(|| format!("converting {}", path.display()))?;
+    let file_name = name.to_string();
+    let written = vmrepo_format::write::write_named(
+        disk,
+        output,
+        tmp.as_file(),
+        Some(&file_name),
+        progress,
+        ctx.cancel,
+    )
+    .with_context(|| format!("converting {}", path.display()))?;
     bar.finish();
     if ctx.cancel.load(Ordering::Relaxed) {
         return Err(vmrepo_repo::Error::interrupted().into());

@@ -62,6 +62,13 @@ fn a_guest_converted_for_every_vm_software_is_what_qemu_img_reads() {
         assert_eq!(info["virtual-size"], src["virtual_sizes"]["raw"], "{vm}: {info}");
         if let Some(sub) = sub {
             assert_eq!(info["format-specific"]["data"]["create-type"], sub, "{vm}: {info}");
+            // The descriptor names the file by the name it was renamed to.
+            let head = std::fs::read(&out).unwrap();
+            let text = String::from_utf8_lossy(&head[..head.len().min(64 << 10)]).into_owned();
+            assert!(
+                text.contains(&format!("\"out-{vm}\"")),
+                "{vm}: the extent line names the temporary file"
+            );
         }
         qemu_img_agrees(Path::new(raw), "raw", &out, fmt);
         // The SHA-256 of the source, as sha256sum gives it.
@@ -95,6 +102,30 @@ fn a_guest_converted_for_every_vm_software_is_what_qemu_img_reads() {
     r.fails(6, &["convert", raw, "--to", "openstack", "-o", "x"]);
     r.fails(6, &["convert", raw, "--to", "kvm", "--cluster-size", "3k", "-o", "x"]);
     r.fails(2, &["convert", raw, "--to", "kvm"]);
+    // Killed while it writes: the name is not taken, and the next run removes
+    // the temporary file the killed one left.
+    if have("strace", "strace") {
+        let out = r.scratch().join("killed.vdi");
+        let o = Command::new("strace")
+            .args(["-f", "-o", "/dev/null", "-e", "inject=pwrite64:signal=SIGKILL:when=2"])
+            .arg(crate::util::bin())
+            .args(["convert", raw, "--to", "virtualBox", "-o", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_ne!(o.status.code(), Some(0));
+        assert!(!out.exists());
+        let left = |dir: &Path| -> usize {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".killed.vdi.tmp-"))
+                .count()
+        };
+        assert_eq!(left(&r.scratch()), 1, "the killed run's temporary file");
+        r.ok(&["convert", raw, "--to", "virtualBox", "-o", out.to_str().unwrap()]);
+        assert_eq!(left(&r.scratch()), 0, "removed by the next run");
+        qemu_img_agrees(Path::new(raw), "raw", &out, "vdi");
+    }
 }
 
 #[test]
@@ -139,7 +170,7 @@ fn every_xen_paravirtual_guest_is_refused_for_every_vm_software_that_needs_a_ker
     let stored = r.vm_dir("kvm").join(Path::new(path).file_name().unwrap());
     let txt = std::fs::read_to_string(stored.with_extension("txt")).unwrap();
     let sha = crate::util::sha256sum(Path::new(xenmod));
-    assert!(txt.contains(&format!("Converted from ")) && txt.contains(&format!("(SHA-256 {sha})")), "{txt}");
+    assert!(txt.contains("Converted from ") && txt.contains(&format!("(SHA-256 {sha})")), "{txt}");
     assert!(
         txt.contains("WARNING: a Xen paravirtual guest") && txt.contains("Converted anyway (--force)"),
         "{txt}"

@@ -181,6 +181,9 @@ pub struct WriteCtx<'a> {
     pub cancel: &'a AtomicBool,
     /// Compression threads: every core.
     pub threads: usize,
+    /// The file name the output will have once renamed into place (a VMDK
+    /// descriptor names its own file); `None`: the name it is written under.
+    pub name: Option<&'a str>,
 }
 
 impl WriteCtx<'_> {
@@ -208,9 +211,25 @@ pub fn write(
     progress: &dyn Fn(u64),
     cancel: &AtomicBool,
 ) -> Result<Written> {
+    write_named(disk, output, out, None, progress, cancel)
+}
+
+/// [`write`], into a file that will be renamed to `name` (a VMDK names its
+/// own file in its descriptor, where VMware looks for its data).
+///
+/// # Errors
+/// As [`write`].
+pub fn write_named(
+    disk: &dyn Disk,
+    output: &Output,
+    out: &File,
+    name: Option<&str>,
+    progress: &dyn Fn(u64),
+    cancel: &AtomicBool,
+) -> Result<Written> {
     output.validate()?;
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let ctx = WriteCtx { progress, cancel, threads };
+    let ctx = WriteCtx { progress, cancel, threads, name };
     let data_bytes = match *output {
         Output::Raw => {
             let mut data = 0u64;
@@ -376,7 +395,7 @@ mod tests {
     use std::sync::Arc;
 
     fn ctx<'a>(cancel: &'a AtomicBool) -> WriteCtx<'a> {
-        WriteCtx { progress: &|_| {}, cancel, threads: 2 }
+        WriteCtx { progress: &|_| {}, cancel, threads: 2, name: None }
     }
 
     #[test]

@@ -86,7 +86,10 @@ pub(crate) fn write(disk: &dyn Disk, sub: VmdkSubformat, out: &File, ctx: &Write
             disk.size()
         )));
     }
-    let name = extent_name(out);
+    let name = match ctx.name {
+        Some(n) if !n.is_empty() && !n.contains(['"', '\n', '\r', '\0', '/']) => n.to_string(),
+        _ => extent_name(out),
+    };
     match sub {
         VmdkSubformat::MonolithicSparse => write_sparse(disk, capacity, &name, out, ctx),
         VmdkSubformat::StreamOptimized => write_stream(disk, capacity, &name, out, ctx),
