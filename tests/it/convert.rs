@@ -259,3 +259,59 @@ fn the_format_mutation_corpus_through_convert() {
     }
     let _ = vmrepo(&["--version"]);
 }
+
+/// A guest built with mke2fs -d whose kernel has only the IDE driver, and
+/// whose fstab mounts a Xen device: each VM software's warnings name the bus
+/// to choose and the device it gives.
+#[test]
+fn disk_bus_warnings_name_the_bus_to_choose() {
+    if !have("mke2fs", "e2fsprogs") {
+        return;
+    }
+    let r = Repo::new();
+    let root = r.scratch().join("root");
+    let v = "2.6.32-431.el6.x86_64";
+    for (path, text) in [
+        (format!("boot/vmlinuz-{v}"), "kernel"),
+        (
+            "boot/grub/grub.conf".to_string(),
+            "title SL6\n root (hd0,0)\n kernel /vmlinuz-2.6.32-431.el6.x86_64\n",
+        ),
+        (format!("lib/modules/{v}/kernel/drivers/ata/ata_piix.ko"), "module"),
+        (format!("lib/modules/{v}/modules.dep"), ""),
+        ("etc/fstab".to_string(), "/dev/xvda1 / ext4 defaults 1 1\n"),
+        ("etc/redhat-release".to_string(), "Scientific Linux release 6.5 (Carbon)\n"),
+    ] {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let img = r.scratch().join("ide-only.raw");
+    crate::util::run(
+        "mke2fs",
+        &["-q", "-t", "ext4", "-d", root.to_str().unwrap(), img.to_str().unwrap(), "64M"],
+    );
+    let inspected = r.json(&["inspect", img.to_str().unwrap()]);
+    assert_eq!(
+        inspected["boot"]["disk_drivers"][0]["drivers"],
+        serde_json::json!(["ata_piix"]),
+        "{}",
+        inspected["boot"]
+    );
+    let warnings = |vm: &str| -> String {
+        let out = r.scratch().join(format!("o-{vm}"));
+        let v = r.json(&["convert", img.to_str().unwrap(), "--to", vm, "-o", out.to_str().unwrap()]);
+        assert_eq!(v["verdict"]["boots"], "with_warnings", "{vm}: {v}");
+        v["verdict"]["warnings"].to_string()
+    };
+    let kvm = warnings("kvm");
+    assert!(kvm.contains("no virtio_blk driver") && kvm.contains("attach the disk as IDE"), "{kvm}");
+    assert!(kvm.contains("/dev/xvda1") && kvm.contains("/dev/vda"), "{kvm}");
+    let vbox = warnings("virtualBox");
+    assert!(vbox.contains("no ahci driver") && vbox.contains("IDE (PIIX4)"), "{vbox}");
+    let ec2 = warnings("ec2");
+    assert!(ec2.contains("no driver for any disk bus ec2 offers"), "{ec2}");
+    // VMware's VMDK declares IDE: no bus warning, only the fstab's.
+    let vmware = warnings("vmware");
+    assert!(!vmware.contains("driver") && vmware.contains("/dev/sda"), "{vmware}");
+}
