@@ -30,7 +30,9 @@ fn invalid(msg: impl Into<String>) -> vmrepo_repo::Error {
 #[derive(Serialize)]
 struct Report {
     source: String,
-    source_sha256: String,
+    /// With --add (the description quotes it); not computed for -o.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_sha256: Option<String>,
     vm: String,
     format: Format,
     subformat: String,
@@ -85,10 +87,6 @@ pub(crate) fn convert(ctx: &Ctx<'_>, a: &ConvertArgs) -> Result<Outcome> {
         let w = write_file(ctx, disk, &output, out, a.force, &input_files(&path, &image.info), &progress)?;
         bar.finish();
         (w, Some(out.display().to_string()), None, None)
-    };
-    let source_sha = match source_sha {
-        Some(s) => s,
-        None => sha256_of(&path, ctx)?,
     };
     let report = Report {
         source: path.display().to_string(),
