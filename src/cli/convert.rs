@@ -224,6 +224,7 @@ fn write_file(
                 progress,
                 ctx.cancel,
             )
+            .map_err(|e| interrupted_or(ctx, e))
             .with_context(|| format!("writing {}", out.display()))?;
             if ctx.cancel.load(Ordering::Relaxed) {
                 return Err(vmrepo_repo::Error::interrupted().into());
@@ -272,6 +273,7 @@ fn convert_and_add(
         progress,
         ctx.cancel,
     )
+    .map_err(|e| interrupted_or(ctx, e))
     .with_context(|| format!("converting {}", path.display()))?;
     bar.finish();
     if ctx.cancel.load(Ordering::Relaxed) {
@@ -349,6 +351,11 @@ fn converted_name(
         None => n.detail().cloned(),
     };
     Ok(ImageName::new(NameParts { detail, ext: Some(ext), ..n.parts() })?)
+}
+
+/// A write stopped by a signal is an interruption (exit 130), not an I/O error.
+fn interrupted_or(ctx: &Ctx<'_>, e: vmrepo_format::Error) -> anyhow::Error {
+    if ctx.cancel.load(Ordering::Relaxed) { vmrepo_repo::Error::interrupted().into() } else { e.into() }
 }
 
 /// The SHA-256 of the image file at `path`.

@@ -32,7 +32,7 @@
 //! a referenced file that is needed, and I/O.
 //!
 //! Formats live in one folder each (`qcow2/`, `vmdk/` ...), split into the
-//! on-disk structures, the reader and the writer; [`write`] writes a disk in
+//! on-disk structures, the reader and the writer; [`mod@write`] writes a disk in
 //! any format but ISO, streamed, holes kept.
 #![forbid(unsafe_code)]
 

@@ -2,13 +2,13 @@
 //! readers (`qcow2/writer.rs`, `vmdk/writer.rs` ...), and what they share.
 //!
 //! Every writer streams: it walks the source [`Disk`] once, in guest order,
-//! through [`for_each_nonzero`], which skips what the map says reads as zeros
+//! through `for_each_nonzero`, which skips what the map says reads as zeros
 //! and every grain that holds only zeros, so holes stay holes. Nothing is
 //! staged in a temporary raw copy, and what a writer keeps in memory is
 //! bounded by the output's tables (a few bytes per MiB of guest), never by
 //! the data: the caller gives an empty file, and renames it into place when
-//! [`write`] returns. Compressed outputs compress on every core through
-//! [`parallel_ordered`], in order.
+//! [`fn@write`] returns. Compressed outputs compress on every core through
+//! `parallel_ordered`, in order.
 //!
 //! ```no_run
 //! use std::sync::atomic::AtomicBool;
@@ -35,7 +35,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// Bytes read from the source at a time (or one grain, if larger).
 const CHUNK: usize = 1 << 20;
-/// The largest grain [`for_each_nonzero`] hands out.
+/// The largest grain `for_each_nonzero` hands out.
 pub const MAX_GRAIN: usize = 2 << 20;
 
 /// A qcow2 compression algorithm.
@@ -214,11 +214,11 @@ pub fn write(
     write_named(disk, output, out, None, progress, cancel)
 }
 
-/// [`write`], into a file that will be renamed to `name` (a VMDK names its
+/// [`fn@write`], into a file that will be renamed to `name` (a VMDK names its
 /// own file in its descriptor, where VMware looks for its data).
 ///
 /// # Errors
-/// As [`write`].
+/// As [`fn@write`].
 pub fn write_named(
     disk: &dyn Disk,
     output: &Output,
