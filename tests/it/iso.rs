@@ -212,6 +212,10 @@ iso.close()
 /// python3 of a virtualenv under target/ with pycdlib from PyPI (made once,
 /// in place; a marker says it is complete).
 fn pycdlib() -> Option<PathBuf> {
+    // Tests run at once in threads: one makes the virtualenv while the others wait,
+    // instead of removing and making it under each other.
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MAKING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("venv-pycdlib");
     let ready = venv.join("vmrepo-ready");
     let python = venv.join("bin/python3");
