@@ -32,6 +32,31 @@ pub struct TempOut {
 }
 
 impl TempOut {
+    /// A new temporary file beside `dest` (`.NAME.tmp-ID`), after removing
+    /// those a killed run of the same name left.
+    ///
+    /// # Errors
+    /// The file cannot be created.
+    pub fn beside(dest: PathBuf) -> Result<TempOut> {
+        let dir = fsutil::parent(&dest).to_path_buf();
+        if let Some(name) = dest.file_name() {
+            remove_stale_temporaries(&dir, &name.to_string_lossy());
+        }
+        let tmp = fsutil::temp_sibling(&dest);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        Ok(TempOut { tmp, dest, file, done: false })
+    }
+
+    /// The temporary file's path.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
     /// The open temporary file.
     pub fn file(&self) -> &File {
         &self.file
@@ -130,15 +155,7 @@ impl Target {
             }
             Err(_) => {}
         }
-        remove_stale_temporaries(&dir, &name.to_string_lossy());
-        let tmp = fsutil::temp_sibling(&dest);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
-        Ok(Target::New(TempOut { tmp, dest, file, done: false }))
+        Ok(Target::New(TempOut::beside(dest)?))
     }
 }
 

@@ -258,23 +258,15 @@ fn convert_and_add(
         Some(s) => s,
         None => sha256_of(path, ctx)?,
     };
-    // In the repository's own folder, so that the import links it in.
-    let tmp = tempfile::Builder::new()
-        .prefix(".vmrepo-convert.")
-        .tempfile_in(catalog.repo().meta_dir())
-        .map_err(|e| vmrepo_repo::Error::io("create a temporary file in", &catalog.repo().meta_dir(), e))?;
+    // In the repository's own folder, so that the import links it in; a
+    // killed run's file is removed by the next.
+    let tmp = crate::outfile::TempOut::beside(catalog.repo().meta_dir().join("convert"))?;
     bar.start(disk.size(), "converting");
     let file_name = name.to_string();
-    let written = vmrepo_format::write::write_named(
-        disk,
-        output,
-        tmp.as_file(),
-        Some(&file_name),
-        progress,
-        ctx.cancel,
-    )
-    .map_err(|e| interrupted_or(ctx, e))
-    .with_context(|| format!("converting {}", path.display()))?;
+    let written =
+        vmrepo_format::write::write_named(disk, output, tmp.file(), Some(&file_name), progress, ctx.cancel)
+            .map_err(|e| interrupted_or(ctx, e))
+            .with_context(|| format!("converting {}", path.display()))?;
     bar.finish();
     if ctx.cancel.load(Ordering::Relaxed) {
         return Err(vmrepo_repo::Error::interrupted().into());
