@@ -140,6 +140,9 @@ fn exercise(data: Vec<u8>, format: Option<Format>, rng_seed: u64) -> usize {
 
 #[test]
 fn mutated_images_never_panic_hang_or_balloon() {
+    if !Counting::alone_in_a_child(module_path!(), "mutated_images_never_panic_hang_or_balloon") {
+        return;
+    }
     if !have("qemu-img", "qemu-utils") {
         return;
     }
@@ -215,6 +218,12 @@ fn mutated_images_never_panic_hang_or_balloon() {
 /// refcount block: `check` reads the block once, not a million times.
 #[test]
 fn a_refcount_table_naming_one_block_a_million_times_stays_small() {
+    if !Counting::alone_in_a_child(
+        module_path!(),
+        "a_refcount_table_naming_one_block_a_million_times_stays_small",
+    ) {
+        return;
+    }
     if !have("qemu-img", "qemu-utils") {
         return;
     }
@@ -241,6 +250,9 @@ fn a_refcount_table_naming_one_block_a_million_times_stays_small() {
 /// the shared block without keeping a stretch per entry.
 #[test]
 fn a_vdi_map_naming_one_block_a_million_times_stays_small() {
+    if !Counting::alone_in_a_child(module_path!(), "a_vdi_map_naming_one_block_a_million_times_stays_small") {
+        return;
+    }
     if !have("qemu-img", "qemu-utils") {
         return;
     }

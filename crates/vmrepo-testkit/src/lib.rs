@@ -67,6 +67,37 @@ impl Counting {
         live
     }
 
+    /// Runs the calling test again, alone, in a child process of this test
+    /// binary, so that what the tests running beside it allocate is not
+    /// counted in its heap peak (the counters are the whole process's). A test
+    /// that measures the peak starts with
+    /// `if !Counting::alone_in_a_child(module_path!(), "its_name") { return; }`. Returns `true` in
+    /// the child, which goes on to measure, and `false` in the parent once the
+    /// child has passed. `module` is `module_path!()` and `test` the test's name.
+    pub fn alone_in_a_child(module: &str, test: &str) -> bool {
+        const CHILD: &str = "VMREPO_TEST_ALONE";
+        if std::env::var_os(CHILD).is_some() {
+            return true;
+        }
+        // The harness names a test by its path without the crate.
+        let name = match module.split_once("::") {
+            Some((_, path)) => format!("{path}::{test}"),
+            None => test.to_string(),
+        };
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let out = Command::new(exe)
+            .args([name.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap_or_else(|e| panic!("running {name} in a child process: {e}"));
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        eprint!("{stderr}");
+        assert!(out.status.success(), "{name} failed in its own process ({}):\n{stdout}{stderr}", out.status);
+        // A name that matches nothing would pass with no test run.
+        assert!(stdout.contains("1 passed"), "{name} did not run in its own process:\n{stdout}");
+        false
+    }
+
     /// The most heap bytes live at once since [`Counting::reset_peak`]
     /// returned `before`, beyond `before`.
     pub fn peak_since(before: usize) -> usize {

@@ -207,6 +207,10 @@ fn a_1_tib_disk_with_little_data_in_bounded_time_and_memory() {
     if !need_qemu_img() {
         return;
     }
+    if !Counting::alone_in_a_child(module_path!(), "a_1_tib_disk_with_little_data_in_bounded_time_and_memory")
+    {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let src = sparse_raw(dir.path(), 1 << 40);
     for out in [SPARSE, STREAM, DYNAMIC] {
