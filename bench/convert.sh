@@ -3,11 +3,14 @@
 # a 4 GiB qcow2 holding 1 GiB of real files (a tar of /usr in an ext4 made by
 # mke2fs -d) written as VMDK streamOptimized, VDI, VHD fixed and compressed
 # qcow2. Targets: <= 1.0x qemu-img for uncompressed outputs, <= 0.6x for
-# compressed ones. RUNS (default 3) runs each.
+# compressed ones. Uncompressed outputs: ROUNDS (default 8) rounds of two
+# alternating runs each; compressed ones (half a minute for qemu-img):
+# CROUNDS (default 1).
 source "$(dirname "$0")/lib.sh"
 need qemu-img qemu-utils
 need mke2fs e2fsprogs
-RUNS=${RUNS:-3}
+ROUNDS=${ROUNDS:-8}
+CROUNDS=${CROUNDS:-1}
 src=$BENCH_DIR/convert-src.qcow2
 if [ ! -f "$src" ]; then
   stage=$BENCH_DIR/convert-stage
@@ -23,29 +26,42 @@ report "## vmrepo convert vs qemu-img convert ($(date -u +%F), $(nproc) cores, $
 report ""
 report "Source: 4 GiB virtual qcow2, $(qemu-img info --output=json "$src" | python3 -c 'import json,sys; print(json.load(sys.stdin)["actual-size"] // 1048576)') MiB allocated."
 report ""
-report "| output | qemu-img convert | vmrepo convert | ratio | target |"
-report "|---|---|---|---|---|"
+report "| output | qemu-img convert | vmrepo convert | ratio (means) | ratio (medians) | target |"
+report "|---|---|---|---|---|---|"
+# One row: its third argument's number of rounds in which the two commands run two times each,
+# alternating (a virtual machine's page-allocation stalls come and go), then
+# the mean and the median of all runs of each.
 row() {
-  local what=$1 target=$2 q=$3 v=$4
-  hyperfine --runs "$RUNS" --prepare "rm -f $out; sync" --export-json "$BENCH_DIR/convert.json" "$q" "$v" >&2
-  local a b
-  a=$(mean "$BENCH_DIR/convert.json" 0)
-  b=$(mean "$BENCH_DIR/convert.json" 1)
-  report "| $what | $(s "$a") | $(s "$b") | $(ratio "$b" "$a") | <= $target |"
+  local what=$1 target=$2 rounds=$3 q=$4 v=$5 r
+  rm -f "$BENCH_DIR"/convert-*.json
+  for ((r = 0; r < rounds; r++)); do
+    hyperfine --runs 2 --prepare "rm -f $out; sync" --export-json "$BENCH_DIR/convert-$r.json" "$q" "$v" >&2
+  done
+  local a b am bm
+  read -r a b am bm < <(python3 - "$BENCH_DIR" <<'PY'
+import glob, json, statistics, sys
+times = [[], []]
+for f in glob.glob(sys.argv[1] + "/convert-*.json"):
+    for i, r in enumerate(json.load(open(f))["results"]):
+        times[i] += r["times"]
+print(*(statistics.mean(t) for t in times), *(statistics.median(t) for t in times))
+PY
+)
+  report "| $what | $(s "$a") (median $(s "$am")) | $(s "$b") (median $(s "$bm")) | $(ratio "$b" "$a") | $(ratio "$bm" "$am") | <= $target |"
 }
-row "VMDK streamOptimized" 0.6 \
+row "VMDK streamOptimized" 0.6 "$CROUNDS" \
   "qemu-img convert -f qcow2 -O vmdk -o subformat=streamOptimized $src $out" \
   "$V convert $src --to ec2 -o $out"
-row "VDI dynamic" 1.0 \
+row "VDI dynamic" 1.0 "$ROUNDS" \
   "qemu-img convert -f qcow2 -O vdi $src $out" \
   "$V convert $src --to virtualBox -o $out"
-row "VHD fixed" 1.0 \
+row "VHD fixed" 1.0 "$ROUNDS" \
   "qemu-img convert -f qcow2 -O vpc -o subformat=fixed,force_size=on $src $out" \
   "$V convert $src --to ec2 -O vhd --subformat fixed -o $out"
-row "qcow2 compressed (zlib)" 0.6 \
+row "qcow2 compressed (zlib)" 0.6 "$CROUNDS" \
   "qemu-img convert -f qcow2 -O qcow2 -c $src $out" \
   "$V convert $src --to kvm --compress -o $out"
-row "qcow2 compressed (zstd)" 0.6 \
+row "qcow2 compressed (zstd)" 0.6 "$CROUNDS" \
   "qemu-img convert -f qcow2 -O qcow2 -c -o compression_type=zstd $src $out" \
   "$V convert $src --to kvm --compress zstd -o $out"
 rm -f "$out"

@@ -10,7 +10,7 @@ source "$(dirname "$0")/lib.sh"
   echo "| --- | --- | --- |"
 } | tee -a "$BENCH_DIR/results.md"
 export NO_BUILD=1
-for b in ${BENCHES:-add verify find memory info cat inspect serve serve-catalog upload publish convert}; do
+for b in ${BENCHES:-add verify find memory info cat inspect serve serve-catalog upload publish convert align}; do
   bash "$here/$b.sh" > "$BENCH_DIR/$b.log" 2>&1 || { echo "bench $b failed: see $BENCH_DIR/$b.log" >&2; exit 1; }
 done
 echo; cat "$BENCH_DIR/results.md"

@@ -56,7 +56,7 @@ impl Sha512Cache {
         }
         let mut f = fsutil::open_regular(file, false)?;
         let (mut a, mut b) = (Sha256::new(), Sha512::new());
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vmrepo_format::IoBuf::zeroed(1 << 20);
         loop {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::interrupted());

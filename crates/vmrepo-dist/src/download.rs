@@ -392,7 +392,7 @@ fn receive(
 /// One buffer on its way through [`pump`]'s threads: the bytes, how many
 /// of them are used, and where they go in the file.
 struct Piece {
-    buf: Vec<u8>,
+    buf: vmrepo_format::IoBuf,
     len: usize,
     offset: u64,
 }
@@ -423,10 +423,10 @@ fn pump(
     let Hashes { sha, md5 } = hashes;
     let stopped = || Error::new(ErrorKind::Io, "a hashing or writing thread stopped");
     std::thread::scope(|s| {
-        let (back, pool) = mpsc::channel::<Vec<u8>>();
+        let (back, pool) = mpsc::channel::<vmrepo_format::IoBuf>();
         for _ in 0..POOL {
             // The receiver is alive: it is `pool`, held here.
-            let _ = back.send(vec![0u8; CHUNK]);
+            let _ = back.send(vmrepo_format::IoBuf::zeroed(CHUNK));
         }
         let (to_md5, for_md5) = mpsc::channel::<Piece>();
         let md5_thread = s.spawn(move || {

@@ -260,7 +260,7 @@ fn mirror_image(
             .map_err(|e| Error::io("create", &tmp, e))?;
         let mut hasher = Sha256::new();
         let mut got: u64 = 0;
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = vmrepo_format::IoBuf::zeroed(CHUNK);
         loop {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::interrupted());

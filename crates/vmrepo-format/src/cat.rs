@@ -83,7 +83,7 @@ pub fn to_file(disk: &dyn Disk, out: &File, progress: &dyn Fn(u64), cancel: &Ato
         let worker = |pieces: Arc<Mutex<mpsc::Receiver<(u64, usize)>>>| {
             let failed = &failed;
             move || -> Result<()> {
-                let mut buf = vec![0u8; CHUNK];
+                let mut buf = crate::IoBuf::zeroed(CHUNK);
                 loop {
                     let next = pieces.lock().map_err(|_| stopped())?.recv();
                     let Ok((pos, n)) = next else { return Ok(()) };
@@ -159,7 +159,7 @@ pub fn to_stream(disk: &dyn Disk, out: &mut dyn Write, cancel: &AtomicBool) -> R
         }
         Ok(())
     };
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = crate::IoBuf::zeroed(CHUNK);
     for_each_piece(disk, cancel, |pos, n| {
         disk.read_at(&mut buf[..n], pos)?;
         zeros_to(out, pos, &mut written)?;

@@ -42,6 +42,7 @@ pub mod detect;
 pub mod disk;
 mod error;
 pub mod info;
+pub mod iobuf;
 pub mod source;
 pub mod write;
 
@@ -62,6 +63,7 @@ pub use detect::{Detected, detect};
 pub use disk::{Disk, MapExtent, map, map_each};
 pub use error::{Error, ErrorKind, Result};
 pub use info::{ExtentInfo, Info, Parent, Snapshot, Storage};
+pub use iobuf::IoBuf;
 pub use source::{FileSource, FolderResolver, MemSource, NoResolver, Resolver, Source};
 
 /// A format vmrepo reads.

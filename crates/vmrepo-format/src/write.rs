@@ -280,7 +280,7 @@ pub(crate) fn for_each_nonzero(
     }
     let chunk = CHUNK.max(grain);
     let size = disk.size();
-    let mut buf = vec![0u8; chunk];
+    let mut buf = crate::IoBuf::zeroed(chunk);
     let mut handed = 0u64;
     let mut pos = 0u64;
     while pos < size {

@@ -64,6 +64,7 @@ use std::sync::mpsc;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use sha2::{Digest, Sha256};
+use vmrepo_format::IoBuf;
 
 use self::md5::Md5;
 use crate::error::{Error, ErrorKind, Result};
@@ -152,7 +153,7 @@ fn in_one_thread(
             h.update(bytes);
         }
     };
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = IoBuf::zeroed(CHUNK);
     walk(src, len, cancel, |region| {
         match region {
             Region::Hole(n) => {
@@ -279,7 +280,7 @@ impl Drop for Abandon<'_> {
 /// A stretch handed to the MD5 thread.
 enum Piece {
     /// The first `usize` bytes of a pooled buffer.
-    Data(Vec<u8>, usize),
+    Data(IoBuf, usize),
     /// A hole of this many bytes.
     Zeros(u64),
 }
@@ -313,7 +314,7 @@ struct Handoff {
 
 struct HandoffState {
     queue: VecDeque<Piece>,
-    free: Vec<Vec<u8>>,
+    free: Vec<IoBuf>,
     /// Buffers allocated so far: as needed, up to [`POOL_BUFFERS`].
     allocated: usize,
     /// No more pieces will come.
@@ -349,7 +350,7 @@ impl Handoff {
 
     /// A buffer for the next chunk, waiting until half the pool is free
     /// when it is all in use; `None` if the MD5 thread is gone.
-    fn free_buffer(&self) -> Option<Vec<u8>> {
+    fn free_buffer(&self) -> Option<IoBuf> {
         let mut st = self.lock();
         loop {
             if st.abandoned {
@@ -360,7 +361,7 @@ impl Handoff {
             }
             if st.allocated < POOL_BUFFERS {
                 st.allocated += 1;
-                return Some(vec![0u8; CHUNK]);
+                return Some(IoBuf::zeroed(CHUNK));
             }
             st.reader_waits = ReaderWaits::Buffers;
             st = self.freed.wait(st).unwrap_or_else(PoisonError::into_inner);
@@ -399,7 +400,7 @@ impl Handoff {
 
     /// For the MD5 thread: gives back the buffer of the piece it hashed, and
     /// takes the next piece, waiting for one; `None` when abandoned.
-    fn next(&self, done: Option<Vec<u8>>) -> Option<Next> {
+    fn next(&self, done: Option<IoBuf>) -> Option<Next> {
         let mut st = self.lock();
         if let Some(buf) = done {
             st.free.push(buf);

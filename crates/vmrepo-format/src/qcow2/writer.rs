@@ -292,7 +292,7 @@ impl Tables {
 struct Host<'a> {
     out: &'a File,
     geo: Geometry,
-    buf: Vec<u8>,
+    buf: crate::IoBuf,
     buf_start: u64,
     refs: Refcounts,
 }
@@ -306,7 +306,7 @@ impl<'a> Host<'a> {
         Host {
             out,
             geo,
-            buf: Vec::with_capacity(FLUSH_AT + 2 * geo.cluster_size as usize),
+            buf: crate::IoBuf::with_capacity(FLUSH_AT + 2 * geo.cluster_size as usize),
             buf_start: geo.cluster_size,
             refs,
         }

@@ -6,10 +6,13 @@
 //!
 //! - **dynamic** (type 1): a block is stored when one of its bytes is not
 //!   zero, in guest order as the walk reaches it; the map is written last,
-//!   `0xFFFFFFFF` for the blocks not stored. A stored block is written
-//!   whole, zeros included.
+//!   `0xFFFFFFFF` for the blocks not stored.
 //! - **fixed** (type 2): block *n* at data + *n* MiB for every block, the
-//!   file's length set to hold them all, and zero grains left as holes.
+//!   file's length set to hold them all.
+//!
+//! Either way the data goes through `vhd::writer::write_placed`: two
+//! workers reading and writing 1 MiB at a time, zero 4 KiB grains inside a
+//! stored block left as holes (they read as zeros).
 //!
 //! The disk size is rounded up to a whole sector, as qemu-img does
 //! (`vdi_co_create_opts` rounds to `BDRV_SECTOR_SIZE`, and QEMU rounds an odd
@@ -22,8 +25,8 @@ use std::hash::{BuildHasher, Hasher};
 
 use crate::disk::Disk;
 use crate::error::{Error, Result};
-use crate::vmdk::writer::Batch;
-use crate::write::{WriteCtx, for_each_nonzero, write_at};
+use crate::vhd::writer::write_placed;
+use crate::write::{WriteCtx, write_at};
 
 /// "<<< Oracle VM VirtualBox Disk Image >>>\n", in a 64-byte field.
 const PRE_HEADER_TEXT: &[u8] = b"<<< Oracle VM VirtualBox Disk Image >>>\n";
@@ -40,10 +43,6 @@ const BLOCK: u64 = 1 << 20;
 /// VirtualBox aligns the block map and the data to 1 MiB (`VDI_DATA_ALIGN`).
 const ALIGN: u64 = 1 << 20;
 const BLOCK_FREE: u32 = 0xffff_ffff;
-/// A fixed image's data is found and written 64 KiB at a time, so zeros
-/// inside a block stay holes; a dynamic image stores whole blocks, as
-/// VirtualBox and qemu-img do, so that consecutive blocks go out in one write.
-const FIXED_GRAIN: usize = 64 << 10;
 /// The most blocks written: the 8 Mi that vmrepo's reader takes (an 8 TiB
 /// disk, a 32 MiB block map held in memory).
 pub const MAX_BLOCKS: u64 = super::MAX_BLOCKS as u64;
@@ -88,26 +87,27 @@ pub(crate) fn write(disk: &dyn Disk, fixed: bool, out: &File, ctx: &WriteCtx<'_>
         vec![BLOCK_FREE; usize::try_from(l.blocks).unwrap_or(0)]
     };
     let mut stored = 0u32;
-    let mut batch = Batch::new(out);
     let mut seed = Seed(0xcbf2_9ce4_8422_2325);
-    let grain = if fixed { FIXED_GRAIN } else { BLOCK as usize };
-    let data = for_each_nonzero(disk, grain, ctx, &mut |off, g| {
-        seed.grain(off, g);
-        let index = usize::try_from(off / BLOCK).unwrap_or(usize::MAX);
+    // Two workers read and write the guest's data straight into the blocks,
+    // as for VHD and VHDX; a block is given its slot (dynamic: the next one,
+    // in guest order) when its first data arrives.
+    let data = write_placed(disk, BLOCK, out, ctx, &mut |index| {
+        seed.block(index);
         let slot = if fixed {
-            off / BLOCK
+            index
         } else {
-            let e = map.get_mut(index).ok_or_else(|| Error::malformed("a grain past the end of the disk"))?;
+            let e = usize::try_from(index)
+                .ok()
+                .and_then(|i| map.get_mut(i))
+                .ok_or_else(|| Error::malformed("a block past the end of the disk"))?;
             if *e == BLOCK_FREE {
                 *e = stored;
                 stored += 1;
             }
             u64::from(*e)
         };
-        batch.put(l.data_offset + slot * BLOCK + off % BLOCK, g)
+        Ok(l.data_offset + slot * BLOCK)
     })?;
-    batch.flush()?;
-
     let allocated = if fixed { l.blocks as u32 } else { stored };
     let mut map_bytes = Vec::with_capacity(map.len() * 4);
     for e in &map {
@@ -121,12 +121,12 @@ pub(crate) fn write(disk: &dyn Disk, fixed: bool, out: &File, ctx: &WriteCtx<'_>
     Ok(data)
 }
 
-/// What the data was, to make the UUIDs differ with it.
+/// Where the data was, to make the UUIDs differ with it.
 struct Seed(u64);
 
 impl Seed {
-    fn grain(&mut self, off: u64, g: &[u8]) {
-        for &b in off.to_le_bytes().iter().chain(&g[..g.len().min(32)]) {
+    fn block(&mut self, index: u64) {
+        for b in index.to_le_bytes() {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
         }
     }

@@ -8,6 +8,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
+use vmrepo_format::IoBuf;
+
 use super::md5::Md5;
 use super::sha256::{Sha256Lane, update_many};
 use super::{Digests, Endpoint, Region, Walker, Want, ZEROS, check_unchanged, open_nofollow, read_exact_at};
@@ -124,7 +126,7 @@ impl<'a> Hasher<'a> {
     fn serve(&self) {
         let _exit = Exit(self);
         let mut lanes: Vec<Lane> = Vec::with_capacity(LANES);
-        let mut spare: Vec<Vec<u8>> = Vec::new();
+        let mut spare: Vec<IoBuf> = Vec::new();
         loop {
             while lanes.len() < LANES {
                 let Some(req) = self.take(lanes.is_empty()) else { break };
@@ -182,7 +184,7 @@ struct Lane {
     file: File,
     len: u64,
     walker: Walker,
-    buf: Vec<u8>,
+    buf: IoBuf,
     /// What is read and not yet hashed.
     held: Held,
     md5: Option<Md5>,
@@ -199,7 +201,7 @@ enum Held {
 
 impl Lane {
     /// Opens the request's file; gives the request back with the error.
-    fn open(request: Request, buf: Option<Vec<u8>>) -> std::result::Result<Lane, (Request, Error)> {
+    fn open(request: Request, buf: Option<IoBuf>) -> std::result::Result<Lane, (Request, Error)> {
         let opened = open_nofollow(&request.path).and_then(|file| {
             let md = file.metadata().map_err(|e| Error::io("read the size of", &request.path, e))?;
             Ok((file, md.len()))
@@ -215,7 +217,7 @@ impl Lane {
             file,
             len,
             walker: Walker::new(len, LANE_CHUNK),
-            buf: buf.unwrap_or_else(|| vec![0u8; LANE_CHUNK]),
+            buf: buf.unwrap_or_else(|| IoBuf::zeroed(LANE_CHUNK)),
             held: Held::Zeros(0),
             md5: want.md5.then(Md5::new),
             sha: want.sha256.then(Sha256Lane::new),
@@ -317,7 +319,7 @@ impl Lane {
 
     /// Answers the request: the digests, or the error that ended the file.
     /// Gives the buffer back for the next file.
-    fn finish(self, ended: Result<()>) -> Vec<u8> {
+    fn finish(self, ended: Result<()>) -> IoBuf {
         let src = Endpoint { file: &self.file, path: &self.request.path };
         let result = ended.and_then(|()| check_unchanged(src, self.len)).map(|()| Digests {
             md5: self.md5.map(Md5::finalize),
