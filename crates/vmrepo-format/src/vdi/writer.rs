@@ -19,13 +19,11 @@
 //! size up when it opens one that `VBoxManage convertfromraw` made); the
 //! last block is padded with zeros.
 
-use std::collections::hash_map::RandomState;
 use std::fs::File;
-use std::hash::{BuildHasher, Hasher};
 
 use crate::disk::Disk;
 use crate::error::{Error, Result};
-use crate::vhd::writer::write_placed;
+use crate::vhd::writer::{image_id, write_placed};
 use crate::write::{WriteCtx, write_at};
 
 /// "<<< Oracle VM VirtualBox Disk Image >>>\n", in a 64-byte field.
@@ -87,12 +85,10 @@ pub(crate) fn write(disk: &dyn Disk, fixed: bool, out: &File, ctx: &WriteCtx<'_>
         vec![BLOCK_FREE; usize::try_from(l.blocks).unwrap_or(0)]
     };
     let mut stored = 0u32;
-    let mut seed = Seed(0xcbf2_9ce4_8422_2325);
     // Two workers read and write the guest's data straight into the blocks,
     // as for VHD and VHDX; a block is given its slot (dynamic: the next one,
     // in guest order) when its first data arrives.
     let data = write_placed(disk, BLOCK, out, ctx, &mut |index| {
-        seed.block(index);
         let slot = if fixed {
             index
         } else {
@@ -115,46 +111,22 @@ pub(crate) fn write(disk: &dyn Disk, fixed: bool, out: &File, ctx: &WriteCtx<'_>
     }
     drop(map);
     write_at(out, &map_bytes, l.map_offset)?;
-    write_at(out, &header(&l, fixed, allocated, seed.0), 0)?;
+    let ids = [mixed_endian(image_id(disk, 1)?), mixed_endian(image_id(disk, 2)?)];
+    write_at(out, &header(&l, fixed, allocated, ids), 0)?;
     let end = l.data_offset + u64::from(allocated) * BLOCK;
     out.set_len(end).map_err(|e| Error::io("cannot set the length of the VDI", e))?;
     Ok(data)
 }
 
-/// Where the data was, to make the UUIDs differ with it.
-struct Seed(u64);
-
-impl Seed {
-    fn block(&mut self, index: u64) {
-        for b in index.to_le_bytes() {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-}
-
-/// A version 4 UUID in VirtualBox's mixed-endian byte order. Random: two
-/// conversions of one image must not share a UUID, or VirtualBox refuses to
-/// register the second.
-fn uuid(seed: u64, which: u8) -> [u8; 16] {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let state = RandomState::new();
-    let half = |n: u8| {
-        let mut h = state.build_hasher();
-        h.write_u64(seed);
-        h.write_u128(nanos);
-        h.write_u32(std::process::id());
-        h.write_u8(which);
-        h.write_u8(n);
-        h.finish()
-    };
-    let mut u = [0u8; 16];
-    u[..8].copy_from_slice(&half(0).to_le_bytes());
-    u[8..].copy_from_slice(&half(1).to_le_bytes());
-    // time_hi_and_version is a little-endian u16 at 6: its high byte is 7.
-    u[7] = (u[7] & 0x0f) | 0x40;
-    u[8] = (u[8] & 0x3f) | 0x80;
-    u
+/// A UUID in VirtualBox's mixed-endian byte order: its first three fields
+/// (4, 2 and 2 bytes) little-endian. Random (`image_id`): two conversions of
+/// one image must not share a UUID, or VirtualBox refuses to register the
+/// second.
+fn mixed_endian(mut id: [u8; 16]) -> [u8; 16] {
+    id[0..4].reverse();
+    id[4..6].reverse();
+    id[6..8].reverse();
+    id
 }
 
 /// The pre-header and the 1.1 header, as VirtualBox's `vdiInitHeader` fills
@@ -163,7 +135,7 @@ fn uuid(seed: u64, which: u8) -> [u8; 16] {
 /// `VBoxManage createmedium` passes it; the logical geometry left 0 ("not
 /// calculated", the BIOS picks it at the first boot), both with 512-byte
 /// sectors; create and modify UUIDs random, linkage and parent zero.
-fn header(l: &Layout, fixed: bool, allocated: u32, seed: u64) -> Vec<u8> {
+fn header(l: &Layout, fixed: bool, allocated: u32, ids: [[u8; 16]; 2]) -> Vec<u8> {
     let mut h = vec![0u8; HEADER_END.next_multiple_of(SECTOR as usize)];
     h[..PRE_HEADER_TEXT.len()].copy_from_slice(PRE_HEADER_TEXT);
     let mut put = |off: usize, v: u32| h[off..off + 4].copy_from_slice(&v.to_le_bytes());
@@ -187,8 +159,8 @@ fn header(l: &Layout, fixed: bool, allocated: u32, seed: u64) -> Vec<u8> {
     // LCHS geometry at 0x1c8: cylinders, heads, sectors 0, sector size 512.
     put(0x1d4, SECTOR as u32);
     h[0x170..0x178].copy_from_slice(&l.size.to_le_bytes());
-    h[0x188..0x198].copy_from_slice(&uuid(seed, 0));
-    h[0x198..0x1a8].copy_from_slice(&uuid(seed, 1));
+    h[0x188..0x198].copy_from_slice(&ids[0]);
+    h[0x198..0x1a8].copy_from_slice(&ids[1]);
     h
 }
 
@@ -213,7 +185,11 @@ mod tests {
     #[test]
     fn header_fields_at_virtualbox_offsets() {
         let l = Layout::new(3 << 20).unwrap();
-        let h = header(&l, true, 3, 1);
+        // Version 4 UUIDs in RFC 4122 order: the version in byte 6.
+        let (mut c, mut m) = ([0x11u8; 16], [0x22u8; 16]);
+        c[6] = 0x4a;
+        m[6] = 0x4b;
+        let h = header(&l, true, 3, [mixed_endian(c), mixed_endian(m)]);
         assert!(h.starts_with(b"<<< Oracle VM VirtualBox Disk Image >>>\n"));
         assert_eq!(le32(&h, 0x40), SIGNATURE);
         assert_eq!(le32(&h, 0x44), 0x0001_0001);
