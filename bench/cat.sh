@@ -22,28 +22,14 @@ PY
   rm -f "$raw" "$dir/data"
 fi
 cat "$img" > /dev/null
-# On a virtual machine shared with other work, one run in ten can take several
-# times the others (pages the host must back again, other tenants' load). So
-# the two commands alternate, two runs each, for ROUNDS rounds, and the row
-# gives the mean and the median of all runs.
+# The two commands alternate, two runs each, for ROUNDS rounds (lib.sh's
+# alternate), and the row gives the mean and the median of all runs.
 rounds=${ROUNDS:-10}
-rm -f "$dir"/cat-*.json
 hyperfine -N --warmup 1 --runs 1 \
   --prepare "rm -f $dir/out-q.raw" "qemu-img convert -f qcow2 -O raw $img $dir/out-q.raw" \
   --prepare "rm -f $dir/out-v.raw" "$V cat $img -o $dir/out-v.raw" >/dev/null
-for ((r = 0; r < rounds; r++)); do
-  hyperfine -N --runs 2 --export-json "$dir/cat-$r.json" \
-    --prepare "rm -f $dir/out-q.raw" "qemu-img convert -f qcow2 -O raw $img $dir/out-q.raw" \
-    --prepare "rm -f $dir/out-v.raw" "$V cat $img -o $dir/out-v.raw" >/dev/null
-done
+read -r q v qm vm < <(alternate "$rounds" "$dir/cat" -N \
+  --prepare "rm -f $dir/out-q.raw" "qemu-img convert -f qcow2 -O raw $img $dir/out-q.raw" \
+  --prepare "rm -f $dir/out-v.raw" "$V cat $img -o $dir/out-v.raw")
 cmp "$dir/out-q.raw" "$dir/out-v.raw" || { echo "bench: cat output differs from qemu-img convert" >&2; exit 1; }
-read -r q v qm vm < <(python3 - "$dir" <<'PY'
-import glob, json, statistics, sys
-times = [[], []]
-for f in glob.glob(sys.argv[1] + "/cat-*.json"):
-    for i, r in enumerate(json.load(open(f))["results"]):
-        times[i] += r["times"]
-print(*(statistics.mean(t) for t in times), *(statistics.median(t) for t in times))
-PY
-)
 report "| cat 1 GiB qcow2, half allocated | qemu-img convert -O raw $(s "$q") (median $(s "$qm")), vmrepo cat $(s "$v") (median $(s "$vm")); $((2 * rounds)) runs each, alternating | vmrepo / qemu-img = $(ratio "$v" "$q"), of medians $(ratio "$vm" "$qm") (target <= 1.0) |"

@@ -28,25 +28,11 @@ report "Source: 4 GiB virtual qcow2, $(qemu-img info --output=json "$src" | pyth
 report ""
 report "| output | qemu-img convert | vmrepo convert | ratio (means) | ratio (medians) | target |"
 report "|---|---|---|---|---|---|"
-# One row: its third argument's number of rounds in which the two commands run two times each,
-# alternating (a virtual machine's page-allocation stalls come and go), then
-# the mean and the median of all runs of each.
+# One row: its third argument's number of rounds of two alternating runs
+# each (lib.sh's alternate), then the mean and the median of all runs.
 row() {
-  local what=$1 target=$2 rounds=$3 q=$4 v=$5 r
-  rm -f "$BENCH_DIR"/convert-*.json
-  for ((r = 0; r < rounds; r++)); do
-    hyperfine --runs 2 --prepare "rm -f $out; sync" --export-json "$BENCH_DIR/convert-$r.json" "$q" "$v" >&2
-  done
-  local a b am bm
-  read -r a b am bm < <(python3 - "$BENCH_DIR" <<'PY'
-import glob, json, statistics, sys
-times = [[], []]
-for f in glob.glob(sys.argv[1] + "/convert-*.json"):
-    for i, r in enumerate(json.load(open(f))["results"]):
-        times[i] += r["times"]
-print(*(statistics.mean(t) for t in times), *(statistics.median(t) for t in times))
-PY
-)
+  local what=$1 target=$2 rounds=$3 q=$4 v=$5 a b am bm
+  read -r a b am bm < <(alternate "$rounds" "$BENCH_DIR/convert" --prepare "rm -f $out; sync" "$q" "$v")
   report "| $what | $(s "$a") (median $(s "$am")) | $(s "$b") (median $(s "$bm")) | $(ratio "$b" "$a") | $(ratio "$bm" "$am") | <= $target |"
 }
 row "VMDK streamOptimized" 0.6 "$CROUNDS" \

@@ -76,3 +76,26 @@ start_serve() {
   echo "bench: vmrepo serve did not start: $(cat "$tmp/serve.log")" >&2
   exit 1
 }
+# On a virtual machine shared with other work, one run in five or ten can take
+# several times the others (pages the host must back again). alternate ROUNDS
+# PREFIX HYPERFINE-ARGS... runs hyperfine ROUNDS times with two runs of each
+# command (so the commands alternate round by round), exporting
+# PREFIX-N.json, then prints the mean of each command's runs over all rounds,
+# then the median of each.
+alternate() {
+  local rounds=$1 prefix=$2 r
+  shift 2
+  rm -f "$prefix"-*.json
+  for ((r = 0; r < rounds; r++)); do
+    hyperfine --runs 2 --export-json "$prefix-$r.json" "$@" >&2
+  done
+  python3 - "$prefix" <<'PY'
+import glob, json, statistics, sys
+times = {}
+for f in glob.glob(sys.argv[1] + "-*.json"):
+    for i, r in enumerate(json.load(open(f))["results"]):
+        times.setdefault(i, []).extend(r["times"])
+runs = [times[i] for i in sorted(times)]
+print(*(statistics.mean(t) for t in runs), *(statistics.median(t) for t in runs))
+PY
+}
